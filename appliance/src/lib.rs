@@ -1,0 +1,1 @@
+//! The Baton appliance: configuration, backplane, volumes, controllers and services.

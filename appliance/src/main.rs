@@ -1,0 +1,3 @@
+//! `baton`: the appliance daemon and its command-line interface.
+
+fn main() {}

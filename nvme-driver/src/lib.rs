@@ -1,0 +1,3 @@
+//! User-space NVMe PCIe driver: controller bring-up, admin and I/O queue pairs, polled
+//! completions.
+#![forbid(unsafe_code)]

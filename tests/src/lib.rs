@@ -1,0 +1,1 @@
+//! Helpers shared by Baton's cross-crate integration tests.
