@@ -1,0 +1,144 @@
+//! The backplane: devices every controller reaches, and the striped volumes on them.
+//!
+//! A [`Device`] is shared by all controller threads; each thread opens its own
+//! [`DeviceHandle`] (a file descriptor clone, a bounce buffer, later a device queue pair), so
+//! the I/O path takes no locks.
+
+mod fd;
+mod metrics;
+mod volume;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+pub use fd::FdDevice;
+pub use metrics::DeviceMetrics;
+pub use volume::{Volume, VolumeHandle};
+
+use crate::config::{Config, DeviceConfig};
+
+/// A backplane device, shared by every controller.
+pub trait Device: Send + Sync + std::fmt::Debug {
+    /// The configured name.
+    fn name(&self) -> &str;
+    /// Capacity in bytes.
+    fn size(&self) -> u64;
+    /// Opens a handle for the calling controller thread.
+    fn open_handle(&self) -> io::Result<Box<dyn DeviceHandle>>;
+}
+
+/// One controller thread's access to a device. Offsets and lengths are in bytes.
+pub trait DeviceHandle {
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `buf` at `offset`.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Makes completed writes durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Zeroes a range.
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Deallocates a range; it reads back as zeroes.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// A device with its counters.
+#[derive(Debug, Clone)]
+pub struct DeviceEntry {
+    /// The device.
+    pub device: Arc<dyn Device>,
+    /// Its counters.
+    pub metrics: Arc<DeviceMetrics>,
+}
+
+/// Every device and volume of the configuration, opened.
+#[derive(Debug)]
+pub struct Backplane {
+    devices: Vec<DeviceEntry>,
+    volumes: Vec<Arc<Volume>>,
+}
+
+/// A backplane that could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    /// A device could not be opened.
+    #[error("device `{name}`")]
+    Device {
+        /// Device name.
+        name: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A volume's layout is impossible.
+    #[error("volume `{name}`: {reason}")]
+    Volume {
+        /// Volume name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Backplane {
+    /// Opens every device (creating missing files) and assembles the volumes.
+    pub fn open(config: &Config) -> Result<Self, BackplaneError> {
+        let mut devices = Vec::with_capacity(config.devices.len());
+        let mut by_name = HashMap::new();
+        for dc in &config.devices {
+            let device = open_device(config, dc).map_err(|source| BackplaneError::Device {
+                name: dc.name().to_owned(),
+                source,
+            })?;
+            let entry = DeviceEntry {
+                device,
+                metrics: Arc::default(),
+            };
+            by_name.insert(dc.name().to_owned(), entry.clone());
+            devices.push(entry);
+        }
+        let mut volumes = Vec::with_capacity(config.volumes.len());
+        for vc in &config.volumes {
+            let members = vc.devices.iter().map(|d| by_name[d].clone()).collect();
+            let volume = Volume::new(&vc.name, members, vc.stripe_size.bytes(), vc.block_size)
+                .map_err(|reason| BackplaneError::Volume {
+                    name: vc.name.clone(),
+                    reason,
+                })?;
+            volumes.push(Arc::new(volume));
+        }
+        Ok(Self { devices, volumes })
+    }
+
+    /// Devices, in configuration order.
+    pub fn devices(&self) -> &[DeviceEntry] {
+        &self.devices
+    }
+
+    /// Volumes, in configuration order.
+    pub fn volumes(&self) -> &[Arc<Volume>] {
+        &self.volumes
+    }
+
+    /// A volume by name.
+    pub fn volume(&self, name: &str) -> Option<&Arc<Volume>> {
+        self.volumes.iter().find(|v| v.name() == name)
+    }
+}
+
+fn open_device(config: &Config, dc: &DeviceConfig) -> io::Result<Arc<dyn Device>> {
+    Ok(match dc {
+        DeviceConfig::Ram { name, size } => Arc::new(FdDevice::ram(name, size.bytes())?),
+        DeviceConfig::File {
+            name,
+            path,
+            size,
+            direct,
+        } => Arc::new(FdDevice::file(
+            name,
+            &config.resolve(path),
+            size.map(|s| s.bytes()),
+            *direct,
+        )?),
+    })
+}

@@ -1,0 +1,564 @@
+//! The appliance's YAML configuration: types, parsing with key-path/line errors, validation.
+//!
+//! Parsing uses `serde_norway` (a maintained fork of `serde_yaml` with the same API) through
+//! `serde_path_to_error`, so every error names the key path; unknown keys are errors.
+
+mod locate;
+mod size;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use locate::LineIndex;
+pub use size::ByteSize;
+
+/// The configuration `baton serve` uses when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/default.yaml");
+
+/// A configuration error, naming the key path and, when known, the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the text came from (a file name or "embedded default").
+    pub origin: String,
+    /// Key path, such as `volumes[0].stripe_size`; empty for the whole document.
+    pub path: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.path.is_empty() && self.path != "." {
+            write!(f, ": `{}`", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole appliance configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base directory for relative file-device paths and the appliance's state.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Controller threads.
+    #[serde(default)]
+    pub controllers: ControllersConfig,
+    /// NVMe/TCP block service.
+    #[serde(default)]
+    pub nvme_tcp: NvmeTcpConfig,
+    /// Metrics and admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Backplane devices.
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    /// Volumes striped over devices.
+    #[serde(default)]
+    pub volumes: Vec<VolumeConfig>,
+    /// NVMe subsystems exported over NVMe/TCP.
+    #[serde(default)]
+    pub subsystems: Vec<SubsystemConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("baton-data")
+}
+
+/// How many controller threads run.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControllersConfig {
+    /// Number of controllers; 0 means one per available core.
+    #[serde(default)]
+    pub count: usize,
+    /// Pin controller i to core i (modulo the cores available).
+    #[serde(default = "yes")]
+    pub pin: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The NVMe/TCP service.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NvmeTcpConfig {
+    /// Address controllers listen on and that discovery advertises.
+    #[serde(default = "loopback")]
+    pub address: IpAddr,
+    /// Controller i listens on `base_port + i`.
+    #[serde(default = "default_base_port")]
+    pub base_port: u16,
+    /// Discovery controller port; absent means no discovery service.
+    #[serde(default = "default_discovery_port")]
+    pub discovery_port: Option<u16>,
+    /// Largest H2CData PDU the host may send.
+    #[serde(default = "default_max_h2c")]
+    pub max_h2c_data: ByteSize,
+    /// Largest transfer of one command (MDTS), a power of two from 4 KiB.
+    #[serde(default = "default_max_transfer")]
+    pub max_transfer: ByteSize,
+    /// Entries per queue (MQES + 1).
+    #[serde(default = "default_queue_entries")]
+    pub queue_entries: u16,
+    /// I/O queues per host controller.
+    #[serde(default = "default_io_queues")]
+    pub io_queues: u16,
+}
+
+impl Default for NvmeTcpConfig {
+    fn default() -> Self {
+        Self {
+            address: loopback(),
+            base_port: default_base_port(),
+            discovery_port: default_discovery_port(),
+            max_h2c_data: default_max_h2c(),
+            max_transfer: default_max_transfer(),
+            queue_entries: default_queue_entries(),
+            io_queues: default_io_queues(),
+        }
+    }
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_base_port() -> u16 {
+    4420
+}
+#[expect(clippy::unnecessary_wraps, reason = "serde default for an optional key")]
+fn default_discovery_port() -> Option<u16> {
+    Some(8009)
+}
+fn default_max_h2c() -> ByteSize {
+    ByteSize(128 << 10)
+}
+fn default_max_transfer() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_queue_entries() -> u16 {
+    128
+}
+fn default_io_queues() -> u16 {
+    8
+}
+
+/// The metrics and admin endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where `/metrics` and `/api/v1/...` are served; absent disables it.
+    #[serde(default = "default_admin_address")]
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            address: default_admin_address(),
+        }
+    }
+}
+
+#[expect(clippy::unnecessary_wraps, reason = "serde default for an optional key")]
+fn default_admin_address() -> Option<SocketAddr> {
+    Some(SocketAddr::new(loopback(), 9440))
+}
+
+/// One backplane device; `kind` selects the backend.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DeviceConfig {
+    /// Memory (lost on exit).
+    Ram {
+        /// Unique name volumes refer to.
+        name: String,
+        /// Capacity.
+        size: ByteSize,
+    },
+    /// A file or block device, opened by every controller.
+    File {
+        /// Unique name volumes refer to.
+        name: String,
+        /// Path; relative paths are under `data_dir`.
+        path: PathBuf,
+        /// Size to create a missing file with (and the capacity used); absent means the
+        /// existing file's size.
+        #[serde(default)]
+        size: Option<ByteSize>,
+        /// Open with O_DIRECT.
+        #[serde(default)]
+        direct: bool,
+    },
+}
+
+impl DeviceConfig {
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Ram { name, .. } | Self::File { name, .. } => name,
+        }
+    }
+}
+
+/// A volume: devices striped RAID0.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    /// Unique name.
+    pub name: String,
+    /// Device names, striped in this order.
+    pub devices: Vec<String>,
+    /// Stripe unit.
+    #[serde(default = "default_stripe")]
+    pub stripe_size: ByteSize,
+    /// Logical block size exported (512 or 4096).
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+}
+
+fn default_stripe() -> ByteSize {
+    ByteSize(128 << 10)
+}
+fn default_block_size() -> u32 {
+    512
+}
+
+/// An NVMe subsystem.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemConfig {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// Serial number reported by every controller (defaults from the NQN).
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Model number.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Let any host connect.
+    #[serde(default)]
+    pub allow_any_host: bool,
+    /// Host NQNs allowed to connect.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+fn default_model() -> String {
+    "Baton".to_owned()
+}
+
+/// A namespace of a subsystem.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Namespace ID (1-based).
+    pub nsid: u32,
+    /// Volume it maps to.
+    pub volume: String,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A level or an `EnvFilter` directive string; `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// Output format.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".to_owned()
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Parses and validates YAML text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let lines = LineIndex::new(text);
+        let de = serde_norway::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let line = inner
+                .location()
+                .map(|l| l.line())
+                .or_else(|| lines.line_of(&path));
+            ConfigError {
+                origin: origin.to_owned(),
+                path,
+                line,
+                message: strip_location(&inner.to_string()),
+            }
+        })?;
+        config.validate().map_err(|(path, message)| ConfigError {
+            origin: origin.to_owned(),
+            line: lines.line_of(&path),
+            path,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            path: String::new(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    /// The embedded default.
+    pub fn embedded_default() -> Self {
+        Self::parse(EMBEDDED_DEFAULT, "embedded default")
+            .unwrap_or_else(|e| unreachable!("the embedded default is checked by a test: {e}"))
+    }
+
+    /// Number of controller threads to run.
+    pub fn controller_count(&self) -> usize {
+        match self.controllers.count {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
+    /// A file device's path, resolved against `data_dir`.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.data_dir.join(path)
+        }
+    }
+
+    /// Cross-field checks; the error is (key path, message).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = HashSet::new();
+        for (i, dev) in self.devices.iter().enumerate() {
+            check_name(dev.name()).map_err(|m| (format!("devices[{i}].name"), m))?;
+            if !names.insert(dev.name()) {
+                return Err((
+                    format!("devices[{i}].name"),
+                    format!("duplicate device name `{}`", dev.name()),
+                ));
+            }
+            let size = match dev {
+                DeviceConfig::Ram { size, .. } => Some(*size),
+                DeviceConfig::File { size, .. } => *size,
+            };
+            if size.is_some_and(|s| s.bytes() == 0 || s.bytes() % 4096 != 0) {
+                return Err((
+                    format!("devices[{i}].size"),
+                    "size must be a non-zero multiple of 4KiB".into(),
+                ));
+            }
+        }
+        let mut used_devices = HashSet::new();
+        let mut volumes = HashSet::new();
+        for (i, vol) in self.volumes.iter().enumerate() {
+            let at = |key: &str| format!("volumes[{i}].{key}");
+            check_name(&vol.name).map_err(|m| (at("name"), m))?;
+            if !volumes.insert(vol.name.as_str()) {
+                return Err((at("name"), format!("duplicate volume name `{}`", vol.name)));
+            }
+            if vol.devices.is_empty() {
+                return Err((at("devices"), "a volume needs at least one device".into()));
+            }
+            for (j, dev) in vol.devices.iter().enumerate() {
+                if !names.contains(dev.as_str()) {
+                    return Err((
+                        format!("volumes[{i}].devices[{j}]"),
+                        format!("unknown device `{dev}`"),
+                    ));
+                }
+                if !used_devices.insert(dev.as_str()) {
+                    return Err((
+                        format!("volumes[{i}].devices[{j}]"),
+                        format!("device `{dev}` is already used by another volume"),
+                    ));
+                }
+            }
+            if !matches!(vol.block_size, 512 | 4096) {
+                return Err((at("block_size"), "block_size must be 512 or 4096".into()));
+            }
+            let stripe = vol.stripe_size.bytes();
+            if stripe < u64::from(vol.block_size) || !stripe.is_power_of_two() {
+                return Err((
+                    at("stripe_size"),
+                    "stripe_size must be a power of two, at least the block size".into(),
+                ));
+            }
+        }
+        let mut nqns = HashSet::new();
+        let mut exported = HashSet::new();
+        for (i, sub) in self.subsystems.iter().enumerate() {
+            let at = |key: &str| format!("subsystems[{i}].{key}");
+            check_nqn(&sub.nqn).map_err(|m| (at("nqn"), m))?;
+            if !nqns.insert(sub.nqn.as_str()) {
+                return Err((at("nqn"), format!("duplicate subsystem `{}`", sub.nqn)));
+            }
+            for (j, host) in sub.allowed_hosts.iter().enumerate() {
+                check_nqn(host).map_err(|m| (format!("subsystems[{i}].allowed_hosts[{j}]"), m))?;
+            }
+            if let Some(serial) = &sub.serial {
+                if serial.is_empty() || serial.len() > 20 || !serial.is_ascii() {
+                    return Err((at("serial"), "serial must be 1..=20 ASCII characters".into()));
+                }
+            }
+            if sub.model.len() > 40 || !sub.model.is_ascii() {
+                return Err((at("model"), "model must be at most 40 ASCII characters".into()));
+            }
+            let mut nsids = HashSet::new();
+            for (j, ns) in sub.namespaces.iter().enumerate() {
+                let at = |key: &str| format!("subsystems[{i}].namespaces[{j}].{key}");
+                if ns.nsid == 0 || ns.nsid == u32::MAX {
+                    return Err((at("nsid"), "nsid must be between 1 and 0xfffffffe".into()));
+                }
+                if !nsids.insert(ns.nsid) {
+                    return Err((at("nsid"), format!("duplicate nsid {}", ns.nsid)));
+                }
+                if !volumes.contains(ns.volume.as_str()) {
+                    return Err((at("volume"), format!("unknown volume `{}`", ns.volume)));
+                }
+                if !exported.insert(ns.volume.as_str()) {
+                    return Err((
+                        at("volume"),
+                        format!("volume `{}` is already exported", ns.volume),
+                    ));
+                }
+            }
+        }
+        let nvme = &self.nvme_tcp;
+        let mt = nvme.max_transfer.bytes();
+        if mt < 4096 || !mt.is_power_of_two() || mt > (4096 << 15) {
+            return Err((
+                "nvme_tcp.max_transfer".into(),
+                "max_transfer must be a power of two between 4KiB and 128MiB".into(),
+            ));
+        }
+        let h2c = nvme.max_h2c_data.bytes();
+        if h2c < 4096 || h2c % 4 != 0 || h2c > (16 << 20) {
+            return Err((
+                "nvme_tcp.max_h2c_data".into(),
+                "max_h2c_data must be a multiple of 4 between 4KiB and 16MiB".into(),
+            ));
+        }
+        if nvme.queue_entries < 2 || nvme.queue_entries > 4096 {
+            return Err((
+                "nvme_tcp.queue_entries".into(),
+                "queue_entries must be between 2 and 4096".into(),
+            ));
+        }
+        if nvme.io_queues == 0 {
+            return Err(("nvme_tcp.io_queues".into(), "io_queues must be >= 1".into()));
+        }
+        let count = self.controller_count();
+        if usize::from(nvme.base_port) + count > usize::from(u16::MAX) {
+            return Err((
+                "nvme_tcp.base_port".into(),
+                format!("base_port + {count} controllers passes port 65535"),
+            ));
+        }
+        if let Some(dp) = nvme.discovery_port {
+            let ports = usize::from(nvme.base_port)..usize::from(nvme.base_port) + count;
+            if ports.contains(&usize::from(dp)) {
+                return Err((
+                    "nvme_tcp.discovery_port".into(),
+                    format!("discovery_port {dp} collides with a controller port"),
+                ));
+            }
+        }
+        if nvme.address.is_unspecified() {
+            return Err((
+                "nvme_tcp.address".into(),
+                "give a concrete address: discovery must advertise it to hosts".into(),
+            ));
+        }
+        if let Err(e) = self.logging.level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(("logging.level".into(), format!("bad filter: {e}")));
+        }
+        Ok(())
+    }
+}
+
+/// serde_norway appends " at line L column C"; the line is reported separately.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(cut) => message[..cut].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}`: names are 1..=64 characters of letters, digits, '-', '_', '.'"
+        ))
+    }
+}
+
+fn check_nqn(nqn: &str) -> Result<(), String> {
+    if !nqn.starts_with("nqn.") || nqn.len() > 223 || !nqn.is_ascii() {
+        return Err(format!(
+            "`{nqn}` is not an NQN (starts with `nqn.`, at most 223 ASCII bytes)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+use super::*;
+
+fn err(text: &str) -> ConfigError {
+    Config::parse(text, "test.yaml").expect_err("config should be refused")
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let config = Config::embedded_default();
+    assert_eq!(config.devices.len(), 2);
+    assert_eq!(config.subsystems[0].namespaces[0].volume, "vol0");
+    assert!(config.controller_count() >= 1);
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2);
+}
+
+#[test]
+fn unknown_key_names_path_and_line() {
+    let e = err("devices:\n  - name: d0\n    kind: ram\n    size: 1GiB\n    colour: red\n");
+    assert_eq!(e.path, "devices[0]");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.message.contains("colour"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let e = err("data_dir: x\nvolumez: []\n");
+    assert!(e.message.contains("volumez"), "{e}");
+    assert_eq!(e.line, Some(2), "{e}");
+}
+
+#[test]
+fn bad_size_names_key() {
+    let e = err("devices:\n  - {name: d0, kind: ram, size: 12XB}\n");
+    assert!(e.message.contains("unknown size unit"), "{e}");
+    assert!(e.path.starts_with("devices[0]"), "{e}");
+    assert_eq!(e.line, Some(2));
+}
+
+#[test]
+fn bad_type_names_key_and_line() {
+    let e = err("nvme_tcp:\n  base_port: many\n");
+    assert_eq!(e.path, "nvme_tcp.base_port");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.to_string().starts_with("test.yaml:2: `nvme_tcp.base_port`"), "{e}");
+}
+
+#[test]
+fn unknown_device_reference_names_item_line() {
+    let text = "devices:\n  - {name: d0, kind: ram, size: 1MiB}\nvolumes:\n  - name: v\n    devices: [d0, nope]\n";
+    let e = err(text);
+    assert_eq!(e.path, "volumes[0].devices[1]");
+    assert_eq!(e.line, Some(5), "{e}");
+    assert!(e.message.contains("nope"));
+}
+
+#[test]
+fn refuses_duplicates_and_bad_values() {
+    let base = "devices:\n  - {name: d0, kind: ram, size: 1MiB}\n  - {name: d1, kind: ram, size: 1MiB}\n";
+    let e = err(&format!("{base}  - {{name: d0, kind: ram, size: 1MiB}}\n"));
+    assert_eq!(e.path, "devices[2].name");
+    let e = err(&format!(
+        "{base}volumes:\n  - {{name: v, devices: [d0], stripe_size: 3000}}\n"
+    ));
+    assert_eq!(e.path, "volumes[0].stripe_size");
+    let e = err(&format!(
+        "{base}volumes:\n  - {{name: v, devices: [d0], block_size: 1000}}\n"
+    ));
+    assert_eq!(e.path, "volumes[0].block_size");
+    let e = err(&format!(
+        "{base}volumes:\n  - {{name: v, devices: [d0]}}\n  - {{name: w, devices: [d0]}}\n"
+    ));
+    assert_eq!(e.path, "volumes[1].devices[0]");
+    let e = err(&format!(
+        "{base}volumes:\n  - {{name: v, devices: [d0]}}\nsubsystems:\n  - nqn: bad\n"
+    ));
+    assert_eq!(e.path, "subsystems[0].nqn");
+    let e = err(&format!(
+        "{base}volumes:\n  - {{name: v, devices: [d0]}}\nsubsystems:\n  - nqn: nqn.x:y\n    namespaces: [{{nsid: 1, volume: v}}, {{nsid: 1, volume: v}}]\n"
+    ));
+    assert_eq!(e.path, "subsystems[0].namespaces[1].nsid");
+}
+
+#[test]
+fn refuses_bad_transport_settings() {
+    assert_eq!(err("nvme_tcp: {max_transfer: 3000}").path, "nvme_tcp.max_transfer");
+    assert_eq!(err("nvme_tcp: {address: 0.0.0.0}").path, "nvme_tcp.address");
+    assert_eq!(
+        err("controllers: {count: 2}\nnvme_tcp: {base_port: 4420, discovery_port: 4421}").path,
+        "nvme_tcp.discovery_port"
+    );
+    assert_eq!(err("logging: {format: xml}").path, "logging.format");
+}
+
+#[test]
+fn syntax_error_has_line() {
+    let e = err("devices:\n  - name: [unclosed\n");
+    assert!(e.line.is_some(), "{e}");
+}
