@@ -1,4 +1,7 @@
 //! The Baton appliance: configuration, backplane, volumes, controllers and services.
 
-pub mod config;
 pub mod backplane;
+pub mod config;
+pub mod controller;
+pub mod logging;
+pub mod serve;

@@ -1,3 +1,74 @@
 //! `baton`: the appliance daemon and its command-line interface.
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use baton::config::Config;
+
+/// Baton storage appliance: NVMe/TCP block service and striped stream service.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance (the embedded default config without --config).
+    Serve {
+        /// YAML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        /// YAML configuration file.
+        file: PathBuf,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::embedded_default(),
+            };
+            baton::logging::init(&config.logging);
+            baton::serve::run(config).context("serve")
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!(
+                "{}: ok ({} devices, {} volumes, {} subsystems, {} controllers)",
+                file.display(),
+                config.devices.len(),
+                config.volumes.len(),
+                config.subsystems.len(),
+                config.controller_count()
+            );
+            Ok(())
+        }
+        Command::DefaultConfig => {
+            print!("{}", baton::config::EMBEDDED_DEFAULT);
+            Ok(())
+        }
+    }
+}

@@ -70,7 +70,10 @@ impl FdDevice {
             Some(want) if current < want => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("{} has {current} bytes, config asks for {want}", path.display()),
+                    format!(
+                        "{} has {current} bytes, config asks for {want}",
+                        path.display()
+                    ),
                 ));
             }
             Some(want) => want,

@@ -41,7 +41,11 @@ impl Volume {
         if size == 0 {
             return Err(format!(
                 "devices are smaller than one {} unit",
-                if members.len() == 1 { "block" } else { "stripe" }
+                if members.len() == 1 {
+                    "block"
+                } else {
+                    "stripe"
+                }
             ));
         }
         Ok(Self {
@@ -122,7 +126,10 @@ impl Volume {
             Some(end) if end <= self.size => Ok(()),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("range {offset}+{len} is past the end of volume `{}`", self.name),
+                format!(
+                    "range {offset}+{len} is past the end of volume `{}`",
+                    self.name
+                ),
             )),
         }
     }
@@ -275,7 +282,11 @@ mod tests {
         let pieces: Vec<_> = v.pieces(2048, 8192).collect();
         assert_eq!(
             pieces,
-            vec![(0, 2048, 0, 2048), (1, 0, 2048, 4096), (0, 4096, 6144, 2048)]
+            vec![
+                (0, 2048, 0, 2048),
+                (1, 0, 2048, 4096),
+                (0, 4096, 6144, 2048)
+            ]
         );
     }
 

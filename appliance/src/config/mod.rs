@@ -144,7 +144,10 @@ fn loopback() -> IpAddr {
 fn default_base_port() -> u16 {
     4420
 }
-#[expect(clippy::unnecessary_wraps, reason = "serde default for an optional key")]
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default for an optional key"
+)]
 fn default_discovery_port() -> Option<u16> {
     Some(8009)
 }
@@ -178,7 +181,10 @@ impl Default for AdminConfig {
     }
 }
 
-#[expect(clippy::unnecessary_wraps, reason = "serde default for an optional key")]
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default for an optional key"
+)]
 fn default_admin_address() -> Option<SocketAddr> {
     Some(SocketAddr::new(loopback(), 9440))
 }
@@ -321,17 +327,25 @@ impl Config {
         let lines = LineIndex::new(text);
         let de = serde_norway::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
-            let path = err.path().to_string();
+            let mut path = err.path().to_string();
             let inner = err.into_inner();
-            let line = inner
-                .location()
-                .map(|l| l.line())
-                .or_else(|| lines.line_of(&path));
+            let message = strip_prefix_and_location(&inner.to_string());
+            // Point an unknown key at its own line, not its parent's.
+            if let Some(field) = unknown_field(&message) {
+                path = if path.is_empty() || path == "." {
+                    field.to_owned()
+                } else {
+                    format!("{path}.{field}")
+                };
+            }
+            let line = lines
+                .line_of(&path)
+                .or_else(|| inner.location().map(|l| l.line()));
             ConfigError {
                 origin: origin.to_owned(),
                 path,
                 line,
-                message: strip_location(&inner.to_string()),
+                message,
             }
         })?;
         config.validate().map_err(|(path, message)| ConfigError {
@@ -449,11 +463,17 @@ impl Config {
             }
             if let Some(serial) = &sub.serial {
                 if serial.is_empty() || serial.len() > 20 || !serial.is_ascii() {
-                    return Err((at("serial"), "serial must be 1..=20 ASCII characters".into()));
+                    return Err((
+                        at("serial"),
+                        "serial must be 1..=20 ASCII characters".into(),
+                    ));
                 }
             }
             if sub.model.len() > 40 || !sub.model.is_ascii() {
-                return Err((at("model"), "model must be at most 40 ASCII characters".into()));
+                return Err((
+                    at("model"),
+                    "model must be at most 40 ASCII characters".into(),
+                ));
             }
             let mut nsids = HashSet::new();
             for (j, ns) in sub.namespaces.iter().enumerate() {
@@ -528,12 +548,23 @@ impl Config {
     }
 }
 
-/// serde_norway appends " at line L column C"; the line is reported separately.
-fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(cut) => message[..cut].to_owned(),
-        None => message.to_owned(),
+/// serde_norway prefixes the key path and appends " at line L column C"; both are reported
+/// separately.
+fn strip_prefix_and_location(message: &str) -> String {
+    let message = match message.find(" at line ") {
+        Some(cut) => &message[..cut],
+        None => message,
+    };
+    match message.split_once(": ") {
+        Some((prefix, rest)) if !prefix.contains(' ') => rest.to_owned(),
+        _ => message.to_owned(),
     }
+}
+
+/// The key named by an "unknown field `x`" message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(field, _)| field)
 }
 
 fn check_name(name: &str) -> Result<(), String> {

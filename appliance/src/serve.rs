@@ -1,0 +1,110 @@
+//! `baton serve`: opens the backplane, starts the controllers and services, and runs until
+//! SIGINT or SIGTERM, then shuts down gracefully.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::backplane::{Backplane, BackplaneError};
+use crate::config::Config;
+use crate::controller::Controllers;
+
+/// Why the appliance could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The backplane could not be opened.
+    #[error("backplane")]
+    Backplane(#[from] BackplaneError),
+    /// A listener or thread could not be started.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Builds a [`ServeError::Io`] naming what failed.
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+/// A running appliance.
+#[derive(Debug)]
+pub struct Appliance {
+    config: Arc<Config>,
+    backplane: Arc<Backplane>,
+    controllers: Controllers,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Appliance {
+    /// Opens the backplane and starts every configured service.
+    pub fn start(config: Config) -> Result<Self, ServeError> {
+        let config = Arc::new(config);
+        let backplane = Arc::new(Backplane::open(&config)?);
+        let controllers = Controllers::start(config.controller_count(), config.controllers.pin)
+            .map_err(io_err("starting controller threads"))?;
+        let (shutdown, _) = watch::channel(false);
+        info!(
+            controllers = controllers.len(),
+            devices = backplane.devices().len(),
+            volumes = backplane.volumes().len(),
+            "appliance started"
+        );
+        Ok(Self {
+            config,
+            backplane,
+            controllers,
+            shutdown,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The backplane.
+    pub fn backplane(&self) -> &Arc<Backplane> {
+        &self.backplane
+    }
+
+    /// Signals every service to stop, waits for in-flight work to finish, and returns.
+    pub fn shutdown(self) {
+        info!("shutting down");
+        // Receivers may all be gone already; that is a finished shutdown.
+        let _ = self.shutdown.send(true);
+        self.controllers.join();
+        info!("stopped");
+    }
+}
+
+/// Runs the appliance until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<(), ServeError> {
+    let appliance = Appliance::start(config)?;
+    wait_for_signal().map_err(io_err("waiting for signals"))?;
+    appliance.shutdown();
+    Ok(())
+}
+
+fn wait_for_signal() -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+        Ok(())
+    })
+}
