@@ -1,5 +1,6 @@
 //! The Baton appliance: configuration, backplane, volumes, controllers and services.
 
+pub mod admin;
 pub mod backplane;
 pub mod config;
 pub mod controller;

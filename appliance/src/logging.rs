@@ -1,5 +1,7 @@
 //! Structured logs with `tracing`: level from the config (`RUST_LOG` overrides), text or JSON.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig};
@@ -12,6 +14,7 @@ pub fn init(config: &LoggingConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_thread_names(true);
     // try_init fails only when a subscriber is already installed (tests, repeated calls).
     let _ = match config.format {

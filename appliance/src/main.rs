@@ -1,5 +1,6 @@
 //! `baton`: the appliance daemon and its command-line interface.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +32,16 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Show controllers, subsystems and hosts, volumes, devices and stream sessions of a
+    /// running appliance.
+    Status {
+        /// The appliance's admin address.
+        #[arg(long, default_value = "127.0.0.1:9440")]
+        admin: SocketAddr,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +75,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.subsystems.len(),
                 config.controller_count()
             );
+            Ok(())
+        }
+        Command::Status { admin, json } => {
+            let status = baton::admin::fetch_status(admin)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.to_table());
+            }
             Ok(())
         }
         Command::DefaultConfig => {

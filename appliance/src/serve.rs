@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::admin::{Admin, AdminRouter};
 use crate::backplane::{Backplane, BackplaneError};
 use crate::config::Config;
 use crate::controller::Controllers;
@@ -40,6 +41,8 @@ pub struct Appliance {
     config: Arc<Config>,
     backplane: Arc<Backplane>,
     controllers: Controllers,
+    admin: Arc<Admin>,
+    admin_thread: Option<std::thread::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -51,6 +54,11 @@ impl Appliance {
         let controllers = Controllers::start(config.controller_count(), config.controllers.pin)
             .map_err(io_err("starting controller threads"))?;
         let (shutdown, _) = watch::channel(false);
+        let admin = Arc::new(Admin::new(Arc::clone(&config), Arc::clone(&backplane)));
+        let admin_thread = match config.admin.address {
+            Some(addr) => Some(start_admin(addr, Arc::clone(&admin), shutdown.subscribe())?),
+            None => None,
+        };
         info!(
             controllers = controllers.len(),
             devices = backplane.devices().len(),
@@ -61,8 +69,15 @@ impl Appliance {
             config,
             backplane,
             controllers,
+            admin,
+            admin_thread,
             shutdown,
         })
+    }
+
+    /// The admin endpoint's state.
+    pub fn admin(&self) -> &Arc<Admin> {
+        &self.admin
     }
 
     /// The configuration in force.
@@ -81,6 +96,10 @@ impl Appliance {
         // Receivers may all be gone already; that is a finished shutdown.
         let _ = self.shutdown.send(true);
         self.controllers.join();
+        if let Some(t) = self.admin_thread {
+            // A panicked admin thread has nothing left to clean up.
+            let _ = t.join();
+        }
         info!("stopped");
     }
 }
@@ -107,4 +126,31 @@ fn wait_for_signal() -> io::Result<()> {
         }
         Ok(())
     })
+}
+
+fn start_admin(
+    addr: std::net::SocketAddr,
+    admin: Arc<Admin>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let what = || format!("admin endpoint on {addr}");
+    let listener = crate::admin::http::bind(addr).map_err(io_err(what()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err(what()))?;
+    info!(%addr, "admin endpoint (/metrics, /api/v1/status)");
+    std::thread::Builder::new()
+        .name("baton-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        crate::admin::http::serve(l, Arc::new(AdminRouter(admin)), shutdown).await
+                    }
+                    Err(e) => tracing::error!(error = %e, "admin listener"),
+                }
+            });
+        })
+        .map_err(io_err(what()))
 }

@@ -1,0 +1,133 @@
+//! The admin HTTP server (hyper): `/metrics`, `/api/v1/...`. It runs on its own thread,
+//! away from the controllers' data path.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// A response body.
+pub type Body = Full<Bytes>;
+
+/// Routes a request to a response.
+pub trait Router: Send + Sync + 'static {
+    /// Handles `method path`; `body` is the (small, bounded) request body.
+    fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// A response with a status and a text body.
+pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// A JSON response.
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => text(status, "application/json", body),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("cannot encode: {e}\n"),
+        ),
+    }
+}
+
+/// A JSON error body `{"error": message}`.
+pub fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true.
+pub async fn serve<R: Router>(
+    listener: TcpListener,
+    router: Arc<R>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let router = Arc::clone(&router);
+        let mut conn_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let router = Arc::clone(&router);
+                async move {
+                    let resp = router
+                        .route(req.method(), req.uri().path(), req.uri().query())
+                        .await;
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    debug!(%peer, error = %e, "admin connection ended");
+                },
+                _ = conn_shutdown.changed() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+/// Binds the admin listener (done before starting, so errors surface at startup).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// A tiny HTTP/1.1 client for the CLI (`baton status`, `baton ctl`).
+pub async fn request(addr: SocketAddr, method: Method, path: &str) -> io::Result<(u16, Bytes)> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .map_err(io::Error::other)?;
+    let resp = sender.send_request(req).await.map_err(io::Error::other)?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(io::Error::other)?
+        .to_bytes();
+    Ok((status, body))
+}

@@ -1,0 +1,274 @@
+//! Operations: the admin endpoint (Prometheus `/metrics`, `/api/v1/status`, controller
+//! actions) and its client side for `baton status` / `baton ctl`.
+
+pub mod exporter;
+pub mod http;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::{Method, Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+
+use crate::backplane::Backplane;
+use crate::config::{Config, DeviceConfig};
+use exporter::{Families, labels};
+use http::{Body, Router};
+use status::{DeviceStatus, Status, VolumeStatus};
+
+/// What the admin endpoint reports on and acts upon.
+#[derive(Debug)]
+pub struct Admin {
+    started: Instant,
+    config: Arc<Config>,
+    backplane: Arc<Backplane>,
+}
+
+impl Admin {
+    /// An admin endpoint over the running appliance's parts.
+    pub fn new(config: Arc<Config>, backplane: Arc<Backplane>) -> Self {
+        Self {
+            started: Instant::now(),
+            config,
+            backplane,
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        let volumes = self
+            .backplane
+            .volumes()
+            .iter()
+            .map(|v| VolumeStatus {
+                name: v.name().to_owned(),
+                size: v.size(),
+                block_size: v.block_size(),
+                stripe_size: v.stripe_size(),
+                devices: v
+                    .members()
+                    .iter()
+                    .map(|m| m.device.name().to_owned())
+                    .collect(),
+                role: self.volume_role(v.name()),
+            })
+            .collect();
+        let devices = self
+            .backplane
+            .devices()
+            .iter()
+            .zip(&self.config.devices)
+            .map(|(d, dc)| DeviceStatus {
+                name: d.device.name().to_owned(),
+                kind: device_kind(dc).to_owned(),
+                size: d.device.size(),
+                reads: load(&d.metrics.reads),
+                writes: load(&d.metrics.writes),
+                errors: load(&d.metrics.errors),
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            volumes,
+            devices,
+            ..Status::default()
+        }
+    }
+
+    fn volume_role(&self, volume: &str) -> String {
+        for s in &self.config.subsystems {
+            for ns in &s.namespaces {
+                if ns.volume == volume {
+                    return format!("{}/{}", s.nqn, ns.nsid);
+                }
+            }
+        }
+        String::new()
+    }
+
+    /// The Prometheus exposition text.
+    pub fn metrics_text(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::with_prefix("baton");
+        registry.register_collector(Box::new(Arc::clone(self)));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+
+    fn encode_devices(&self, f: &mut Families<'_>) -> Result<(), std::fmt::Error> {
+        let devs = self.backplane.devices();
+        let per = |pick: fn(&crate::backplane::DeviceMetrics) -> &std::sync::atomic::AtomicU64| {
+            devs.iter().map(move |d| {
+                (
+                    labels([("device", d.device.name().to_owned())]),
+                    load(pick(&d.metrics)),
+                )
+            })
+        };
+        f.counter(
+            "device_reads",
+            "Read operations completed by a backplane device.",
+            per(|m| &m.reads),
+        )?;
+        f.counter(
+            "device_read_bytes",
+            "Bytes read from a backplane device.",
+            per(|m| &m.read_bytes),
+        )?;
+        f.counter(
+            "device_writes",
+            "Write operations completed by a backplane device.",
+            per(|m| &m.writes),
+        )?;
+        f.counter(
+            "device_write_bytes",
+            "Bytes written to a backplane device.",
+            per(|m| &m.write_bytes),
+        )?;
+        f.counter(
+            "device_flushes",
+            "Flushes of a backplane device.",
+            per(|m| &m.flushes),
+        )?;
+        f.counter(
+            "device_trims",
+            "Deallocate and write-zeroes operations on a device.",
+            per(|m| &m.trims),
+        )?;
+        f.counter(
+            "device_errors",
+            "Failed operations on a backplane device.",
+            per(|m| &m.errors),
+        )?;
+        f.gauge(
+            "device_capacity_bytes",
+            "Capacity of a backplane device.",
+            devs.iter().map(|d| {
+                (
+                    labels([("device", d.device.name().to_owned())]),
+                    exporter::gauge_value(d.device.size()),
+                )
+            }),
+        )?;
+        f.gauge(
+            "volume_capacity_bytes",
+            "Capacity of a volume.",
+            self.backplane.volumes().iter().map(|v| {
+                (
+                    labels([("volume", v.name().to_owned())]),
+                    exporter::gauge_value(v.size()),
+                )
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+impl Collector for Admin {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut f = Families::new(encoder);
+        f.gauge(
+            "uptime_seconds",
+            "Seconds since the appliance started.",
+            [(
+                labels([]),
+                exporter::gauge_value(self.started.elapsed().as_secs()),
+            )],
+        )?;
+        self.encode_devices(&mut f)?;
+        Ok(())
+    }
+}
+
+fn device_kind(dc: &DeviceConfig) -> &'static str {
+    match dc {
+        DeviceConfig::Ram { .. } => "ram",
+        DeviceConfig::File { .. } => "file",
+    }
+}
+
+fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Why an admin request from the CLI failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    /// The appliance could not be reached.
+    #[error("cannot reach the appliance's admin endpoint at {addr}")]
+    Connect {
+        /// Address tried.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The appliance refused the request.
+    #[error("the appliance answered {status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Its message.
+        body: String,
+    },
+    /// The answer was not understood.
+    #[error("unexpected answer from the appliance")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Sends `method path` to the admin endpoint at `addr` and returns the body of a 2xx answer.
+pub fn call(
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+) -> Result<hyper::body::Bytes, AdminClientError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AdminClientError::Connect { addr, source })?;
+    let (status, body) = rt
+        .block_on(http::request(addr, method, path))
+        .map_err(|source| AdminClientError::Connect { addr, source })?;
+    if !(200..300).contains(&status) {
+        return Err(AdminClientError::Refused {
+            status,
+            body: String::from_utf8_lossy(&body).trim().to_owned(),
+        });
+    }
+    Ok(body)
+}
+
+/// Fetches a running appliance's status.
+pub fn fetch_status(addr: std::net::SocketAddr) -> Result<Status, AdminClientError> {
+    let body = call(addr, Method::GET, "/api/v1/status")?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Routes admin requests for one appliance.
+#[derive(Debug)]
+pub struct AdminRouter(pub Arc<Admin>);
+
+impl Router for AdminRouter {
+    async fn route(&self, method: &Method, path: &str, _query: Option<&str>) -> Response<Body> {
+        match (method, path) {
+            (&Method::GET, "/metrics") => match self.0.metrics_text() {
+                Ok(text) => http::text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text,
+                ),
+                Err(_) => http::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"),
+            },
+            (&Method::GET, "/api/v1/status") => http::json(StatusCode::OK, &self.0.status()),
+            (&Method::GET, "/healthz") => http::text(StatusCode::OK, "text/plain", "ok\n"),
+            (_, "/metrics" | "/api/v1/status" | "/healthz") => {
+                http::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => http::error(StatusCode::NOT_FOUND, "no such endpoint"),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The appliance's status, as served at `/api/v1/status` and printed by `baton status`.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `baton status` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Appliance version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Controller threads.
+    pub controllers: Vec<ControllerStatus>,
+    /// NVMe subsystems with their connected hosts.
+    pub subsystems: Vec<SubsystemStatus>,
+    /// Volumes.
+    pub volumes: Vec<VolumeStatus>,
+    /// Backplane devices.
+    pub devices: Vec<DeviceStatus>,
+    /// Active stream sessions.
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// One controller thread.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ControllerStatus {
+    /// Index.
+    pub index: usize,
+    /// NVMe/TCP listen address.
+    pub nvme_tcp: String,
+    /// Connected NVMe/TCP queue pairs.
+    pub queue_pairs: u64,
+    /// Commands in flight.
+    pub in_flight: u64,
+}
+
+/// One NVMe subsystem.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SubsystemStatus {
+    /// NQN.
+    pub nqn: String,
+    /// Namespaces: `(nsid, volume)`.
+    pub namespaces: Vec<(u32, String)>,
+    /// Connected host controllers.
+    pub hosts: Vec<HostStatus>,
+}
+
+/// One connected host controller (a CNTLID).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostStatus {
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Controller ID.
+    pub cntlid: u16,
+    /// Baton controller (port) it is connected through.
+    pub controller: usize,
+    /// Queues (admin + I/O).
+    pub queues: usize,
+}
+
+/// One volume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VolumeStatus {
+    /// Name.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Stripe unit.
+    pub stripe_size: u64,
+    /// Member devices.
+    pub devices: Vec<String>,
+    /// What uses it: `nqn/nsid`, `content store`, or empty.
+    pub role: String,
+}
+
+/// One device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeviceStatus {
+    /// Name.
+    pub name: String,
+    /// Backend kind.
+    pub kind: String,
+    /// Bytes.
+    pub size: u64,
+    /// Reads completed.
+    pub reads: u64,
+    /// Writes completed.
+    pub writes: u64,
+    /// Failed operations.
+    pub errors: u64,
+}
+
+/// One stream session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SessionStatus {
+    /// Session ID.
+    pub id: u64,
+    /// Content name.
+    pub content: String,
+    /// Controllers in the plan.
+    pub controllers: Vec<usize>,
+    /// Blocks sent so far.
+    pub blocks_sent: u64,
+    /// Blocks in total.
+    pub blocks: u64,
+}
+
+impl Status {
+    /// Human-readable tables.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_table(&mut out);
+        out
+    }
+
+    fn write_table(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "Baton {}  up {}s", self.version, self.uptime_secs)?;
+        writeln!(
+            out,
+            "\nCONTROLLER  NVME/TCP               QPAIRS  IN-FLIGHT"
+        )?;
+        for c in &self.controllers {
+            writeln!(
+                out,
+                "{:<10}  {:<21}  {:>6}  {:>9}",
+                c.index, c.nvme_tcp, c.queue_pairs, c.in_flight
+            )?;
+        }
+        writeln!(
+            out,
+            "\nSUBSYSTEM / HOST                                      CNTLID  CTRL  QUEUES"
+        )?;
+        for s in &self.subsystems {
+            let ns: Vec<String> = s
+                .namespaces
+                .iter()
+                .map(|(id, v)| format!("{id}:{v}"))
+                .collect();
+            writeln!(out, "{}  [ns {}]", s.nqn, ns.join(", "))?;
+            if s.hosts.is_empty() {
+                writeln!(out, "  (no hosts connected)")?;
+            }
+            for h in &s.hosts {
+                writeln!(
+                    out,
+                    "  {:<50}  {:>6}  {:>4}  {:>6}",
+                    h.hostnqn, h.cntlid, h.controller, h.queues
+                )?;
+            }
+        }
+        writeln!(
+            out,
+            "\nVOLUME          SIZE        BLOCK  STRIPE      DEVICES          ROLE"
+        )?;
+        for v in &self.volumes {
+            writeln!(
+                out,
+                "{:<14}  {:<10}  {:>5}  {:<10}  {:<15}  {}",
+                v.name,
+                crate::config::ByteSize(v.size).to_string(),
+                v.block_size,
+                crate::config::ByteSize(v.stripe_size).to_string(),
+                v.devices.join(","),
+                v.role
+            )?;
+        }
+        writeln!(
+            out,
+            "\nDEVICE          KIND       SIZE        READS       WRITES      ERRORS"
+        )?;
+        for d in &self.devices {
+            writeln!(
+                out,
+                "{:<14}  {:<9}  {:<10}  {:>10}  {:>10}  {:>10}",
+                d.name,
+                d.kind,
+                crate::config::ByteSize(d.size).to_string(),
+                d.reads,
+                d.writes,
+                d.errors
+            )?;
+        }
+        writeln!(
+            out,
+            "\nSESSION     CONTENT                 CONTROLLERS   PROGRESS"
+        )?;
+        if self.sessions.is_empty() {
+            writeln!(out, "(no active sessions)")?;
+        }
+        for s in &self.sessions {
+            let ctrls: Vec<String> = s.controllers.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "{:<10}  {:<22}  {:<12}  {}/{}",
+                s.id,
+                s.content,
+                ctrls.join(","),
+                s.blocks_sent,
+                s.blocks
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_every_section() {
+        let status = Status {
+            version: "0.1.0".into(),
+            uptime_secs: 5,
+            controllers: vec![ControllerStatus {
+                index: 0,
+                nvme_tcp: "127.0.0.1:4420".into(),
+                queue_pairs: 3,
+                in_flight: 1,
+            }],
+            subsystems: vec![SubsystemStatus {
+                nqn: "nqn.x:y".into(),
+                namespaces: vec![(1, "vol0".into())],
+                hosts: vec![HostStatus {
+                    hostnqn: "nqn.host".into(),
+                    cntlid: 7,
+                    controller: 0,
+                    queues: 3,
+                }],
+            }],
+            volumes: vec![VolumeStatus {
+                name: "vol0".into(),
+                size: 1 << 30,
+                block_size: 512,
+                stripe_size: 128 << 10,
+                devices: vec!["d0".into()],
+                role: "nqn.x:y/1".into(),
+            }],
+            devices: vec![DeviceStatus {
+                name: "d0".into(),
+                kind: "ram".into(),
+                size: 1 << 30,
+                ..Default::default()
+            }],
+            sessions: vec![],
+        };
+        let table = status.to_table();
+        for needle in [
+            "127.0.0.1:4420",
+            "nqn.host",
+            "1GiB",
+            "128KiB",
+            "d0",
+            "no active",
+        ] {
+            assert!(table.contains(needle), "{needle} missing in\n{table}");
+        }
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
+    }
+}
