@@ -281,7 +281,7 @@ pub fn write_ns_descriptors(out: &mut [u8], nguid: &[u8; 16], uuid: &[u8; 16]) {
     let mut put = |nidt: u8, id: &[u8]| {
         let h = NsDescriptorHeader {
             nidt,
-            nidl: (id.len() & 0xff) as u8,
+            nidl: u8::try_from(id.len()).unwrap_or(u8::MAX),
             rsvd: U16::ZERO,
         };
         out[at..at + 4].copy_from_slice(h.as_bytes());

@@ -104,10 +104,10 @@ pub struct NvmeTcpConfig {
     /// Address controllers listen on and that discovery advertises.
     #[serde(default = "loopback")]
     pub address: IpAddr,
-    /// Controller i listens on `base_port + i`.
+    /// Controller i listens on `base_port + i`; 0 picks free ports (tests, benchmarks).
     #[serde(default = "default_base_port")]
     pub base_port: u16,
-    /// Discovery controller port; absent means no discovery service.
+    /// Discovery controller port (0 picks a free port); null means no discovery service.
     #[serde(default = "default_discovery_port")]
     pub discovery_port: Option<u16>,
     /// Largest H2CData PDU the host may send.
@@ -526,7 +526,7 @@ impl Config {
                 format!("base_port + {count} controllers passes port 65535"),
             ));
         }
-        if let Some(dp) = nvme.discovery_port {
+        if let Some(dp) = nvme.discovery_port.filter(|&p| p != 0 && nvme.base_port != 0) {
             let ports = usize::from(nvme.base_port)..usize::from(nvme.base_port) + count;
             if ports.contains(&usize::from(dp)) {
                 return Err((
