@@ -18,7 +18,7 @@ pub mod status;
 mod layout_tests;
 
 pub use zerocopy::little_endian::{U16, U32, U64};
-pub use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+pub use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Copies `s` into a fixed, zero-padded byte field (NQNs).
 pub fn put_str(field: &mut [u8], s: &str) {

@@ -70,7 +70,19 @@ pub const TERM_REQ_MAX_ECHO: usize = 128;
 
 /// Common header of every PDU (TCP 3.6.2).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 pub struct CommonHeader {
     /// PDU type.
     pub pdu_type: u8,
