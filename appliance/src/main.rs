@@ -42,6 +42,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Act on a running appliance.
+    Ctl {
+        /// The appliance's admin address.
+        #[arg(long, default_value = "127.0.0.1:9440", global = true)]
+        admin: SocketAddr,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlAction {
+    /// Close every NVMe/TCP connection of one controller (its port keeps listening, so
+    /// hosts reconnect; multipath hosts carry on over the other controllers).
+    DropConnections {
+        /// Controller index (0-based).
+        #[arg(long)]
+        controller: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +105,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ctl { admin, action } => match action {
+            CtlAction::DropConnections { controller } => {
+                let path = format!("/api/v1/controllers/{controller}/drop-connections");
+                baton::admin::call(admin, hyper::Method::POST, &path)?;
+                println!("controller {controller}: connections dropped");
+                Ok(())
+            }
+        },
         Command::DefaultConfig => {
             print!("{}", baton::config::EMBEDDED_DEFAULT);
             Ok(())

@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::admin::{Admin, AdminRouter};
 use crate::backplane::{Backplane, BackplaneError};
+use crate::block::BlockService;
 use crate::config::Config;
 use crate::controller::Controllers;
 
@@ -18,6 +19,9 @@ pub enum ServeError {
     /// The backplane could not be opened.
     #[error("backplane")]
     Backplane(#[from] BackplaneError),
+    /// The NVMe/TCP target could not be built or started.
+    #[error("NVMe/TCP target: {0}")]
+    Target(String),
     /// A listener or thread could not be started.
     #[error("{what}")]
     Io {
@@ -40,6 +44,7 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Serve
 pub struct Appliance {
     config: Arc<Config>,
     backplane: Arc<Backplane>,
+    block: Arc<BlockService>,
     controllers: Controllers,
     admin: Arc<Admin>,
     admin_thread: Option<std::thread::JoinHandle<()>>,
@@ -54,7 +59,18 @@ impl Appliance {
         let controllers = Controllers::start(config.controller_count(), config.controllers.pin)
             .map_err(io_err("starting controller threads"))?;
         let (shutdown, _) = watch::channel(false);
-        let admin = Arc::new(Admin::new(Arc::clone(&config), Arc::clone(&backplane)));
+        let block = Arc::new(BlockService::start(
+            &config,
+            &backplane,
+            &controllers,
+            &shutdown,
+        )?);
+        let admin = Arc::new(Admin::new(
+            Arc::clone(&config),
+            Arc::clone(&backplane),
+            Arc::clone(&block),
+            controllers.handles().to_vec(),
+        ));
         let admin_thread = match config.admin.address {
             Some(addr) => Some(start_admin(addr, Arc::clone(&admin), shutdown.subscribe())?),
             None => None,
@@ -68,6 +84,7 @@ impl Appliance {
         Ok(Self {
             config,
             backplane,
+            block,
             controllers,
             admin,
             admin_thread,
@@ -83,6 +100,11 @@ impl Appliance {
     /// The configuration in force.
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// The NVMe/TCP block service.
+    pub fn block(&self) -> &Arc<BlockService> {
+        &self.block
     }
 
     /// The backplane.

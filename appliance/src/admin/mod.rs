@@ -3,6 +3,7 @@
 
 pub mod exporter;
 pub mod http;
+mod nvme;
 pub mod status;
 
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use crate::backplane::Backplane;
+use crate::block::BlockService;
 use crate::config::{Config, DeviceConfig};
+use crate::controller::ControllerHandle;
 use exporter::{Families, labels};
 use http::{Body, Router};
 use status::{DeviceStatus, Status, VolumeStatus};
@@ -25,15 +28,44 @@ pub struct Admin {
     started: Instant,
     config: Arc<Config>,
     backplane: Arc<Backplane>,
+    block: Arc<BlockService>,
+    controllers: Vec<ControllerHandle>,
 }
 
 impl Admin {
     /// An admin endpoint over the running appliance's parts.
-    pub fn new(config: Arc<Config>, backplane: Arc<Backplane>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        backplane: Arc<Backplane>,
+        block: Arc<BlockService>,
+        controllers: Vec<ControllerHandle>,
+    ) -> Self {
         Self {
             started: Instant::now(),
             config,
             backplane,
+            block,
+            controllers,
+        }
+    }
+
+    /// Closes every NVMe/TCP connection of controller `index` (its listener stays up).
+    pub async fn drop_connections(&self, index: usize) -> Result<(), String> {
+        let handle = self
+            .controllers
+            .get(index)
+            .ok_or_else(|| format!("no controller {index}"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        handle
+            .run(move || {
+                // The receiver waits below; a dropped receiver only means nobody cares.
+                let _ = tx.send(crate::block::drop_local_connections());
+            })
+            .map_err(|e| e.to_string())?;
+        match rx.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("controller {index} serves no NVMe/TCP port")),
+            Err(_) => Err(format!("controller {index} stopped")),
         }
     }
 
@@ -73,6 +105,8 @@ impl Admin {
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
+            controllers: nvme::controllers(&self.block),
+            subsystems: nvme::subsystems(&self.config, &self.block),
             volumes,
             devices,
             ..Status::default()
@@ -179,7 +213,18 @@ impl Collector for Admin {
                 exporter::gauge_value(self.started.elapsed().as_secs()),
             )],
         )?;
+        f.gauge(
+            "controller_up",
+            "1 while the controller thread runs.",
+            self.controllers.iter().map(|h| {
+                (
+                    labels([("controller", h.index().to_string())]),
+                    i64::from(h.is_alive()),
+                )
+            }),
+        )?;
         self.encode_devices(&mut f)?;
+        nvme::encode(&self.config, &self.block, &mut f)?;
         Ok(())
     }
 }
@@ -265,10 +310,29 @@ impl Router for AdminRouter {
             },
             (&Method::GET, "/api/v1/status") => http::json(StatusCode::OK, &self.0.status()),
             (&Method::GET, "/healthz") => http::text(StatusCode::OK, "text/plain", "ok\n"),
+            (&Method::POST, p) if drop_path(p).is_some() => {
+                let Some(Ok(index)) = drop_path(p) else {
+                    return http::error(
+                        StatusCode::BAD_REQUEST,
+                        "controller index is not a number",
+                    );
+                };
+                match self.0.drop_connections(index).await {
+                    Ok(()) => http::text(StatusCode::OK, "text/plain", "dropped\n"),
+                    Err(e) => http::error(StatusCode::NOT_FOUND, &e),
+                }
+            }
             (_, "/metrics" | "/api/v1/status" | "/healthz") => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => http::error(StatusCode::NOT_FOUND, "no such endpoint"),
         }
     }
+}
+
+/// `Some(index)` for `/api/v1/controllers/{index}/drop-connections`.
+fn drop_path(path: &str) -> Option<Result<usize, std::num::ParseIntError>> {
+    let rest = path.strip_prefix("/api/v1/controllers/")?;
+    let index = rest.strip_suffix("/drop-connections")?;
+    Some(index.parse())
 }

@@ -526,7 +526,10 @@ impl Config {
                 format!("base_port + {count} controllers passes port 65535"),
             ));
         }
-        if let Some(dp) = nvme.discovery_port.filter(|&p| p != 0 && nvme.base_port != 0) {
+        if let Some(dp) = nvme
+            .discovery_port
+            .filter(|&p| p != 0 && nvme.base_port != 0)
+        {
             let ports = usize::from(nvme.base_port)..usize::from(nvme.base_port) + count;
             if ports.contains(&usize::from(dp)) {
                 return Err((
