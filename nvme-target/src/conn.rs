@@ -298,6 +298,7 @@ impl Conn {
         let len = sgl.length.get() as usize;
         let host_data = self.needs_host_data(sqe);
         let data = match sgl.kind {
+            _ if len == 0 && incap.is_empty() => Data::None,
             SglDescriptor::DATA_BLOCK_OFFSET => {
                 if sgl.addr.get() != 0 {
                     return self.respond(cid, status::SGL_OFFSET_INVALID | status::DNR, 0);
@@ -316,15 +317,12 @@ impl Conn {
                 if !incap.is_empty() {
                     return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
                 }
-                if len == 0 {
-                    Data::None
-                } else if host_data {
+                if host_data {
                     return self.start_r2t(sqe, started);
                 } else {
                     Data::ToHost(len)
                 }
             }
-            _ if len == 0 && incap.is_empty() => Data::None,
             _ => return self.respond(cid, status::SGL_TYPE_INVALID | status::DNR, 0),
         };
         self.execute(sqe, data, started);
