@@ -143,7 +143,9 @@ fn serves_a_striped_volume_through_two_controllers() {
         let id = a.identify_namespace(1).await.unwrap();
         assert_eq!(id.noiob.get(), 128, "NOIOB is the stripe size in blocks");
         // Across the stripe boundary and both members.
-        let data: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+        let data: Vec<u8> = (0..256 * 1024u32)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap())
+            .collect();
         qa.write(&ns, 100, &data).await.unwrap();
         assert!(qc.read(&ns, 100, data.len()).await.unwrap() == data);
 
