@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod backplane;
+pub mod bench;
 pub mod block;
 pub mod config;
 pub mod controller;

@@ -42,6 +42,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark the NVMe/TCP block service against a raw TCP stream (starts its own
+    /// appliance on a RAM volume unless --target is given).
+    Bench(baton::bench::BenchArgs),
+    /// Serve raw TCP streams (the benchmark's reference; started by `baton bench`).
+    #[command(hide = true)]
+    BenchSource {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Act on a running appliance.
     Ctl {
         /// The appliance's admin address.
@@ -105,6 +115,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => baton::bench::run(args),
+        Command::BenchSource { listen } => baton::bench::run_source(listen),
         Command::Ctl { admin, action } => match action {
             CtlAction::DropConnections { controller } => {
                 let path = format!("/api/v1/controllers/{controller}/drop-connections");
