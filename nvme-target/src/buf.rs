@@ -10,6 +10,10 @@ pub struct OutBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes appended since creation (a position in the outgoing stream).
+    appended: u64,
+    /// Bytes consumed since creation.
+    consumed: u64,
 }
 
 impl OutBuf {
@@ -19,7 +23,19 @@ impl OutBuf {
             buf: vec![0; capacity],
             start: 0,
             end: 0,
+            appended: 0,
+            consumed: 0,
         }
+    }
+
+    /// Stream position of the next byte appended.
+    pub fn position(&self) -> u64 {
+        self.appended
+    }
+
+    /// Stream position of the next byte to write.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
     }
 
     /// Bytes not yet written.
@@ -39,7 +55,9 @@ impl OutBuf {
 
     /// Marks `n` bytes as written.
     pub fn consume(&mut self, n: usize) {
-        self.start += n.min(self.len());
+        let n = n.min(self.len());
+        self.start += n;
+        self.consumed += n as u64;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -54,6 +72,7 @@ impl OutBuf {
     /// Drops everything appended after `mark`.
     pub fn truncate(&mut self, mark: usize) {
         if mark >= self.start && mark <= self.end {
+            self.appended -= (self.end - mark) as u64;
             self.end = mark;
         }
     }
@@ -72,6 +91,7 @@ impl OutBuf {
         }
         let at = self.end;
         self.end += n;
+        self.appended += n as u64;
         &mut self.buf[at..at + n]
     }
 

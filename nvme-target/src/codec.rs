@@ -74,17 +74,29 @@ pub struct Frame {
     pub data_digest_error: bool,
 }
 
-/// Locates the next PDU in `buf`.
+/// A validated PDU header whose data may not have arrived yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The common header.
+    pub ch: CommonHeader,
+    /// Total length of the PDU.
+    pub plen: usize,
+    /// Data range within the PDU (empty if none).
+    pub data: std::ops::Range<usize>,
+    /// Length of the data digest after the data (0 or 4).
+    pub dd: usize,
+}
+
+/// Validates the header of the PDU at the front of `buf` (including its header digest).
 ///
-/// Returns `Ok(None)` when more bytes are needed, with the PDU's total length known only
-/// once the common header is complete. `max_plen` bounds any PDU this side accepts;
-/// `allowed` says whether a PDU type may arrive in this direction.
-pub fn next_frame(
+/// Returns `Ok(None)` until the header and its digest are complete. `max_plen` bounds any
+/// PDU this side accepts; `allowed` says whether a PDU type may arrive in this direction.
+pub fn parse_header(
     buf: &[u8],
     dg: Digests,
     max_plen: usize,
     allowed: impl Fn(u8) -> bool,
-) -> Result<Option<Frame>, Fatal> {
+) -> Result<Option<Header>, Fatal> {
     let Ok((ch, _)) = CommonHeader::read_from_prefix(buf) else {
         return Ok(None);
     };
@@ -108,11 +120,11 @@ pub fn next_frame(
         if buf.len() < plen {
             return Ok(None);
         }
-        return Ok(Some(Frame {
+        return Ok(Some(Header {
             ch,
             plen,
             data: 0..0,
-            data_digest_error: false,
+            dd: 0,
         }));
     }
     // TermReqs carry no digests; everything else carries them as negotiated.
@@ -137,7 +149,7 @@ pub fn next_frame(
     } else if pdo != 0 && !term && pdo != hlen + hd {
         return Err(Fatal::field(3));
     }
-    if buf.len() < plen {
+    if buf.len() < hlen + hd {
         return Ok(None);
     }
     if hd != 0 {
@@ -150,16 +162,33 @@ pub fn next_frame(
         }
     }
     let data = if has_data { pdo..plen - dd } else { 0..0 };
+    Ok(Some(Header { ch, plen, data, dd }))
+}
+
+/// Locates the next complete PDU in `buf` (see [`parse_header`]) and checks its data
+/// digest.
+pub fn next_frame(
+    buf: &[u8],
+    dg: Digests,
+    max_plen: usize,
+    allowed: impl Fn(u8) -> bool,
+) -> Result<Option<Frame>, Fatal> {
+    let Some(h) = parse_header(buf, dg, max_plen, allowed)? else {
+        return Ok(None);
+    };
+    if buf.len() < h.plen {
+        return Ok(None);
+    }
     let mut data_digest_error = false;
-    if dd != 0 {
-        let d = &buf[plen - dd..plen];
+    if h.dd != 0 {
+        let d = &buf[h.plen - h.dd..h.plen];
         let want = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-        data_digest_error = digest(&buf[data.clone()]) != want;
+        data_digest_error = digest(&buf[h.data.clone()]) != want;
     }
     Ok(Some(Frame {
-        ch,
-        plen,
-        data,
+        ch: h.ch,
+        plen: h.plen,
+        data: h.data,
         data_digest_error,
     }))
 }

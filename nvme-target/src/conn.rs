@@ -18,11 +18,12 @@ use nvme_spec::pdu::{
 };
 use nvme_spec::status;
 use nvme_spec::{FromBytes, FromZeros, IntoBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::blockdev::FileExtent;
 use crate::buf::{InBuf, OutBuf};
 use crate::codec::{self, Digests, Fatal, Frame};
 use crate::ctrl::Ctrl;
@@ -75,7 +76,14 @@ pub(crate) struct Conn {
     sqhd: u16,
     pub closing: bool,
     max_plen: usize,
+    /// File pieces to send with `sendfile` at their stream positions (zero-copy reads).
+    pub files: VecDeque<(u64, FileExtent)>,
+    /// Scratch for [`crate::BlockDevice::file_extents`].
+    pub extents: Vec<FileExtent>,
 }
+
+/// Most file pieces queued before the connection stops reading new commands.
+const MAX_QUEUED_FILES: usize = 1024;
 
 impl Conn {
     pub fn new(port: Rc<PortShared>) -> Self {
@@ -104,6 +112,8 @@ impl Conn {
             sqhd: 0,
             closing: false,
             max_plen: pdu::IC_LEN,
+            files: VecDeque::new(),
+            extents: Vec::new(),
         }
     }
 
@@ -129,10 +139,14 @@ impl Conn {
             if kill_rx.is_none() {
                 kill_rx = self.q.as_ref().map(|q| q.ctrl.subscribe());
             }
-            if (self.closing || draining) && self.out.is_empty() {
+            let idle = self.out.is_empty() && self.files.is_empty();
+            if (self.closing || draining) && idle {
                 break;
             }
-            let can_read = !draining && !self.closing && self.out.len() < OUT_HIGH_WATER;
+            let can_read = !draining
+                && !self.closing
+                && self.out.len() < OUT_HIGH_WATER
+                && self.files.len() < MAX_QUEUED_FILES;
             let need = self.next_len();
             tokio::select! {
                 biased;
@@ -144,10 +158,11 @@ impl Conn {
                 }
                 _ = drop_rx.changed() => break,
                 _ = killed(&mut kill_rx) => break,
-                r = wr.write(self.out.pending()), if !self.out.is_empty() => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => self.out.consume(n),
-                },
+                r = send(wr.as_ref(), &mut self.out, &mut self.files), if !idle => {
+                    if r.is_err() {
+                        break;
+                    }
+                }
                 r = rd.read(self.inb.spare(need)), if can_read => match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => self.inb.filled(n),
@@ -625,6 +640,47 @@ impl Conn {
             q.ctrl.io_queues.set(q.ctrl.io_queues.get() & !bit);
             target.set_io_queues(q.ctrl.subsys, q.ctrl.cntlid, q.ctrl.io_queue_count());
         }
+    }
+}
+
+/// Sends queued bytes up to the next file piece, or that file piece, once the socket
+/// takes more.
+async fn send(
+    stream: &TcpStream,
+    out: &mut OutBuf,
+    files: &mut VecDeque<(u64, FileExtent)>,
+) -> std::io::Result<()> {
+    stream.writable().await?;
+    let r = stream.try_io(Interest::WRITABLE, || match files.front_mut() {
+        Some((at, e)) if *at == out.consumed() => {
+            let mut off = i64::try_from(e.offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+            let n = nix::sys::sendfile::sendfile64(stream, &*e.file, Some(&mut off), e.len)?;
+            if n == 0 {
+                // The file ended before the piece did: nothing sensible can follow.
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            e.offset += n as u64;
+            e.len -= n;
+            if e.len == 0 {
+                files.pop_front();
+            }
+            Ok(())
+        }
+        next => {
+            let limit = next.map_or(out.len(), |(at, _)| {
+                usize::try_from(*at - out.consumed()).unwrap_or(usize::MAX)
+            });
+            let n = stream.try_write(&out.pending()[..limit.min(out.len())])?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            out.consume(n);
+            Ok(())
+        }
+    });
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        r => r,
     }
 }
 

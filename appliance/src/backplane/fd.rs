@@ -145,6 +145,18 @@ fn check_direct(offset: u64, len: usize) -> io::Result<()> {
 }
 
 impl DeviceHandle for FdHandle {
+    fn file_extent(&self, offset: u64, len: u64) -> Option<nvme_target::blockdev::FileExtent> {
+        // O_DIRECT files must not be read through the page cache behind their back.
+        if self.bounce.is_some() {
+            return None;
+        }
+        Some(nvme_target::blockdev::FileExtent {
+            file: Arc::clone(&self.file),
+            offset,
+            len: usize::try_from(len).ok()?,
+        })
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let Some(bounce) = &self.bounce else {
             return self.file.read_exact_at(buf, offset);

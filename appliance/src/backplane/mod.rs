@@ -30,6 +30,13 @@ pub trait Device: Send + Sync + std::fmt::Debug {
 
 /// One controller thread's access to a device. Offsets and lengths are in bytes.
 pub trait DeviceHandle {
+    /// The file and offset holding `len` bytes at `offset`, if reads may bypass this
+    /// handle (zero-copy sends); `None` (the default) otherwise.
+    fn file_extent(&self, offset: u64, len: u64) -> Option<nvme_target::blockdev::FileExtent> {
+        let _ = (offset, len);
+        None
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes `buf` at `offset`.

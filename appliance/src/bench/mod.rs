@@ -157,11 +157,16 @@ impl Drop for ChildGuard {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Starts `baton serve` on a RAM volume; returns the process and its ports.
-fn start_appliance(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<(ChildGuard, Vec<SocketAddr>)> {
+fn start_appliance(
+    args: &BenchArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<(ChildGuard, Vec<SocketAddr>)> {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let size = args.span.next_power_of_two().max(64 << 20);
     let cfg = format!(

@@ -33,7 +33,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn open(addr: SocketAddr, opts: &JobOptions) -> anyhow::Result<(HostController, Queue, Namespace)> {
+async fn open(
+    addr: SocketAddr,
+    opts: &JobOptions,
+) -> anyhow::Result<(HostController, Queue, Namespace)> {
     let mut o = HostOptions::new(&opts.nqn);
     o.queue_size = opts.qd.max(1) + 1;
     o.digests = Digests {
@@ -87,7 +90,12 @@ struct JobResult {
     latency: Histogram<u64>,
 }
 
-async fn job(addr: SocketAddr, index: usize, w: Workload, opts: JobOptions) -> anyhow::Result<JobResult> {
+async fn job(
+    addr: SocketAddr,
+    index: usize,
+    w: Workload,
+    opts: JobOptions,
+) -> anyhow::Result<JobResult> {
     let (_c, mut q, ns) = open(addr, &opts).await?;
     let size = w.io_size();
     let bs = u64::from(ns.block_size);
@@ -157,7 +165,12 @@ async fn job(addr: SocketAddr, index: usize, w: Workload, opts: JobOptions) -> a
 }
 
 /// Runs `jobs` client threads against the ports (job i on port i mod n).
-pub fn measure(ports: &[SocketAddr], jobs: usize, w: Workload, opts: &JobOptions) -> anyhow::Result<Measurement> {
+pub fn measure(
+    ports: &[SocketAddr],
+    jobs: usize,
+    w: Workload,
+    opts: &JobOptions,
+) -> anyhow::Result<Measurement> {
     let handles: Vec<_> = (0..jobs)
         .map(|i| {
             let addr = ports[i % ports.len()];
@@ -168,7 +181,9 @@ pub fn measure(ports: &[SocketAddr], jobs: usize, w: Workload, opts: &JobOptions
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut iops, mut bytes_per_s, mut errors) = (0.0, 0.0, 0);
     for h in handles {
-        let r = h.join().map_err(|_| anyhow::anyhow!("a job thread panicked"))??;
+        let r = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a job thread panicked"))??;
         let secs = r.elapsed.as_secs_f64();
         iops += r.ops as f64 / secs;
         bytes_per_s += r.bytes as f64 / secs;

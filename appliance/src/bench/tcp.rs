@@ -51,7 +51,9 @@ pub fn measure(conns: usize, duration: Duration) -> anyhow::Result<f64> {
                 let mut buf = vec![0u8; 128 * 1024];
                 let t0 = Instant::now();
                 while t0.elapsed() < Duration::from_millis(500) {
-                    s.read(&mut buf)?;
+                    if s.read(&mut buf)? == 0 {
+                        bail!("the TCP source closed the stream");
+                    }
                 }
                 let t1 = Instant::now();
                 let mut bytes = 0u64;

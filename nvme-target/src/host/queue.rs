@@ -34,6 +34,21 @@ impl Completion {
     }
 }
 
+/// A large C2HData payload being read from the socket straight into its command's buffer,
+/// as the Linux host reads into the request's pages.
+#[derive(Debug)]
+struct Direct {
+    cid: u16,
+    start: usize,
+    pos: usize,
+    end: usize,
+    digest: bool,
+    success: bool,
+}
+
+/// C2HData payloads at least this large bypass the input buffer.
+const DIRECT_MIN: usize = 16 * 1024;
+
 #[derive(Debug, Default)]
 struct Slot {
     busy: bool,
@@ -58,7 +73,15 @@ pub struct Queue {
     free: Vec<u16>,
     done: VecDeque<Completion>,
     max_plen: usize,
+    direct: Option<Direct>,
+    pending_digest: Option<(u16, std::ops::Range<usize>, bool)>,
+    /// Outstanding reads large enough to be read directly into their buffers.
+    big_reads: usize,
 }
+
+/// Socket reads into the input buffer while large reads are outstanding: small, so their
+/// payloads mostly bypass the buffer.
+const SMALL_READ: usize = 8 * 1024;
 
 impl Queue {
     /// Opens a TCP connection and exchanges ICReq/ICResp. `entries` bounds the commands
@@ -116,6 +139,9 @@ impl Queue {
             free: (0..entries).rev().collect(),
             done: VecDeque::with_capacity(usize::from(entries)),
             max_plen: 64 << 20,
+            direct: None,
+            pending_digest: None,
+            big_reads: 0,
         })
     }
 
@@ -143,6 +169,9 @@ impl Queue {
         slot.busy = true;
         slot.received = 0;
         slot.read_len = read_len;
+        if read_len >= DIRECT_MIN {
+            self.big_reads += 1;
+        }
         slot.write_len = 0;
         if slot.read.len() < read_len {
             slot.read.resize(read_len, 0);
@@ -207,6 +236,9 @@ impl Queue {
         if let Some(s) = self.slots.get_mut(usize::from(cid)) {
             if s.busy {
                 s.busy = false;
+                if s.read_len >= DIRECT_MIN {
+                    self.big_reads -= 1;
+                }
                 self.free.push(cid);
             }
         }
@@ -259,6 +291,32 @@ impl Queue {
         if !self.done.is_empty() {
             return Ok(());
         }
+        if let Some(d) = self.direct.as_mut() {
+            let slot = &mut self.slots[usize::from(d.cid)];
+            let mut finished = false;
+            tokio::select! {
+                r = self.wr.write(self.out.pending()), if !self.out.is_empty() => {
+                    let n = r?;
+                    if n == 0 {
+                        return Err(HostError::Io(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    self.out.consume(n);
+                }
+                r = self.rd.read(&mut slot.read[d.pos..d.end]) => {
+                    let n = r?;
+                    if n == 0 {
+                        return Err(HostError::Closed);
+                    }
+                    d.pos += n;
+                    finished = d.pos == d.end;
+                }
+            }
+            if finished {
+                self.finish_direct();
+                self.process()?;
+            }
+            return Ok(());
+        }
         let need = match CommonHeader::read_from_prefix(self.inb.data()) {
             Ok((ch, _)) => (ch.plen.get() as usize).clamp(8, self.max_plen),
             Err(_) => 8,
@@ -272,7 +330,7 @@ impl Queue {
                 }
                 self.out.consume(n);
             }
-            r = self.rd.read(self.inb.spare(need)) => {
+            r = self.rd.read(limit(self.inb.spare(need), if self.big_reads > 0 { SMALL_READ } else { usize::MAX })) => {
                 let n = r?;
                 if n == 0 {
                     return Err(HostError::Closed);
@@ -286,20 +344,32 @@ impl Queue {
 
     fn process(&mut self) -> Result<(), HostError> {
         loop {
-            let allowed = |t| {
-                matches!(
-                    t,
-                    pdu_type::CAPSULE_RESP
-                        | pdu_type::C2H_DATA
-                        | pdu_type::R2T
-                        | pdu_type::C2H_TERM_REQ
-                )
-            };
-            let f = match codec::next_frame(self.inb.data(), self.dg, self.max_plen, allowed) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(HostError::Protocol(format!("bad PDU from controller: {e}"))),
-            };
+            if let Some((cid, range, success)) = self.pending_digest.clone() {
+                let d = self.inb.data();
+                if d.len() < pdu::DIGEST_LEN {
+                    return Ok(());
+                }
+                let want = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+                self.inb.consume(pdu::DIGEST_LEN);
+                self.pending_digest = None;
+                if codec::digest(&self.slots[usize::from(cid)].read[range]) != want {
+                    return Err(HostError::Protocol("C2HData data digest mismatch".into()));
+                }
+                if success {
+                    self.complete_by_data(cid);
+                }
+            }
+            if self.direct.is_some() {
+                return Ok(());
+            }
+            let f =
+                match codec::next_frame(self.inb.data(), self.dg, self.max_plen, from_controller) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return self.try_direct(),
+                    Err(e) => {
+                        return Err(HostError::Protocol(format!("bad PDU from controller: {e}")));
+                    }
+                };
             let inb = std::mem::replace(&mut self.inb, InBuf::with_capacity(0));
             let bytes = &inb.data()[..f.plen];
             let r = self.on_pdu(
@@ -313,6 +383,70 @@ impl Queue {
             self.inb.consume(f.plen);
             r?;
         }
+    }
+
+    /// Starts reading a large C2HData payload straight into its command's buffer.
+    fn try_direct(&mut self) -> Result<(), HostError> {
+        let h = match codec::parse_header(self.inb.data(), self.dg, self.max_plen, from_controller)
+        {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(HostError::Protocol(format!("bad PDU from controller: {e}"))),
+        };
+        let avail = self.inb.data().len();
+        if h.ch.pdu_type != pdu_type::C2H_DATA || h.data.len() < DIRECT_MIN || avail < h.data.start
+        {
+            return Ok(());
+        }
+        let (dh, _) = DataHeader::read_from_prefix(self.inb.data())
+            .map_err(|_| HostError::Protocol("short C2HData".into()))?;
+        let cid = dh.cccid.get();
+        let len = h.data.len();
+        self.slot(cid)?;
+        let s = &mut self.slots[usize::from(cid)];
+        let off = dh.datao.get() as usize;
+        if off != s.received || off + len > s.read_len || dh.datal.get() as usize != len {
+            return Err(HostError::Protocol(format!(
+                "C2HData out of range (offset {off}, length {len}, expected {})",
+                s.read_len
+            )));
+        }
+        let have = (avail - h.data.start).min(len);
+        let data = &self.inb.data()[h.data.start..h.data.start + have];
+        s.read[off..off + have].copy_from_slice(data);
+        self.inb.consume(h.data.start + have);
+        self.direct = Some(Direct {
+            cid,
+            start: off,
+            pos: off + have,
+            end: off + len,
+            digest: h.dd != 0,
+            success: h.ch.flags & flags::SUCCESS != 0,
+        });
+        if have == len {
+            self.finish_direct();
+        }
+        Ok(())
+    }
+
+    fn finish_direct(&mut self) {
+        let Some(d) = self.direct.take() else { return };
+        self.slots[usize::from(d.cid)].received = d.end;
+        if d.digest {
+            self.pending_digest = Some((d.cid, d.start..d.end, d.success));
+        } else if d.success {
+            self.complete_by_data(d.cid);
+        }
+    }
+
+    fn complete_by_data(&mut self, cid: u16) {
+        self.done.push_back(Completion {
+            cid,
+            cqe: Cqe {
+                cid: cid.into(),
+                ..Cqe::default()
+            },
+        });
     }
 
     fn slot(&mut self, cid: u16) -> Result<&mut Slot, HostError> {
@@ -413,6 +547,18 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+fn limit(buf: &mut [u8], max: usize) -> &mut [u8] {
+    let n = buf.len().min(max);
+    &mut buf[..n]
+}
+
+fn from_controller(t: u8) -> bool {
+    matches!(
+        t,
+        pdu_type::CAPSULE_RESP | pdu_type::C2H_DATA | pdu_type::R2T | pdu_type::C2H_TERM_REQ
+    )
 }
 
 fn term_req(bytes: &[u8]) -> HostError {

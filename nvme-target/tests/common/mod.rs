@@ -77,6 +77,61 @@ impl BlockDevice for MemDevice {
     }
 }
 
+/// A file-backed device shared by every port thread; reads may go out with `sendfile`.
+#[derive(Clone)]
+pub struct FileDevice {
+    file: Arc<std::fs::File>,
+    size: u64,
+}
+
+impl FileDevice {
+    pub fn new(size: u64) -> Self {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(size).unwrap();
+        Self {
+            file: Arc::new(file),
+            size,
+        }
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn block_size(&self) -> u32 {
+        512
+    }
+    fn num_blocks(&self) -> u64 {
+        self.size / 512
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&*self.file, buf, offset)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&*self.file, buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.write_at(offset, &vec![0; usize::try_from(len).unwrap()])
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.write_zeroes(offset, len)
+    }
+    fn file_extents(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<nvme_target::blockdev::FileExtent>,
+    ) -> bool {
+        out.push(nvme_target::blockdev::FileExtent {
+            file: Arc::clone(&self.file),
+            offset,
+            len: usize::try_from(len).unwrap(),
+        });
+        true
+    }
+}
+
 enum Cmd {
     DropConnections,
 }
@@ -97,7 +152,7 @@ fn nguid(n: u8) -> [u8; 16] {
     g
 }
 
-fn namespace(nsid: u32, dev: &MemDevice, n: u8) -> NamespaceConfig {
+fn namespace(nsid: u32, dev: &dyn BlockDevice, n: u8) -> NamespaceConfig {
     NamespaceConfig {
         nsid,
         nguid: nguid(n),
@@ -112,7 +167,8 @@ fn namespace(nsid: u32, dev: &MemDevice, n: u8) -> NamespaceConfig {
 impl Harness {
     /// Starts a target with two ports, using `tweak` to adjust the limits.
     pub fn start_with(tweak: impl FnOnce(&mut TargetConfig)) -> Self {
-        let ns1 = MemDevice::new(64 << 20, 512);
+        // Namespace 1 is file-backed (zero-copy reads), namespace 2 in memory (copied reads).
+        let ns1 = FileDevice::new(64 << 20);
         let ns2 = MemDevice::new(16 << 20, 4096);
         let locked = MemDevice::new(4 << 20, 512);
         let listeners: Vec<_> = (0..3)
