@@ -8,3 +8,4 @@ pub mod config;
 pub mod controller;
 pub mod logging;
 pub mod serve;
+pub mod stream;

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 use baton::config::Config;
 
+mod content;
+
 /// Baton storage appliance: NVMe/TCP block service and striped stream service.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -52,6 +54,51 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Store a file (or standard input with `-`) in the content store.
+    Put {
+        /// File to store, or `-` for standard input.
+        file: PathBuf,
+        /// Name to store it under (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The stream service's control address.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        stream: SocketAddr,
+    },
+    /// List stored content.
+    Ls {
+        /// The stream service's control address.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        stream: SocketAddr,
+    },
+    /// Remove stored content.
+    Rm {
+        /// Name.
+        name: String,
+        /// The stream service's control address.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        stream: SocketAddr,
+    },
+    /// Stream stored content through the controllers (the baton-passing stream).
+    Fetch {
+        /// Name.
+        name: String,
+        /// Output file, or `-` for standard output (the default).
+        #[arg(long, short, default_value = "-")]
+        output: PathBuf,
+        /// First byte.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Bytes (default: to the end).
+        #[arg(long)]
+        length: Option<u64>,
+        /// Pacing in bits per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// The stream service's control address.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        stream: SocketAddr,
+    },
     /// Act on a running appliance.
     Ctl {
         /// The appliance's admin address.
@@ -64,6 +111,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum CtlAction {
+    /// Stop one controller's stream worker: its sessions are re-planned over the others.
+    StopStreams {
+        /// Controller index (0-based).
+        #[arg(long)]
+        controller: usize,
+    },
     /// Close every NVMe/TCP connection of one controller (its port keeps listening, so
     /// hosts reconnect; multipath hosts carry on over the other controllers).
     DropConnections {
@@ -116,8 +169,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => baton::bench::run(args),
+        Command::Put { file, name, stream } => content::put(stream, &file, name),
+        Command::Ls { stream } => content::ls(stream),
+        Command::Rm { name, stream } => content::rm(stream, &name),
+        Command::Fetch {
+            name,
+            output,
+            offset,
+            length,
+            rate,
+            stream,
+        } => content::fetch(stream, &name, &output, offset, length, rate),
         Command::BenchSource { listen } => baton::bench::run_source(listen),
         Command::Ctl { admin, action } => match action {
+            CtlAction::StopStreams { controller } => {
+                let path = format!("/api/v1/controllers/{controller}/stop-streams");
+                baton::admin::call(admin, hyper::Method::POST, &path)?;
+                println!("controller {controller}: stream worker stopped");
+                Ok(())
+            }
             CtlAction::DropConnections { controller } => {
                 let path = format!("/api/v1/controllers/{controller}/drop-connections");
                 baton::admin::call(admin, hyper::Method::POST, &path)?;

@@ -22,6 +22,9 @@ pub enum ServeError {
     /// The NVMe/TCP target could not be built or started.
     #[error("NVMe/TCP target: {0}")]
     Target(String),
+    /// The stream service could not start.
+    #[error("stream service: {0}")]
+    Stream(String),
     /// A listener or thread could not be started.
     #[error("{what}")]
     Io {
@@ -45,6 +48,7 @@ pub struct Appliance {
     config: Arc<Config>,
     backplane: Arc<Backplane>,
     block: Arc<BlockService>,
+    stream: Option<Arc<crate::stream::StreamService>>,
     controllers: Controllers,
     admin: Arc<Admin>,
     admin_thread: Option<std::thread::JoinHandle<()>>,
@@ -65,10 +69,14 @@ impl Appliance {
             &controllers,
             &shutdown,
         )?);
+        let stream =
+            crate::stream::StreamService::start(&config, &backplane, &controllers, &shutdown)?
+                .map(Arc::new);
         let admin = Arc::new(Admin::new(
             Arc::clone(&config),
             Arc::clone(&backplane),
             Arc::clone(&block),
+            stream.clone(),
             controllers.handles().to_vec(),
         ));
         let admin_thread = match config.admin.address {
@@ -85,6 +93,7 @@ impl Appliance {
             config,
             backplane,
             block,
+            stream,
             controllers,
             admin,
             admin_thread,
@@ -107,6 +116,11 @@ impl Appliance {
         &self.block
     }
 
+    /// The stream service, if configured.
+    pub fn stream(&self) -> Option<&Arc<crate::stream::StreamService>> {
+        self.stream.as_ref()
+    }
+
     /// The backplane.
     pub fn backplane(&self) -> &Arc<Backplane> {
         &self.backplane
@@ -117,6 +131,9 @@ impl Appliance {
         info!("shutting down");
         // Receivers may all be gone already; that is a finished shutdown.
         let _ = self.shutdown.send(true);
+        if let Some(s) = &self.stream {
+            s.join();
+        }
         self.controllers.join();
         if let Some(t) = self.admin_thread {
             // A panicked admin thread has nothing left to clean up.

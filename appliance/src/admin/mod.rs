@@ -5,6 +5,7 @@ pub mod exporter;
 pub mod http;
 mod nvme;
 pub mod status;
+mod stream_metrics;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +30,7 @@ pub struct Admin {
     config: Arc<Config>,
     backplane: Arc<Backplane>,
     block: Arc<BlockService>,
+    stream: Option<Arc<crate::stream::StreamService>>,
     controllers: Vec<ControllerHandle>,
 }
 
@@ -38,6 +40,7 @@ impl Admin {
         config: Arc<Config>,
         backplane: Arc<Backplane>,
         block: Arc<BlockService>,
+        stream: Option<Arc<crate::stream::StreamService>>,
         controllers: Vec<ControllerHandle>,
     ) -> Self {
         Self {
@@ -45,6 +48,7 @@ impl Admin {
             config,
             backplane,
             block,
+            stream,
             controllers,
         }
     }
@@ -109,11 +113,36 @@ impl Admin {
             subsystems: nvme::subsystems(&self.config, &self.block),
             volumes,
             devices,
-            ..Status::default()
+            sessions: self
+                .stream
+                .as_ref()
+                .map(|s| {
+                    s.sessions()
+                        .into_iter()
+                        .map(|(id, content, controllers, blocks_sent, blocks, _)| {
+                            status::SessionStatus {
+                                id,
+                                content,
+                                controllers,
+                                blocks_sent,
+                                blocks,
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
     fn volume_role(&self, volume: &str) -> String {
+        if self
+            .config
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.volume == volume)
+        {
+            return "content store".into();
+        }
         for s in &self.config.subsystems {
             for ns in &s.namespaces {
                 if ns.volume == volume {
@@ -225,6 +254,9 @@ impl Collector for Admin {
         )?;
         self.encode_devices(&mut f)?;
         nvme::encode(&self.config, &self.block, &mut f)?;
+        if let Some(s) = &self.stream {
+            stream_metrics::encode(s.metrics(), &mut f)?;
+        }
         Ok(())
     }
 }
@@ -310,6 +342,26 @@ impl Router for AdminRouter {
             },
             (&Method::GET, "/api/v1/status") => http::json(StatusCode::OK, &self.0.status()),
             (&Method::GET, "/healthz") => http::text(StatusCode::OK, "text/plain", "ok\n"),
+            (&Method::POST, p) if action_path(p, "stop-streams").is_some() => {
+                let Some(Ok(index)) = action_path(p, "stop-streams") else {
+                    return http::error(
+                        StatusCode::BAD_REQUEST,
+                        "controller index is not a number",
+                    );
+                };
+                match self.0.stream.as_ref() {
+                    Some(s) if s.stop_controller(index) => {
+                        http::text(StatusCode::OK, "text/plain", "stopped\n")
+                    }
+                    Some(_) => {
+                        http::error(StatusCode::NOT_FOUND, &format!("no controller {index}"))
+                    }
+                    None => http::error(
+                        StatusCode::NOT_FOUND,
+                        "the stream service is not configured",
+                    ),
+                }
+            }
             (&Method::POST, p) if drop_path(p).is_some() => {
                 let Some(Ok(index)) = drop_path(p) else {
                     return http::error(
@@ -332,7 +384,12 @@ impl Router for AdminRouter {
 
 /// `Some(index)` for `/api/v1/controllers/{index}/drop-connections`.
 fn drop_path(path: &str) -> Option<Result<usize, std::num::ParseIntError>> {
+    action_path(path, "drop-connections")
+}
+
+/// `Some(index)` for `/api/v1/controllers/{index}/{action}`.
+fn action_path(path: &str, action: &str) -> Option<Result<usize, std::num::ParseIntError>> {
     let rest = path.strip_prefix("/api/v1/controllers/")?;
-    let index = rest.strip_suffix("/drop-connections")?;
+    let index = rest.strip_suffix(action)?.strip_suffix('/')?;
     Some(index.parse())
 }

@@ -72,9 +72,74 @@ pub struct Config {
     /// NVMe subsystems exported over NVMe/TCP.
     #[serde(default)]
     pub subsystems: Vec<SubsystemConfig>,
+    /// Stream service (absent: off).
+    #[serde(default)]
+    pub stream: Option<StreamConfig>,
     /// Logging.
     #[serde(default)]
     pub logging: LoggingConfig,
+}
+
+/// The stream service: a content store on a volume, a coordinator and one data port per
+/// controller.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Volume holding the content store (never exported as a namespace).
+    pub volume: String,
+    /// Address of the control, HTTP and data ports.
+    #[serde(default = "loopback")]
+    pub address: IpAddr,
+    /// Coordinator control port (`baton put/ls/rm/fetch`); 0 picks a free port.
+    #[serde(default = "default_control_port")]
+    pub control_port: u16,
+    /// HTTP face (`GET /content/{name}`); null for none, 0 picks a free port.
+    #[serde(default = "default_http_port")]
+    pub http_port: Option<u16>,
+    /// Controller i's data port is `data_port_base + i`; 0 picks free ports.
+    #[serde(default = "default_data_port_base")]
+    pub data_port_base: u16,
+    /// Content block size: the unit a controller reads and sends.
+    #[serde(default = "default_stream_block")]
+    pub block_size: ByteSize,
+    /// Read-ahead window: blocks requested ahead of the baton.
+    #[serde(default = "default_window")]
+    pub window: u32,
+    /// Sessions each controller serves at once (admission control).
+    #[serde(default = "default_send_budget")]
+    pub send_budget: u32,
+    /// Catalog entries (content items the store can hold).
+    #[serde(default = "default_catalog_entries")]
+    pub catalog_entries: u32,
+    /// A session whose baton has not moved for this long is re-planned over the live
+    /// controllers (milliseconds).
+    #[serde(default = "default_sync_timeout")]
+    pub sync_timeout_ms: u64,
+}
+
+fn default_control_port() -> u16 {
+    9450
+}
+fn default_http_port() -> Option<u16> {
+    Some(8080)
+}
+fn default_data_port_base() -> u16 {
+    9460
+}
+fn default_stream_block() -> ByteSize {
+    ByteSize::parse("256KiB").unwrap_or_default()
+}
+fn default_window() -> u32 {
+    4
+}
+fn default_send_budget() -> u32 {
+    256
+}
+fn default_catalog_entries() -> u32 {
+    1024
+}
+fn default_sync_timeout() -> u64 {
+    2000
 }
 
 fn default_data_dir() -> PathBuf {
@@ -543,6 +608,55 @@ impl Config {
                 "nvme_tcp.address".into(),
                 "give a concrete address: discovery must advertise it to hosts".into(),
             ));
+        }
+        if let Some(st) = &self.stream {
+            let Some(v) = self.volumes.iter().find(|v| v.name == st.volume) else {
+                return Err((
+                    "stream.volume".into(),
+                    format!("no volume named `{}`", st.volume),
+                ));
+            };
+            for (i, s) in self.subsystems.iter().enumerate() {
+                for (j, ns) in s.namespaces.iter().enumerate() {
+                    if ns.volume == st.volume {
+                        return Err((
+                            format!("subsystems[{i}].namespaces[{j}].volume"),
+                            format!(
+                                "`{}` holds the content store and cannot be exported",
+                                st.volume
+                            ),
+                        ));
+                    }
+                }
+            }
+            let bs = st.block_size.bytes();
+            if !bs.is_power_of_two()
+                || !(4096..=16 << 20).contains(&bs)
+                || bs < u64::from(v.block_size)
+            {
+                return Err((
+                    "stream.block_size".into(),
+                    "a power of two from 4KiB to 16MiB, at least the volume's block size".into(),
+                ));
+            }
+            if st.window == 0 || st.window > 64 {
+                return Err(("stream.window".into(), "must be in 1..=64".into()));
+            }
+            if st.send_budget == 0 {
+                return Err(("stream.send_budget".into(), "must be at least 1".into()));
+            }
+            if !(16..=65536).contains(&st.catalog_entries) {
+                return Err((
+                    "stream.catalog_entries".into(),
+                    "must be in 16..=65536".into(),
+                ));
+            }
+            if st.sync_timeout_ms < 50 {
+                return Err((
+                    "stream.sync_timeout_ms".into(),
+                    "must be at least 50".into(),
+                ));
+            }
         }
         if let Err(e) = self.logging.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(("logging.level".into(), format!("bad filter: {e}")));
