@@ -135,17 +135,27 @@ impl Backplane {
 
 fn open_device(config: &Config, dc: &DeviceConfig) -> io::Result<Arc<dyn Device>> {
     Ok(match dc {
-        DeviceConfig::Ram { name, size } => Arc::new(FdDevice::ram(name, size.bytes())?),
+        DeviceConfig::Ram {
+            name,
+            size,
+            read_rate,
+        } => Arc::new(
+            FdDevice::ram(name, size.bytes())?.with_read_rate(read_rate.map(|r| r.bytes())),
+        ),
         DeviceConfig::File {
             name,
             path,
             size,
             direct,
-        } => Arc::new(FdDevice::file(
-            name,
-            &config.resolve(path),
-            size.map(|s| s.bytes()),
-            *direct,
-        )?),
+            read_rate,
+        } => Arc::new(
+            FdDevice::file(
+                name,
+                &config.resolve(path),
+                size.map(|s| s.bytes()),
+                *direct,
+            )?
+            .with_read_rate(read_rate.map(|r| r.bytes())),
+        ),
     })
 }

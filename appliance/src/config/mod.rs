@@ -264,6 +264,10 @@ pub enum DeviceConfig {
         name: String,
         /// Capacity.
         size: ByteSize,
+        /// Caps each controller's reads from this device at this many bytes per second
+        /// (models a slower device; used by the stream scaling benchmark).
+        #[serde(default)]
+        read_rate: Option<ByteSize>,
     },
     /// A file or block device, opened by every controller.
     File {
@@ -271,6 +275,9 @@ pub enum DeviceConfig {
         name: String,
         /// Path; relative paths are under `data_dir`.
         path: PathBuf,
+        /// Caps each controller's reads from this device at this many bytes per second.
+        #[serde(default)]
+        read_rate: Option<ByteSize>,
         /// Size to create a missing file with (and the capacity used); absent means the
         /// existing file's size.
         #[serde(default)]

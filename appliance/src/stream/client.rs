@@ -185,6 +185,17 @@ impl StreamClient {
         };
         let secret =
             unhex(&info.secret).ok_or_else(|| ClientError::Protocol("bad secret".into()))?;
+        if info.blocks == 0 {
+            // Nothing to send: no data channels, the coordinator says Done at once.
+            return match c.reply().await? {
+                Reply::Done => Ok(FetchStats {
+                    bytes: 0,
+                    blocks: 0,
+                    replans: 0,
+                }),
+                r => Err(ClientError::Protocol(format!("unexpected reply {r:?}"))),
+            };
+        }
         let mut channels: Vec<Option<Frames>> = (0..info.data_ports.len()).map(|_| None).collect();
         let mut planned: Vec<usize> = info.plan.controllers.clone();
         planned.sort_unstable();

@@ -295,6 +295,9 @@ async fn on_sync(state: State, mut sync: Sync) {
             }
         }
     }
+    if let Some(delay) = test_jitter(s.id, k) {
+        tokio::time::sleep(delay).await;
+    }
     let buf = {
         let mut w = state.borrow_mut();
         match w.ready.remove(&(s.id, k)) {
@@ -400,4 +403,25 @@ async fn on_sync(state: State, mut sync: Sync) {
 
 fn fail(shared: &Shared, s: &super::Session) {
     let _ = shared.events.send(Event::ClientGone(s.id));
+}
+
+/// Fault injection for tests: with `BATON_STREAM_TEST_JITTER_MS=N` in the environment, every
+/// baton waits a pseudo-random 0..N ms before its block is sent, so controllers finish their
+/// blocks out of order and only the baton keeps the stream ordered.
+fn test_jitter(session: u64, block: u64) -> Option<Duration> {
+    static JITTER: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let max = *JITTER.get_or_init(|| {
+        std::env::var("BATON_STREAM_TEST_JITTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    if max == 0 {
+        return None;
+    }
+    let mut x = session ^ block.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    Some(Duration::from_millis(x % (max + 1)))
 }
