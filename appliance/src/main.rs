@@ -47,6 +47,9 @@ enum Command {
     /// Benchmark the NVMe/TCP block service against a raw TCP stream (starts its own
     /// appliance on a RAM volume unless --target is given).
     Bench(baton::bench::BenchArgs),
+    /// Benchmark the stream service: one stream vs raw TCP, scaling with controllers when
+    /// device reads are capped, many paced streams.
+    BenchStream(baton::bench::stream::StreamBenchArgs),
     /// Serve raw TCP streams (the benchmark's reference; started by `baton bench`).
     #[command(hide = true)]
     BenchSource {
@@ -169,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => baton::bench::run(args),
+        Command::BenchStream(args) => baton::bench::stream::run(args),
         Command::Put { file, name, stream } => content::put(stream, &file, name),
         Command::Ls { stream } => content::ls(stream),
         Command::Rm { name, stream } => content::rm(stream, &name),

@@ -95,8 +95,12 @@ pub struct FetchStats {
     pub replans: u32,
 }
 
-/// One data channel's frames, read by its own task.
-type Frames = mpsc::Receiver<Result<(FrameHeader, Vec<u8>), ClientError>>;
+/// One data channel: frames read by its own task, and the way to hand their buffers back
+/// for reuse (so a long stream does not allocate per block).
+struct Frames {
+    rx: mpsc::Receiver<Result<(FrameHeader, Vec<u8>), ClientError>>,
+    free: mpsc::UnboundedSender<Vec<u8>>,
+}
 
 impl StreamClient {
     /// A client of the coordinator at `control`.
@@ -235,7 +239,11 @@ impl StreamClient {
             let frames = channels.get_mut(c).and_then(Option::as_mut);
             let next = async {
                 match frames {
-                    Some(f) => f.recv().await,
+                    Some(f) => {
+                        f.rx.recv()
+                            .await
+                            .map(|r| r.map(|(h, p)| (h, p, f.free.clone())))
+                    }
                     // Not attached: only a re-plan can help.
                     None => std::future::pending().await,
                 }
@@ -255,9 +263,10 @@ impl StreamClient {
                     None => return Err(ClientError::Protocol("control connection lost".into())),
                 },
                 f = next => match f {
-                    Some(Ok((h, payload))) => {
+                    Some(Ok((h, payload, free))) => {
                         if h.epoch < plan.epoch || h.seq < k {
                             // Sent under an older plan, and re-sent since: skip.
+                            let _ = free.send(payload);
                             continue;
                         }
                         if h.seq != k {
@@ -265,6 +274,7 @@ impl StreamClient {
                         }
                         out.write_all(&payload).await?;
                         stats.bytes += payload.len() as u64;
+                        let _ = free.send(payload);
                         stats.blocks += 1;
                         k += 1;
                         progress(info.length, stats.bytes);
@@ -308,6 +318,7 @@ async fn attach(
         });
     }
     let (tx, rx) = mpsc::channel(2);
+    let (free, mut recycled) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
         let mut s = s;
         loop {
@@ -317,7 +328,8 @@ async fn attach(
             }
             let r = match FrameHeader::decode(&h) {
                 Some(h) if u64::from(h.len) <= block_size => {
-                    let mut payload = vec![0u8; h.len as usize];
+                    let mut payload = recycled.try_recv().unwrap_or_default();
+                    payload.resize(h.len as usize, 0);
                     match s.read_exact(&mut payload).await {
                         Ok(_) if crc32c::crc32c(&payload) == h.crc => Ok((h, payload)),
                         Ok(_) => Err(ClientError::Protocol(format!(
@@ -336,5 +348,5 @@ async fn attach(
         }
     });
     let _ = ATTACH_LEN;
-    Ok(rx)
+    Ok(Frames { rx, free })
 }

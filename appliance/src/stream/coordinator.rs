@@ -362,7 +362,13 @@ impl Coord {
             first_block,
             blocks,
             rate,
-            window: u64::from(self.shared.cfg.window),
+            // A paced stream needs little read-ahead: two blocks keep the baton fed and halve
+            // the buffers each of thousands of sessions holds.
+            window: if rate.is_some() {
+                u64::from(self.shared.cfg.window).min(2)
+            } else {
+                u64::from(self.shared.cfg.window)
+            },
             created: Instant::now(),
             t0: std::sync::Mutex::new(None),
             epoch: AtomicU32::new(1),
@@ -390,7 +396,8 @@ impl Coord {
         Ok((session, plan))
     }
 
-    /// Sends the first DataRequests (the window) and the baton.
+    /// Sends the first DataRequest (the controllers pass it on up to the window) and the
+    /// baton.
     pub(super) fn kick(
         &self,
         s: &Arc<Session>,
@@ -398,27 +405,26 @@ impl Coord {
         socket: Option<std::net::TcpStream>,
     ) {
         let from = plan.from_block;
-        for b in from..(from + s.window).min(s.blocks) {
-            let _ = self.shared.send(
-                plan.controller(b),
-                StreamMsg::DataRequest(DataRequest {
-                    session: Arc::clone(s),
-                    block: b,
-                    plan: Arc::clone(plan),
-                }),
-            );
+        if from >= s.blocks {
+            return;
         }
-        if from < s.blocks {
-            let _ = self.shared.send(
-                plan.controller(from),
-                StreamMsg::Sync(Sync {
-                    session: Arc::clone(s),
-                    block: from,
-                    plan: Arc::clone(plan),
-                    socket,
-                }),
-            );
-        }
+        let _ = self.shared.send(
+            plan.controller(from),
+            StreamMsg::DataRequest(DataRequest {
+                session: Arc::clone(s),
+                block: from,
+                plan: Arc::clone(plan),
+            }),
+        );
+        let _ = self.shared.send(
+            plan.controller(from),
+            StreamMsg::Sync(Sync {
+                session: Arc::clone(s),
+                block: from,
+                plan: Arc::clone(plan),
+                socket,
+            }),
+        );
     }
 
     /// Ends a session everywhere.

@@ -205,13 +205,51 @@ fn forward(shared: &Shared, plan: &Arc<super::Plan>, msg: StreamMsg) {
 }
 
 fn on_data_request(state: &State, dr: DataRequest) {
-    let mut w = state.borrow_mut();
-    let shared = Arc::clone(&w.shared);
-    shared.metrics.controllers[w.index]
+    let shared = Arc::clone(&state.borrow().shared);
+    let index = state.borrow().index;
+    shared.metrics.controllers[index]
         .data_requests
         .fetch_add(1, Ordering::Relaxed);
     let s = &dr.session;
-    if !s.is_current(&dr.plan) || w.stopped {
+    if !s.is_current(&dr.plan) || state.borrow().stopped {
+        return;
+    }
+    // Pass the request for the next block on first, so the next controller reads its block
+    // while this one reads its own; never run past the window ahead of the baton.
+    let next = dr.block + 1;
+    if next < s.blocks {
+        if next < s.sent.load(Ordering::Acquire) + s.window {
+            forward(
+                &shared,
+                &dr.plan,
+                StreamMsg::DataRequest(DataRequest {
+                    session: Arc::clone(s),
+                    block: next,
+                    plan: Arc::clone(&dr.plan),
+                }),
+            );
+        } else {
+            s.parked.store(next, Ordering::Release);
+            // The baton may have moved between the check and the store.
+            if next < s.sent.load(Ordering::Acquire) + s.window
+                && s.parked
+                    .compare_exchange(next, NONE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                forward(
+                    &shared,
+                    &dr.plan,
+                    StreamMsg::DataRequest(DataRequest {
+                        session: Arc::clone(s),
+                        block: next,
+                        plan: Arc::clone(&dr.plan),
+                    }),
+                );
+            }
+        }
+    }
+    let mut w = state.borrow_mut();
+    if w.ready.contains_key(&(s.id, dr.block)) {
         return;
     }
     if let Some(mut buf) = w.take_buffer(false) {
@@ -225,41 +263,6 @@ fn on_data_request(state: &State, dr: DataRequest) {
                 w.give_back(buf);
             }
         }
-    }
-    drop(w);
-    // Pass the request for the next block on, unless that would run past the window.
-    let next = dr.block + 1;
-    if next >= s.blocks {
-        return;
-    }
-    if next < s.sent.load(Ordering::Acquire) + s.window {
-        forward(
-            &shared,
-            &dr.plan,
-            StreamMsg::DataRequest(DataRequest {
-                session: Arc::clone(s),
-                block: next,
-                plan: Arc::clone(&dr.plan),
-            }),
-        );
-        return;
-    }
-    s.parked.store(next, Ordering::Release);
-    // The baton may have moved between the check and the store.
-    if next < s.sent.load(Ordering::Acquire) + s.window
-        && s.parked
-            .compare_exchange(next, NONE, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    {
-        forward(
-            &shared,
-            &dr.plan,
-            StreamMsg::DataRequest(DataRequest {
-                session: Arc::clone(s),
-                block: next,
-                plan: Arc::clone(&dr.plan),
-            }),
-        );
     }
 }
 
