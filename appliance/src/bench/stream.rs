@@ -102,7 +102,9 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
 fn one_stream(a: &Appliance, name: &str, len: usize) -> anyhow::Result<f64> {
     let c = StreamClient::new(a.control);
     let rt = rt()?;
-    let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap_or(0)).collect();
+    let data: Vec<u8> = (0..len)
+        .map(|i| u8::try_from(i % 251).unwrap_or(0))
+        .collect();
     rt.block_on(c.put(name, len as u64, &data[..], |_| {}))?;
     let mut best: f64 = 0.0;
     for _ in 0..3 {
