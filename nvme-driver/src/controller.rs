@@ -216,6 +216,28 @@ impl<D: PciDevice> Controller<D> {
         })
     }
 
+    /// Deletes an I/O queue pair (SQ first, then its CQ).
+    pub fn delete_io_queue_pair(&mut self, qp: IoQueuePair<D>) -> Result<(), DriverError> {
+        let qid = u32::from(qp.qp.qid);
+        for opcode in [admin_opcode::DELETE_SQ, admin_opcode::DELETE_CQ] {
+            let mut sqe = Sqe::new_zeroed();
+            sqe.opcode = opcode;
+            sqe.cdw10.set(qid);
+            self.admin(sqe)?;
+        }
+        Ok(())
+    }
+
+    /// Recovers from a fatal status (CSTS.CFS) or a hung controller: resets the function and
+    /// brings the controller up again. Existing I/O queue pairs are gone afterwards and must
+    /// be created again.
+    pub fn reset(&mut self) -> Result<(), DriverError> {
+        self.dev.reset()?;
+        let fresh = Self::new(Arc::clone(&self.dev))?;
+        *self = fresh;
+        Ok(())
+    }
+
     /// Normal shutdown (CC.SHN = 01b, then wait for CSTS.SHST = complete).
     pub fn shutdown(&mut self) -> Result<(), DriverError> {
         let bar = self.dev.bar0();
