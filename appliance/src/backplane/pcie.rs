@@ -24,6 +24,7 @@ pub struct PcieDevice {
     bdfs: Vec<String>,
     controllers: Vec<Mutex<Option<Ctrl>>>,
     next: AtomicUsize,
+    queue_pairs: std::sync::atomic::AtomicU64,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -54,6 +55,7 @@ impl PcieDevice {
             bdfs: bdfs.to_vec(),
             controllers,
             next: AtomicUsize::new(0),
+            queue_pairs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
