@@ -94,11 +94,16 @@ impl Device for PcieDevice {
         let ns = ctrl.namespace(self.nsid).map_err(io_err)?;
         let qp = ctrl.create_io_queue_pair(self.depth).map_err(io_err)?;
         let max = ctrl.max_transfer();
+        self.queue_pairs.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(PcieHandle {
             qp: RefCell::new(qp),
             ns,
             max,
         }))
+    }
+
+    fn queue_pairs(&self) -> Option<u64> {
+        Some(self.queue_pairs.load(Ordering::Relaxed))
     }
 }
 
