@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use baton_tests::pattern;
 use ffi::vfio::VfioPci;
 use nvme_driver::{Controller, DriverError};
 
@@ -13,18 +14,6 @@ fn device(var: &str) -> Arc<VfioPci> {
     let bdf = std::env::var(var)
         .unwrap_or_else(|_| panic!("set {var} to a PCI address bound to vfio-pci"));
     Arc::new(VfioPci::open(&bdf).unwrap_or_else(|e| panic!("{bdf}: {e}")))
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]

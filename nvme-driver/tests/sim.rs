@@ -5,20 +5,9 @@
 
 use std::sync::Arc;
 
+use baton_tests::pattern;
 use nvme_driver::sim::SimNvme;
 use nvme_driver::{Controller, DriverError};
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn bring_up(mdts: u8) -> (Arc<SimNvme>, Controller<SimNvme>) {
     let dev = Arc::new(SimNvme::new(2, 8192, mdts));
