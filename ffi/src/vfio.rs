@@ -57,16 +57,18 @@ pub fn check_bdf(bdf: &str) -> Result<()> {
     }
 }
 
+/// The container with its group: DMA buffers keep both alive, since closing the group
+/// detaches the IOMMU and makes their unmapping fail.
 struct Container<S: VfioSys> {
-    sys: Arc<S>,
+    _group: S::Fd,
     fd: S::Fd,
+    sys: Arc<S>,
 }
 
 /// A PCI function bound to vfio-pci, with its own VFIO container.
 pub struct VfioPci<S: VfioSys = RealSys> {
     name: String,
     container: Arc<Container<S>>,
-    _group: S::Fd,
     device: S::Fd,
     bar0: Mmio,
     next_iova: AtomicU64,
@@ -165,8 +167,11 @@ impl<S: VfioSys> VfioPci<S> {
         let bar0 = unsafe { Mmio::new(ptr, bar_len, owner) };
         Ok(VfioPci {
             name: bdf.to_owned(),
-            container: Arc::new(Container { sys, fd: container }),
-            _group: group,
+            container: Arc::new(Container {
+                _group: group,
+                fd: container,
+                sys,
+            }),
             device,
             bar0,
             next_iova: AtomicU64::new(IOVA_BASE),

@@ -93,8 +93,8 @@ struct Admin {
     queue: QueuePair,
 }
 
+/// Field order matters: DMA memory (admin queue) is released before the PCI function.
 pub(crate) struct Inner<F: PciFunction> {
-    pub(crate) func: F,
     cap: Cap,
     ready_timeout: Duration,
     pub(crate) command_timeout: Duration,
@@ -103,6 +103,7 @@ pub(crate) struct Inner<F: PciFunction> {
     pub(crate) generation: AtomicU64,
     qids: Mutex<Vec<bool>>,
     shut_down: AtomicBool,
+    pub(crate) func: F,
 }
 
 /// An NVMe controller driven from user space.
