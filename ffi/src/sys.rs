@@ -348,7 +348,7 @@ impl VfioSys for RealSys {
         // SAFETY: `mapping` came from mmap in this type and its owner is being dropped, so no
         // pointer into it is used afterwards.
         if let Err(e) = unsafe { munmap(mapping.ptr.cast(), mapping.len) } {
-            eprintln!("munmap of {} bytes failed: {e}", mapping.len);
+            tracing::warn!("munmap of {} bytes failed: {e}", mapping.len);
         }
     }
 

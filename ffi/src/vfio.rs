@@ -96,7 +96,7 @@ impl<S: VfioSys> Drop for DmaOwner<S> {
         let c = &self.container;
         if let Err(e) = c.sys.dma_unmap(&c.fd, self.iova, self.mapping.len) {
             // The pages stay pinned by the IOMMU; leaking them is the only safe choice.
-            eprintln!(
+            tracing::warn!(
                 "VFIO DMA unmap of iova {:#x} failed, leaking its memory: {e}",
                 self.iova
             );

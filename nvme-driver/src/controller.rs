@@ -448,7 +448,7 @@ impl<F: PciFunction> Inner<F> {
 impl<F: PciFunction> Drop for Inner<F> {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            eprintln!("NVMe controller {} shutdown failed: {e}", self.func.name());
+            tracing::warn!("NVMe controller {} shutdown failed: {e}", self.func.name());
         }
     }
 }

@@ -263,7 +263,7 @@ impl<F: PciFunction> Drop for IoQueuePair<F> {
         match cq {
             Ok(_) => self.ctrl.lock_qids()[usize::from(self.queue.qid)] = false,
             // The queue id stays reserved: the controller may still own the queue.
-            Err(e) => eprintln!("deleting NVMe I/O queue {qid} failed: {e}"),
+            Err(e) => tracing::warn!("deleting NVMe I/O queue {qid} failed: {e}"),
         }
     }
 }

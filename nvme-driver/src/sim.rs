@@ -561,6 +561,16 @@ mod tests {
     }
 
     #[test]
+    fn handles_have_the_intended_thread_bounds() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Controller<SimPci>>();
+        send_sync::<Controller>();
+        send::<crate::IoQueuePair<SimPci>>();
+        send::<crate::IoQueuePair<ffi::VfioPci>>();
+    }
+
+    #[test]
     fn bring_up_and_identify() {
         let (dev, ctrl) = controller(512, 4096);
         let info = ctrl.info();
