@@ -195,4 +195,21 @@ mod lab {
             assert!(back == data, "B does not see A's write at LBA {lba}");
         }
     }
+
+    #[test]
+    #[ignore = "needs NVMe controllers bound to vfio-pci (QEMU lab)"]
+    fn setup_returns_the_device_to_nvme_and_takes_it_back() {
+        let _g = serial();
+        let bdf = bdf("BATON_NVME_PCI");
+        let host = nvme_driver::setup::Host::default();
+        assert!(host.nvme_devices().unwrap().contains(&bdf));
+        host.reset(std::slice::from_ref(&bdf)).unwrap();
+        assert_eq!(host.driver(&bdf).unwrap().as_deref(), Some("nvme"));
+        let e = Controller::open(&bdf).err().unwrap();
+        assert!(e.to_string().contains("bound to nvme"), "{e}");
+        host.setup(std::slice::from_ref(&bdf), 64).unwrap();
+        assert_eq!(host.driver(&bdf).unwrap().as_deref(), Some("vfio-pci"));
+        let (ctrl, _ns) = open("BATON_NVME_PCI");
+        ctrl.shutdown().unwrap();
+    }
 }
