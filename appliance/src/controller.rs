@@ -44,6 +44,11 @@ impl ControllerHandle {
         self.index
     }
 
+    /// Whether the controller thread is still taking jobs.
+    pub fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Runs `job` on the controller thread.
     pub fn run(&self, job: impl FnOnce() + Send + 'static) -> Result<(), ControllerGone> {
         self.tx

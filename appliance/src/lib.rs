@@ -2,7 +2,10 @@
 
 pub mod admin;
 pub mod backplane;
+pub mod bench;
+pub mod block;
 pub mod config;
 pub mod controller;
 pub mod logging;
 pub mod serve;
+pub mod stream;

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 use baton::config::Config;
 
+mod content;
+
 /// Baton storage appliance: NVMe/TCP block service and striped stream service.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -41,6 +43,119 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+    },
+    /// Benchmark the NVMe/TCP block service against a raw TCP stream (starts its own
+    /// appliance on a RAM volume unless --target is given).
+    Bench(baton::bench::BenchArgs),
+    /// Benchmark the stream service: one stream vs raw TCP, scaling with controllers when
+    /// device reads are capped, many paced streams.
+    BenchStream(baton::bench::stream::StreamBenchArgs),
+    /// Serve raw TCP streams (the benchmark's reference; started by `baton bench`).
+    #[command(hide = true)]
+    BenchSource {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Store a file (or standard input with `-`) in the content store.
+    Put {
+        /// File to store, or `-` for standard input.
+        file: PathBuf,
+        /// Name to store it under (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The stream service's control address.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        stream: SocketAddr,
+    },
+    /// List stored content.
+    Ls {
+        /// The stream service's control address.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        stream: SocketAddr,
+    },
+    /// Remove stored content.
+    Rm {
+        /// Name.
+        name: String,
+        /// The stream service's control address.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        stream: SocketAddr,
+    },
+    /// Stream stored content through the controllers (the baton-passing stream).
+    Fetch {
+        /// Name.
+        name: String,
+        /// Output file, or `-` for standard output (the default).
+        #[arg(long, short, default_value = "-")]
+        output: PathBuf,
+        /// First byte.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Bytes (default: to the end).
+        #[arg(long)]
+        length: Option<u64>,
+        /// Pacing in bits per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// The stream service's control address.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        stream: SocketAddr,
+    },
+    /// Prepare NVMe PCIe functions for the user-space driver (bind to vfio-pci, load the
+    /// VFIO modules, reserve hugepages), or give them back to the kernel with --reset.
+    SetupPci {
+        /// PCI addresses (default: the nvme-pcie devices of --config, else every NVMe function).
+        devices: Vec<String>,
+        /// Give the devices back to the kernel's nvme driver.
+        #[arg(long)]
+        reset: bool,
+        /// 2 MiB hugepages to reserve.
+        #[arg(long, default_value_t = 256)]
+        hugepages: u32,
+        /// Configuration whose nvme-pcie devices to prepare.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Benchmark the user-space NVMe driver: 4 KiB random reads at a queue depth on one
+    /// PCIe function bound to vfio-pci.
+    BenchPcie {
+        /// PCI address.
+        device: String,
+        /// Namespace ID.
+        #[arg(long, default_value_t = 1)]
+        nsid: u32,
+        /// Commands in flight.
+        #[arg(long, default_value_t = 32)]
+        qd: u16,
+        /// Seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Act on a running appliance.
+    Ctl {
+        /// The appliance's admin address.
+        #[arg(long, default_value = "127.0.0.1:9440", global = true)]
+        admin: SocketAddr,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlAction {
+    /// Stop one controller's stream worker: its sessions are re-planned over the others.
+    StopStreams {
+        /// Controller index (0-based).
+        #[arg(long)]
+        controller: usize,
+    },
+    /// Close every NVMe/TCP connection of one controller (its port keeps listening, so
+    /// hosts reconnect; multipath hosts carry on over the other controllers).
+    DropConnections {
+        /// Controller index (0-based).
+        #[arg(long)]
+        controller: usize,
     },
 }
 
@@ -86,6 +201,84 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => baton::bench::run(args),
+        Command::BenchPcie {
+            device,
+            nsid,
+            qd,
+            seconds,
+        } => {
+            let dev = std::sync::Arc::new(ffi::vfio::VfioPci::open(&device)?);
+            let mut c = nvme_driver::Controller::new(dev)?;
+            let ns = c.namespace(nsid)?;
+            let mut q = c.create_io_queue_pair(qd.saturating_add(1).max(64))?;
+            let span = ns.blocks.min((64u64 << 20) / u64::from(ns.block_size));
+            let (ops, errors, t) =
+                q.randread_4k(&ns, qd, span, std::time::Duration::from_secs(seconds))?;
+            println!(
+                "user-space driver {device}: 4KiB random read QD {qd}: {:.0} IOPS ({errors} errors) over {:.1} s",
+                ops as f64 / t.as_secs_f64(),
+                t.as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::SetupPci {
+            devices,
+            reset,
+            hugepages,
+            config,
+        } => {
+            let mut devices = devices;
+            if devices.is_empty() {
+                if let Some(path) = config {
+                    devices = Config::load(&path)?.pci_functions();
+                }
+            }
+            if devices.is_empty() {
+                devices = ffi::setup::nvme_functions();
+            }
+            if devices.is_empty() {
+                anyhow::bail!("no NVMe PCI functions found");
+            }
+            if reset {
+                ffi::setup::reset(&devices)?;
+                println!("returned to the kernel: {}", devices.join(" "));
+            } else {
+                ffi::setup::setup(&devices, hugepages)?;
+                println!(
+                    "bound to vfio-pci: {} ({hugepages} hugepages reserved)",
+                    devices.join(" ")
+                );
+            }
+            Ok(())
+        }
+        Command::BenchStream(args) => baton::bench::stream::run(args),
+        Command::Put { file, name, stream } => content::put(stream, &file, name),
+        Command::Ls { stream } => content::ls(stream),
+        Command::Rm { name, stream } => content::rm(stream, &name),
+        Command::Fetch {
+            name,
+            output,
+            offset,
+            length,
+            rate,
+            stream,
+        } => content::fetch(stream, &name, &output, offset, length, rate),
+        Command::BenchSource { listen } => baton::bench::run_source(listen),
+        Command::Ctl { admin, action } => match action {
+            CtlAction::StopStreams { controller } => {
+                let path = format!("/api/v1/controllers/{controller}/stop-streams");
+                baton::admin::call(admin, hyper::Method::POST, &path)?;
+                println!("controller {controller}: stream worker stopped");
+                Ok(())
+            }
+            CtlAction::DropConnections { controller } => {
+                let path = format!("/api/v1/controllers/{controller}/drop-connections");
+                baton::admin::call(admin, hyper::Method::POST, &path)?;
+                println!("controller {controller}: connections dropped");
+                Ok(())
+            }
+        },
         Command::DefaultConfig => {
             print!("{}", baton::config::EMBEDDED_DEFAULT);
             Ok(())

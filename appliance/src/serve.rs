@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::admin::{Admin, AdminRouter};
 use crate::backplane::{Backplane, BackplaneError};
+use crate::block::BlockService;
 use crate::config::Config;
 use crate::controller::Controllers;
 
@@ -18,6 +19,12 @@ pub enum ServeError {
     /// The backplane could not be opened.
     #[error("backplane")]
     Backplane(#[from] BackplaneError),
+    /// The NVMe/TCP target could not be built or started.
+    #[error("NVMe/TCP target: {0}")]
+    Target(String),
+    /// The stream service could not start.
+    #[error("stream service: {0}")]
+    Stream(String),
     /// A listener or thread could not be started.
     #[error("{what}")]
     Io {
@@ -40,6 +47,8 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Serve
 pub struct Appliance {
     config: Arc<Config>,
     backplane: Arc<Backplane>,
+    block: Arc<BlockService>,
+    stream: Option<Arc<crate::stream::StreamService>>,
     controllers: Controllers,
     admin: Arc<Admin>,
     admin_thread: Option<std::thread::JoinHandle<()>>,
@@ -54,7 +63,22 @@ impl Appliance {
         let controllers = Controllers::start(config.controller_count(), config.controllers.pin)
             .map_err(io_err("starting controller threads"))?;
         let (shutdown, _) = watch::channel(false);
-        let admin = Arc::new(Admin::new(Arc::clone(&config), Arc::clone(&backplane)));
+        let block = Arc::new(BlockService::start(
+            &config,
+            &backplane,
+            &controllers,
+            &shutdown,
+        )?);
+        let stream =
+            crate::stream::StreamService::start(&config, &backplane, &controllers, &shutdown)?
+                .map(Arc::new);
+        let admin = Arc::new(Admin::new(
+            Arc::clone(&config),
+            Arc::clone(&backplane),
+            Arc::clone(&block),
+            stream.clone(),
+            controllers.handles().to_vec(),
+        ));
         let admin_thread = match config.admin.address {
             Some(addr) => Some(start_admin(addr, Arc::clone(&admin), shutdown.subscribe())?),
             None => None,
@@ -68,6 +92,8 @@ impl Appliance {
         Ok(Self {
             config,
             backplane,
+            block,
+            stream,
             controllers,
             admin,
             admin_thread,
@@ -85,6 +111,16 @@ impl Appliance {
         &self.config
     }
 
+    /// The NVMe/TCP block service.
+    pub fn block(&self) -> &Arc<BlockService> {
+        &self.block
+    }
+
+    /// The stream service, if configured.
+    pub fn stream(&self) -> Option<&Arc<crate::stream::StreamService>> {
+        self.stream.as_ref()
+    }
+
     /// The backplane.
     pub fn backplane(&self) -> &Arc<Backplane> {
         &self.backplane
@@ -95,6 +131,9 @@ impl Appliance {
         info!("shutting down");
         // Receivers may all be gone already; that is a finished shutdown.
         let _ = self.shutdown.send(true);
+        if let Some(s) = &self.stream {
+            s.join();
+        }
         self.controllers.join();
         if let Some(t) = self.admin_thread {
             // A panicked admin thread has nothing left to clean up.

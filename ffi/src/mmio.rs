@@ -1,90 +1,88 @@
-//! Typed volatile access to device registers (a memory-mapped BAR).
+//! Register and doorbell access.
 
-use std::ptr::NonNull;
-
-/// 32/64-bit register access to a device's register window.
-///
-/// Implemented by [`Mmio`] (a real BAR mapping) and by simulated devices in tests.
-pub trait RegisterIo: Send + Sync {
-    /// Size of the register window in bytes.
-    fn len(&self) -> usize;
-    /// Whether the window is empty.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Reads the 32-bit register at `offset` (4-byte aligned, inside the window).
+/// Little-endian registers at byte offsets (BAR space). Implementations perform volatile,
+/// naturally aligned accesses and panic-free bounds checks (out-of-range reads return all
+/// ones, like a PCI master abort; out-of-range writes are dropped).
+pub trait Mmio {
+    /// Reads a 32-bit register.
     fn read32(&self, offset: usize) -> u32;
-    /// Writes the 32-bit register at `offset` (4-byte aligned, inside the window).
+    /// Writes a 32-bit register.
     fn write32(&self, offset: usize, value: u32);
-    /// Reads a 64-bit register as two 32-bit reads, low half first.
+    /// Reads a 64-bit register (two 32-bit reads, low first, as NVMe allows).
     fn read64(&self, offset: usize) -> u64 {
         u64::from(self.read32(offset)) | (u64::from(self.read32(offset + 4)) << 32)
     }
-    /// Writes a 64-bit register as two 32-bit writes, low half first.
+    /// Writes a 64-bit register (two 32-bit writes, low first).
     fn write64(&self, offset: usize, value: u64) {
         self.write32(offset, (value & 0xffff_ffff) as u32);
         self.write32(offset + 4, (value >> 32) as u32);
     }
 }
 
-/// A memory-mapped register window accessed only with volatile loads and stores.
-///
-/// Never hands out references into the mapping.
-pub struct Mmio {
-    ptr: NonNull<u8>,
+/// A mapped BAR (or any MMIO window).
+#[derive(Debug)]
+pub struct MmioMapping {
+    base: std::ptr::NonNull<u8>,
     len: usize,
-    _owner: Box<dyn Send + Sync>,
 }
 
-// SAFETY: the window is device memory (or memory owned by `_owner`, which is Send + Sync);
-// all access is volatile through `&self` with no Rust references into it, so sharing and
-// sending the handle between threads cannot create aliasing references.
-unsafe impl Send for Mmio {}
-// SAFETY: see the `Send` impl; concurrent volatile register accesses are what devices expect.
-unsafe impl Sync for Mmio {}
+// SAFETY: the mapping is plain device memory; accesses are single volatile loads and stores
+// that the device serializes, so sharing the handle between threads is sound.
+unsafe impl Send for MmioMapping {}
+// SAFETY: as above; no Rust reference into the mapping is ever created.
+unsafe impl Sync for MmioMapping {}
 
-impl Mmio {
-    /// Wraps a register window.
+impl MmioMapping {
+    /// Wraps a mapping of `len` bytes at `base`.
     ///
     /// # Safety
     ///
-    /// `ptr..ptr+len` must stay mapped, readable and writable for as long as `owner` lives
-    /// (the owner unmaps it on drop), `ptr` must be 4-byte aligned, and no Rust reference
-    /// to that memory may exist.
-    pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Box<dyn Send + Sync>) -> Self {
-        Mmio {
-            ptr,
-            len,
-            _owner: owner,
-        }
+    /// `base..base+len` must be a live mapping of device registers for the lifetime of the
+    /// value (it is unmapped when the value drops) and must not be accessed through Rust
+    /// references.
+    pub unsafe fn new(base: std::ptr::NonNull<u8>, len: usize) -> Self {
+        Self { base, len }
     }
 
-    fn reg(&self, offset: usize) -> *mut u32 {
-        assert!(
-            offset % 4 == 0 && offset.checked_add(4).is_some_and(|end| end <= self.len),
-            "register offset {offset:#x} outside a {:#x}-byte window",
-            self.len
-        );
-        // SAFETY: offset + 4 <= len, checked above, so the result stays inside the mapping.
-        unsafe { self.ptr.as_ptr().add(offset) }.cast::<u32>()
+    fn ok(&self, offset: usize, size: usize) -> bool {
+        offset % size == 0 && offset.checked_add(size).is_some_and(|e| e <= self.len)
     }
 }
 
-impl RegisterIo for Mmio {
-    fn len(&self) -> usize {
-        self.len
-    }
-
+impl Mmio for MmioMapping {
     fn read32(&self, offset: usize) -> u32 {
-        let reg = self.reg(offset);
-        // SAFETY: `reg` is aligned and inside the live mapping (checked in `reg`, guaranteed
-        // by `new`'s contract).
-        unsafe { reg.read_volatile() }
+        if !self.ok(offset, 4) {
+            return u32::MAX;
+        }
+        // SAFETY: in bounds and 4-byte aligned (checked above) within a live mapping.
+        unsafe {
+            self.base
+                .as_ptr()
+                .wrapping_add(offset)
+                .cast::<u32>()
+                .read_volatile()
+        }
     }
 
     fn write32(&self, offset: usize, value: u32) {
-        let reg = self.reg(offset);
-        // SAFETY: as in `read32`.
-        unsafe { reg.write_volatile(value) }
+        if !self.ok(offset, 4) {
+            return;
+        }
+        // SAFETY: in bounds and 4-byte aligned (checked above) within a live mapping.
+        unsafe {
+            self.base
+                .as_ptr()
+                .wrapping_add(offset)
+                .cast::<u32>()
+                .write_volatile(value)
+        }
+    }
+}
+
+impl Drop for MmioMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created by mmap with this base and length and is dropped
+        // once; nothing refers into it afterwards.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
     }
 }

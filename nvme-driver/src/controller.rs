@@ -1,454 +1,444 @@
-//! Controller bring-up, the admin queue, identify, queue creation, reset and shutdown.
+//! Controller bring-up, admin commands and I/O queue pairs.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ffi::{DmaBuffer, PciFunction, RegisterIo, VfioPci};
+use ffi::{DmaRegion, PciDevice};
+use nvme_spec::command::{DsmRange, Sqe, admin_opcode, cns, feature, io_opcode};
+use nvme_spec::identify::{IdentifyController, IdentifyNamespace};
+use nvme_spec::regs::{Cap, Cc, Csts, offset};
+use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 
-use crate::cmd::{Cqe, Sqe, admin};
-use crate::error::{Error, Result};
-use crate::io::IoQueuePair;
-use crate::prp::PAGE_SIZE;
 use crate::queue::QueuePair;
-use crate::regs::{self, Cap, Cc, Csts};
+use crate::{DriverError, PAGE, prp};
 
-/// Admin queue depth.
 const ADMIN_DEPTH: u16 = 32;
-/// I/O queues requested with Set Features (Number of Queues).
-const WANTED_IO_QUEUES: u16 = 64;
-/// Default command timeout.
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest transfer per command the driver uses, whatever MDTS allows.
-pub const MAX_TRANSFER_CAP: usize = 1 << 20;
+/// Admin and I/O command timeout.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What Identify Controller reported (NVMe Base Specification 2.0, figure 275).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControllerInfo {
-    /// PCI vendor id.
-    pub vendor_id: u16,
-    /// Serial number.
-    pub serial: String,
-    /// Model number.
-    pub model: String,
-    /// Firmware revision.
-    pub firmware: String,
-    /// Controller id.
-    pub cntlid: u16,
-    /// Version register (VS).
-    pub version: u32,
-    /// Maximum data transfer per command in bytes (MDTS), `None` if unlimited.
-    pub mdts_bytes: Option<usize>,
-    /// Number of namespaces (NN).
-    pub namespaces: u32,
-    /// Optional NVM Command Support (ONCS).
-    pub oncs: u16,
-    /// Whether a volatile write cache is present (VWC bit 0).
-    pub volatile_write_cache: bool,
-    /// Maximum queue entries (CAP.MQES + 1).
-    pub max_queue_entries: u32,
-    /// I/O queue pairs granted by Set Features (Number of Queues).
-    pub io_queues: u16,
-}
-
-impl ControllerInfo {
-    /// Whether Dataset Management (deallocate) is supported.
-    pub fn supports_dsm(&self) -> bool {
-        self.oncs & (1 << 2) != 0
-    }
-    /// Whether Write Zeroes is supported.
-    pub fn supports_write_zeroes(&self) -> bool {
-        self.oncs & (1 << 3) != 0
-    }
-    /// Largest transfer per command the driver issues.
-    pub fn max_transfer(&self) -> usize {
-        self.mdts_bytes
-            .map_or(MAX_TRANSFER_CAP, |m| m.min(MAX_TRANSFER_CAP))
-    }
-}
-
-/// What Identify Namespace reported (NVM Command Set Specification, figure 97).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Namespace {
-    /// Namespace id.
+/// A namespace's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    /// Namespace ID.
     pub nsid: u32,
-    /// Size in logical blocks (NSZE).
-    pub blocks: u64,
-    /// Logical block size in bytes.
+    /// Logical block size.
     pub block_size: u32,
-    /// Metadata bytes per block of the current format.
-    pub metadata_size: u16,
+    /// Size in blocks.
+    pub blocks: u64,
 }
 
-impl Namespace {
-    /// Capacity in bytes.
-    pub fn size_bytes(&self) -> u64 {
-        self.blocks * u64::from(self.block_size)
-    }
-}
-
-struct Admin {
-    mem: DmaBuffer,
-    data_off: usize,
-    queue: QueuePair,
-}
-
-/// Field order matters: DMA memory (admin queue) is released before the PCI function.
-pub(crate) struct Inner<F: PciFunction> {
+/// A controller brought up by the driver, with its admin queue.
+#[derive(Debug)]
+pub struct Controller<D: PciDevice> {
+    dev: Arc<D>,
+    admin: QueuePair,
     cap: Cap,
-    ready_timeout: Duration,
-    pub(crate) command_timeout: Duration,
-    admin: Mutex<Admin>,
-    info: ControllerInfo,
-    pub(crate) generation: AtomicU64,
-    qids: Mutex<Vec<bool>>,
-    shut_down: AtomicBool,
-    pub(crate) func: F,
+    mdts: usize,
+    next_qid: u16,
+    scratch: DmaRegion,
+    identify: IdentifyController,
 }
 
-/// An NVMe controller driven from user space.
-///
-/// `Sync`: admin operations serialize on a mutex; I/O runs on [`IoQueuePair`]s, each owned
-/// by one thread.
-pub struct Controller<F: PciFunction = VfioPci> {
-    inner: Arc<Inner<F>>,
-}
-
-impl Controller<VfioPci> {
-    /// Opens the controller at PCI address `bdf` (bound to vfio-pci) and brings it up.
-    pub fn open(bdf: &str) -> Result<Self> {
-        Self::new(VfioPci::open(bdf)?)
-    }
-}
-
-fn wait_csts(
-    regs: &impl RegisterIo,
+fn wait(
+    dev: &dyn ffi::Mmio,
     timeout: Duration,
     what: &'static str,
     done: impl Fn(Csts) -> bool,
-) -> Result<()> {
-    let start = Instant::now();
+) -> Result<(), DriverError> {
+    let t = Instant::now();
     loop {
-        let csts = Csts(regs.read32(regs::CSTS));
+        let csts = Csts(dev.read32(offset::CSTS as usize));
         if done(csts) {
             return Ok(());
         }
-        if csts.cfs() && what == "enable" {
-            return Err(Error::ControllerFatal);
+        if csts.cfs() && what != "CSTS.RDY = 0" {
+            return Err(DriverError::Fatal);
         }
-        if start.elapsed() >= timeout {
-            return Err(Error::Timeout {
-                what,
-                ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            });
+        if t.elapsed() > timeout {
+            return Err(DriverError::Timeout(what));
         }
-        std::thread::sleep(Duration::from_micros(100));
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
-fn ascii(data: &[u8]) -> String {
-    String::from_utf8_lossy(data)
-        .trim_end_matches([' ', '\0'])
-        .to_owned()
-}
-
-impl<F: PciFunction> Controller<F> {
-    /// Brings up the controller behind `func`: disable, admin queue, enable, Identify
-    /// Controller, Set Features (Number of Queues).
-    pub fn new(func: F) -> Result<Self> {
-        Self::with_timeout(func, DEFAULT_COMMAND_TIMEOUT)
-    }
-
-    /// As [`Controller::new`] with a command timeout.
-    pub fn with_timeout(func: F, command_timeout: Duration) -> Result<Self> {
-        let regs = func.bar0();
-        if regs.len() < regs::DOORBELL_BASE + 8 {
-            return Err(Error::Unsupported(format!(
-                "BAR 0 of {} is only {} bytes",
-                func.name(),
-                regs.len()
-            )));
-        }
-        let cap = Cap(regs.read64(regs::CAP));
-        if cap.0 == u64::MAX {
-            return Err(Error::Unsupported(format!(
-                "{} does not answer register reads",
-                func.name()
-            )));
-        }
-        if cap.mpsmin() != 0 {
-            return Err(Error::Unsupported(format!(
-                "minimum memory page size {} bytes (only 4 KiB pages are supported)",
-                4096u64 << cap.mpsmin()
-            )));
-        }
-        if !cap.css_nvm() {
-            return Err(Error::Unsupported(
-                "the NVM command set is not supported".into(),
+impl<D: PciDevice> Controller<D> {
+    /// Resets and enables the controller, sets up the admin queue and identifies it.
+    pub fn new(dev: Arc<D>) -> Result<Self, DriverError> {
+        let bar = dev.bar0();
+        let cap = Cap(bar.read64(offset::CAP as usize));
+        if cap.css() & 1 == 0 {
+            return Err(DriverError::Invalid(
+                "controller does not support the NVM command set".into(),
             ));
         }
-        let ready_timeout = Duration::from_millis(cap.timeout_ms().max(500));
-        let depth = ADMIN_DEPTH.min(u16::try_from(cap.mqes()).unwrap_or(u16::MAX));
-        let (sq_bytes, cq_bytes) = QueuePair::ring_bytes(depth);
-        let mem = func.alloc_dma(sq_bytes + cq_bytes + PAGE_SIZE)?;
-        let admin = Admin {
-            data_off: sq_bytes + cq_bytes,
-            queue: QueuePair::new(0, depth, cap.dstrd(), 0, sq_bytes),
-            mem,
-        };
-        let placeholder = ControllerInfo {
-            vendor_id: 0,
-            serial: String::new(),
-            model: String::new(),
-            firmware: String::new(),
-            cntlid: 0,
-            version: regs.read32(regs::VS),
-            mdts_bytes: None,
-            namespaces: 0,
-            oncs: 0,
-            volatile_write_cache: false,
-            max_queue_entries: cap.mqes(),
-            io_queues: 0,
-        };
-        let mut inner = Inner {
-            func,
-            cap,
-            ready_timeout,
-            command_timeout,
-            admin: Mutex::new(admin),
-            info: placeholder,
-            generation: AtomicU64::new(0),
-            qids: Mutex::new(Vec::new()),
-            shut_down: AtomicBool::new(false),
-        };
-        inner.enable()?;
-        let io_queues = inner.set_queue_count()?;
-        let mut info = inner.identify_controller()?;
-        info.io_queues = io_queues;
-        info.version = inner.info.version;
-        info.max_queue_entries = cap.mqes();
-        inner.info = info;
-        *inner
-            .qids
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            vec![false; usize::from(io_queues) + 1];
-        Ok(Controller {
-            inner: Arc::new(inner),
-        })
-    }
-
-    /// Identify Controller data and limits.
-    pub fn info(&self) -> &ControllerInfo {
-        &self.inner.info
-    }
-
-    /// Controller capabilities register.
-    pub fn cap(&self) -> Cap {
-        self.inner.cap
-    }
-
-    /// Identifies namespace `nsid`.
-    pub fn namespace(&self, nsid: u32) -> Result<Namespace> {
-        if nsid == 0 || nsid > self.inner.info.namespaces {
-            return Err(Error::NoSuchNamespace(nsid));
+        if cap.mpsmin() != 0 {
+            return Err(DriverError::Invalid(
+                "controller does not support 4 KiB pages".into(),
+            ));
         }
-        let mut data = [0u8; 4096];
-        self.inner.admin_command(
-            Sqe::new(admin::IDENTIFY, nsid).with_cdw(10, admin::CNS_NAMESPACE),
-            Some(&mut data),
-        )?;
-        let nsze = u64::from_le_bytes(data[0..8].try_into().unwrap_or_default());
-        if nsze == 0 {
-            return Err(Error::NoSuchNamespace(nsid));
-        }
-        let nlbaf = usize::from(data[25]);
-        let flbas = data[26];
-        let format = usize::from(flbas & 0xf) | (usize::from((flbas >> 5) & 3) << 4);
-        if format > nlbaf {
-            return Err(Error::Unsupported(format!(
-                "namespace {nsid} uses LBA format {format} of {}",
-                nlbaf + 1
-            )));
-        }
-        let lbaf = 128 + 4 * format;
-        let ms = u16::from_le_bytes([data[lbaf], data[lbaf + 1]]);
-        let lbads = data[lbaf + 2];
-        if !(9..=16).contains(&lbads) {
-            return Err(Error::Unsupported(format!(
-                "namespace {nsid} block size 2^{lbads}"
-            )));
-        }
-        Ok(Namespace {
-            nsid,
-            blocks: nsze,
-            block_size: 1 << lbads,
-            metadata_size: ms,
-        })
-    }
-
-    /// Creates an I/O queue pair of `depth` entries (2..=CAP.MQES) for the calling thread.
-    pub fn create_io_queue_pair(&self, depth: u16) -> Result<IoQueuePair<F>> {
-        IoQueuePair::create(Arc::clone(&self.inner), depth)
-    }
-
-    /// Resets the controller after a fatal status or a timeout: disables it (with a
-    /// function-level reset if it does not become idle), re-creates the admin queue and
-    /// enables it. Existing I/O queue pairs are lost and answer [`Error::QueueLost`].
-    pub fn reset(&self) -> Result<()> {
-        self.inner.generation.fetch_add(1, Ordering::SeqCst);
-        {
-            let mut qids = self.inner.lock_qids();
-            qids.iter_mut().for_each(|q| *q = false);
-        }
-        if self.inner.disable().is_err() {
-            self.inner.func.reset()?;
-            self.inner.disable()?;
-        }
-        self.inner.enable()?;
-        self.inner.set_queue_count().map(drop)
-    }
-
-    /// Shuts the controller down cleanly (CC.SHN normal, waits for CSTS.SHST complete).
-    /// Also done when the last handle (controller or queue pair) is dropped.
-    pub fn shutdown(&self) -> Result<()> {
-        self.inner.shutdown()
-    }
-}
-
-impl<F: PciFunction> Inner<F> {
-    fn regs(&self) -> &F::Regs {
-        self.func.bar0()
-    }
-
-    fn lock_admin(&self) -> MutexGuard<'_, Admin> {
-        self.admin
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn lock_qids(&self) -> MutexGuard<'_, Vec<bool>> {
-        self.qids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn dstrd(&self) -> u8 {
-        self.cap.dstrd()
-    }
-
-    pub(crate) fn info(&self) -> &ControllerInfo {
-        &self.info
-    }
-
-    fn disable(&self) -> Result<()> {
-        let regs = self.regs();
-        let cc = Cc(regs.read32(regs::CC));
+        let timeout = Duration::from_millis(500 * u64::from(cap.to().max(1)));
+        // Disable, then wait for RDY to clear.
+        let cc = Cc(bar.read32(offset::CC as usize));
         if cc.en() {
-            regs.write32(regs::CC, cc.0 & !Cc::EN);
+            bar.write32(offset::CC as usize, cc.0 & !1);
         }
-        wait_csts(regs, self.ready_timeout, "disable", |c| !c.rdy())
-    }
-
-    fn enable(&self) -> Result<()> {
-        self.disable()?;
-        let regs = self.regs();
-        let mut admin = self.lock_admin();
-        let depth = admin.queue.depth;
-        let (sq_bytes, cq_bytes) = QueuePair::ring_bytes(depth);
-        admin.mem.zero(0, sq_bytes + cq_bytes)?;
-        admin.queue = QueuePair::new(0, depth, self.cap.dstrd(), 0, sq_bytes);
-        let iova = admin.mem.iova();
-        regs.write32(
-            regs::AQA,
-            (u32::from(depth - 1) << 16) | u32::from(depth - 1),
-        );
-        regs.write64(regs::ASQ, iova);
-        regs.write64(regs::ACQ, iova + sq_bytes as u64);
-        regs.write32(regs::CC, Cc::enabled().0);
-        drop(admin);
-        self.shut_down.store(false, Ordering::SeqCst);
-        wait_csts(regs, self.ready_timeout, "enable", |c| c.rdy())
-    }
-
-    /// Runs an admin command; `data` (at most 4 KiB) is the command's data page, copied in
-    /// before and out after.
-    pub(crate) fn admin_command(&self, sqe: Sqe, data: Option<&mut [u8; 4096]>) -> Result<Cqe> {
-        let mut admin = self.lock_admin();
-        let Admin {
-            mem,
-            data_off,
-            queue,
-        } = &mut *admin;
-        let sqe = match &data {
-            Some(d) => {
-                mem.write_bytes(*data_off, &d[..])?;
-                sqe.with_prps(mem.iova() + *data_off as u64, 0)
-            }
-            None => sqe,
+        wait(bar, timeout, "CSTS.RDY = 0", |c| !c.rdy())?;
+        let depth = ADMIN_DEPTH.min(cap.mqes().saturating_add(1));
+        let sq = dev.alloc_dma(usize::from(depth) * 64)?;
+        let cq = dev.alloc_dma(usize::from(depth) * 16)?;
+        sq.zero();
+        cq.zero();
+        let admin = QueuePair::new(0, depth, sq, cq, cap.dstrd());
+        let d = u32::from(depth - 1);
+        bar.write32(0x24, d | (d << 16)); // AQA
+        bar.write64(0x28, admin.sq.iova()); // ASQ
+        bar.write64(0x30, admin.cq.iova()); // ACQ
+        bar.write32(offset::CC as usize, Cc::build(true, 0, 0, 0, 6, 4).0);
+        wait(bar, timeout, "CSTS.RDY = 1", Csts::rdy)?;
+        let scratch = dev.alloc_dma(2 * PAGE)?;
+        let mut c = Self {
+            dev,
+            admin,
+            cap,
+            mdts: 0,
+            next_qid: 1,
+            scratch,
+            identify: IdentifyController::new_zeroed(),
         };
-        let cqe = queue.execute(mem, self.regs(), sqe, self.command_timeout)?;
-        if let Some(d) = data {
-            mem.read_bytes(*data_off, &mut d[..])?;
+        c.identify = c.identify_controller()?;
+        c.mdts = match c.identify.mdts {
+            0 => 1 << 20,
+            m => (PAGE << m).min(2 << 20),
+        };
+        Ok(c)
+    }
+
+    /// Identify Controller data read at bring-up.
+    pub fn identity(&self) -> &IdentifyController {
+        &self.identify
+    }
+
+    /// Capabilities register.
+    pub fn cap(&self) -> Cap {
+        self.cap
+    }
+
+    /// Largest transfer per command in bytes (MDTS, capped at 2 MiB).
+    pub fn max_transfer(&self) -> usize {
+        self.mdts
+    }
+
+    fn admin(&mut self, sqe: Sqe) -> Result<nvme_spec::command::Cqe, DriverError> {
+        let bar = self.dev.bar0();
+        self.admin.run(bar, sqe, COMMAND_TIMEOUT)
+    }
+
+    fn identify_raw(&mut self, c: u8, nsid: u32) -> Result<[u8; 4096], DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.opcode = admin_opcode::IDENTIFY;
+        sqe.nsid.set(nsid);
+        sqe.cdw10.set(u32::from(c));
+        sqe.mptr.set(0);
+        set_prp(&mut sqe, self.scratch.iova(), 0);
+        self.admin(sqe)?;
+        let mut out = [0u8; 4096];
+        self.scratch.read(0, &mut out);
+        Ok(out)
+    }
+
+    /// Identify Controller.
+    pub fn identify_controller(&mut self) -> Result<IdentifyController, DriverError> {
+        let raw = self.identify_raw(cns::CONTROLLER, 0)?;
+        IdentifyController::read_from_bytes(&raw)
+            .map_err(|_| DriverError::Invalid("identify size".into()))
+    }
+
+    /// Identify Namespace, reduced to its geometry.
+    pub fn namespace(&mut self, nsid: u32) -> Result<NamespaceInfo, DriverError> {
+        let raw = self.identify_raw(cns::NAMESPACE, nsid)?;
+        let id = IdentifyNamespace::read_from_bytes(&raw)
+            .map_err(|_| DriverError::Invalid("identify size".into()))?;
+        if id.nsze.get() == 0 {
+            return Err(DriverError::Invalid(format!(
+                "namespace {nsid} is not active"
+            )));
         }
-        Ok(cqe)
-    }
-
-    fn set_queue_count(&self) -> Result<u16> {
-        let want = u32::from(WANTED_IO_QUEUES - 1);
-        let cqe = self.admin_command(
-            Sqe::new(admin::SET_FEATURES, 0)
-                .with_cdw(10, admin::FEAT_NUM_QUEUES)
-                .with_cdw(11, (want << 16) | want),
-            None,
-        )?;
-        let nsqa = (cqe.result() & 0xffff) as u16;
-        let ncqa = (cqe.result() >> 16) as u16;
-        Ok(nsqa.min(ncqa).saturating_add(1).min(WANTED_IO_QUEUES))
-    }
-
-    fn identify_controller(&self) -> Result<ControllerInfo> {
-        let mut d = [0u8; 4096];
-        self.admin_command(
-            Sqe::new(admin::IDENTIFY, 0).with_cdw(10, admin::CNS_CONTROLLER),
-            Some(&mut d),
-        )?;
-        let mdts = d[77];
-        Ok(ControllerInfo {
-            vendor_id: u16::from_le_bytes([d[0], d[1]]),
-            serial: ascii(&d[4..24]),
-            model: ascii(&d[24..64]),
-            firmware: ascii(&d[64..72]),
-            cntlid: u16::from_le_bytes([d[78], d[79]]),
-            version: 0,
-            mdts_bytes: (mdts != 0).then(|| PAGE_SIZE << mdts.min(20)),
-            namespaces: u32::from_le_bytes([d[516], d[517], d[518], d[519]]),
-            oncs: u16::from_le_bytes([d[520], d[521]]),
-            volatile_write_cache: d[525] & 1 != 0,
-            max_queue_entries: 0,
-            io_queues: 0,
+        let lbaf = id.lbaf[usize::from(id.flbas & 0xf)];
+        Ok(NamespaceInfo {
+            nsid,
+            block_size: 1 << lbaf.lbads.clamp(9, 16),
+            blocks: id.nsze.get(),
         })
     }
 
-    fn shutdown(&self) -> Result<()> {
-        if self.shut_down.swap(true, Ordering::SeqCst) {
-            return Ok(());
+    /// Set Features Number of Queues; returns the number of I/O queue pairs granted.
+    pub fn set_num_queues(&mut self, n: u16) -> Result<u16, DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.opcode = admin_opcode::SET_FEATURES;
+        sqe.cdw10.set(u32::from(feature::NUM_QUEUES));
+        let v = u32::from(n.max(1) - 1);
+        sqe.cdw11.set(v | (v << 16));
+        let c = self.admin(sqe)?;
+        let r = c.result.get();
+        Ok(u16::try_from((r & 0xffff).min(r >> 16) + 1).unwrap_or(1))
+    }
+
+    /// Creates an I/O completion and submission queue pair of `depth` entries, with a bounce
+    /// buffer of one maximum transfer, to be owned by one thread.
+    pub fn create_io_queue_pair(&mut self, depth: u16) -> Result<IoQueuePair<D>, DriverError> {
+        let depth = depth.clamp(2, self.cap.mqes().saturating_add(1));
+        let qid = self.next_qid;
+        let sq = self.dev.alloc_dma(usize::from(depth) * 64)?;
+        let cq = self.dev.alloc_dma(usize::from(depth) * 16)?;
+        sq.zero();
+        cq.zero();
+        let mut c = Sqe::new_zeroed();
+        c.opcode = admin_opcode::CREATE_CQ;
+        set_prp(&mut c, cq.iova(), 0);
+        c.cdw10.set(u32::from(qid) | (u32::from(depth - 1) << 16));
+        c.cdw11.set(1); // physically contiguous, no interrupts
+        self.admin(c)?;
+        let mut s = Sqe::new_zeroed();
+        s.opcode = admin_opcode::CREATE_SQ;
+        set_prp(&mut s, sq.iova(), 0);
+        s.cdw10.set(u32::from(qid) | (u32::from(depth - 1) << 16));
+        s.cdw11.set(1 | (u32::from(qid) << 16)); // contiguous, completions to CQ qid
+        self.admin(s)?;
+        self.next_qid += 1;
+        let bounce = self.dev.alloc_dma(self.mdts)?;
+        let list = self.dev.alloc_dma(PAGE)?;
+        Ok(IoQueuePair {
+            dev: Arc::clone(&self.dev),
+            qp: QueuePair::new(qid, depth, sq, cq, self.cap.dstrd()),
+            bounce,
+            list,
+            mdts: self.mdts,
+        })
+    }
+
+    /// Deletes an I/O queue pair (SQ first, then its CQ).
+    pub fn delete_io_queue_pair(&mut self, qp: IoQueuePair<D>) -> Result<(), DriverError> {
+        let qid = u32::from(qp.qp.qid);
+        for opcode in [admin_opcode::DELETE_SQ, admin_opcode::DELETE_CQ] {
+            let mut sqe = Sqe::new_zeroed();
+            sqe.opcode = opcode;
+            sqe.cdw10.set(qid);
+            self.admin(sqe)?;
         }
-        let regs = self.regs();
-        let cc = Cc(regs.read32(regs::CC));
-        if !cc.en() {
-            return Ok(());
-        }
-        regs.write32(regs::CC, (cc.0 & !Cc::SHN_MASK) | Cc::SHN_NORMAL);
-        wait_csts(regs, self.ready_timeout, "shutdown", |c| c.shst() == 2)?;
-        self.disable()
+        Ok(())
+    }
+
+    /// Recovers from a fatal status (CSTS.CFS) or a hung controller: resets the function and
+    /// brings the controller up again. Existing I/O queue pairs are gone afterwards and must
+    /// be created again.
+    pub fn reset(&mut self) -> Result<(), DriverError> {
+        self.dev.reset()?;
+        let fresh = Self::new(Arc::clone(&self.dev))?;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// Normal shutdown (CC.SHN = 01b, then wait for CSTS.SHST = complete).
+    pub fn shutdown(&mut self) -> Result<(), DriverError> {
+        let bar = self.dev.bar0();
+        let cc = Cc(bar.read32(offset::CC as usize));
+        bar.write32(offset::CC as usize, (cc.0 & !(3 << 14)) | (1 << 14));
+        wait(bar, Duration::from_secs(10), "CSTS.SHST = complete", |c| {
+            c.shst() == Csts::SHST_COMPLETE
+        })
     }
 }
 
-impl<F: PciFunction> Drop for Inner<F> {
-    fn drop(&mut self) {
-        if let Err(e) = self.shutdown() {
-            tracing::warn!("NVMe controller {} shutdown failed: {e}", self.func.name());
+fn set_prp(sqe: &mut Sqe, prp1: u64, prp2: u64) {
+    sqe.dptr.addr.set(prp1);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&prp2.to_le_bytes());
+    // PRP2 occupies the second 8 bytes of DPTR (length, reserved and type in SGL terms).
+    sqe.dptr
+        .length
+        .set(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    sqe.dptr.rsvd.copy_from_slice(&b[4..7]);
+    sqe.dptr.kind = b[7];
+}
+
+/// An I/O queue pair owned by one thread: synchronous, polled commands through a bounce
+/// buffer.
+#[derive(Debug)]
+pub struct IoQueuePair<D: PciDevice> {
+    dev: Arc<D>,
+    qp: QueuePair,
+    bounce: DmaRegion,
+    list: DmaRegion,
+    mdts: usize,
+}
+
+impl<D: PciDevice> IoQueuePair<D> {
+    /// Queue ID.
+    pub fn qid(&self) -> u16 {
+        self.qp.qid
+    }
+
+    fn rw(
+        &mut self,
+        opcode: u8,
+        ns: &NamespaceInfo,
+        slba: u64,
+        len: usize,
+    ) -> Result<(), DriverError> {
+        let bs = ns.block_size as usize;
+        if len == 0 || len % bs != 0 || len > self.mdts {
+            return Err(DriverError::Invalid(format!(
+                "{len} bytes is not 1..=MDTS ({}) whole blocks of {bs}",
+                self.mdts
+            )));
         }
+        let nlb =
+            u32::try_from(len / bs).map_err(|_| DriverError::Invalid("too many blocks".into()))?;
+        let mut sqe = Sqe::new_zeroed();
+        sqe.opcode = opcode;
+        sqe.nsid.set(ns.nsid);
+        sqe.set_lba_range(slba, nlb);
+        let (p1, p2) = prp::build(&self.bounce, 0, len, &self.list)?;
+        set_prp(&mut sqe, p1, p2);
+        self.qp
+            .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
+            .map(|_| ())
+    }
+
+    /// Benchmark: 4 KiB random reads over the first `span_blocks` blocks with `qd` commands in
+    /// flight for `duration`; returns (commands completed, errors, elapsed). Uses its own
+    /// DMA pages, one per command slot, so nothing is copied.
+    pub fn randread_4k(
+        &mut self,
+        ns: &NamespaceInfo,
+        qd: u16,
+        span_blocks: u64,
+        duration: Duration,
+    ) -> Result<(u64, u64, Duration), DriverError> {
+        let qd = qd.clamp(1, self.qp.depth - 1);
+        let bufs = self.dev.alloc_dma(usize::from(qd) * PAGE)?;
+        let per = (PAGE / ns.block_size as usize).max(1) as u64;
+        let slots = (span_blocks / per).max(1);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut slot_of = vec![0usize; usize::from(self.qp.depth)];
+        let bar = self.dev.bar0();
+        let submit = |qp: &mut QueuePair, slot_of: &mut Vec<usize>, slot: usize, x: &mut u64| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            let mut sqe = Sqe::new_zeroed();
+            sqe.opcode = io_opcode::READ;
+            sqe.nsid.set(ns.nsid);
+            sqe.set_lba_range((*x % slots) * per, u32::try_from(per).unwrap_or(8));
+            set_prp(&mut sqe, bufs.iova() + (slot * PAGE) as u64, 0);
+            let cid = qp.submit(bar, sqe);
+            slot_of[usize::from(cid)] = slot;
+        };
+        for slot in 0..usize::from(qd) {
+            submit(&mut self.qp, &mut slot_of, slot, &mut x);
+        }
+        let t = Instant::now();
+        let (mut done, mut errors) = (0u64, 0u64);
+        let mut last = Instant::now();
+        while t.elapsed() < duration {
+            match self.qp.poll(bar) {
+                Some(c) => {
+                    last = Instant::now();
+                    done += 1;
+                    if c.status_field() & 0x7ff != 0 {
+                        errors += 1;
+                    }
+                    let slot = slot_of[usize::from(c.cid.get()) % slot_of.len()];
+                    submit(&mut self.qp, &mut slot_of, slot, &mut x);
+                }
+                None if last.elapsed() > COMMAND_TIMEOUT => {
+                    return Err(DriverError::Timeout("benchmark completions"));
+                }
+                None => std::hint::spin_loop(),
+            }
+        }
+        let elapsed = t.elapsed();
+        // Drain what is in flight.
+        let mut left = u64::from(qd);
+        let drain = Instant::now();
+        while left > 0 && drain.elapsed() < COMMAND_TIMEOUT {
+            if self.qp.poll(bar).is_some() {
+                left -= 1;
+            }
+        }
+        Ok((done, errors, elapsed))
+    }
+
+    /// Reads `buf.len()` bytes at block `slba`.
+    pub fn read(
+        &mut self,
+        ns: &NamespaceInfo,
+        slba: u64,
+        buf: &mut [u8],
+    ) -> Result<(), DriverError> {
+        self.rw(io_opcode::READ, ns, slba, buf.len())?;
+        self.bounce.read(0, buf);
+        Ok(())
+    }
+
+    /// Writes `buf` at block `slba`.
+    pub fn write(&mut self, ns: &NamespaceInfo, slba: u64, buf: &[u8]) -> Result<(), DriverError> {
+        if buf.len() <= self.bounce.len() {
+            self.bounce.write(0, buf);
+        }
+        self.rw(io_opcode::WRITE, ns, slba, buf.len())
+    }
+
+    /// Flush.
+    pub fn flush(&mut self, ns: &NamespaceInfo) -> Result<(), DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.opcode = io_opcode::FLUSH;
+        sqe.nsid.set(ns.nsid);
+        self.qp
+            .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
+            .map(|_| ())
+    }
+
+    /// Write Zeroes over `nlb` blocks.
+    pub fn write_zeroes(
+        &mut self,
+        ns: &NamespaceInfo,
+        slba: u64,
+        nlb: u32,
+    ) -> Result<(), DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.opcode = io_opcode::WRITE_ZEROES;
+        sqe.nsid.set(ns.nsid);
+        sqe.set_lba_range(slba, nlb);
+        self.qp
+            .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
+            .map(|_| ())
+    }
+
+    /// Dataset Management (deallocate) of `(slba, nlb)` ranges.
+    pub fn deallocate(
+        &mut self,
+        ns: &NamespaceInfo,
+        ranges: &[(u64, u32)],
+    ) -> Result<(), DriverError> {
+        if ranges.is_empty() || ranges.len() > 256 {
+            return Err(DriverError::Invalid("1..=256 ranges".into()));
+        }
+        for (i, &(slba, nlb)) in ranges.iter().enumerate() {
+            let mut r = DsmRange::new_zeroed();
+            r.slba.set(slba);
+            r.nlb.set(nlb);
+            self.bounce.write(i * 16, r.as_bytes());
+        }
+        let mut sqe = Sqe::new_zeroed();
+        sqe.opcode = io_opcode::DSM;
+        sqe.nsid.set(ns.nsid);
+        sqe.cdw10.set(u32::try_from(ranges.len() - 1).unwrap_or(0));
+        sqe.cdw11.set(nvme_spec::command::DSM_ATTR_DEALLOCATE);
+        let (p1, p2) = prp::build(&self.bounce, 0, ranges.len() * 16, &self.list)?;
+        set_prp(&mut sqe, p1, p2);
+        self.qp
+            .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
+            .map(|_| ())
     }
 }

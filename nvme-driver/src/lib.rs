@@ -1,29 +1,55 @@
-//! User-space NVMe PCIe driver: controller bring-up, admin and I/O queue pairs, polled
-//! completions.
-//!
-//! ```no_run
-//! # fn main() -> Result<(), nvme_driver::Error> {
-//! let ctrl = nvme_driver::Controller::open("0000:00:04.0")?;
-//! let ns = ctrl.namespace(1)?;
-//! let mut qp = ctrl.create_io_queue_pair(64)?;
-//! let mut block = vec![0u8; ns.block_size as usize];
-//! qp.read(&ns, 0, &mut block)?;
-//! # Ok(()) }
-//! ```
-#![forbid(unsafe_code)]
+//! A user-space, polled NVMe PCIe driver on top of [`ffi::PciDevice`] (VFIO in production,
+//! a simulated controller in tests): controller bring-up, admin queue, Identify, I/O queue
+//! pairs owned by one thread each, PRP lists, and Read/Write/Flush/Write Zeroes/Dataset
+//! Management with typed errors carrying the NVMe status. No interrupts and no locks on the
+//! submit/complete path.
 
-pub mod cmd;
-pub mod controller;
-pub mod error;
-pub mod io;
-pub mod prp;
+mod controller;
+mod prp;
 mod queue;
-pub mod regs;
-pub mod setup;
-#[cfg(test)]
-mod sim;
+pub mod sim;
 
-pub use cmd::Status;
-pub use controller::{Controller, ControllerInfo, Namespace};
-pub use error::{Error, Result};
-pub use io::IoQueuePair;
+pub use controller::{Controller, IoQueuePair, NamespaceInfo};
+
+/// Memory page size the driver programs (CC.MPS = 0).
+pub const PAGE: usize = 4096;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The device layer failed.
+    #[error(transparent)]
+    Device(#[from] ffi::Error),
+    /// A command completed with an error status.
+    #[error("NVMe status {status:#x} (SCT {sct}, SC {sc:#x}) for opcode {opcode:#x}")]
+    Status {
+        /// Status field.
+        status: u16,
+        /// Status code type.
+        sct: u8,
+        /// Status code.
+        sc: u8,
+        /// The command's opcode.
+        opcode: u8,
+    },
+    /// The controller did not answer in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The controller reported a fatal status (CSTS.CFS).
+    #[error("controller fatal status")]
+    Fatal,
+    /// A request the driver refuses (alignment, size, range).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DriverError {
+    fn status(status: u16, opcode: u8) -> Self {
+        Self::Status {
+            status,
+            sct: nvme_spec::status::sct(status),
+            sc: nvme_spec::status::sc(status),
+            opcode,
+        }
+    }
+}

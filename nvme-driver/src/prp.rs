@@ -1,156 +1,121 @@
-//! Physical Region Page entries and lists (NVMe Base Specification 2.0, section 4.1.1).
+//! Physical Region Page entries (Base 4.1.1): PRP1, PRP2 and PRP lists.
 
-/// Memory page size the driver configures (CC.MPS = 0).
-pub const PAGE_SIZE: usize = 4096;
-const PAGE: u64 = PAGE_SIZE as u64;
-/// PRP entries in one list page.
-pub const ENTRIES_PER_PAGE: usize = PAGE_SIZE / 8;
+use ffi::DmaRegion;
 
-/// Number of memory pages touched by `len` bytes starting at `iova`.
-pub fn pages_spanned(iova: u64, len: usize) -> usize {
-    let offset = (iova % PAGE) as usize;
-    (offset + len).div_ceil(PAGE_SIZE).max(1)
-}
+use crate::{DriverError, PAGE};
 
-/// Number of PRP list pages a transfer of `len` bytes at `iova` needs.
-pub fn list_pages_needed(iova: u64, len: usize) -> usize {
-    let pages = pages_spanned(iova, len);
-    if pages <= 2 {
-        return 0;
+/// PRP1 and PRP2 for `len` bytes at byte `offset` of `data`; transfers spanning more than two
+/// pages get a PRP list written into `list` (one page: up to 512 entries).
+pub(crate) fn build(
+    data: &DmaRegion,
+    offset: usize,
+    len: usize,
+    list: &DmaRegion,
+) -> Result<(u64, u64), DriverError> {
+    if len == 0 || offset + len > data.len() {
+        return Err(DriverError::Invalid(format!(
+            "transfer of {len} bytes at {offset} is outside the buffer"
+        )));
     }
-    let mut entries = pages - 1;
-    let mut lists = 1;
-    while entries > ENTRIES_PER_PAGE {
-        entries -= ENTRIES_PER_PAGE - 1;
-        lists += 1;
+    let start = data.iova() + offset as u64;
+    if start % 4 != 0 {
+        return Err(DriverError::Invalid(
+            "PRP data must be dword aligned".into(),
+        ));
     }
-    lists
-}
-
-/// Builds PRP1/PRP2 for the host-contiguous DMA range `iova..iova+len`.
-///
-/// When a list is needed, its entries are written with `put(index, value)` into the list
-/// area starting at `list_iova` (page aligned, [`list_pages_needed`] pages): index `i` lives
-/// at `list_iova + 8 * i`. The last slot of a full list page chains to the next page.
-pub fn build(iova: u64, len: usize, list_iova: u64, mut put: impl FnMut(usize, u64)) -> (u64, u64) {
-    let pages = pages_spanned(iova, len);
-    let first_page = iova - iova % PAGE;
-    match pages {
-        1 => (iova, 0),
-        2 => (iova, first_page + PAGE),
-        _ => {
-            let mut remaining = pages - 1;
-            let mut next_page = first_page + PAGE;
-            let mut slot = 0usize;
-            while remaining > 0 {
-                let in_page = slot % ENTRIES_PER_PAGE;
-                if in_page == ENTRIES_PER_PAGE - 1 && remaining > 1 {
-                    put(slot, list_iova + ((slot + 1) * 8) as u64);
-                } else {
-                    put(slot, next_page);
-                    next_page += PAGE;
-                    remaining -= 1;
-                }
-                slot += 1;
-            }
-            (iova, list_iova)
-        }
+    let page = PAGE as u64;
+    let first_len = (page - start % page).min(len as u64);
+    let prp1 = start;
+    let rest = len as u64 - first_len;
+    if rest == 0 {
+        return Ok((prp1, 0));
     }
+    let second = start - start % page + page;
+    if rest <= page {
+        return Ok((prp1, second));
+    }
+    let pages = rest.div_ceil(page);
+    if pages > (list.len() / 8) as u64 {
+        return Err(DriverError::Invalid(format!(
+            "transfer of {len} bytes needs more than one PRP list page"
+        )));
+    }
+    for i in 0..pages {
+        list.write(
+            usize::try_from(i).unwrap_or(0) * 8,
+            &(second + i * page).to_le_bytes(),
+        );
+    }
+    Ok((prp1, list.iova()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use ffi::{DmaBacking, DmaRegion, VecBacking};
+
     use super::*;
-    use std::collections::BTreeMap;
 
-    /// Walks PRPs like a controller would and returns the data ranges.
-    fn walk(prp1: u64, prp2: u64, len: usize, list: &BTreeMap<u64, u64>) -> Vec<(u64, usize)> {
-        let mut out = Vec::new();
-        let first = len.min(PAGE_SIZE - (prp1 % PAGE) as usize);
-        out.push((prp1, first));
-        let mut left = len - first;
-        if left == 0 {
-            return out;
-        }
-        if left <= PAGE_SIZE {
-            assert_eq!(prp2 % PAGE, 0);
-            out.push((prp2, left));
-            return out;
-        }
-        let mut at = prp2;
-        while left > 0 {
-            let entry = list[&at];
-            let last_slot = (at % PAGE) as usize == PAGE_SIZE - 8;
-            if last_slot && left > PAGE_SIZE {
-                at = entry;
-                continue;
-            }
-            assert_eq!(entry % PAGE, 0, "data entries are page aligned");
-            let n = left.min(PAGE_SIZE);
-            out.push((entry, n));
-            left -= n;
-            at += 8;
-        }
-        out
+    fn region(len: usize, iova: u64) -> DmaRegion {
+        let b: Arc<dyn DmaBacking> = Arc::new(VecBacking::new(len));
+        DmaRegion::new(b, 0, len, iova)
     }
 
-    fn check(iova: u64, len: usize) -> usize {
-        let list_iova = 0x9000_0000;
-        let mut list = BTreeMap::new();
-        let (p1, p2) = build(iova, len, list_iova, |i, v| {
-            list.insert(list_iova + 8 * i as u64, v);
-        });
-        let ranges = walk(p1, p2, len, &list);
-        let mut expect = iova;
-        for (addr, n) in &ranges {
-            assert_eq!(*addr, expect, "contiguous coverage");
-            expect += *n as u64;
-        }
-        assert_eq!(expect, iova + len as u64);
-        let used_pages = list
-            .keys()
-            .map(|a| (a - list_iova) / PAGE)
-            .max()
-            .map_or(0, |p| usize::try_from(p).unwrap() + 1);
-        assert_eq!(used_pages, list_pages_needed(iova, len));
-        list.len()
+    fn entry(list: &DmaRegion, i: usize) -> u64 {
+        let mut e = [0u8; 8];
+        list.read(i * 8, &mut e);
+        u64::from_le_bytes(e)
     }
 
     #[test]
-    fn one_page_needs_no_prp2() {
-        assert_eq!(build(0x10_0000, 4096, 0, |_, _| panic!()), (0x10_0000, 0));
-        assert_eq!(build(0x10_0200, 512, 0, |_, _| panic!()), (0x10_0200, 0));
-        assert_eq!(check(0x10_0000, 512), 0);
+    fn one_page_needs_only_prp1() {
+        let data = region(64 * 1024, 0x10_0000);
+        let list = region(PAGE, 0x90_0000);
+        assert_eq!(build(&data, 0, PAGE, &list).unwrap(), (0x10_0000, 0));
+        assert_eq!(build(&data, 512, 512, &list).unwrap(), (0x10_0200, 0));
     }
 
     #[test]
-    fn two_pages_use_prp2_directly() {
+    fn two_pages_use_prp2_as_the_second_page() {
+        let data = region(64 * 1024, 0x10_0000);
+        let list = region(PAGE, 0x90_0000);
         assert_eq!(
-            build(0x10_0000, 8192, 0, |_, _| panic!()),
+            build(&data, 0, 2 * PAGE, &list).unwrap(),
             (0x10_0000, 0x10_1000)
         );
-        // Unaligned: 512 bytes before the boundary and 512 after.
+        // Unaligned start: the first entry covers the rest of its page, PRP2 the next page.
         assert_eq!(
-            build(0x10_0e00, 1024, 0, |_, _| panic!()),
-            (0x10_0e00, 0x10_1000)
+            build(&data, 3072, 2048, &list).unwrap(),
+            (0x10_0c00, 0x10_1000)
         );
-        assert_eq!(check(0x10_0e00, 4096), 0);
     }
 
     #[test]
-    fn three_pages_use_a_list() {
-        assert_eq!(check(0x10_0000, 3 * 4096), 2);
-        assert_eq!(check(0x10_0200, 2 * 4096), 2);
-        assert_eq!(check(0x10_0000, 128 << 10), 31);
+    fn longer_transfers_use_a_list_crossing_page_boundaries() {
+        let data = region(64 * 1024, 0x10_0000);
+        let list = region(PAGE, 0x90_0000);
+        let (p1, p2) = build(&data, 1024, 3 * PAGE, &list).unwrap();
+        assert_eq!((p1, p2), (0x10_0400, 0x90_0000));
+        assert_eq!(entry(&list, 0), 0x10_1000);
+        assert_eq!(entry(&list, 1), 0x10_2000);
+        assert_eq!(entry(&list, 2), 0x10_3000);
     }
 
     #[test]
-    fn list_crossing_a_page_chains() {
-        // 514 pages: 513 entries do not fit one list page.
-        assert_eq!(list_pages_needed(0, 514 * 4096), 2);
-        assert_eq!(check(0x20_0000, 514 * 4096), 514);
-        assert_eq!(list_pages_needed(0, 513 * 4096), 1);
-        assert_eq!(check(0x20_0000, 513 * 4096), 512);
-        assert_eq!(check(0x20_0400, 4 << 20), 1024 + 2);
+    fn bad_requests_are_refused() {
+        let data = region(64 * 1024, 0x10_0000);
+        let list = region(PAGE, 0x90_0000);
+        assert!(build(&data, 2, 512, &list).is_err(), "not dword aligned");
+        assert!(build(&data, 0, 0, &list).is_err(), "empty");
+        assert!(
+            build(&data, 60 * 1024, 8192, &list).is_err(),
+            "past the buffer"
+        );
+        let small_list = region(8, 0x90_0000);
+        assert!(
+            build(&data, 0, 4 * PAGE, &small_list).is_err(),
+            "list too small"
+        );
     }
 }

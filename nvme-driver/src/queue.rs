@@ -1,155 +1,106 @@
-//! A submission/completion queue pair in DMA memory with phase-tracked, polled completion.
-//! Owned by one thread; no locks.
+//! A submission/completion queue pair in DMA memory, with phase tracking.
 
 use std::time::{Duration, Instant};
 
-use ffi::{DmaBuffer, RegisterIo};
+use ffi::{DmaRegion, Mmio};
+use nvme_spec::command::{Cqe, Sqe};
+use nvme_spec::{FromBytes, IntoBytes};
 
-use crate::cmd::{CQE_SIZE, Cqe, SQE_SIZE, Sqe};
-use crate::error::{Error, Result};
-use crate::regs::{self, Csts};
+use crate::DriverError;
 
-/// Rings and cursors of one queue pair. The rings live in a DMA buffer owned elsewhere.
+/// One queue pair (admin or I/O).
 #[derive(Debug)]
 pub(crate) struct QueuePair {
-    pub(crate) qid: u16,
-    pub(crate) depth: u16,
-    sq_off: usize,
-    cq_off: usize,
+    pub qid: u16,
+    pub depth: u16,
+    pub sq: DmaRegion,
+    pub cq: DmaRegion,
     sq_tail: u16,
-    sq_head: u16,
     cq_head: u16,
     phase: bool,
     sq_doorbell: usize,
     cq_doorbell: usize,
     next_cid: u16,
-    pub(crate) broken: bool,
 }
 
 impl QueuePair {
-    /// Bytes of ring memory `depth` entries need: SQ then CQ, each page aligned.
-    pub(crate) fn ring_bytes(depth: u16) -> (usize, usize) {
-        let sq = (usize::from(depth) * SQE_SIZE).next_multiple_of(crate::prp::PAGE_SIZE);
-        let cq = (usize::from(depth) * CQE_SIZE).next_multiple_of(crate::prp::PAGE_SIZE);
-        (sq, cq)
-    }
-
-    /// A fresh (empty) queue pair whose rings are at `sq_off`/`cq_off` of `mem`, which the
-    /// caller has zeroed.
-    pub(crate) fn new(qid: u16, depth: u16, dstrd: u8, sq_off: usize, cq_off: usize) -> Self {
-        QueuePair {
+    pub fn new(qid: u16, depth: u16, sq: DmaRegion, cq: DmaRegion, dstrd: u8) -> Self {
+        let stride = 4usize << dstrd;
+        Self {
             qid,
             depth,
-            sq_off,
-            cq_off,
+            sq,
+            cq,
             sq_tail: 0,
-            sq_head: 0,
             cq_head: 0,
             phase: true,
-            sq_doorbell: regs::sq_tail_doorbell(qid, dstrd),
-            cq_doorbell: regs::cq_head_doorbell(qid, dstrd),
+            sq_doorbell: 0x1000 + (2 * usize::from(qid)) * stride,
+            cq_doorbell: 0x1000 + (2 * usize::from(qid) + 1) * stride,
             next_cid: 0,
-            broken: false,
         }
     }
 
-    /// Whether the SQ has room for one more entry.
-    fn full(&self) -> bool {
-        (self.sq_tail + 1) % self.depth == self.sq_head
-    }
-
-    /// Copies `sqe` into the SQ, rings the tail doorbell and returns its command id.
-    pub(crate) fn submit(
-        &mut self,
-        mem: &DmaBuffer,
-        regs: &impl RegisterIo,
-        mut sqe: Sqe,
-    ) -> Result<u16> {
-        if self.full() {
-            return Err(Error::InvalidArgument(format!(
-                "submission queue {} is full",
-                self.qid
-            )));
-        }
+    /// Queues a command (CID assigned here) and rings the doorbell; returns the CID.
+    pub fn submit(&mut self, bar: &dyn Mmio, mut sqe: Sqe) -> u16 {
         let cid = self.next_cid;
-        self.next_cid = self.next_cid.wrapping_add(1);
-        sqe.set_cid(cid);
-        let base = self.sq_off + usize::from(self.sq_tail) * SQE_SIZE;
-        for (i, dw) in sqe.0.iter().enumerate() {
-            mem.write_u32(base + 4 * i, *dw);
-        }
+        self.next_cid = self.next_cid.wrapping_add(1) % self.depth.max(1);
+        sqe.cid.set(cid);
+        self.sq
+            .write(usize::from(self.sq_tail) * 64, sqe.as_bytes());
         self.sq_tail = (self.sq_tail + 1) % self.depth;
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        regs.write32(self.sq_doorbell, u32::from(self.sq_tail));
-        Ok(cid)
+        bar.write32(self.sq_doorbell, u32::from(self.sq_tail));
+        cid
     }
 
-    /// Takes the next completion if the controller posted one.
-    pub(crate) fn poll(&mut self, mem: &DmaBuffer, regs: &impl RegisterIo) -> Option<Cqe> {
-        let base = self.cq_off + usize::from(self.cq_head) * CQE_SIZE;
-        let dw3 = mem.read_u32(base + 12);
-        if (dw3 & (1 << 16) != 0) != self.phase {
+    /// The next completion, if the controller posted one.
+    pub fn poll(&mut self, bar: &dyn Mmio) -> Option<Cqe> {
+        let at = usize::from(self.cq_head) * 16;
+        let dw3 = self.cq.read_u32(at + 12);
+        if ((dw3 >> 16) & 1 == 1) != self.phase {
             return None;
         }
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-        let cqe = Cqe([
-            mem.read_u32(base),
-            mem.read_u32(base + 4),
-            mem.read_u32(base + 8),
-            dw3,
-        ]);
+        let mut raw = [0u8; 16];
+        self.cq.read(at, &mut raw);
+        let cqe = Cqe::read_from_bytes(&raw).ok()?;
         self.cq_head += 1;
         if self.cq_head == self.depth {
             self.cq_head = 0;
             self.phase = !self.phase;
         }
-        if cqe.sqhd() < self.depth {
-            self.sq_head = cqe.sqhd();
-        }
-        regs.write32(self.cq_doorbell, u32::from(self.cq_head));
+        bar.write32(self.cq_doorbell, u32::from(self.cq_head));
         Some(cqe)
     }
 
-    /// Submits `sqe` and polls until its completion arrives or `timeout` passes. A timeout
-    /// marks the pair broken (the command may still complete later).
-    pub(crate) fn execute(
-        &mut self,
-        mem: &DmaBuffer,
-        regs: &impl RegisterIo,
-        sqe: Sqe,
-        timeout: Duration,
-    ) -> Result<Cqe> {
-        if self.broken {
-            return Err(Error::QueueBroken(self.qid));
-        }
-        let opcode = sqe.opcode();
-        let cid = self.submit(mem, regs, sqe)?;
-        let start = Instant::now();
+    /// Submits and polls until that command completes.
+    pub fn run(&mut self, bar: &dyn Mmio, sqe: Sqe, timeout: Duration) -> Result<Cqe, DriverError> {
+        let opcode = sqe.opcode;
+        let cid = self.submit(bar, sqe);
+        let t = Instant::now();
+        let mut spins = 0u32;
         loop {
-            if let Some(cqe) = self.poll(mem, regs) {
-                if cqe.cid() != cid {
-                    // A stale completion (only possible after a protocol violation): skip it.
+            spins = spins.wrapping_add(1);
+            // A controller in fatal state never completes anything: notice it early.
+            if spins % 4096 == 0
+                && nvme_spec::regs::Csts(bar.read32(nvme_spec::regs::offset::CSTS as usize)).cfs()
+            {
+                return Err(DriverError::Fatal);
+            }
+            if let Some(c) = self.poll(bar) {
+                if c.cid.get() != cid {
+                    // One command in flight at a time on this path: anything else is stale.
                     continue;
                 }
-                let status = cqe.status();
-                if status.is_success() {
-                    return Ok(cqe);
-                }
-                return Err(Error::Status {
-                    qid: self.qid,
-                    opcode,
-                    status,
-                });
+                return match c.status_field() & 0x7ff {
+                    0 => Ok(c),
+                    _ => Err(DriverError::status(c.status_field(), opcode)),
+                };
             }
-            if start.elapsed() >= timeout {
-                self.broken = true;
-                if Csts(regs.read32(regs::CSTS)).cfs() {
-                    return Err(Error::ControllerFatal);
+            if t.elapsed() > timeout {
+                let csts = bar.read32(nvme_spec::regs::offset::CSTS as usize);
+                if nvme_spec::regs::Csts(csts).cfs() {
+                    return Err(DriverError::Fatal);
                 }
-                return Err(Error::Timeout {
-                    what: "command",
-                    ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                });
+                return Err(DriverError::Timeout("a command completion"));
             }
             std::hint::spin_loop();
         }

@@ -31,4 +31,24 @@ pub trait BlockDevice {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Deallocates `len` bytes at `offset`; later reads return zeroes.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Where the `len` bytes at `offset` live in files, so a read can be sent to the host
+    /// by the kernel without a copy through user space (`sendfile`). Appends the pieces in
+    /// order and returns true, or returns false (the default) when the device cannot;
+    /// the caller then uses [`BlockDevice::read_at`]. Counts the read like `read_at` would.
+    fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
+        let _ = (offset, len, out);
+        false
+    }
+}
+
+/// A piece of a read served straight from a file.
+#[derive(Clone, Debug)]
+pub struct FileExtent {
+    /// The file (kept open while the piece waits to be sent).
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: usize,
 }

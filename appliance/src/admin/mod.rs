@@ -3,7 +3,9 @@
 
 pub mod exporter;
 pub mod http;
+mod nvme;
 pub mod status;
+mod stream_metrics;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +16,9 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use crate::backplane::Backplane;
+use crate::block::BlockService;
 use crate::config::{Config, DeviceConfig};
+use crate::controller::ControllerHandle;
 use exporter::{Families, labels};
 use http::{Body, Router};
 use status::{DeviceStatus, Status, VolumeStatus};
@@ -25,15 +29,47 @@ pub struct Admin {
     started: Instant,
     config: Arc<Config>,
     backplane: Arc<Backplane>,
+    block: Arc<BlockService>,
+    stream: Option<Arc<crate::stream::StreamService>>,
+    controllers: Vec<ControllerHandle>,
 }
 
 impl Admin {
     /// An admin endpoint over the running appliance's parts.
-    pub fn new(config: Arc<Config>, backplane: Arc<Backplane>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        backplane: Arc<Backplane>,
+        block: Arc<BlockService>,
+        stream: Option<Arc<crate::stream::StreamService>>,
+        controllers: Vec<ControllerHandle>,
+    ) -> Self {
         Self {
             started: Instant::now(),
             config,
             backplane,
+            block,
+            stream,
+            controllers,
+        }
+    }
+
+    /// Closes every NVMe/TCP connection of controller `index` (its listener stays up).
+    pub async fn drop_connections(&self, index: usize) -> Result<(), String> {
+        let handle = self
+            .controllers
+            .get(index)
+            .ok_or_else(|| format!("no controller {index}"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        handle
+            .run(move || {
+                // The receiver waits below; a dropped receiver only means nobody cares.
+                let _ = tx.send(crate::block::drop_local_connections());
+            })
+            .map_err(|e| e.to_string())?;
+        match rx.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("controller {index} serves no NVMe/TCP port")),
+            Err(_) => Err(format!("controller {index} stopped")),
         }
     }
 
@@ -73,13 +109,40 @@ impl Admin {
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
+            controllers: nvme::controllers(&self.block),
+            subsystems: nvme::subsystems(&self.config, &self.block),
             volumes,
             devices,
-            ..Status::default()
+            sessions: self
+                .stream
+                .as_ref()
+                .map(|s| {
+                    s.sessions()
+                        .into_iter()
+                        .map(|(id, content, controllers, blocks_sent, blocks, _)| {
+                            status::SessionStatus {
+                                id,
+                                content,
+                                controllers,
+                                blocks_sent,
+                                blocks,
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
     fn volume_role(&self, volume: &str) -> String {
+        if self
+            .config
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.volume == volume)
+        {
+            return "content store".into();
+        }
         for s in &self.config.subsystems {
             for ns in &s.namespaces {
                 if ns.volume == volume {
@@ -155,6 +218,18 @@ impl Admin {
             }),
         )?;
         f.gauge(
+            "device_queue_pairs",
+            "Hardware I/O queue pairs held on an nvme-pcie device (one per controller handle).",
+            devs.iter().filter_map(|d| {
+                d.device.queue_pairs().map(|n| {
+                    (
+                        labels([("device", d.device.name().to_owned())]),
+                        exporter::gauge_value(n),
+                    )
+                })
+            }),
+        )?;
+        f.gauge(
             "volume_capacity_bytes",
             "Capacity of a volume.",
             self.backplane.volumes().iter().map(|v| {
@@ -179,7 +254,21 @@ impl Collector for Admin {
                 exporter::gauge_value(self.started.elapsed().as_secs()),
             )],
         )?;
+        f.gauge(
+            "controller_up",
+            "1 while the controller thread runs.",
+            self.controllers.iter().map(|h| {
+                (
+                    labels([("controller", h.index().to_string())]),
+                    i64::from(h.is_alive()),
+                )
+            }),
+        )?;
         self.encode_devices(&mut f)?;
+        nvme::encode(&self.config, &self.block, &mut f)?;
+        if let Some(s) = &self.stream {
+            stream_metrics::encode(s.metrics(), &mut f)?;
+        }
         Ok(())
     }
 }
@@ -188,6 +277,7 @@ fn device_kind(dc: &DeviceConfig) -> &'static str {
     match dc {
         DeviceConfig::Ram { .. } => "ram",
         DeviceConfig::File { .. } => "file",
+        DeviceConfig::NvmePcie { .. } => "nvme-pcie",
     }
 }
 
@@ -265,10 +355,54 @@ impl Router for AdminRouter {
             },
             (&Method::GET, "/api/v1/status") => http::json(StatusCode::OK, &self.0.status()),
             (&Method::GET, "/healthz") => http::text(StatusCode::OK, "text/plain", "ok\n"),
+            (&Method::POST, p) if action_path(p, "stop-streams").is_some() => {
+                let Some(Ok(index)) = action_path(p, "stop-streams") else {
+                    return http::error(
+                        StatusCode::BAD_REQUEST,
+                        "controller index is not a number",
+                    );
+                };
+                match self.0.stream.as_ref() {
+                    Some(s) if s.stop_controller(index) => {
+                        http::text(StatusCode::OK, "text/plain", "stopped\n")
+                    }
+                    Some(_) => {
+                        http::error(StatusCode::NOT_FOUND, &format!("no controller {index}"))
+                    }
+                    None => http::error(
+                        StatusCode::NOT_FOUND,
+                        "the stream service is not configured",
+                    ),
+                }
+            }
+            (&Method::POST, p) if drop_path(p).is_some() => {
+                let Some(Ok(index)) = drop_path(p) else {
+                    return http::error(
+                        StatusCode::BAD_REQUEST,
+                        "controller index is not a number",
+                    );
+                };
+                match self.0.drop_connections(index).await {
+                    Ok(()) => http::text(StatusCode::OK, "text/plain", "dropped\n"),
+                    Err(e) => http::error(StatusCode::NOT_FOUND, &e),
+                }
+            }
             (_, "/metrics" | "/api/v1/status" | "/healthz") => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => http::error(StatusCode::NOT_FOUND, "no such endpoint"),
         }
     }
+}
+
+/// `Some(index)` for `/api/v1/controllers/{index}/drop-connections`.
+fn drop_path(path: &str) -> Option<Result<usize, std::num::ParseIntError>> {
+    action_path(path, "drop-connections")
+}
+
+/// `Some(index)` for `/api/v1/controllers/{index}/{action}`.
+fn action_path(path: &str, action: &str) -> Option<Result<usize, std::num::ParseIntError>> {
+    let rest = path.strip_prefix("/api/v1/controllers/")?;
+    let index = rest.strip_suffix(action)?.strip_suffix('/')?;
+    Some(index.parse())
 }

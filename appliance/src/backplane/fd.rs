@@ -27,9 +27,16 @@ pub struct FdDevice {
     file: Arc<File>,
     size: u64,
     direct: bool,
+    read_rate: Option<u64>,
 }
 
 impl FdDevice {
+    /// Caps every handle's reads at `rate` bytes per second (`None`: no cap).
+    pub fn with_read_rate(mut self, rate: Option<u64>) -> Self {
+        self.read_rate = rate.filter(|&r| r > 0);
+        self
+    }
+
     /// A RAM device of `size` bytes (an anonymous memfd; zero-filled, lost on exit).
     pub fn ram(name: &str, size: u64) -> io::Result<Self> {
         let fd = memfd_create(format!("baton-{name}").as_str(), MFdFlags::MFD_CLOEXEC)?;
@@ -94,6 +101,7 @@ impl FdDevice {
             file: Arc::new(file),
             size,
             direct,
+            read_rate: None,
         }
     }
 }
@@ -123,6 +131,12 @@ impl Device for FdDevice {
         Ok(Box::new(FdHandle {
             file: Arc::clone(&self.file),
             bounce,
+            limit: self.read_rate.map(|rate| {
+                RefCell::new(RateLimit {
+                    rate,
+                    free_at: std::time::Instant::now(),
+                })
+            }),
         }))
     }
 }
@@ -132,6 +146,28 @@ struct FdHandle {
     file: Arc<File>,
     /// Page-aligned bounce buffer for O_DIRECT (callers' buffers need not be aligned).
     bounce: Option<RefCell<MmapMut>>,
+    /// Read rate cap: the handle behaves like a device that reads `rate` bytes per second.
+    limit: Option<RefCell<RateLimit>>,
+}
+
+/// A serial device model: each read occupies the device for `len / rate` seconds.
+struct RateLimit {
+    rate: u64,
+    free_at: std::time::Instant,
+}
+
+impl FdHandle {
+    /// Blocks the calling controller thread as long as a device of the capped rate would.
+    fn throttle(&self, len: usize) {
+        let Some(limit) = &self.limit else { return };
+        let mut l = limit.borrow_mut();
+        let now = std::time::Instant::now();
+        let done =
+            l.free_at.max(now) + std::time::Duration::from_secs_f64(len as f64 / l.rate as f64);
+        l.free_at = done;
+        drop(l);
+        std::thread::sleep(done.saturating_duration_since(now));
+    }
 }
 
 fn check_direct(offset: u64, len: usize) -> io::Result<()> {
@@ -145,7 +181,21 @@ fn check_direct(offset: u64, len: usize) -> io::Result<()> {
 }
 
 impl DeviceHandle for FdHandle {
+    fn file_extent(&self, offset: u64, len: u64) -> Option<nvme_target::blockdev::FileExtent> {
+        // O_DIRECT files must not be read through the page cache behind their back, and a
+        // rate-capped device must not be bypassed.
+        if self.bounce.is_some() || self.limit.is_some() {
+            return None;
+        }
+        Some(nvme_target::blockdev::FileExtent {
+            file: Arc::clone(&self.file),
+            offset,
+            len: usize::try_from(len).ok()?,
+        })
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.throttle(buf.len());
         let Some(bounce) = &self.bounce else {
             return self.file.read_exact_at(buf, offset);
         };

@@ -6,6 +6,7 @@
 
 mod fd;
 mod metrics;
+mod pcie;
 mod volume;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use fd::FdDevice;
 pub use metrics::DeviceMetrics;
+pub use pcie::PcieDevice;
 pub use volume::{Volume, VolumeHandle};
 
 use crate::config::{Config, DeviceConfig};
@@ -26,10 +28,21 @@ pub trait Device: Send + Sync + std::fmt::Debug {
     fn size(&self) -> u64;
     /// Opens a handle for the calling controller thread.
     fn open_handle(&self) -> io::Result<Box<dyn DeviceHandle>>;
+    /// Hardware queue pairs the device's handles hold (nvme-pcie), if it has any.
+    fn queue_pairs(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One controller thread's access to a device. Offsets and lengths are in bytes.
 pub trait DeviceHandle {
+    /// The file and offset holding `len` bytes at `offset`, if reads may bypass this
+    /// handle (zero-copy sends); `None` (the default) otherwise.
+    fn file_extent(&self, offset: u64, len: u64) -> Option<nvme_target::blockdev::FileExtent> {
+        let _ = (offset, len);
+        None
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes `buf` at `offset`.
@@ -128,17 +141,33 @@ impl Backplane {
 
 fn open_device(config: &Config, dc: &DeviceConfig) -> io::Result<Arc<dyn Device>> {
     Ok(match dc {
-        DeviceConfig::Ram { name, size } => Arc::new(FdDevice::ram(name, size.bytes())?),
+        DeviceConfig::Ram {
+            name,
+            size,
+            read_rate,
+        } => Arc::new(
+            FdDevice::ram(name, size.bytes())?.with_read_rate(read_rate.map(|r| r.bytes())),
+        ),
         DeviceConfig::File {
             name,
             path,
             size,
             direct,
-        } => Arc::new(FdDevice::file(
+            read_rate,
+        } => Arc::new(
+            FdDevice::file(
+                name,
+                &config.resolve(path),
+                size.map(|s| s.bytes()),
+                *direct,
+            )?
+            .with_read_rate(read_rate.map(|r| r.bytes())),
+        ),
+        DeviceConfig::NvmePcie {
             name,
-            &config.resolve(path),
-            size.map(|s| s.bytes()),
-            *direct,
-        )?),
+            controllers,
+            nsid,
+            queue_depth,
+        } => Arc::new(PcieDevice::open(name, controllers, *nsid, *queue_depth)?),
     })
 }

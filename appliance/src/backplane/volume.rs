@@ -228,6 +228,32 @@ impl nvme_target::BlockDevice for VolumeHandle {
         VolumeHandle::read_at(self, offset, buf)
     }
 
+    fn file_extents(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<nvme_target::blockdev::FileExtent>,
+    ) -> bool {
+        if self.volume.check(offset, len).is_err() {
+            return false;
+        }
+        let start = out.len();
+        for (m, dev_off, _, piece) in self.volume.pieces(offset, len) {
+            match self.handles[m].0.file_extent(dev_off, piece) {
+                Some(e) => out.push(e),
+                None => {
+                    out.truncate(start);
+                    return false;
+                }
+            }
+        }
+        for (m, _, _, piece) in self.volume.pieces(offset, len) {
+            let metrics = &self.handles[m].1;
+            metrics.count(&metrics.reads, Some((&metrics.read_bytes, piece)), &Ok(()));
+        }
+        true
+    }
+
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         VolumeHandle::write_at(self, offset, buf)
     }

@@ -72,9 +72,81 @@ pub struct Config {
     /// NVMe subsystems exported over NVMe/TCP.
     #[serde(default)]
     pub subsystems: Vec<SubsystemConfig>,
+    /// Stream service (absent: off).
+    #[serde(default)]
+    pub stream: Option<StreamConfig>,
     /// Logging.
     #[serde(default)]
     pub logging: LoggingConfig,
+}
+
+/// The stream service: a content store on a volume, a coordinator and one data port per
+/// controller.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Volume holding the content store (never exported as a namespace).
+    pub volume: String,
+    /// Address of the control, HTTP and data ports.
+    #[serde(default = "loopback")]
+    pub address: IpAddr,
+    /// Coordinator control port (`baton put/ls/rm/fetch`); 0 picks a free port.
+    #[serde(default = "default_control_port")]
+    pub control_port: u16,
+    /// HTTP face (`GET /content/{name}`); null for none, 0 picks a free port.
+    #[serde(default = "default_http_port")]
+    pub http_port: Option<u16>,
+    /// Controller i's data port is `data_port_base + i`; 0 picks free ports.
+    #[serde(default = "default_data_port_base")]
+    pub data_port_base: u16,
+    /// Content block size: the unit a controller reads and sends.
+    #[serde(default = "default_stream_block")]
+    pub block_size: ByteSize,
+    /// Read-ahead window: blocks requested ahead of the baton.
+    #[serde(default = "default_window")]
+    pub window: u32,
+    /// Sessions each controller serves at once (admission control).
+    #[serde(default = "default_send_budget")]
+    pub send_budget: u32,
+    /// Catalog entries (content items the store can hold).
+    #[serde(default = "default_catalog_entries")]
+    pub catalog_entries: u32,
+    /// A session whose baton has not moved for this long is re-planned over the live
+    /// controllers (milliseconds).
+    #[serde(default = "default_sync_timeout")]
+    pub sync_timeout_ms: u64,
+}
+
+fn default_control_port() -> u16 {
+    9450
+}
+fn default_http_port() -> Option<u16> {
+    Some(8080)
+}
+fn default_data_port_base() -> u16 {
+    9460
+}
+fn default_stream_block() -> ByteSize {
+    ByteSize::parse("256KiB").unwrap_or_default()
+}
+fn default_window() -> u32 {
+    4
+}
+fn default_send_budget() -> u32 {
+    256
+}
+fn default_catalog_entries() -> u32 {
+    1024
+}
+fn default_sync_timeout() -> u64 {
+    2000
+}
+
+fn default_nsid() -> u32 {
+    1
+}
+fn default_pcie_depth() -> u16 {
+    64
 }
 
 fn default_data_dir() -> PathBuf {
@@ -104,10 +176,10 @@ pub struct NvmeTcpConfig {
     /// Address controllers listen on and that discovery advertises.
     #[serde(default = "loopback")]
     pub address: IpAddr,
-    /// Controller i listens on `base_port + i`.
+    /// Controller i listens on `base_port + i`; 0 picks free ports (tests, benchmarks).
     #[serde(default = "default_base_port")]
     pub base_port: u16,
-    /// Discovery controller port; absent means no discovery service.
+    /// Discovery controller port (0 picks a free port); null means no discovery service.
     #[serde(default = "default_discovery_port")]
     pub discovery_port: Option<u16>,
     /// Largest H2CData PDU the host may send.
@@ -199,6 +271,10 @@ pub enum DeviceConfig {
         name: String,
         /// Capacity.
         size: ByteSize,
+        /// Caps each controller's reads from this device at this many bytes per second
+        /// (models a slower device; used by the stream scaling benchmark).
+        #[serde(default)]
+        read_rate: Option<ByteSize>,
     },
     /// A file or block device, opened by every controller.
     File {
@@ -206,6 +282,9 @@ pub enum DeviceConfig {
         name: String,
         /// Path; relative paths are under `data_dir`.
         path: PathBuf,
+        /// Caps each controller's reads from this device at this many bytes per second.
+        #[serde(default)]
+        read_rate: Option<ByteSize>,
         /// Size to create a missing file with (and the capacity used); absent means the
         /// existing file's size.
         #[serde(default)]
@@ -214,13 +293,29 @@ pub enum DeviceConfig {
         #[serde(default)]
         direct: bool,
     },
+    /// A namespace of an NVMe subsystem reached through PCIe controllers with the
+    /// user-space driver (VFIO): Baton controller i uses `controllers[i mod n]`, so each
+    /// reaches the shared namespace through its own PCIe controller.
+    NvmePcie {
+        /// Unique name volumes refer to.
+        name: String,
+        /// PCI addresses of the subsystem's controllers (e.g. `0000:00:04.0`), bound to
+        /// vfio-pci (`baton setup-pci`).
+        controllers: Vec<String>,
+        /// Namespace ID.
+        #[serde(default = "default_nsid")]
+        nsid: u32,
+        /// I/O queue entries per Baton controller.
+        #[serde(default = "default_pcie_depth")]
+        queue_depth: u16,
+    },
 }
 
 impl DeviceConfig {
     /// The device's name.
     pub fn name(&self) -> &str {
         match self {
-            Self::Ram { name, .. } | Self::File { name, .. } => name,
+            Self::Ram { name, .. } | Self::File { name, .. } | Self::NvmePcie { name, .. } => name,
         }
     }
 }
@@ -375,6 +470,22 @@ impl Config {
             .unwrap_or_else(|e| unreachable!("the embedded default is checked by a test: {e}"))
     }
 
+    /// PCI addresses of every nvme-pcie device's controllers.
+    pub fn pci_functions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                DeviceConfig::NvmePcie { controllers, .. } => Some(controllers.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Number of controller threads to run.
     pub fn controller_count(&self) -> usize {
         match self.controllers.count {
@@ -406,6 +517,26 @@ impl Config {
             let size = match dev {
                 DeviceConfig::Ram { size, .. } => Some(*size),
                 DeviceConfig::File { size, .. } => *size,
+                DeviceConfig::NvmePcie {
+                    controllers, nsid, ..
+                } => {
+                    if controllers.is_empty() {
+                        return Err((
+                            format!("devices[{i}].controllers"),
+                            "name at least one PCI address".into(),
+                        ));
+                    }
+                    if let Some(bad) = controllers.iter().find(|c| !is_bdf(c)) {
+                        return Err((
+                            format!("devices[{i}].controllers"),
+                            format!("`{bad}` is not a PCI address like 0000:00:04.0"),
+                        ));
+                    }
+                    if *nsid == 0 || *nsid == u32::MAX {
+                        return Err((format!("devices[{i}].nsid"), "not a namespace ID".into()));
+                    }
+                    None
+                }
             };
             if size.is_some_and(|s| s.bytes() == 0 || s.bytes() % 4096 != 0) {
                 return Err((
@@ -526,7 +657,10 @@ impl Config {
                 format!("base_port + {count} controllers passes port 65535"),
             ));
         }
-        if let Some(dp) = nvme.discovery_port {
+        if let Some(dp) = nvme
+            .discovery_port
+            .filter(|&p| p != 0 && nvme.base_port != 0)
+        {
             let ports = usize::from(nvme.base_port)..usize::from(nvme.base_port) + count;
             if ports.contains(&usize::from(dp)) {
                 return Err((
@@ -540,6 +674,55 @@ impl Config {
                 "nvme_tcp.address".into(),
                 "give a concrete address: discovery must advertise it to hosts".into(),
             ));
+        }
+        if let Some(st) = &self.stream {
+            let Some(v) = self.volumes.iter().find(|v| v.name == st.volume) else {
+                return Err((
+                    "stream.volume".into(),
+                    format!("no volume named `{}`", st.volume),
+                ));
+            };
+            for (i, s) in self.subsystems.iter().enumerate() {
+                for (j, ns) in s.namespaces.iter().enumerate() {
+                    if ns.volume == st.volume {
+                        return Err((
+                            format!("subsystems[{i}].namespaces[{j}].volume"),
+                            format!(
+                                "`{}` holds the content store and cannot be exported",
+                                st.volume
+                            ),
+                        ));
+                    }
+                }
+            }
+            let bs = st.block_size.bytes();
+            if !bs.is_power_of_two()
+                || !(4096..=16 << 20).contains(&bs)
+                || bs < u64::from(v.block_size)
+            {
+                return Err((
+                    "stream.block_size".into(),
+                    "a power of two from 4KiB to 16MiB, at least the volume's block size".into(),
+                ));
+            }
+            if st.window == 0 || st.window > 64 {
+                return Err(("stream.window".into(), "must be in 1..=64".into()));
+            }
+            if st.send_budget == 0 {
+                return Err(("stream.send_budget".into(), "must be at least 1".into()));
+            }
+            if !(16..=65536).contains(&st.catalog_entries) {
+                return Err((
+                    "stream.catalog_entries".into(),
+                    "must be in 16..=65536".into(),
+                ));
+            }
+            if st.sync_timeout_ms < 50 {
+                return Err((
+                    "stream.sync_timeout_ms".into(),
+                    "must be at least 50".into(),
+                ));
+            }
         }
         if let Err(e) = self.logging.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(("logging.level".into(), format!("bad filter: {e}")));
@@ -565,6 +748,18 @@ fn strip_prefix_and_location(message: &str) -> String {
 fn unknown_field(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("unknown field `")?;
     rest.split_once('`').map(|(field, _)| field)
+}
+
+/// `DDDD:BB:DD.F`.
+fn is_bdf(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
 }
 
 fn check_name(name: &str) -> Result<(), String> {

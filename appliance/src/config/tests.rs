@@ -7,8 +7,12 @@ fn err(text: &str) -> ConfigError {
 #[test]
 fn embedded_default_is_valid() {
     let config = Config::embedded_default();
-    assert_eq!(config.devices.len(), 2);
+    assert_eq!(config.devices.len(), 3);
     assert_eq!(config.subsystems[0].namespaces[0].volume, "vol0");
+    assert_eq!(
+        config.stream.as_ref().map(|s| s.volume.as_str()),
+        Some("content")
+    );
     assert!(config.controller_count() >= 1);
 }
 
@@ -117,4 +121,24 @@ fn refuses_bad_transport_settings() {
 fn syntax_error_has_line() {
     let e = err("devices:\n  - name: [unclosed\n");
     assert!(e.line.is_some(), "{e}");
+}
+
+#[test]
+fn content_volume_cannot_be_exported() {
+    let e = err(
+        "devices: [{name: d, kind: ram, size: 64MiB}]\nvolumes: [{name: v, devices: [d]}]\n\
+                 subsystems: [{nqn: nqn.2026-11.io.baton:x, namespaces: [{nsid: 1, volume: v}]}]\n\
+                 stream: {volume: v}\n",
+    );
+    assert!(
+        e.to_string().contains("subsystems[0].namespaces[0].volume"),
+        "{e}"
+    );
+    let e = err(
+        "devices: [{name: d, kind: ram, size: 64MiB}]\nvolumes: [{name: v, devices: [d]}]\n\
+                 stream: {volume: v, window: 0}\n",
+    );
+    assert!(e.to_string().contains("stream.window"), "{e}");
+    let e = err("stream: {volume: nope}\n");
+    assert!(e.to_string().contains("stream.volume"), "{e}");
 }

@@ -1,0 +1,230 @@
+//! The block service's part of the status and of the Prometheus exposition.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use nvme_target::CommandKind;
+use nvme_target::metrics::{Histogram, LATENCY_BUCKETS, bucket_bound};
+
+use super::exporter::{Families, HistogramSample, labels};
+use super::status::{ControllerStatus, HostStatus, SubsystemStatus};
+use crate::block::BlockService;
+use crate::config::Config;
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn gauge(c: &AtomicI64) -> i64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Controller threads with their NVMe/TCP port.
+pub(super) fn controllers(block: &BlockService) -> Vec<ControllerStatus> {
+    let m = block.target().metrics();
+    block
+        .ports()
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| ControllerStatus {
+            index: i,
+            nvme_tcp: addr.to_string(),
+            queue_pairs: u64::try_from(gauge(&m.ports[i].queue_pairs)).unwrap_or(0),
+            in_flight: u64::try_from(gauge(&m.ports[i].in_flight)).unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Subsystems with their namespaces and connected hosts.
+pub(super) fn subsystems(config: &Config, block: &BlockService) -> Vec<SubsystemStatus> {
+    let st = block.target().status();
+    config
+        .subsystems
+        .iter()
+        .zip(st.subsystems)
+        .map(|(cfg, s)| SubsystemStatus {
+            nqn: s.nqn,
+            namespaces: cfg
+                .namespaces
+                .iter()
+                .map(|n| (n.nsid, n.volume.clone()))
+                .collect(),
+            hosts: s
+                .controllers
+                .into_iter()
+                .map(|c| HostStatus {
+                    hostnqn: c.hostnqn,
+                    cntlid: c.cntlid,
+                    controller: usize::from(c.port_id.saturating_sub(1)),
+                    queues: 1 + usize::from(c.io_queues),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn histogram(h: &Histogram) -> HistogramSample {
+    let counts = h.counts();
+    let buckets = (0..LATENCY_BUCKETS)
+        .map(|i| (bucket_bound(i).as_secs_f64(), counts[i]))
+        .collect();
+    HistogramSample {
+        sum: h.sum_seconds(),
+        count: counts.iter().sum(),
+        buckets,
+    }
+}
+
+/// Every block-service metric family.
+pub(super) fn encode(
+    config: &Config,
+    block: &BlockService,
+    f: &mut Families<'_>,
+) -> Result<(), std::fmt::Error> {
+    let target = block.target();
+    let m = target.metrics();
+    let n = block.ports().len();
+    let ports = || m.ports.iter().take(n).enumerate();
+    let ctl = |i: usize| labels([("controller", i.to_string())]);
+    f.counter(
+        "nvme_commands",
+        "NVMe commands received, by controller and kind.",
+        ports().flat_map(|(i, p)| {
+            CommandKind::ALL.iter().map(move |k| {
+                (
+                    labels([("controller", i.to_string()), ("kind", k.name().to_owned())]),
+                    get(&p.commands[*k as usize]),
+                )
+            })
+        }),
+    )?;
+    f.counter(
+        "nvme_command_errors",
+        "NVMe commands completed with an error status.",
+        ports().map(|(i, p)| (ctl(i), get(&p.command_errors))),
+    )?;
+    f.counter(
+        "nvme_bytes",
+        "Bytes moved by NVMe/TCP hosts, by controller and direction.",
+        ports().flat_map(|(i, p)| {
+            [("read", &p.bytes_read), ("write", &p.bytes_written)]
+                .into_iter()
+                .map(move |(d, c)| {
+                    (
+                        labels([("controller", i.to_string()), ("direction", d.to_owned())]),
+                        get(c),
+                    )
+                })
+        }),
+    )?;
+    f.histogram(
+        "nvme_latency_seconds",
+        "Read and write command latency inside the controller.",
+        ports().flat_map(|(i, p)| {
+            [("read", &p.read_latency), ("write", &p.write_latency)]
+                .into_iter()
+                .map(move |(op, h)| {
+                    (
+                        labels([("controller", i.to_string()), ("op", op.to_owned())]),
+                        histogram(h),
+                    )
+                })
+        }),
+    )?;
+    f.gauge(
+        "nvme_in_flight",
+        "Commands received and not yet answered (queue depth).",
+        ports().map(|(i, p)| (ctl(i), gauge(&p.in_flight))),
+    )?;
+    f.gauge(
+        "nvme_queue_pairs",
+        "Connected NVMe/TCP queues (admin and I/O).",
+        ports().map(|(i, p)| (ctl(i), gauge(&p.queue_pairs))),
+    )?;
+    type Pick = fn(&nvme_target::metrics::PortMetrics) -> &AtomicU64;
+    let per_port: [(&str, &str, Pick); 5] = [
+        ("nvme_connections", "NVMe/TCP connections accepted.", |p| {
+            &p.connections
+        }),
+        ("nvme_pdus_received", "NVMe/TCP PDUs received.", |p| {
+            &p.pdus_rx
+        }),
+        ("nvme_pdus_sent", "NVMe/TCP PDUs sent.", |p| &p.pdus_tx),
+        (
+            "nvme_protocol_errors",
+            "Fatal NVMe/TCP protocol errors (connection terminated).",
+            |p| &p.protocol_errors,
+        ),
+        (
+            "nvme_digest_errors",
+            "Header or data digest mismatches.",
+            |p| &p.digest_errors,
+        ),
+    ];
+    for (name, help, pick) in per_port {
+        f.counter(name, help, ports().map(|(i, p)| (ctl(i), get(pick(p)))))?;
+    }
+    let subs = || config.subsystems.iter().zip(&m.subsystems);
+    f.gauge(
+        "subsystem_connected_hosts",
+        "Host controllers connected to a subsystem.",
+        subs().map(|(s, sm)| {
+            (
+                labels([("subsystem", s.nqn.clone())]),
+                gauge(&sm.controllers),
+            )
+        }),
+    )?;
+    f.counter(
+        "subsystem_refused_hosts",
+        "Connects refused because the host is not allowed.",
+        subs().map(|(s, sm)| {
+            (
+                labels([("subsystem", s.nqn.clone())]),
+                get(&sm.refused_hosts),
+            )
+        }),
+    )?;
+    let namespaces = || {
+        subs().flat_map(|(s, sm)| {
+            s.namespaces
+                .iter()
+                .zip(&sm.namespaces)
+                .map(move |(ns, nm)| (s.nqn.clone(), ns.nsid.to_string(), nm))
+        })
+    };
+    type NsPick = fn(&nvme_target::metrics::NamespaceMetrics) -> [&AtomicU64; 2];
+    let families: [(&str, &str, NsPick); 2] = [
+        (
+            "namespace_bytes",
+            "Bytes read and written through a namespace.",
+            |n| [&n.bytes_read, &n.bytes_written],
+        ),
+        (
+            "namespace_ops",
+            "Read and write commands through a namespace.",
+            |n| [&n.reads, &n.writes],
+        ),
+    ];
+    for (name, help, pick) in families {
+        f.counter(
+            name,
+            help,
+            namespaces().flat_map(|(nqn, nsid, nm)| {
+                ["read", "write"]
+                    .into_iter()
+                    .zip(pick(nm))
+                    .map(move |(op, c)| {
+                        (
+                            labels([
+                                ("subsystem", nqn.clone()),
+                                ("nsid", nsid.clone()),
+                                ("op", op.to_owned()),
+                            ]),
+                            get(c),
+                        )
+                    })
+            }),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The stream service's part of the Prometheus exposition.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::exporter::{Families, gauge_value, labels};
+use crate::stream::{ControllerStreamMetrics, StreamMetrics};
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Every stream metric family.
+pub(super) fn encode(m: &StreamMetrics, f: &mut Families<'_>) -> Result<(), std::fmt::Error> {
+    f.gauge(
+        "stream_sessions_active",
+        "Stream sessions running now.",
+        [(labels([]), m.sessions_active.load(Ordering::Relaxed))],
+    )?;
+    for (name, help, c) in [
+        (
+            "stream_sessions_opened",
+            "Stream sessions opened.",
+            &m.sessions_opened,
+        ),
+        (
+            "stream_sessions_refused",
+            "Stream sessions refused (no capacity, unknown content, bad range).",
+            &m.sessions_refused,
+        ),
+        (
+            "stream_sessions_failed",
+            "Stream sessions that ended before delivering everything.",
+            &m.sessions_failed,
+        ),
+        (
+            "stream_sessions_completed",
+            "Stream sessions that delivered everything.",
+            &m.sessions_completed,
+        ),
+        (
+            "stream_deadline_misses",
+            "Blocks sent more than one block time after their pacing deadline.",
+            &m.deadline_misses,
+        ),
+        (
+            "stream_send_stalls",
+            "Batons that found their block not read ahead.",
+            &m.send_stalls,
+        ),
+        (
+            "stream_replans",
+            "Sessions re-planned after a controller failed or stalled.",
+            &m.replans,
+        ),
+    ] {
+        f.counter(name, help, [(labels([]), get(c))])?;
+    }
+    let per = |pick: fn(&ControllerStreamMetrics) -> &AtomicU64| {
+        m.controllers
+            .iter()
+            .enumerate()
+            .map(move |(i, c)| (labels([("controller", i.to_string())]), get(pick(c))))
+    };
+    f.counter(
+        "stream_blocks_sent",
+        "Blocks a controller sent straight to clients.",
+        per(|c| &c.blocks_sent),
+    )?;
+    f.counter(
+        "stream_bytes",
+        "Payload bytes a controller sent to clients.",
+        per(|c| &c.bytes),
+    )?;
+    f.counter(
+        "stream_data_requests",
+        "DataRequest messages a controller handled.",
+        per(|c| &c.data_requests),
+    )?;
+    f.counter(
+        "stream_syncs",
+        "Sync messages (batons) a controller handled.",
+        per(|c| &c.syncs),
+    )?;
+    f.gauge(
+        "content_store_used_bytes",
+        "Bytes of the content store's data area in use.",
+        [(labels([]), gauge_value(get(&m.store_used)))],
+    )?;
+    f.gauge(
+        "content_store_capacity_bytes",
+        "Capacity of the content store's data area.",
+        [(labels([]), gauge_value(get(&m.store_capacity)))],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! The NVMe/TCP block service: the target built from the configuration, one port per
+//! controller thread (every controller is a port of every subsystem), and the discovery
+//! controller.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use nvme_target::{
+    BlockDevice, NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::backplane::{Backplane, Volume};
+use crate::config::Config;
+use crate::controller::Controllers;
+use crate::serve::{ServeError, io_err};
+
+thread_local! {
+    /// The NVMe/TCP port served by this controller thread, for admin actions.
+    static PORT: RefCell<Option<Rc<Port>>> = const { RefCell::new(None) };
+}
+
+/// The running block service.
+#[derive(Debug)]
+pub struct BlockService {
+    target: Arc<Target>,
+    ports: Vec<SocketAddr>,
+    discovery: Option<SocketAddr>,
+}
+
+impl BlockService {
+    /// Binds every port, builds the target and starts serving on the controllers.
+    pub fn start(
+        config: &Config,
+        backplane: &Backplane,
+        controllers: &Controllers,
+        shutdown: &watch::Sender<bool>,
+    ) -> Result<Self, ServeError> {
+        let nvme = &config.nvme_tcp;
+        let mut listeners = Vec::with_capacity(controllers.len());
+        for i in 0..controllers.len() {
+            let port = if nvme.base_port == 0 {
+                0
+            } else {
+                nvme.base_port + u16::try_from(i).unwrap_or(u16::MAX)
+            };
+            let addr = SocketAddr::new(nvme.address, port);
+            listeners.push(bind(addr).map_err(io_err(format!("NVMe/TCP listener {addr}")))?);
+        }
+        let ports: Vec<SocketAddr> = listeners
+            .iter()
+            .map(std::net::TcpListener::local_addr)
+            .collect::<Result<_, _>>()
+            .map_err(io_err("listener address"))?;
+        let discovery_listener = match nvme.discovery_port {
+            Some(p) => {
+                let addr = SocketAddr::new(nvme.address, p);
+                Some(bind(addr).map_err(io_err(format!("discovery listener {addr}")))?)
+            }
+            None => None,
+        };
+        let discovery = discovery_listener
+            .as_ref()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()
+            .map_err(io_err("listener address"))?;
+
+        let exported = exported_volumes(config, backplane);
+        let target = Target::new(target_config(config, &exported, &ports, discovery))
+            .map_err(|e| ServeError::Target(e.to_string()))?;
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for (h, listener) in controllers.handles().iter().zip(listeners) {
+            let target = Arc::clone(&target);
+            let exported = exported.clone();
+            let shutdown = shutdown.subscribe();
+            let ready = ready_tx.clone();
+            let port_id = u16::try_from(h.index() + 1).unwrap_or(u16::MAX);
+            let index = h.index();
+            h.run(move || {
+                let result = start_port(target, port_id, &exported, listener, shutdown);
+                // start() waits for every answer; it is gone only if it already failed.
+                let _ = ready.send(result.map_err(|e| format!("controller {index}: {e}")));
+            })
+            .map_err(|e| ServeError::Target(e.to_string()))?;
+        }
+        drop(ready_tx);
+        for result in ready_rx {
+            result.map_err(ServeError::Target)?;
+        }
+        if let Some(listener) = discovery_listener {
+            let target = Arc::clone(&target);
+            let shutdown = shutdown.subscribe();
+            controllers.handles()[0]
+                .run(move || {
+                    tokio::task::spawn_local(async move {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(l) => {
+                                if let Err(e) =
+                                    nvme_target::run_discovery(target, l, shutdown).await
+                                {
+                                    error!(error = %e, "discovery controller stopped");
+                                }
+                            }
+                            Err(e) => error!(error = %e, "discovery listener"),
+                        }
+                    });
+                })
+                .map_err(|e| ServeError::Target(e.to_string()))?;
+        }
+        info!(ports = ?ports, discovery = ?discovery, "NVMe/TCP block service");
+        Ok(Self {
+            target,
+            ports,
+            discovery,
+        })
+    }
+
+    /// The target (status and counters).
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
+    /// Each controller's NVMe/TCP address, by controller index.
+    pub fn ports(&self) -> &[SocketAddr] {
+        &self.ports
+    }
+
+    /// The discovery controller's address.
+    pub fn discovery(&self) -> Option<SocketAddr> {
+        self.discovery
+    }
+}
+
+/// Closes every NVMe/TCP connection of the calling controller thread's port.
+pub fn drop_local_connections() -> bool {
+    PORT.with(|p| match p.borrow().as_ref() {
+        Some(port) => {
+            port.drop_connections();
+            true
+        }
+        None => false,
+    })
+}
+
+/// `(subsystem NQN, nsid, volume)` for every exported namespace.
+type Exported = Vec<(String, u32, Arc<Volume>)>;
+
+fn exported_volumes(config: &Config, backplane: &Backplane) -> Exported {
+    let mut out = Vec::new();
+    for s in &config.subsystems {
+        for ns in &s.namespaces {
+            // Validation guarantees the volume exists.
+            if let Some(v) = backplane.volume(&ns.volume) {
+                out.push((s.nqn.clone(), ns.nsid, Arc::clone(v)));
+            }
+        }
+    }
+    out
+}
+
+fn start_port(
+    target: Arc<Target>,
+    port_id: u16,
+    exported: &Exported,
+    listener: std::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut devices: Vec<(String, u32, Rc<dyn BlockDevice>)> = Vec::with_capacity(exported.len());
+    for (nqn, nsid, volume) in exported {
+        devices.push((nqn.clone(), *nsid, Rc::new(volume.open_handle()?)));
+    }
+    let port = Port::new(target, port_id, devices);
+    PORT.with(|p| *p.borrow_mut() = Some(Rc::clone(&port)));
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = port.run(listener, shutdown).await {
+            error!(port = port_id, error = %e, "NVMe/TCP port stopped");
+        }
+    });
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn target_config(
+    config: &Config,
+    exported: &Exported,
+    ports: &[SocketAddr],
+    discovery: Option<SocketAddr>,
+) -> TargetConfig {
+    let nvme = &config.nvme_tcp;
+    let subsystems = config
+        .subsystems
+        .iter()
+        .map(|s| SubsystemConfig {
+            nqn: s.nqn.clone(),
+            serial: s.serial.clone().unwrap_or_else(|| derived_serial(&s.nqn)),
+            model: s.model.clone(),
+            allow_any_host: s.allow_any_host,
+            allowed_hosts: s.allowed_hosts.clone(),
+            namespaces: exported
+                .iter()
+                .filter(|(nqn, ..)| *nqn == s.nqn)
+                .map(|(nqn, nsid, v)| namespace_config(nqn, *nsid, v))
+                .collect(),
+        })
+        .collect();
+    let ports = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| PortConfig {
+            id: u16::try_from(i + 1).unwrap_or(u16::MAX),
+            addr,
+        })
+        .collect();
+    let mut cfg = TargetConfig::new(subsystems, ports);
+    cfg.discovery = discovery;
+    cfg.max_h2c_data = u32::try_from(nvme.max_h2c_data.bytes()).unwrap_or(u32::MAX);
+    cfg.max_transfer = u32::try_from(nvme.max_transfer.bytes()).unwrap_or(u32::MAX);
+    cfg.max_queue_entries = nvme.queue_entries;
+    cfg.max_io_queues = nvme.io_queues;
+    cfg
+}
+
+fn namespace_config(nqn: &str, nsid: u32, v: &Volume) -> NamespaceConfig {
+    NamespaceConfig {
+        nsid,
+        nguid: stable_id("nguid", nqn, nsid),
+        uuid: uuid_v8(stable_id("uuid", nqn, nsid)),
+        block_size: v.block_size(),
+        num_blocks: v.size() / u64::from(v.block_size()),
+        optimal_io_boundary: if v.members().len() > 1 {
+            u32::try_from(v.stripe_size()).unwrap_or(0)
+        } else {
+            0
+        },
+        // File-backed devices go through the page cache (or a drive cache): Flush matters.
+        volatile_write_cache: true,
+    }
+}
+
+/// A 16-byte ID that is the same on every restart and every controller, and differs
+/// between namespaces and subsystems (hosts ignore duplicate NGUIDs).
+fn stable_id(kind: &str, nqn: &str, nsid: u32) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"baton\0");
+    h.update(kind.as_bytes());
+    h.update(b"\0");
+    h.update(nqn.as_bytes());
+    h.update(b"\0");
+    h.update(nsid.to_le_bytes());
+    let digest = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
+/// Marks a hash-derived ID as an RFC 9562 version 8 UUID.
+fn uuid_v8(mut id: [u8; 16]) -> [u8; 16] {
+    id[6] = (id[6] & 0x0f) | 0x80;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+fn derived_serial(nqn: &str) -> String {
+    let digest = Sha256::digest(nqn.as_bytes());
+    digest[..10].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = stable_id("nguid", "nqn.a", 1);
+        assert_eq!(a, stable_id("nguid", "nqn.a", 1));
+        assert_ne!(a, stable_id("nguid", "nqn.a", 2));
+        assert_ne!(a, stable_id("nguid", "nqn.b", 1));
+        assert_ne!(a, stable_id("uuid", "nqn.a", 1));
+        let u = uuid_v8(a);
+        assert_eq!(u[6] >> 4, 8);
+        assert_eq!(u[8] >> 6, 0b10);
+    }
+
+    #[test]
+    fn serial_fits_identify_field() {
+        let s = derived_serial("nqn.2026-11.io.baton:vol0");
+        assert_eq!(s.len(), 20);
+        assert!(s.is_ascii());
+    }
+}

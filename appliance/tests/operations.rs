@@ -1,0 +1,310 @@
+//! Operations: every metric the dashboard and alert rules query is exported by a running
+//! appliance; a real Prometheus server scrapes it and sees non-zero block and stream series;
+//! promtool accepts the shipped configuration and rules.
+// An integration test crate: every function in it is a test.
+#![allow(clippy::tests_outside_test_module)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton::stream::client::StreamClient;
+use nvme_target::host::{HostController, HostOptions};
+
+use common::free_port;
+
+const NQN: &str = "nqn.2026-11.io.baton:ops";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Baton {
+    _p: Proc,
+    admin: SocketAddr,
+    control: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn start_baton() -> Baton {
+    let dir = tempfile::tempdir().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = format!(
+        "data_dir: {d}\ncontrollers: {{count: 2, pin: false}}\nnvme_tcp: {{base_port: 0, discovery_port: 0}}\n\
+         admin: {{address: \"{admin}\"}}\nlogging: {{level: warn}}\n\
+         devices:\n  - {{name: r0, kind: ram, size: 64MiB}}\n  - {{name: c0, kind: ram, size: 64MiB}}\n\
+         volumes:\n  - {{name: v0, devices: [r0]}}\n  - {{name: content, devices: [c0]}}\n\
+         subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\n    namespaces: [{{nsid: 1, volume: v0}}]\n\
+         stream: {{volume: content, control_port: {cp}, http_port: null, data_port_base: 0, block_size: 64KiB}}\n",
+        d = dir.path().display(),
+        cp = control.port()
+    );
+    let path = dir.path().join("baton.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while baton::admin::fetch_status(admin).is_err() || TcpStream::connect(control).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "baton did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Baton {
+        _p: p,
+        admin,
+        control,
+        _dir: dir,
+    }
+}
+
+/// Some NVMe/TCP I/O through both controllers and one stream.
+fn drive(b: &Baton) {
+    let st = baton::admin::fetch_status(b.admin).unwrap();
+    let ports: Vec<SocketAddr> = st
+        .controllers
+        .iter()
+        .map(|c| c.nvme_tcp.parse().unwrap())
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for p in &ports {
+            let mut c = HostController::connect(*p, HostOptions::new(NQN))
+                .await
+                .unwrap();
+            c.set_num_queues(1).await.unwrap();
+            let mut q = c.connect_io_queue(1).await.unwrap();
+            let ns = c.namespace(1).await.unwrap();
+            q.write(&ns, 0, &[0x5a; 65536]).await.unwrap();
+            q.read(&ns, 0, 65536).await.unwrap();
+        }
+        let s = StreamClient::new(b.control);
+        let d = vec![7u8; 300_000];
+        s.put("ops.bin", d.len() as u64, &d[..], |_| {})
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.fetch("ops.bin", 0, None, None, &mut out, |_, _| {})
+            .await
+            .unwrap();
+        assert!(out == d);
+    });
+}
+
+/// Metric names (`baton_*`) in Prometheus expressions, with histogram suffixes removed.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("baton_") {
+        let start = i + at;
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        let boundary =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        if boundary {
+            let name = &text[start..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            out.insert(base.to_owned());
+        }
+        i = end.max(start + 1);
+    }
+    out
+}
+
+fn exported(metrics: &str) -> BTreeSet<String> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let name = it.next()?;
+            let kind = it.next()?;
+            Some(if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_and_alert_query_names_an_exported_metric() {
+    let b = start_baton();
+    drive(&b);
+    let metrics = String::from_utf8(
+        baton::admin::call(b.admin, hyper::Method::GET, "/metrics")
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let have = exported(&metrics);
+    let dashboard =
+        std::fs::read_to_string(repo().join("config/grafana/dashboards/baton.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut exprs = Vec::new();
+    for panel in json["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 15, "the dashboard has panels with queries");
+    let alerts = std::fs::read_to_string(repo().join("config/prometheus/alerts.yml")).unwrap();
+    let mut wanted = BTreeSet::new();
+    for e in exprs.iter().map(String::as_str).chain([alerts.as_str()]) {
+        wanted.extend(metric_names(e));
+    }
+    let missing: Vec<_> = wanted.iter().filter(|m| !have.contains(*m)).collect();
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+    // Label sets stay bounded: no per-host or per-address labels.
+    assert!(!metrics.contains("hostnqn=") && !metrics.contains("peer="));
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs Debian's prometheus package (tests/run installs it and runs ignored tests)"]
+fn a_real_prometheus_scrapes_block_and_stream_series() {
+    let promtool = |args: &[&str]| {
+        let out = Command::new("promtool")
+            .args(args)
+            .output()
+            .expect("promtool installed");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    let cfg_dir = repo().join("config/prometheus");
+    promtool(&[
+        "check",
+        "config",
+        cfg_dir.join("prometheus.yml").to_str().unwrap(),
+    ]);
+    promtool(&[
+        "check",
+        "rules",
+        cfg_dir.join("alerts.yml").to_str().unwrap(),
+    ]);
+
+    let b = start_baton();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(cfg_dir.join("alerts.yml"), dir.path().join("alerts.yml")).unwrap();
+    let shipped = std::fs::read_to_string(cfg_dir.join("prometheus.yml")).unwrap();
+    let cfg = shipped
+        .replace("127.0.0.1:9440", &b.admin.to_string())
+        .replace("scrape_interval: 5s", "scrape_interval: 1s");
+    std::fs::write(dir.path().join("prometheus.yml"), cfg).unwrap();
+    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _prom = Proc(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus installed"),
+    );
+    drive(&b);
+    let queries = [
+        "sum(baton_nvme_bytes_total)",
+        "sum(baton_nvme_commands_total{kind=\"read\"})",
+        "sum(baton_nvme_latency_seconds_count)",
+        "sum(baton_namespace_bytes_total)",
+        "sum(baton_stream_bytes_total)",
+        "sum(baton_stream_syncs_total)",
+        "sum(baton_stream_data_requests_total)",
+        "baton_stream_sessions_completed_total",
+        "sum(baton_controller_up)",
+        "baton_content_store_used_bytes",
+        "sum(baton_device_reads_total)",
+    ];
+    let t = Instant::now();
+    let mut pending: Vec<&str> = queries.to_vec();
+    while !pending.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "no non-zero value from Prometheus for {pending:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        pending.retain(|q| {
+            let enc: String = q
+                .bytes()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == b'_' {
+                        (c as char).to_string()
+                    } else {
+                        format!("%{c:02X}")
+                    }
+                })
+                .collect();
+            let body = match std::panic::catch_unwind(|| {
+                http_get(web, &format!("/api/v1/query?query={enc}"))
+            }) {
+                Ok(b) => b,
+                Err(_) => return true,
+            };
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let value = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok());
+            !value.is_some_and(|x| x > 0.0)
+        });
+    }
+    // The alert rules loaded and evaluate (none fires on a healthy appliance).
+    let rules = http_get(web, "/api/v1/rules");
+    assert!(rules.contains("BatonControllerDown"), "{rules}");
+}

@@ -1,0 +1,106 @@
+//! Completion status codes (Base 4.6.1.2, Fabrics 3.3).
+//!
+//! A status value here is the 15-bit status field: SC in bits 7:0, SCT in bits 10:8 and DNR in
+//! bit 14.
+
+/// Do Not Retry bit of the status field.
+pub const DNR: u16 = 1 << 14;
+
+/// Builds a status field from its type and code.
+pub const fn status(sct: u8, sc: u8) -> u16 {
+    ((sct as u16 & 0x7) << 8) | sc as u16
+}
+
+/// Status code type of a status field.
+pub const fn sct(status: u16) -> u8 {
+    ((status >> 8) & 0x7) as u8
+}
+
+/// Status code of a status field.
+pub const fn sc(status: u16) -> u8 {
+    (status & 0xff) as u8
+}
+
+/// Successful completion.
+pub const SUCCESS: u16 = 0;
+/// Invalid Command Opcode.
+pub const INVALID_OPCODE: u16 = status(0, 0x01);
+/// Invalid Field in Command.
+pub const INVALID_FIELD: u16 = status(0, 0x02);
+/// Command ID Conflict.
+pub const CID_CONFLICT: u16 = status(0, 0x03);
+/// Data Transfer Error.
+pub const DATA_TRANSFER_ERROR: u16 = status(0, 0x04);
+/// Internal Error.
+pub const INTERNAL_ERROR: u16 = status(0, 0x06);
+/// Command Abort Requested.
+pub const ABORT_REQUESTED: u16 = status(0, 0x07);
+/// Command Aborted due to SQ Deletion.
+pub const ABORTED_SQ_DELETION: u16 = status(0, 0x08);
+/// Invalid Namespace or Format.
+pub const INVALID_NS: u16 = status(0, 0x0b);
+/// Command Sequence Error.
+pub const COMMAND_SEQUENCE_ERROR: u16 = status(0, 0x0c);
+/// Data SGL Length Invalid.
+pub const SGL_LENGTH_INVALID: u16 = status(0, 0x0f);
+/// SGL Descriptor Type Invalid.
+pub const SGL_TYPE_INVALID: u16 = status(0, 0x11);
+/// SGL Offset Invalid.
+pub const SGL_OFFSET_INVALID: u16 = status(0, 0x16);
+/// Command Aborted due to host path error... (transient transport error).
+pub const TRANSIENT_TRANSPORT_ERROR: u16 = status(0, 0x22);
+/// LBA Out of Range.
+pub const LBA_OUT_OF_RANGE: u16 = status(0, 0x80);
+/// Capacity Exceeded.
+pub const CAPACITY_EXCEEDED: u16 = status(0, 0x81);
+/// Namespace Not Ready.
+pub const NS_NOT_READY: u16 = status(0, 0x82);
+
+/// Command specific: Invalid Queue Identifier.
+pub const INVALID_QID: u16 = status(1, 0x01);
+/// Command specific: Invalid Queue Size.
+pub const INVALID_QUEUE_SIZE: u16 = status(1, 0x02);
+/// Command specific: Asynchronous Event Request Limit Exceeded.
+pub const AER_LIMIT_EXCEEDED: u16 = status(1, 0x05);
+/// Command specific: Invalid Log Page.
+pub const INVALID_LOG_PAGE: u16 = status(1, 0x09);
+/// Command specific: Feature Identifier Not Saveable.
+pub const FEATURE_NOT_SAVEABLE: u16 = status(1, 0x0d);
+/// Command specific (Fabrics Connect): Incompatible Format.
+pub const CONNECT_INCOMPATIBLE_FORMAT: u16 = status(1, 0x80);
+/// Command specific (Fabrics Connect): Controller Busy.
+pub const CONNECT_CTRL_BUSY: u16 = status(1, 0x81);
+/// Command specific (Fabrics Connect): Connect Invalid Parameters.
+pub const CONNECT_INVALID_PARAM: u16 = status(1, 0x82);
+/// Command specific (Fabrics Connect): Connect Restart Discovery.
+pub const CONNECT_RESTART_DISC: u16 = status(1, 0x83);
+/// Command specific (Fabrics Connect): Connect Invalid Host.
+pub const CONNECT_INVALID_HOST: u16 = status(1, 0x84);
+
+/// Media error: Deallocated or Unwritten Logical Block.
+pub const DEALLOCATED_OR_UNWRITTEN: u16 = status(2, 0x87);
+/// Media error: Unrecovered Read Error.
+pub const UNRECOVERED_READ_ERROR: u16 = status(2, 0x81);
+/// Media error: Write Fault.
+pub const WRITE_FAULT: u16 = status(2, 0x80);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_host_is_sct1_sc84() {
+        assert_eq!(CONNECT_INVALID_HOST, 0x184);
+        assert_eq!(sct(CONNECT_INVALID_HOST), 1);
+        assert_eq!(sc(CONNECT_INVALID_HOST), 0x84);
+    }
+
+    #[test]
+    fn generic_codes() {
+        assert_eq!(INVALID_FIELD, 0x002);
+        assert_eq!(LBA_OUT_OF_RANGE, 0x080);
+        assert_eq!(sct(LBA_OUT_OF_RANGE), 0);
+        assert_eq!(sct(UNRECOVERED_READ_ERROR), 2);
+        assert_eq!(INVALID_LOG_PAGE | DNR, 0x4109);
+    }
+}

@@ -1,0 +1,387 @@
+//! Admin commands: Identify, Get Log Page, Set/Get Features, Keep Alive, Asynchronous Event
+//! Request and Abort, for I/O and discovery controllers.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nvme_spec::command::{Sqe, admin_opcode, cns, feature};
+use nvme_spec::identify::{IdentifyController, IdentifyNamespace, cntrltype, write_ns_descriptors};
+use nvme_spec::log::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPage, SmartLog, disc, lid};
+use nvme_spec::regs::VERSION_1_3;
+use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str, status};
+
+use crate::conn::{Conn, Data};
+use crate::ctrl::{AER_LIMIT, Ctrl, ERROR_LOG_ENTRIES};
+
+/// Firmware revision reported in Identify Controller.
+const FIRMWARE: &str = concat!(
+    "baton",
+    env!("CARGO_PKG_VERSION_MAJOR"),
+    ".",
+    env!("CARGO_PKG_VERSION_MINOR")
+);
+
+impl Conn {
+    pub(crate) fn admin(&mut self, sqe: &Sqe, data: Data<'_>) {
+        let cid = sqe.cid.get();
+        let Some(ctrl) = self.q.as_ref().map(|q| Rc::clone(&q.ctrl)) else {
+            return;
+        };
+        let discovery = ctrl.subsys == self.port.target.discovery_index();
+        let to_host = match data {
+            Data::ToHost(n) => n,
+            _ => 0,
+        };
+        match sqe.opcode {
+            admin_opcode::IDENTIFY => self.identify(&ctrl, sqe, to_host),
+            admin_opcode::GET_LOG_PAGE => self.get_log_page(&ctrl, sqe, to_host),
+            admin_opcode::SET_FEATURES => {
+                let r = self.set_features(&ctrl, sqe);
+                self.answer(cid, r);
+            }
+            admin_opcode::GET_FEATURES => {
+                let r = self.get_features(&ctrl, sqe);
+                self.answer(cid, r);
+            }
+            admin_opcode::KEEP_ALIVE => self.respond(cid, status::SUCCESS, 0),
+            admin_opcode::ASYNC_EVENT => {
+                let mut aers = ctrl.aers.borrow_mut();
+                if aers.len() >= AER_LIMIT {
+                    drop(aers);
+                    self.respond(cid, status::AER_LIMIT_EXCEEDED | status::DNR, 0);
+                } else {
+                    // Held until an event; Baton's namespaces do not change at run time.
+                    aers.push(cid);
+                }
+            }
+            // Commands complete as soon as they arrive: nothing is left to abort (bit 0 set).
+            admin_opcode::ABORT => self.respond(cid, status::SUCCESS, 1),
+            admin_opcode::CREATE_SQ
+            | admin_opcode::CREATE_CQ
+            | admin_opcode::DELETE_SQ
+            | admin_opcode::DELETE_CQ => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
+            _ if discovery => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
+            _ => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
+        }
+    }
+
+    fn answer(&mut self, cid: u16, r: Result<u32, u16>) {
+        match r {
+            Ok(v) => self.respond(cid, status::SUCCESS, u64::from(v)),
+            Err(st) => self.respond(cid, st, 0),
+        }
+    }
+
+    fn identify(&mut self, ctrl: &Ctrl, sqe: &Sqe, len: usize) {
+        let cid = sqe.cid.get();
+        let c = (sqe.cdw10.get() & 0xff) as u8;
+        let nsid = sqe.nsid.get();
+        let discovery = ctrl.subsys == self.port.target.discovery_index();
+        match c {
+            cns::CONTROLLER => {
+                let id = self.identify_controller(ctrl);
+                self.scratch(4096).copy_from_slice(id.as_bytes());
+                self.reply_scratch(cid, len);
+            }
+            cns::NAMESPACE | cns::NS_DESC_LIST if !discovery => {
+                let Some(ns) = self.port.namespace(ctrl.subsys, nsid) else {
+                    return self.respond(cid, status::INVALID_NS | status::DNR, 0);
+                };
+                let cfg = ns.cfg.clone();
+                if c == cns::NAMESPACE {
+                    let id = identify_namespace(&cfg);
+                    self.scratch(4096).copy_from_slice(id.as_bytes());
+                } else {
+                    write_ns_descriptors(self.scratch(4096), &cfg.nguid, &cfg.uuid);
+                }
+                self.reply_scratch(cid, len);
+            }
+            cns::ACTIVE_NS_LIST if !discovery => {
+                let mut ids: Vec<u32> = self
+                    .port
+                    .namespaces
+                    .get(ctrl.subsys)
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n.cfg.nsid)
+                    .filter(|&id| id > nsid)
+                    .collect();
+                ids.sort_unstable();
+                let out = self.scratch(4096);
+                for (i, id) in ids.iter().take(1024).enumerate() {
+                    out[i * 4..i * 4 + 4].copy_from_slice(&id.to_le_bytes());
+                }
+                self.reply_scratch(cid, len);
+            }
+            _ => self.respond(cid, status::INVALID_FIELD | status::DNR, 0),
+        }
+    }
+
+    fn identify_controller(&self, ctrl: &Ctrl) -> IdentifyController {
+        let target = &self.port.target;
+        let cfg = target.config();
+        let mut id = IdentifyController::new_zeroed();
+        put_ascii(&mut id.fr, FIRMWARE);
+        id.mdts = cfg.mdts();
+        id.cntlid.set(ctrl.cntlid);
+        id.ver.set(VERSION_1_3);
+        id.aerl = u8::try_from(AER_LIMIT - 1).unwrap_or(0);
+        id.elpe = u8::try_from(ERROR_LOG_ENTRIES - 1).unwrap_or(0);
+        // Extended data for Get Log Page: offsets are supported.
+        id.lpa = 1 << 2;
+        // Keep alive granularity 100 ms.
+        id.kas.set(1);
+        id.sgls.set(0x0010_0001);
+        id.maxcmd.set(cfg.max_queue_entries);
+        id.ioccsz.set((64 + cfg.in_capsule_data) / 16);
+        id.iorcsz.set(1);
+        id.msdbd = 1;
+        // Power state 0: 25.00 W, as a plain data-center device reports.
+        id.psd[0][0..2].copy_from_slice(&2500u16.to_le_bytes());
+        id.wctemp.set(343);
+        id.cctemp.set(373);
+        match cfg.subsystems.get(ctrl.subsys) {
+            Some(s) => {
+                put_ascii(&mut id.sn, &s.serial);
+                put_ascii(&mut id.mn, &s.model);
+                put_str(&mut id.subnqn, &s.nqn);
+                id.cntrltype = cntrltype::IO;
+                // Several controllers (one per port) may attach the same namespaces.
+                id.cmic = 1 << 1;
+                id.oaes.set(1 << 8);
+                id.sqes = 0x66;
+                id.cqes = 0x44;
+                id.nn
+                    .set(s.namespaces.iter().map(|n| n.nsid).max().unwrap_or(0));
+                // Dataset Management and Write Zeroes.
+                id.oncs.set((1 << 2) | (1 << 3));
+                if s.namespaces.iter().any(|n| n.volatile_write_cache) {
+                    id.vwc = 1;
+                }
+            }
+            None => {
+                put_ascii(&mut id.sn, "baton-discovery");
+                put_ascii(&mut id.mn, "Baton discovery controller");
+                put_str(&mut id.subnqn, nvme_spec::fabrics::DISCOVERY_NQN);
+                id.cntrltype = cntrltype::DISCOVERY;
+            }
+        }
+        id
+    }
+
+    fn get_log_page(&mut self, ctrl: &Ctrl, sqe: &Sqe, len: usize) {
+        let cid = sqe.cid.get();
+        let g = GetLogPage::from_sqe(sqe);
+        let discovery = ctrl.subsys == self.port.target.discovery_index();
+        if u64::try_from(len).is_ok_and(|l| l != g.len) && len != 0 {
+            return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
+        }
+        let page_len = match (g.lid, discovery) {
+            (lid::DISCOVERY, true) => self.discovery_log(),
+            (lid::ERROR, _) => {
+                let errs = ctrl.errors.borrow();
+                let out = {
+                    self.scratch.clear();
+                    self.scratch.resize(ERROR_LOG_ENTRIES * 64, 0);
+                    &mut self.scratch
+                };
+                for (i, e) in errs.entries.iter().rev().enumerate() {
+                    out[i * 64..i * 64 + 64].copy_from_slice(e.as_bytes());
+                }
+                out.len()
+            }
+            (lid::SMART, false) => {
+                let smart = self.smart_log(ctrl);
+                self.scratch(512).copy_from_slice(smart.as_bytes());
+                512
+            }
+            (lid::CHANGED_NS, false) => {
+                self.scratch(4096);
+                4096
+            }
+            _ => return self.respond(cid, status::INVALID_LOG_PAGE | status::DNR, 0),
+        };
+        let Ok(off) = usize::try_from(g.offset) else {
+            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+        };
+        if off > page_len || off % 4 != 0 {
+            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+        }
+        // Bytes past the end of the page read as zeroes.
+        let scratch = std::mem::take(&mut self.scratch);
+        self.reply_data(cid, len, |buf| {
+            let avail = &scratch[off..page_len];
+            let n = avail.len().min(buf.len());
+            buf[..n].copy_from_slice(&avail[..n]);
+            buf[n..].fill(0);
+            Ok(())
+        });
+        self.scratch = scratch;
+    }
+
+    fn smart_log(&self, ctrl: &Ctrl) -> SmartLog {
+        let mut s = SmartLog::new_zeroed();
+        s.temperature = 300u16.to_le_bytes();
+        s.avail_spare = 100;
+        s.spare_thresh = 10;
+        let mut read = 0u64;
+        let mut written = 0u64;
+        let mut reads = 0u64;
+        let mut writes = 0u64;
+        if let Some(m) = self.port.target.metrics().subsystems.get(ctrl.subsys) {
+            for n in &m.namespaces {
+                read += n.bytes_read.load(Ordering::Relaxed);
+                written += n.bytes_written.load(Ordering::Relaxed);
+                reads += n.reads.load(Ordering::Relaxed);
+                writes += n.writes.load(Ordering::Relaxed);
+            }
+        }
+        // Data units are thousands of 512-byte units, rounded up.
+        s.data_units_read.set(u128::from(read.div_ceil(512_000)));
+        s.data_units_written
+            .set(u128::from(written.div_ceil(512_000)));
+        s.host_reads.set(u128::from(reads));
+        s.host_writes.set(u128::from(writes));
+        s.power_cycles.set(1);
+        s.num_err_log_entries
+            .set(u128::from(ctrl.errors.borrow().count));
+        s
+    }
+
+    /// Builds the discovery log in the scratch buffer; returns its length.
+    fn discovery_log(&mut self) -> usize {
+        let target = std::sync::Arc::clone(&self.port.target);
+        let cfg = target.config();
+        let n = cfg.subsystems.len() * cfg.ports.len();
+        let out = self.scratch(1024 * (n + 1));
+        let mut h = DiscoveryLogHeader::new_zeroed();
+        h.genctr.set(target.genctr());
+        h.numrec.set(n as u64);
+        out[..1024].copy_from_slice(h.as_bytes());
+        let mut at = 1024;
+        for s in &cfg.subsystems {
+            for p in &cfg.ports {
+                let e = discovery_entry(&s.nqn, p.id, p.addr, cfg.max_queue_entries);
+                out[at..at + 1024].copy_from_slice(e.as_bytes());
+                at += 1024;
+            }
+        }
+        at
+    }
+
+    fn set_features(&mut self, ctrl: &Ctrl, sqe: &Sqe) -> Result<u32, u16> {
+        let cdw10 = sqe.cdw10.get();
+        let cdw11 = sqe.cdw11.get();
+        if cdw10 & (1 << 31) != 0 {
+            return Err(status::FEATURE_NOT_SAVEABLE | status::DNR);
+        }
+        let discovery = ctrl.subsys == self.port.target.discovery_index();
+        match ((cdw10 & 0xff) as u8, discovery) {
+            (feature::NUM_QUEUES, false) => {
+                if ctrl.io_queues.get() != 0 {
+                    return Err(status::COMMAND_SEQUENCE_ERROR | status::DNR);
+                }
+                let nsq = (cdw11 & 0xffff) + 1;
+                let ncq = (cdw11 >> 16) + 1;
+                if nsq == 0x10000 || ncq == 0x10000 {
+                    return Err(status::INVALID_FIELD | status::DNR);
+                }
+                let max = u32::from(self.port.target.config().max_io_queues);
+                let granted = nsq.min(ncq).min(max);
+                ctrl.io_queues_granted
+                    .set(u16::try_from(granted).unwrap_or(1));
+                Ok((granted - 1) | ((granted - 1) << 16))
+            }
+            (feature::ASYNC_EVENT, _) => {
+                ctrl.aec.set(cdw11);
+                Ok(0)
+            }
+            (feature::KATO, _) => {
+                ctrl.kato.set(Duration::from_millis(u64::from(cdw11)));
+                Ok(0)
+            }
+            (feature::VOLATILE_WC, false) => {
+                ctrl.vwc_enabled.set(cdw11 & 1 != 0);
+                Ok(0)
+            }
+            _ => Err(status::INVALID_FIELD | status::DNR),
+        }
+    }
+
+    fn get_features(&mut self, ctrl: &Ctrl, sqe: &Sqe) -> Result<u32, u16> {
+        let cdw10 = sqe.cdw10.get();
+        let sel = (cdw10 >> 8) & 0x7;
+        if sel == 3 {
+            // Supported capabilities: changeable, not saveable.
+            return Ok(1 << 2);
+        }
+        let discovery = ctrl.subsys == self.port.target.discovery_index();
+        match ((cdw10 & 0xff) as u8, discovery) {
+            (feature::NUM_QUEUES, false) => {
+                let n = u32::from(ctrl.io_queues_granted.get()) - 1;
+                Ok(n | (n << 16))
+            }
+            (feature::ASYNC_EVENT, _) => Ok(ctrl.aec.get()),
+            (feature::KATO, _) => {
+                Ok(u32::try_from(ctrl.kato.get().as_millis()).unwrap_or(u32::MAX))
+            }
+            (feature::VOLATILE_WC, false) => Ok(u32::from(ctrl.vwc_enabled.get())),
+            (
+                feature::ARBITRATION
+                | feature::POWER_MGMT
+                | feature::WRITE_ATOMICITY
+                | feature::IRQ_COALESCE,
+                false,
+            ) => Ok(0),
+            (feature::TEMP_THRESHOLD, false) => Ok(343),
+            _ => Err(status::INVALID_FIELD | status::DNR),
+        }
+    }
+}
+
+/// Identify Namespace for a namespace configuration.
+pub(crate) fn identify_namespace(cfg: &crate::config::NamespaceConfig) -> IdentifyNamespace {
+    let mut id = IdentifyNamespace::new_zeroed();
+    id.nsze.set(cfg.num_blocks);
+    id.ncap.set(cfg.num_blocks);
+    id.nuse.set(cfg.num_blocks);
+    // Thin provisioning (deallocate) and the optimal performance fields.
+    id.nsfeat = 1 | (1 << 4);
+    id.nmic = 1;
+    // Deallocated blocks read as zeroes.
+    id.dlfeat = 1;
+    let noiob = cfg.optimal_io_boundary / cfg.block_size;
+    id.noiob.set(u16::try_from(noiob).unwrap_or(0));
+    let bytes = u128::from(cfg.num_blocks) * u128::from(cfg.block_size);
+    id.nvmcap = bytes.to_le_bytes();
+    id.nguid = cfg.nguid;
+    id.lbaf[0].lbads = u8::try_from(cfg.block_size.ilog2()).unwrap_or(9);
+    id
+}
+
+/// One discovery log entry.
+pub(crate) fn discovery_entry(
+    nqn: &str,
+    port_id: u16,
+    addr: SocketAddr,
+    queue_entries: u16,
+) -> DiscoveryLogEntry {
+    let mut e = DiscoveryLogEntry::new_zeroed();
+    e.trtype = disc::TRTYPE_TCP;
+    e.adrfam = if addr.is_ipv4() {
+        disc::ADRFAM_IPV4
+    } else {
+        disc::ADRFAM_IPV6
+    };
+    e.subtype = disc::SUBTYPE_NVME;
+    e.treq = 0;
+    e.portid.set(port_id);
+    e.cntlid.set(0xffff);
+    e.asqsz.set(queue_entries);
+    put_ascii(&mut e.trsvcid, &addr.port().to_string());
+    put_str(&mut e.subnqn, nqn);
+    put_ascii(&mut e.traddr, &addr.ip().to_string());
+    e
+}

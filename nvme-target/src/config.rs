@@ -1,0 +1,209 @@
+//! What the target serves: subsystems, namespaces, ports and protocol limits.
+
+use std::net::SocketAddr;
+
+/// The target's configuration.
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    /// NVM subsystems.
+    pub subsystems: Vec<SubsystemConfig>,
+    /// Ports: one per Baton controller thread; every subsystem is reachable on every port.
+    pub ports: Vec<PortConfig>,
+    /// Address of the discovery controller, if one runs.
+    pub discovery: Option<SocketAddr>,
+    /// Largest H2CData payload accepted (MAXH2CDATA).
+    pub max_h2c_data: u32,
+    /// Largest transfer of one command in bytes (MDTS); a power of two times 4 KiB.
+    pub max_transfer: u32,
+    /// Largest in-capsule data on I/O queues (IOCCSZ*16 - 64).
+    pub in_capsule_data: u32,
+    /// Queue entries (MQES + 1, MAXCMD).
+    pub max_queue_entries: u16,
+    /// I/O queues granted per controller.
+    pub max_io_queues: u16,
+    /// Writes (or other commands with host data) fetched by R2T at once per queue.
+    pub max_r2t_in_flight: u16,
+}
+
+impl TargetConfig {
+    /// A configuration with the usual limits and nothing to serve yet.
+    pub fn new(subsystems: Vec<SubsystemConfig>, ports: Vec<PortConfig>) -> Self {
+        Self {
+            subsystems,
+            ports,
+            discovery: None,
+            max_h2c_data: 128 * 1024,
+            max_transfer: 1024 * 1024,
+            in_capsule_data: 8192,
+            max_queue_entries: 128,
+            max_io_queues: 8,
+            max_r2t_in_flight: 16,
+        }
+    }
+
+    /// MDTS as reported in Identify Controller (units of 4 KiB, log2).
+    pub fn mdts(&self) -> u8 {
+        let pages = (self.max_transfer / 4096).max(1);
+        u8::try_from(pages.ilog2()).unwrap_or(0)
+    }
+}
+
+/// A port the target listens on.
+#[derive(Clone, Debug)]
+pub struct PortConfig {
+    /// Port ID (PORTID in the discovery log), unique.
+    pub id: u16,
+    /// Address the port listens on and advertises.
+    pub addr: SocketAddr,
+}
+
+/// An NVM subsystem.
+#[derive(Clone, Debug)]
+pub struct SubsystemConfig {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// Serial number (up to 20 ASCII characters).
+    pub serial: String,
+    /// Model number (up to 40 ASCII characters).
+    pub model: String,
+    /// Accept any host NQN.
+    pub allow_any_host: bool,
+    /// Host NQNs accepted when `allow_any_host` is false.
+    pub allowed_hosts: Vec<String>,
+    /// Namespaces.
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// A namespace of a subsystem.
+#[derive(Clone, Debug)]
+pub struct NamespaceConfig {
+    /// Namespace ID (1-based).
+    pub nsid: u32,
+    /// NGUID, unique across subsystems and stable across restarts.
+    pub nguid: [u8; 16],
+    /// UUID, unique and stable.
+    pub uuid: [u8; 16],
+    /// Logical block size (512 or 4096).
+    pub block_size: u32,
+    /// Size in logical blocks.
+    pub num_blocks: u64,
+    /// Optimal I/O boundary in bytes (the stripe size; 0 for none).
+    pub optimal_io_boundary: u32,
+    /// The device has a volatile write cache (Flush does something).
+    pub volatile_write_cache: bool,
+}
+
+/// A configuration the target cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Two subsystems share an NQN.
+    #[error("duplicate subsystem NQN {0}")]
+    DuplicateNqn(String),
+    /// A subsystem uses the discovery NQN or an empty NQN.
+    #[error("invalid subsystem NQN {0:?}")]
+    InvalidNqn(String),
+    /// A namespace ID is 0, 0xFFFFFFFF or duplicated.
+    #[error("subsystem {nqn}: invalid or duplicate namespace ID {nsid}")]
+    InvalidNsid {
+        /// Subsystem.
+        nqn: String,
+        /// Namespace ID.
+        nsid: u32,
+    },
+    /// A block size that is not a power of two between 512 and 64 KiB.
+    #[error("namespace {nsid}: block size {block_size} is not a power of two in 512..=65536")]
+    BlockSize {
+        /// Namespace ID.
+        nsid: u32,
+        /// Block size.
+        block_size: u32,
+    },
+    /// An NGUID used twice.
+    #[error("NGUID of namespace {nsid} in {nqn} is not unique")]
+    DuplicateNguid {
+        /// Subsystem.
+        nqn: String,
+        /// Namespace ID.
+        nsid: u32,
+    },
+    /// Two ports with the same ID.
+    #[error("duplicate port ID {0}")]
+    DuplicatePort(u16),
+    /// A limit out of range.
+    #[error("{0}")]
+    Limit(&'static str),
+}
+
+impl TargetConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut nqns = std::collections::HashSet::new();
+        let mut nguids = std::collections::HashSet::new();
+        for s in &self.subsystems {
+            if s.nqn.is_empty() || s.nqn.len() > 223 || s.nqn == nvme_spec::fabrics::DISCOVERY_NQN {
+                return Err(ConfigError::InvalidNqn(s.nqn.clone()));
+            }
+            if !nqns.insert(s.nqn.as_str()) {
+                return Err(ConfigError::DuplicateNqn(s.nqn.clone()));
+            }
+            let mut ids = std::collections::HashSet::new();
+            for ns in &s.namespaces {
+                if ns.nsid == 0 || ns.nsid == u32::MAX || !ids.insert(ns.nsid) {
+                    return Err(ConfigError::InvalidNsid {
+                        nqn: s.nqn.clone(),
+                        nsid: ns.nsid,
+                    });
+                }
+                if !ns.block_size.is_power_of_two() || !(512..=65536).contains(&ns.block_size) {
+                    return Err(ConfigError::BlockSize {
+                        nsid: ns.nsid,
+                        block_size: ns.block_size,
+                    });
+                }
+                if !nguids.insert(ns.nguid) {
+                    return Err(ConfigError::DuplicateNguid {
+                        nqn: s.nqn.clone(),
+                        nsid: ns.nsid,
+                    });
+                }
+            }
+        }
+        let mut ports = std::collections::HashSet::new();
+        for p in &self.ports {
+            if !ports.insert(p.id) {
+                return Err(ConfigError::DuplicatePort(p.id));
+            }
+        }
+        if self.max_h2c_data < 4096 || self.max_h2c_data % 4 != 0 {
+            return Err(ConfigError::Limit(
+                "max_h2c_data must be a multiple of 4 and >= 4096",
+            ));
+        }
+        if self.max_transfer < 4096
+            || !self.max_transfer.is_power_of_two()
+            || self.max_transfer > 16 << 20
+        {
+            return Err(ConfigError::Limit(
+                "max_transfer must be a power of two in 4KiB..=16MiB",
+            ));
+        }
+        if self.in_capsule_data < 4096
+            || self.in_capsule_data > 64 * 1024
+            || self.in_capsule_data % 16 != 0
+        {
+            return Err(ConfigError::Limit(
+                "in-capsule data must be a multiple of 16 in 4KiB..=64KiB",
+            ));
+        }
+        if self.max_queue_entries < 2 || self.max_queue_entries > 1024 {
+            return Err(ConfigError::Limit("queue entries must be in 2..=1024"));
+        }
+        if self.max_io_queues == 0 || self.max_io_queues > 128 {
+            return Err(ConfigError::Limit("I/O queues must be in 1..=128"));
+        }
+        if self.max_r2t_in_flight == 0 {
+            return Err(ConfigError::Limit("R2Ts in flight must be at least 1"));
+        }
+        Ok(())
+    }
+}

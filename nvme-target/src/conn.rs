@@ -1,0 +1,708 @@
+//! One NVMe/TCP connection (one queue): framing, the R2T machinery and responses.
+//!
+//! The connection reads every complete PDU available, executes commands against the
+//! (synchronous) block devices as they arrive, appends all responses to one output buffer
+//! and writes it with as few system calls as the socket allows, reading and writing at the
+//! same time so neither side can stall the other.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use nvme_spec::command::{Cqe, SglDescriptor, Sqe, admin_opcode};
+use nvme_spec::fabrics::fctype;
+use nvme_spec::pdu::{
+    self, CapsuleCmd, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, R2t, dgst, flags,
+    pdu_type,
+};
+use nvme_spec::status;
+use nvme_spec::{FromBytes, FromZeros, IntoBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::blockdev::FileExtent;
+use crate::buf::{InBuf, OutBuf};
+use crate::codec::{self, Digests, Fatal, Frame};
+use crate::ctrl::Ctrl;
+use crate::metrics::CommandKind;
+use crate::port::PortShared;
+
+/// Stop reading new PDUs while this much output is waiting for the socket.
+const OUT_HIGH_WATER: usize = 4 << 20;
+/// Largest in-capsule data accepted on any queue for admin and Fabrics commands.
+pub(crate) const ADMIN_IN_CAPSULE: usize = 8192;
+
+/// The queue a connection became by its Connect command.
+pub(crate) struct Queue {
+    pub ctrl: Rc<Ctrl>,
+    pub qid: u16,
+    pub sqsize: u16,
+}
+
+/// A command whose data the host sends after an R2T.
+struct Slot {
+    active: bool,
+    sqe: Sqe,
+    len: usize,
+    received: usize,
+    buf: Vec<u8>,
+    failed: Option<u16>,
+    started: Instant,
+}
+
+/// Where a command's data is.
+pub(crate) enum Data<'a> {
+    /// No data.
+    None,
+    /// Host data in the capsule (or gathered from H2CData PDUs).
+    Host(&'a [u8]),
+    /// The controller sends this many bytes (C2HData).
+    ToHost(usize),
+}
+
+pub(crate) struct Conn {
+    pub port: Rc<PortShared>,
+    pub dg: Digests,
+    ic_done: bool,
+    pub q: Option<Queue>,
+    pub out: OutBuf,
+    inb: InBuf,
+    slots: Vec<Slot>,
+    waiting: VecDeque<(Sqe, Instant)>,
+    pub scratch: Vec<u8>,
+    sqhd: u16,
+    pub closing: bool,
+    max_plen: usize,
+    /// File pieces to send with `sendfile` at their stream positions (zero-copy reads).
+    pub files: VecDeque<(u64, FileExtent)>,
+    /// Scratch for [`crate::BlockDevice::file_extents`].
+    pub extents: Vec<FileExtent>,
+}
+
+/// Most file pieces queued before the connection stops reading new commands.
+const MAX_QUEUED_FILES: usize = 1024;
+
+impl Conn {
+    pub fn new(port: Rc<PortShared>) -> Self {
+        let cfg = port.target.config();
+        let slots = (0..cfg.max_r2t_in_flight)
+            .map(|_| Slot {
+                active: false,
+                sqe: Sqe::new_zeroed(),
+                len: 0,
+                received: 0,
+                buf: Vec::new(),
+                failed: None,
+                started: Instant::now(),
+            })
+            .collect();
+        Self {
+            port,
+            dg: Digests::default(),
+            ic_done: false,
+            q: None,
+            out: OutBuf::with_capacity(64 * 1024),
+            inb: InBuf::with_capacity(16 * 1024),
+            slots,
+            waiting: VecDeque::new(),
+            scratch: Vec::new(),
+            sqhd: 0,
+            closing: false,
+            max_plen: pdu::IC_LEN,
+            files: VecDeque::new(),
+            extents: Vec::new(),
+        }
+    }
+
+    /// Serves the connection until it closes, the port drops its connections, the controller
+    /// is torn down or the target shuts down.
+    pub async fn serve(
+        mut self,
+        stream: TcpStream,
+        mut drop_rx: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        // Small responses must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let mut kill_rx: Option<watch::Receiver<bool>> = None;
+        let mut draining = false;
+        loop {
+            if !draining && !self.closing {
+                if let Err(f) = self.process() {
+                    self.fatal(f);
+                }
+            }
+            if kill_rx.is_none() {
+                kill_rx = self.q.as_ref().map(|q| q.ctrl.subscribe());
+            }
+            let idle = self.out.is_empty() && self.files.is_empty();
+            if (self.closing || draining) && idle {
+                break;
+            }
+            let can_read = !draining
+                && !self.closing
+                && self.out.len() < OUT_HIGH_WATER
+                && self.files.len() < MAX_QUEUED_FILES;
+            let need = self.next_len();
+            tokio::select! {
+                biased;
+                r = shutdown.changed(), if !draining => {
+                    if r.is_err() || *shutdown.borrow() {
+                        draining = true;
+                        self.abort_pending();
+                    }
+                }
+                _ = drop_rx.changed() => break,
+                _ = killed(&mut kill_rx) => break,
+                r = send(wr.as_ref(), &mut self.out, &mut self.files), if !idle => {
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r = rd.read(self.inb.spare(need)), if can_read => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.inb.filled(n),
+                },
+            }
+        }
+        let _ = wr.shutdown().await;
+        self.teardown();
+    }
+
+    /// Bytes needed for the PDU at the front of the input (at least a common header).
+    fn next_len(&self) -> usize {
+        let d = self.inb.data();
+        match CommonHeader::read_from_prefix(d) {
+            Ok((ch, _)) => (ch.plen.get() as usize).clamp(8, self.max_plen),
+            Err(_) => 8,
+        }
+        .max(4096)
+    }
+
+    /// Handles every complete PDU in the input buffer.
+    fn process(&mut self) -> Result<(), Fatal> {
+        loop {
+            if self.out.len() >= OUT_HIGH_WATER || self.closing {
+                return Ok(());
+            }
+            let ic_done = self.ic_done;
+            let allowed = |t: u8| {
+                if ic_done {
+                    matches!(
+                        t,
+                        pdu_type::CAPSULE_CMD | pdu_type::H2C_DATA | pdu_type::H2C_TERM_REQ
+                    )
+                } else {
+                    t == pdu_type::IC_REQ
+                }
+            };
+            let frame = match codec::next_frame(self.inb.data(), self.dg, self.max_plen, allowed) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(f) => return Err(f),
+            };
+            let inb = std::mem::replace(&mut self.inb, InBuf::with_capacity(0));
+            let r = self.on_pdu(&frame, &inb.data()[..frame.plen]);
+            self.inb = inb;
+            r?;
+            self.inb.consume(frame.plen);
+        }
+    }
+
+    /// Sends a TermReq for a fatal error and closes.
+    fn fatal(&mut self, f: Fatal) {
+        let m = self.port.metrics();
+        m.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        if f.fes == pdu::fes::HEADER_DIGEST_ERROR {
+            m.digest_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let d = self.inb.data();
+        let hlen = d.get(2).map_or(0, |&h| usize::from(h)).min(d.len());
+        let echo = d[..hlen.max(8.min(d.len()))].to_vec();
+        warn!(
+            fes = f.fes,
+            fei = f.fei,
+            port = self.port.port_id,
+            "protocol error: sending TermReq"
+        );
+        codec::put_term_req(&mut self.out, pdu_type::C2H_TERM_REQ, f, &echo);
+        self.closing = true;
+    }
+
+    fn on_pdu(&mut self, f: &Frame, bytes: &[u8]) -> Result<(), Fatal> {
+        self.port.metrics().pdus_rx.fetch_add(1, Ordering::Relaxed);
+        match f.ch.pdu_type {
+            pdu_type::IC_REQ => self.on_ic_req(bytes),
+            pdu_type::H2C_TERM_REQ => {
+                let fes = bytes
+                    .get(8..10)
+                    .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                debug!(fes, "host terminated the connection");
+                self.closing = true;
+                Ok(())
+            }
+            pdu_type::CAPSULE_CMD => {
+                let (cmd, _) = CapsuleCmd::read_from_prefix(bytes).map_err(|_| Fatal::field(4))?;
+                if f.data_digest_error {
+                    self.port
+                        .metrics()
+                        .digest_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.respond(cmd.sqe.cid.get(), status::TRANSIENT_TRANSPORT_ERROR, 0);
+                    return Ok(());
+                }
+                let data = &bytes[f.data.clone()];
+                self.on_command(&cmd.sqe, data);
+                Ok(())
+            }
+            pdu_type::H2C_DATA => {
+                let (h, _) = DataHeader::read_from_prefix(bytes).map_err(|_| Fatal::field(4))?;
+                self.on_h2c_data(&h, &bytes[f.data.clone()], f.data_digest_error)
+            }
+            _ => Err(Fatal::field(0)),
+        }
+    }
+
+    fn on_ic_req(&mut self, bytes: &[u8]) -> Result<(), Fatal> {
+        let (req, _) = IcReq::read_from_prefix(bytes).map_err(|_| Fatal::field(4))?;
+        if req.pfv.get() != 0 {
+            return Err(Fatal {
+                fes: pdu::fes::UNSUPPORTED_PARAMETER,
+                fei: 8,
+            });
+        }
+        if req.hpda != 0 {
+            return Err(Fatal {
+                fes: pdu::fes::UNSUPPORTED_PARAMETER,
+                fei: 10,
+            });
+        }
+        self.dg = Digests {
+            header: req.dgst & dgst::HDGST_ENABLE != 0,
+            data: req.dgst & dgst::DDGST_ENABLE != 0,
+        };
+        let cfg = self.port.target.config();
+        let mut resp = IcResp::new_zeroed();
+        resp.ch = CommonHeader::new(pdu_type::IC_RESP, 0, 128, 0, 128);
+        resp.dgst = req.dgst & (dgst::HDGST_ENABLE | dgst::DDGST_ENABLE);
+        resp.maxh2cdata.set(cfg.max_h2c_data);
+        self.out.extend(resp.as_bytes());
+        self.ic_done = true;
+        let incap = (cfg.in_capsule_data as usize).max(ADMIN_IN_CAPSULE);
+        self.max_plen = (72 + 8 + incap).max(24 + 8 + cfg.max_h2c_data as usize);
+        self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Routes a command by queue and opcode, after checking where its data is.
+    fn on_command(&mut self, sqe: &Sqe, incap: &[u8]) {
+        let started = Instant::now();
+        let cid = sqe.cid.get();
+        if let Some(q) = &self.q {
+            q.ctrl.last_seen.set(started);
+        }
+        if sqe.flags & 0x03 != 0 {
+            // Fused operations are not supported.
+            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+        }
+        let sgl = sqe.dptr;
+        let len = sgl.length.get() as usize;
+        let host_data = self.needs_host_data(sqe);
+        let data = match sgl.kind {
+            _ if len == 0 && incap.is_empty() => Data::None,
+            SglDescriptor::DATA_BLOCK_OFFSET => {
+                if sgl.addr.get() != 0 {
+                    return self.respond(cid, status::SGL_OFFSET_INVALID | status::DNR, 0);
+                }
+                let limit = if self.q.as_ref().is_some_and(|q| q.qid != 0) && !is_fabrics(sqe) {
+                    self.port.target.config().in_capsule_data as usize
+                } else {
+                    ADMIN_IN_CAPSULE
+                };
+                if len != incap.len() || len > limit.max(ADMIN_IN_CAPSULE) || !host_data {
+                    return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
+                }
+                Data::Host(incap)
+            }
+            SglDescriptor::TRANSPORT_DATA_BLOCK => {
+                if !incap.is_empty() {
+                    return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
+                }
+                if host_data {
+                    return self.start_r2t(sqe, started);
+                } else {
+                    Data::ToHost(len)
+                }
+            }
+            _ => return self.respond(cid, status::SGL_TYPE_INVALID | status::DNR, 0),
+        };
+        self.execute(sqe, data, started);
+    }
+
+    /// Whether the command moves data from the host to the controller.
+    fn needs_host_data(&self, sqe: &Sqe) -> bool {
+        if is_fabrics(sqe) {
+            return sqe.nsid.get() & 0xff == u32::from(fctype::CONNECT);
+        }
+        match &self.q {
+            Some(q) if q.qid != 0 => matches!(
+                sqe.opcode,
+                nvme_spec::command::io_opcode::WRITE | nvme_spec::command::io_opcode::DSM
+            ),
+            _ => false,
+        }
+    }
+
+    /// Executes a command whose data (if any) is at hand.
+    fn execute(&mut self, sqe: &Sqe, data: Data<'_>, started: Instant) {
+        if is_fabrics(sqe) {
+            self.port.metrics().command(CommandKind::Fabrics);
+            return self.fabrics(sqe, data);
+        }
+        let Some(q) = &self.q else {
+            return self.respond(
+                sqe.cid.get(),
+                status::COMMAND_SEQUENCE_ERROR | status::DNR,
+                0,
+            );
+        };
+        if q.qid == 0 {
+            self.port.metrics().command(CommandKind::Admin);
+            self.admin(sqe, data);
+        } else {
+            self.io(sqe, data, started);
+        }
+    }
+
+    /// Asks the host for a command's data, or queues the command until a slot frees up.
+    fn start_r2t(&mut self, sqe: &Sqe, started: Instant) {
+        let cfg = self.port.target.config();
+        let len = sqe.dptr.length.get() as usize;
+        if len > cfg.max_transfer as usize && !is_fabrics(sqe) {
+            return self.respond(sqe.cid.get(), status::INVALID_FIELD | status::DNR, 0);
+        }
+        if let Some(q) = &self.q {
+            if q.qid != 0 {
+                if let Err(st) = self.check_io(sqe) {
+                    return self.respond(sqe.cid.get(), st, 0);
+                }
+            }
+        }
+        self.port
+            .metrics()
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        match self.slots.iter().position(|s| !s.active) {
+            Some(i) => self.send_r2t(i, sqe, started),
+            None => {
+                let depth = self.q.as_ref().map_or(1, |q| usize::from(q.sqsize) + 1);
+                if self.waiting.len() >= depth {
+                    self.port
+                        .metrics()
+                        .in_flight
+                        .fetch_sub(1, Ordering::Relaxed);
+                    return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
+                }
+                self.waiting.push_back((*sqe, started));
+            }
+        }
+    }
+
+    fn send_r2t(&mut self, i: usize, sqe: &Sqe, started: Instant) {
+        let len = sqe.dptr.length.get() as usize;
+        let slot = &mut self.slots[i];
+        slot.active = true;
+        slot.sqe = *sqe;
+        slot.len = len;
+        slot.received = 0;
+        slot.failed = None;
+        slot.started = started;
+        if slot.buf.len() < len {
+            slot.buf.resize(len, 0);
+        }
+        let mut r = R2t::default();
+        let (pdo, plen) = codec::data_pdu_lengths(24, 0, self.dg);
+        r.ch = CommonHeader::new(pdu_type::R2T, self.dg.flags(false), 24, pdo, plen);
+        r.cccid = sqe.cid;
+        r.ttag.set(u16::try_from(i).unwrap_or(u16::MAX));
+        r.r2to.set(0);
+        r.r2tl.set(u32::try_from(len).unwrap_or(u32::MAX));
+        codec::put_header(&mut self.out, r.as_bytes(), self.dg);
+        self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_h2c_data(
+        &mut self,
+        h: &DataHeader,
+        data: &[u8],
+        digest_error: bool,
+    ) -> Result<(), Fatal> {
+        let i = usize::from(h.ttag.get());
+        let Some(slot) = self.slots.get_mut(i).filter(|s| s.active) else {
+            return Err(Fatal::field(10));
+        };
+        if slot.sqe.cid != h.cccid {
+            return Err(Fatal::field(8));
+        }
+        let datao = h.datao.get() as usize;
+        let datal = h.datal.get() as usize;
+        if datal != data.len() {
+            return Err(Fatal::field(16));
+        }
+        if datal > self.port.target.config().max_h2c_data as usize {
+            return Err(Fatal {
+                fes: pdu::fes::DATA_LIMIT_EXCEEDED,
+                fei: 0,
+            });
+        }
+        if datao != slot.received || datao + datal > slot.len {
+            return Err(Fatal {
+                fes: pdu::fes::DATA_OUT_OF_RANGE,
+                fei: 12,
+            });
+        }
+        slot.buf[datao..datao + datal].copy_from_slice(data);
+        slot.received += datal;
+        if digest_error {
+            self.port
+                .metrics()
+                .digest_errors
+                .fetch_add(1, Ordering::Relaxed);
+            slot.failed = Some(status::TRANSIENT_TRANSPORT_ERROR);
+        }
+        let last = h.ch.flags & flags::LAST_PDU != 0;
+        if slot.received == slot.len || last {
+            if slot.received != slot.len {
+                return Err(Fatal {
+                    fes: pdu::fes::PDU_SEQUENCE_ERROR,
+                    fei: 0,
+                });
+            }
+            self.finish_slot(i);
+        }
+        Ok(())
+    }
+
+    /// Runs a command whose data all arrived, then starts the next waiting one.
+    fn finish_slot(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.active = false;
+        let sqe = slot.sqe;
+        let failed = slot.failed;
+        let started = slot.started;
+        let len = slot.len;
+        let buf = std::mem::take(&mut slot.buf);
+        self.port
+            .metrics()
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        match failed {
+            Some(st) => self.respond(sqe.cid.get(), st, 0),
+            None => self.execute(&sqe, Data::Host(&buf[..len]), started),
+        }
+        self.slots[i].buf = buf;
+        if let Some((next, started)) = self.waiting.pop_front() {
+            self.send_r2t(i, &next, started);
+        }
+    }
+
+    /// Fails commands still waiting for data (shutdown).
+    fn abort_pending(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].active {
+                self.slots[i].active = false;
+                let cid = self.slots[i].sqe.cid.get();
+                self.port
+                    .metrics()
+                    .in_flight
+                    .fetch_sub(1, Ordering::Relaxed);
+                self.respond(cid, status::ABORTED_SQ_DELETION, 0);
+            }
+        }
+        while let Some((sqe, _)) = self.waiting.pop_front() {
+            self.port
+                .metrics()
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+            self.respond(sqe.cid.get(), status::ABORTED_SQ_DELETION, 0);
+        }
+    }
+
+    /// Appends a response capsule.
+    pub fn respond(&mut self, cid: u16, st: u16, result: u64) {
+        let mut r = CapsuleResp::default();
+        let (pdo, plen) = codec::data_pdu_lengths(24, 0, self.dg);
+        r.ch = CommonHeader::new(pdu_type::CAPSULE_RESP, self.dg.flags(false), 24, pdo, plen);
+        r.cqe = Cqe::default();
+        r.cqe.result.set((result & 0xffff_ffff) as u32);
+        r.cqe.result_hi.set((result >> 32) as u32);
+        r.cqe.cid.set(cid);
+        r.cqe.set_status_field(st);
+        if let Some(q) = &self.q {
+            self.sqhd = if self.sqhd >= q.sqsize {
+                0
+            } else {
+                self.sqhd + 1
+            };
+            r.cqe.sqid.set(q.qid);
+        }
+        r.cqe.sqhd.set(self.sqhd);
+        codec::put_header(&mut self.out, r.as_bytes(), self.dg);
+        let m = self.port.metrics();
+        m.pdus_tx.fetch_add(1, Ordering::Relaxed);
+        if st != status::SUCCESS {
+            m.command_errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(q) = &self.q {
+                q.ctrl.errors.borrow_mut().record(q.qid, cid, st, 0, 0);
+            }
+        }
+    }
+
+    /// Appends a C2HData PDU whose `len` bytes `fill` writes, then the response capsule.
+    /// If `fill` fails, the data is dropped and the command fails with its status.
+    pub fn reply_data(
+        &mut self,
+        cid: u16,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), u16>,
+    ) {
+        if len == 0 {
+            let st = fill(&mut []).err().unwrap_or(status::SUCCESS);
+            return self.respond(cid, st, 0);
+        }
+        let mark = self.out.mark();
+        let h = self.c2h_header(cid, len);
+        let buf = codec::put_data_pdu(&mut self.out, h.as_bytes(), self.dg, len);
+        match fill(buf) {
+            Ok(()) => {
+                codec::seal_data(&mut self.out, self.dg, len);
+                self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
+                self.respond(cid, status::SUCCESS, 0);
+            }
+            Err(st) => {
+                self.out.truncate(mark);
+                self.respond(cid, st, 0);
+            }
+        }
+    }
+
+    /// The header of a C2HData PDU carrying all `len` bytes of command `cid` (LAST set).
+    pub fn c2h_header(&self, cid: u16, len: usize) -> DataHeader {
+        let (pdo, plen) = codec::data_pdu_lengths(24, len, self.dg);
+        let mut h = DataHeader {
+            ch: CommonHeader::new(
+                pdu_type::C2H_DATA,
+                self.dg.flags(true) | flags::LAST_PDU,
+                24,
+                pdo,
+                plen,
+            ),
+            ..DataHeader::default()
+        };
+        h.cccid.set(cid);
+        h.datal.set(u32::try_from(len).unwrap_or(u32::MAX));
+        h
+    }
+
+    /// Sends the first `min(len, scratch length)` bytes of the scratch buffer.
+    pub fn reply_scratch(&mut self, cid: u16, len: usize) {
+        let scratch = std::mem::take(&mut self.scratch);
+        let n = len.min(scratch.len());
+        self.reply_data(cid, n, |b| {
+            b.copy_from_slice(&scratch[..n]);
+            Ok(())
+        });
+        self.scratch = scratch;
+    }
+
+    /// Prepares the scratch buffer: `n` zeroed bytes.
+    pub fn scratch(&mut self, n: usize) -> &mut [u8] {
+        self.scratch.clear();
+        self.scratch.resize(n, 0);
+        &mut self.scratch
+    }
+
+    /// Releases what the connection held: its queue, or its whole controller if it was the
+    /// admin queue.
+    fn teardown(&mut self) {
+        let Some(q) = self.q.take() else { return };
+        let target = &self.port.target;
+        self.port
+            .metrics()
+            .queue_pairs
+            .fetch_sub(1, Ordering::Relaxed);
+        if q.qid == 0 {
+            q.ctrl.kill();
+            self.port
+                .controllers
+                .borrow_mut()
+                .remove(&(q.ctrl.subsys, q.ctrl.cntlid));
+            target.unregister(q.ctrl.subsys, q.ctrl.cntlid);
+            debug!(cntlid = q.ctrl.cntlid, "controller gone");
+        } else {
+            let bit = 1u128 << (q.qid - 1);
+            q.ctrl.io_queues.set(q.ctrl.io_queues.get() & !bit);
+            target.set_io_queues(q.ctrl.subsys, q.ctrl.cntlid, q.ctrl.io_queue_count());
+        }
+    }
+}
+
+/// Sends queued bytes up to the next file piece, or that file piece, once the socket
+/// takes more.
+async fn send(
+    stream: &TcpStream,
+    out: &mut OutBuf,
+    files: &mut VecDeque<(u64, FileExtent)>,
+) -> std::io::Result<()> {
+    stream.writable().await?;
+    let r = stream.try_io(Interest::WRITABLE, || match files.front_mut() {
+        Some((at, e)) if *at == out.consumed() => {
+            let mut off = i64::try_from(e.offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+            let n = nix::sys::sendfile::sendfile64(stream, &*e.file, Some(&mut off), e.len)?;
+            if n == 0 {
+                // The file ended before the piece did: nothing sensible can follow.
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            e.offset += n as u64;
+            e.len -= n;
+            if e.len == 0 {
+                files.pop_front();
+            }
+            Ok(())
+        }
+        next => {
+            let limit = next.map_or(out.len(), |(at, _)| {
+                usize::try_from(*at - out.consumed()).unwrap_or(usize::MAX)
+            });
+            let n = stream.try_write(&out.pending()[..limit.min(out.len())])?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            out.consume(n);
+            Ok(())
+        }
+    });
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        r => r,
+    }
+}
+
+pub(crate) fn is_fabrics(sqe: &Sqe) -> bool {
+    sqe.opcode == admin_opcode::FABRICS
+}
+
+async fn killed(rx: &mut Option<watch::Receiver<bool>>) {
+    match rx {
+        Some(rx) => {
+            if rx.wait_for(|k| *k).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,151 @@
+//! Per-association controller state, owned by the port (thread) the host connected to.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use nvme_spec::log::ErrorLogEntry;
+use tokio::sync::watch;
+use tracing::info;
+
+/// Error log entries kept (ELPE + 1).
+pub const ERROR_LOG_ENTRIES: usize = 64;
+/// Asynchronous event requests held at once (AERL + 1).
+pub const AER_LIMIT: usize = 4;
+
+/// A controller: created by an admin queue Connect, joined by I/O queue Connects, destroyed
+/// when its admin queue goes away or its keep-alive timer expires.
+#[derive(Debug)]
+pub struct Ctrl {
+    /// Controller ID.
+    pub cntlid: u16,
+    /// Subsystem index (the discovery index for discovery controllers).
+    pub subsys: usize,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Controller Configuration.
+    pub cc: Cell<u32>,
+    /// Controller Status.
+    pub csts: Cell<u32>,
+    /// Keep-alive timeout (zero: disabled).
+    pub kato: Cell<Duration>,
+    /// Last command seen on any of its queues.
+    pub last_seen: Cell<Instant>,
+    /// I/O queues granted by Set Features Number of Queues.
+    pub io_queues_granted: Cell<u16>,
+    /// Connected I/O queues, bit `qid - 1`.
+    pub io_queues: Cell<u128>,
+    /// Asynchronous event configuration.
+    pub aec: Cell<u32>,
+    /// Volatile write cache enabled.
+    pub vwc_enabled: Cell<bool>,
+    /// Held Asynchronous Event Request command IDs.
+    pub aers: RefCell<Vec<u16>>,
+    /// Error information log, newest last.
+    pub errors: RefCell<ErrorLog>,
+    kill: watch::Sender<bool>,
+}
+
+/// A bounded error information log.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    /// Entries, oldest first.
+    pub entries: std::collections::VecDeque<ErrorLogEntry>,
+    /// Errors recorded so far.
+    pub count: u64,
+}
+
+impl ErrorLog {
+    /// Records a failed command.
+    pub fn record(&mut self, sqid: u16, cid: u16, status: u16, nsid: u32, lba: u64) {
+        self.count += 1;
+        let mut e = ErrorLogEntry::default();
+        e.error_count.set(self.count);
+        e.sqid.set(sqid);
+        e.cmdid.set(cid);
+        e.status.set(status << 1);
+        e.lba.set(lba);
+        e.nsid.set(nsid);
+        e.trtype = nvme_spec::log::disc::TRTYPE_TCP;
+        if self.entries.len() == ERROR_LOG_ENTRIES {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(e);
+    }
+}
+
+impl Ctrl {
+    /// A new, disabled controller.
+    pub fn new(
+        cntlid: u16,
+        subsys: usize,
+        hostnqn: String,
+        kato: Duration,
+        io_queues: u16,
+    ) -> Rc<Self> {
+        let (kill, _) = watch::channel(false);
+        Rc::new(Self {
+            cntlid,
+            subsys,
+            hostnqn,
+            cc: Cell::new(0),
+            csts: Cell::new(0),
+            kato: Cell::new(kato),
+            last_seen: Cell::new(Instant::now()),
+            io_queues_granted: Cell::new(io_queues),
+            io_queues: Cell::new(0),
+            aec: Cell::new(0),
+            vwc_enabled: Cell::new(true),
+            aers: RefCell::new(Vec::with_capacity(AER_LIMIT)),
+            errors: RefCell::new(ErrorLog::default()),
+            kill,
+        })
+    }
+
+    /// Watches for the controller's teardown.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.kill.subscribe()
+    }
+
+    /// Tears the controller down: every connection of it closes.
+    pub fn kill(&self) {
+        self.kill.send_replace(true);
+    }
+
+    /// Whether the controller was torn down.
+    pub fn is_dead(&self) -> bool {
+        *self.kill.borrow()
+    }
+
+    /// Number of connected I/O queues.
+    pub fn io_queue_count(&self) -> u16 {
+        u16::try_from(self.io_queues.get().count_ones()).unwrap_or(u16::MAX)
+    }
+}
+
+/// Runs the keep-alive timer of a controller until it expires (tearing the controller down)
+/// or the controller goes away.
+pub async fn keep_alive_timer(ctrl: Weak<Ctrl>) {
+    // Hosts send Keep Alive at KATO/2 or less; allow one more second for scheduling.
+    const GRACE: Duration = Duration::from_secs(1);
+    loop {
+        let Some(c) = ctrl.upgrade() else { return };
+        if c.is_dead() {
+            return;
+        }
+        let kato = c.kato.get();
+        let wait = if kato.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            let idle = c.last_seen.get().elapsed();
+            if idle > kato + GRACE {
+                info!(cntlid = c.cntlid, host = %c.hostnqn, ?idle, "keep-alive timeout: controller torn down");
+                c.kill();
+                return;
+            }
+            kato + GRACE - idle
+        };
+        drop(c);
+        tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+    }
+}

@@ -1,0 +1,218 @@
+//! The target shared by every port: configuration, controller registry and counters.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{ConfigError, TargetConfig};
+use crate::metrics::{NamespaceMetrics, PortMetrics, SubsystemMetrics, TargetMetrics};
+
+/// A connected controller (host association), as the admin status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerInfo {
+    /// Subsystem NQN (the discovery NQN for discovery controllers).
+    pub subsystem: String,
+    /// Controller ID.
+    pub cntlid: u16,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Port ID the controller is connected through.
+    pub port_id: u16,
+    /// I/O queues connected.
+    pub io_queues: u16,
+}
+
+/// Status of one subsystem.
+#[derive(Clone, Debug)]
+pub struct SubsystemStatus {
+    /// NQN.
+    pub nqn: String,
+    /// Namespace IDs.
+    pub namespaces: Vec<u32>,
+    /// Connected controllers.
+    pub controllers: Vec<ControllerInfo>,
+}
+
+/// Status of the whole target.
+#[derive(Clone, Debug)]
+pub struct TargetStatus {
+    /// Per subsystem, in configuration order.
+    pub subsystems: Vec<SubsystemStatus>,
+    /// Discovery controllers connected now.
+    pub discovery_controllers: usize,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    /// Next CNTLID to try, per subsystem; the last entry is the discovery subsystem.
+    next_cntlid: Vec<u16>,
+    controllers: Vec<(usize, ControllerInfo)>,
+}
+
+/// The NVMe/TCP target: shared by all ports (threads).
+#[derive(Debug)]
+pub struct Target {
+    cfg: TargetConfig,
+    metrics: TargetMetrics,
+    registry: Mutex<Registry>,
+    genctr: AtomicU64,
+}
+
+/// Largest dynamic controller ID (FFF0h and up are reserved).
+const MAX_CNTLID: u16 = 0xffef;
+
+impl Target {
+    /// Builds a target from a validated configuration.
+    pub fn new(cfg: TargetConfig) -> Result<std::sync::Arc<Self>, ConfigError> {
+        cfg.validate()?;
+        let metrics = TargetMetrics {
+            ports: (0..=cfg.ports.len())
+                .map(|_| PortMetrics::default())
+                .collect(),
+            subsystems: cfg
+                .subsystems
+                .iter()
+                .map(|s| SubsystemMetrics {
+                    namespaces: s
+                        .namespaces
+                        .iter()
+                        .map(|_| NamespaceMetrics::default())
+                        .collect(),
+                    ..SubsystemMetrics::default()
+                })
+                .collect(),
+        };
+        let registry = Registry {
+            next_cntlid: vec![1; cfg.subsystems.len() + 1],
+            controllers: Vec::new(),
+        };
+        Ok(std::sync::Arc::new(Self {
+            cfg,
+            metrics,
+            registry: Mutex::new(registry),
+            genctr: AtomicU64::new(1),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TargetConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &TargetMetrics {
+        &self.metrics
+    }
+
+    /// Index of the discovery subsystem in per-subsystem tables.
+    pub(crate) fn discovery_index(&self) -> usize {
+        self.cfg.subsystems.len()
+    }
+
+    /// Discovery log generation counter.
+    pub(crate) fn genctr(&self) -> u64 {
+        self.genctr.load(Ordering::Relaxed)
+    }
+
+    /// Connected controllers per subsystem.
+    pub fn status(&self) -> TargetStatus {
+        let reg = self.lock();
+        let subsystems = self
+            .cfg
+            .subsystems
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SubsystemStatus {
+                nqn: s.nqn.clone(),
+                namespaces: s.namespaces.iter().map(|n| n.nsid).collect(),
+                controllers: reg
+                    .controllers
+                    .iter()
+                    .filter(|(si, _)| *si == i)
+                    .map(|(_, c)| c.clone())
+                    .collect(),
+            })
+            .collect();
+        let discovery_controllers = reg
+            .controllers
+            .iter()
+            .filter(|(si, _)| *si == self.discovery_index())
+            .count();
+        TargetStatus {
+            subsystems,
+            discovery_controllers,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A poisoned registry still holds consistent data: every update is a single push,
+        // retain or field store.
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Allocates a controller ID unique within the subsystem and records the association.
+    pub(crate) fn register(&self, subsys: usize, hostnqn: &str, port_id: u16) -> Option<u16> {
+        let nqn = self
+            .cfg
+            .subsystems
+            .get(subsys)
+            .map_or(nvme_spec::fabrics::DISCOVERY_NQN, |s| s.nqn.as_str())
+            .to_owned();
+        let mut reg = self.lock();
+        let Registry {
+            next_cntlid,
+            controllers,
+        } = &mut *reg;
+        let mut id = next_cntlid[subsys];
+        for _ in 0..MAX_CNTLID {
+            if !controllers
+                .iter()
+                .any(|(s, c)| *s == subsys && c.cntlid == id)
+            {
+                next_cntlid[subsys] = if id >= MAX_CNTLID { 1 } else { id + 1 };
+                controllers.push((
+                    subsys,
+                    ControllerInfo {
+                        subsystem: nqn,
+                        cntlid: id,
+                        hostnqn: hostnqn.to_owned(),
+                        port_id,
+                        io_queues: 0,
+                    },
+                ));
+                if let Some(m) = self.metrics.subsystems.get(subsys) {
+                    m.controllers.fetch_add(1, Ordering::Relaxed);
+                }
+                return Some(id);
+            }
+            id = if id >= MAX_CNTLID { 1 } else { id + 1 };
+        }
+        None
+    }
+
+    /// Forgets a controller.
+    pub(crate) fn unregister(&self, subsys: usize, cntlid: u16) {
+        let mut reg = self.lock();
+        let before = reg.controllers.len();
+        reg.controllers
+            .retain(|(s, c)| !(*s == subsys && c.cntlid == cntlid));
+        if reg.controllers.len() != before {
+            if let Some(m) = self.metrics.subsystems.get(subsys) {
+                m.controllers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records the number of connected I/O queues of a controller.
+    pub(crate) fn set_io_queues(&self, subsys: usize, cntlid: u16, n: u16) {
+        let mut reg = self.lock();
+        if let Some((_, c)) = reg
+            .controllers
+            .iter_mut()
+            .find(|(s, c)| *s == subsys && c.cntlid == cntlid)
+        {
+            c.io_queues = n;
+        }
+    }
+}

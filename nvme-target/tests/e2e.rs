@@ -1,0 +1,382 @@
+//! End-to-end tests: the host library against the target over loopback TCP.
+// An integration test crate: every function in it is a test, and test data may truncate.
+#![allow(clippy::tests_outside_test_module, clippy::cast_possible_truncation)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ALLOWED_HOST, Harness, LOCKED_NQN, OPEN_NQN, connect, pattern};
+use nvme_spec::log::lid;
+use nvme_spec::{get_str, status};
+use nvme_target::host::{Digests, HostController, HostError, HostOptions};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn timeout<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("test step timed out")
+}
+
+#[test]
+fn identify_reports_a_multipath_capable_controller() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let (mut c, _q, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        let id = c.identify_controller().await.unwrap();
+        assert_eq!(id.cntlid.get(), c.cntlid());
+        assert_eq!(id.cmic & 0b10, 0b10, "CMIC bit 1");
+        assert_eq!(id.mdts, 8, "1 MiB max transfer");
+        assert_eq!(get_str(&id.subnqn), OPEN_NQN);
+        assert_eq!(get_str(&id.sn), "BATONTEST0001");
+        assert_ne!(id.kas.get(), 0);
+        assert_eq!(id.sgls.get() & 0x3, 1);
+        assert!(id.ioccsz.get() >= 4 && id.iorcsz.get() >= 1);
+        assert_eq!(id.cntrltype, 1);
+        assert_eq!(id.oncs.get() & 0b1100, 0b1100, "DSM and Write Zeroes");
+        assert_eq!(id.sqes, 0x66);
+        assert_eq!(id.nn.get(), 2);
+        assert_eq!(c.active_namespaces().await.unwrap(), vec![1, 2]);
+        assert_eq!(ns.block_size, 512);
+        assert_eq!(ns.blocks, (64 << 20) / 512);
+        let idns = c.identify_namespace(2).await.unwrap();
+        assert_eq!(idns.nmic, 1);
+        assert_eq!(idns.lbaf[0].lbads, 12);
+        assert_eq!(idns.noiob.get(), 32, "128 KiB stripe in 4 KiB blocks");
+        assert_eq!(idns.dlfeat & 0x7, 1);
+        let mut g = [0x5a; 16];
+        g[15] = 2;
+        assert_eq!(idns.nguid, g);
+        let desc = c.ns_descriptors(2).await.unwrap();
+        assert_eq!(&desc[..4], &[2, 16, 0, 0]);
+        assert_eq!(&desc[4..20], &g);
+        let err = c.identify_namespace(9).await.unwrap_err();
+        assert!(
+            matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::INVALID_NS)
+        );
+    }));
+    h.stop();
+}
+
+#[test]
+fn controllers_get_unique_ids_and_the_same_namespace_identity() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let mut a = HostController::connect(h.ports[0], HostOptions::new(OPEN_NQN))
+            .await
+            .unwrap();
+        let mut b = HostController::connect(h.ports[1], HostOptions::new(OPEN_NQN))
+            .await
+            .unwrap();
+        let c = HostController::connect(h.ports[0], HostOptions::new(OPEN_NQN))
+            .await
+            .unwrap();
+        assert_ne!(a.cntlid(), b.cntlid());
+        assert_ne!(a.cntlid(), c.cntlid());
+        assert_ne!(b.cntlid(), c.cntlid());
+        let na = a.identify_namespace(1).await.unwrap();
+        let nb = b.identify_namespace(1).await.unwrap();
+        assert_eq!(na.nguid, nb.nguid);
+        let st = h.target.status();
+        assert_eq!(st.subsystems[0].controllers.len(), 3);
+    }));
+    h.stop();
+}
+
+async fn round_trip(h: &Harness, digests: Digests) {
+    let mut opts = HostOptions::new(OPEN_NQN);
+    opts.digests = digests;
+    let (_a, mut qa, ns) = connect(h.ports[0], opts.clone()).await;
+    let (_b, mut qb, _) = connect(h.ports[1], opts).await;
+    let sizes = [
+        512,
+        1024,
+        4096,
+        8192,
+        8704,
+        65536,
+        131_072,
+        131_584,
+        1 << 20,
+    ];
+    for (i, &len) in sizes.iter().enumerate() {
+        let slba = 4096 * i as u64 + 7;
+        let data = pattern(len, slba);
+        qa.write(&ns, slba, &data).await.unwrap();
+        let back = qb.read(&ns, slba, len).await.unwrap();
+        assert!(
+            back == data,
+            "{len} bytes at LBA {slba} ({digests:?}) differ"
+        );
+    }
+}
+
+#[test]
+fn writes_through_one_controller_read_back_through_another() {
+    let h = Harness::start();
+    rt().block_on(timeout(round_trip(&h, Digests::default())));
+    h.stop();
+}
+
+#[test]
+fn round_trip_with_header_and_data_digests() {
+    let h = Harness::start();
+    rt().block_on(timeout(round_trip(
+        &h,
+        Digests {
+            header: true,
+            data: true,
+        },
+    )));
+    h.stop();
+}
+
+#[test]
+fn small_h2c_pdus_and_r2t_queueing() {
+    // 4 KiB H2CData and a single R2T slot: large writes queue behind each other.
+    let h = Harness::start_with(|c| {
+        c.max_h2c_data = 4096;
+        c.max_r2t_in_flight = 1;
+    });
+    rt().block_on(timeout(async {
+        let (_c, mut q, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        let writes: Vec<Vec<u8>> = (0..8).map(|i| pattern(96 * 1024, i)).collect();
+        let mut cids = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            cids.push(q.submit_write(&ns, 1000 * i as u64, w).unwrap());
+        }
+        for _ in 0..writes.len() {
+            let c = q.next().await.unwrap();
+            assert_eq!(c.status(), 0);
+            q.release(c.cid);
+        }
+        for (i, w) in writes.iter().enumerate() {
+            assert!(&q.read(&ns, 1000 * i as u64, w.len()).await.unwrap() == w);
+        }
+    }));
+    h.stop();
+}
+
+#[test]
+fn pipelined_reads_at_queue_depth_32() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let (_c, mut q, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        let data = pattern(1 << 20, 9);
+        q.write(&ns, 0, &data).await.unwrap();
+        let mut outstanding = std::collections::HashMap::new();
+        let mut done = 0;
+        let mut next = 0u64;
+        while done < 1000 {
+            while outstanding.len() < 32 && next < 1000 {
+                let slba = (next * 7) % 2040;
+                outstanding.insert(q.submit_read(&ns, slba, 4096).unwrap(), slba);
+                next += 1;
+            }
+            let c = q.next().await.unwrap();
+            assert_eq!(c.status(), 0);
+            let slba = outstanding.remove(&c.cid).unwrap() as usize;
+            assert!(q.data(c.cid) == &data[slba * 512..slba * 512 + 4096]);
+            q.release(c.cid);
+            done += 1;
+        }
+    }));
+    h.stop();
+}
+
+#[test]
+fn discovery_lists_every_port_of_every_subsystem() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let mut d = HostController::connect(h.discovery, HostOptions::discovery()).await.unwrap();
+        let id = d.identify_controller().await.unwrap();
+        assert_eq!(id.cntrltype, 2);
+        let entries = d.discovery_log().await.unwrap();
+        assert_eq!(entries.len(), 4);
+        let mut seen: Vec<(String, u16, String)> = entries
+            .iter()
+            .map(|e| {
+                assert_eq!(e.trtype, 3);
+                assert_eq!(e.adrfam, 1);
+                assert_eq!(e.subtype, 2);
+                assert_eq!(e.cntlid.get(), 0xffff);
+                assert_eq!(get_str(&e.traddr), "127.0.0.1");
+                (get_str(&e.subnqn).to_owned(), e.portid.get(), get_str(&e.trsvcid).to_owned())
+            })
+            .collect();
+        seen.sort();
+        let mut want = Vec::new();
+        for nqn in [LOCKED_NQN, OPEN_NQN] {
+            for (i, p) in h.ports.iter().enumerate() {
+                want.push((nqn.to_owned(), u16::try_from(i + 1).unwrap(), p.port().to_string()));
+            }
+        }
+        want.sort();
+        assert_eq!(seen, want);
+        // The discovery controller refuses I/O subsystems and I/O queues.
+        let err = HostController::connect(h.discovery, HostOptions::new(OPEN_NQN)).await.unwrap_err();
+        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::CONNECT_INVALID_PARAM));
+        // Any port also answers as a discovery controller.
+        let mut d2 = HostController::connect(h.ports[1], HostOptions::discovery()).await.unwrap();
+        assert_eq!(d2.discovery_log().await.unwrap().len(), 4);
+    }));
+    h.stop();
+}
+
+#[test]
+fn unknown_hosts_get_invalid_host_and_nothing_else() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let err = HostController::connect(h.ports[0], HostOptions::new(LOCKED_NQN))
+            .await
+            .unwrap_err();
+        match err {
+            HostError::Status { status: s, .. } => {
+                assert_eq!(s & 0x7ff, status::CONNECT_INVALID_HOST)
+            }
+            e => panic!("expected invalid host, got {e}"),
+        }
+        let mut ok = HostOptions::new(LOCKED_NQN);
+        ok.hostnqn = ALLOWED_HOST.into();
+        let (_c, mut q, ns) = connect(h.ports[1], ok).await;
+        q.write(&ns, 0, &[7; 512]).await.unwrap();
+        assert_eq!(
+            h.target.metrics().subsystems[1]
+                .refused_hosts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }));
+    h.stop();
+}
+
+#[test]
+fn range_and_length_errors_are_nvme_statuses() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let (mut c, mut q, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        let err = q.read(&ns, ns.blocks - 1, 1024).await.unwrap_err();
+        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::LBA_OUT_OF_RANGE));
+        let err = q.write(&ns, u64::MAX - 1, &[0; 1024]).await.unwrap_err();
+        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::LBA_OUT_OF_RANGE));
+        // More than MDTS.
+        let err = q.read(&ns, 0, 2 << 20).await.unwrap_err();
+        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::INVALID_FIELD));
+        let err = q.deallocate(&ns, &[(ns.blocks, 8)]).await.unwrap_err();
+        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::LBA_OUT_OF_RANGE));
+        // The queue still works, and the error log recorded the failures, newest first.
+        q.write(&ns, 0, &[1; 512]).await.unwrap();
+        let log = c.get_log_page(lid::ERROR, 0, 4096).await.unwrap();
+        let count = u64::from_le_bytes(log[..8].try_into().unwrap());
+        assert_eq!(count, 4);
+        assert_eq!(u16::from_le_bytes([log[12], log[13]]) >> 1 & 0x7ff, status::LBA_OUT_OF_RANGE);
+        let smart = c.get_log_page(lid::SMART, 0, 512).await.unwrap();
+        assert!(u128::from_le_bytes(smart[80..96].try_into().unwrap()) >= 1, "host writes counted");
+        let err = c.get_log_page(0x70, 0, 1024).await.unwrap_err();
+        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::INVALID_LOG_PAGE));
+    }));
+    h.stop();
+}
+
+#[test]
+fn write_zeroes_and_deallocate_read_back_zeroes() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let (_c, mut q, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        q.write(&ns, 100, &pattern(64 * 1024, 1)).await.unwrap();
+        q.write_zeroes(&ns, 100, 64).await.unwrap();
+        let back = q.read(&ns, 100, 64 * 1024).await.unwrap();
+        assert!(back[..32 * 1024].iter().all(|&b| b == 0));
+        assert!(back[32 * 1024..] == pattern(64 * 1024, 1)[32 * 1024..]);
+        // Written blocks 100..228, zeroed 100..164; deallocate 170..186 and 200..208.
+        q.deallocate(&ns, &[(170, 16), (200, 8)]).await.unwrap();
+        let back = q.read(&ns, 170, 16 * 512).await.unwrap();
+        assert!(back.iter().all(|&b| b == 0));
+        let back = q.read(&ns, 186, 22 * 512).await.unwrap();
+        assert!(
+            back[..14 * 512] == pattern(64 * 1024, 1)[86 * 512..100 * 512],
+            "outside the ranges untouched"
+        );
+        assert!(back[14 * 512..].iter().all(|&b| b == 0));
+        q.flush_ns(&ns).await.unwrap();
+    }));
+    h.stop();
+}
+
+#[test]
+fn queues_are_limited_to_what_set_features_granted() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let mut c = HostController::connect(h.ports[0], HostOptions::new(OPEN_NQN)).await.unwrap();
+        assert_eq!(c.set_num_queues(64).await.unwrap(), 8);
+        let mut c = HostController::connect(h.ports[0], HostOptions::new(OPEN_NQN)).await.unwrap();
+        assert_eq!(c.set_num_queues(2).await.unwrap(), 2);
+        c.connect_io_queue(1).await.unwrap();
+        let _q2 = c.connect_io_queue(2).await.unwrap();
+        let err = c.connect_io_queue(3).await.unwrap_err();
+        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::CONNECT_INVALID_PARAM));
+        let err = c.connect_io_queue(2).await.unwrap_err();
+        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::CONNECT_INVALID_PARAM));
+        // Queue 1 closed when its Queue was dropped: it can be connected again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.connect_io_queue(1).await.unwrap();
+    }));
+    h.stop();
+}
+
+#[test]
+fn shutdown_completes_at_once() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let (mut c, mut q, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        q.write(&ns, 0, &[3; 4096]).await.unwrap();
+        let t = std::time::Instant::now();
+        c.shutdown().await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }));
+    h.stop();
+}
+
+#[test]
+fn keep_alive_expiry_tears_the_controller_down() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let mut opts = HostOptions::new(OPEN_NQN);
+        opts.kato_ms = 200;
+        let (mut c, mut q, ns) = connect(h.ports[0], opts).await;
+        // Within KATO, keep-alives keep it up.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            c.keep_alive().await.unwrap();
+        }
+        q.read(&ns, 0, 512).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert!(c.keep_alive().await.is_err(), "admin queue must be gone");
+        assert!(q.read(&ns, 0, 512).await.is_err(), "I/O queues go with it");
+        assert!(h.target.status().subsystems[0].controllers.is_empty());
+    }));
+    h.stop();
+}
+
+#[test]
+fn dropping_one_ports_connections_leaves_the_other_path_working() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let (_a, mut qa, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        let (_b, mut qb, _) = connect(h.ports[1], HostOptions::new(OPEN_NQN)).await;
+        h.drop_connections(0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(qa.read(&ns, 0, 512).await.is_err());
+        qb.write(&ns, 8, &[9; 512]).await.unwrap();
+        // The port still listens: the host reconnects.
+        let (_a, mut qa, _) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        assert_eq!(qa.read(&ns, 8, 512).await.unwrap(), vec![9; 512]);
+    }));
+    h.stop();
+}

@@ -1,0 +1,92 @@
+# Helpers for scenario scripts (sourced inside the guest).
+NQN=nqn.2026-11.io.baton:lab
+SCENARIO=$(basename "$0" .sh)
+
+# check NAME COMMAND...: runs the command, prints LAB-CHECK SCENARIO/NAME PASS|FAIL.
+# The command runs in this shell (not a subshell), so it may set variables (BATON_PID).
+check() {
+  name=$1
+  shift
+  if "$@" > /tmp/check.out 2>&1; then
+    echo "LAB-CHECK $SCENARIO/$name PASS"
+    return 0
+  fi
+  echo "LAB-CHECK $SCENARIO/$name FAIL $(tail -n 6 /tmp/check.out | tr '\n' '|' | cut -c1-600)"
+  return 1
+}
+
+# Uptime in milliseconds (busybox date has no %N).
+now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
+
+start_baton() {
+  cfg=${1:-/lab/baton-lab.yaml}
+  baton serve --config "$cfg" > /tmp/baton.log 2>&1 &
+  BATON_PID=$!
+  i=0
+  while ! baton status --admin 127.0.0.1:9440 > /dev/null 2>&1; do
+    i=$((i + 1))
+    [ $i -gt 100 ] && { echo "baton did not start:"; tail -n 20 /tmp/baton.log; return 1; }
+    sleep 0.2
+  done
+}
+
+stop_baton() {
+  [ -n "$BATON_PID" ] || { echo "baton is not running"; return 1; }
+  kill -TERM "$BATON_PID" 2>/dev/null
+  wait "$BATON_PID"
+  rc=$?
+  BATON_PID=
+  return $rc
+}
+
+# The kernel's subsystem directory for NQN $1 (default: Baton's).
+subsys_dir() {
+  for s in /sys/class/nvme-subsystem/*; do
+    [ -e "$s/subsysnqn" ] || continue
+    [ "$(cat "$s/subsysnqn")" = "${1:-$NQN}" ] && { echo "$s"; return 0; }
+  done
+  return 1
+}
+
+# The multipath namespace block device (e.g. nvme2n1) of NQN $1.
+ns_dev() {
+  s=$(subsys_dir "$1") || return 1
+  for n in "$s"/nvme*n*; do
+    [ -e "$n" ] && { basename "$n"; return 0; }
+  done
+  return 1
+}
+
+# Controllers (paths) of NQN $1 in state live.
+live_paths() {
+  s=$(subsys_dir "$1") || { echo 0; return; }
+  c=0
+  for p in "$s"/nvme*; do
+    case $(basename "$p") in nvme*n[0-9]*) continue ;; esac
+    [ "$(cat "$p/state" 2>/dev/null)" = live ] && c=$((c + 1))
+  done
+  echo $c
+}
+
+# wait_for SECONDS COMMAND...: polls until the command succeeds.
+wait_for() {
+  t=$(($1 * 5))
+  shift
+  while ! "$@" > /dev/null 2>&1; do
+    t=$((t - 1))
+    [ $t -le 0 ] && return 1
+    sleep 0.2
+  done
+}
+
+paths_are() { [ "$(live_paths "$2")" = "$1" ]; }
+
+# fio_verify NAME DEVICE BS [extra fio args]: randwrite then verify (crc32c), 2 jobs, QD 32.
+fio_verify() {
+  fio --name="$1" --filename="/dev/$2" --ioengine=libaio --direct=1 --rw=randwrite --bs="$3" \
+    --size=16M --offset_increment=16M --numjobs=2 --iodepth=32 --verify=crc32c \
+    --do_verify=1 --verify_fatal=1 --group_reporting --output=/tmp/fio-"$1".txt
+  rc=$?
+  [ $rc -eq 0 ] || tail -n 20 /tmp/fio-"$1".txt
+  return $rc
+}

@@ -1,0 +1,53 @@
+# Benchmark: the same fio jobs against Baton and against the kernel's nvmet-tcp, both serving
+# the same file on the guest's RAM-backed /data. Prints LAB-RESULT lines; no pass/fail on
+# numbers.
+. /lab/lib.sh
+K=nqn.2026-11.io.baton:nvmet
+C=/sys/kernel/config/nvmet
+truncate -s 256M /data/compare.img
+dd if=/dev/urandom of=/data/compare.img bs=1M count=64 conv=notrunc 2>/dev/null
+cat > /tmp/compare.yaml <<YAML
+data_dir: /data
+controllers: {count: 1, pin: false}
+nvme_tcp: {address: 127.0.0.1, base_port: 4420, discovery_port: null}
+admin: {address: "127.0.0.1:9440"}
+devices: [{name: c0, kind: file, path: compare.img}]
+volumes: [{name: v0, devices: [c0], block_size: 512}]
+subsystems: [{nqn: $NQN, allow_any_host: true, namespaces: [{nsid: 1, volume: v0}]}]
+logging: {level: warn}
+YAML
+SECS=${LAB_COMPARE_SECONDS:-8}
+# run_jobs LABEL DEVICE: prints "LAB-RESULT compare <job> <label> iops=... mbps=..."
+run_jobs() {
+  for job in randread4k seqread128k; do
+    case $job in
+      randread4k) args="--rw=randread --bs=4k --iodepth=32" ;;
+      seqread128k) args="--rw=read --bs=128k --iodepth=8" ;;
+    esac
+    # shellcheck disable=SC2086
+    fio --name=$job --filename="/dev/$2" --ioengine=libaio --direct=1 $args --size=64M \
+      --time_based --runtime="$SECS" --minimal > /tmp/fio-$job-$1.txt 2>&1
+    # Terse v3: field 7 read KiB/s, field 8 read IOPS.
+    awk -F';' -v j=$job -v l="$1" '{printf "LAB-RESULT compare %s %s iops=%d mbps=%.1f\n", j, l, $8, $7 * 1024 / 1e6}' /tmp/fio-$job-$1.txt
+  done
+}
+check baton-starts start_baton /tmp/compare.yaml || exit 1
+check baton-connect nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $NQN
+check baton-namespace wait_for 10 ns_dev
+run_jobs baton "$(ns_dev)"
+check baton-disconnect nvme disconnect -n $NQN
+check baton-stops stop_baton
+setup() {
+  mkdir $C/subsystems/$K && echo 1 > $C/subsystems/$K/attr_allow_any_host &&
+  mkdir $C/subsystems/$K/namespaces/1 &&
+  echo /data/compare.img > $C/subsystems/$K/namespaces/1/device_path &&
+  echo 1 > $C/subsystems/$K/namespaces/1/enable && mkdir $C/ports/8 &&
+  echo 127.0.0.1 > $C/ports/8/addr_traddr && echo tcp > $C/ports/8/addr_trtype &&
+  echo 4440 > $C/ports/8/addr_trsvcid && echo ipv4 > $C/ports/8/addr_adrfam &&
+  ln -s $C/subsystems/$K $C/ports/8/subsystems/$K
+}
+check nvmet-configfs setup
+check nvmet-connect nvme connect -t tcp -a 127.0.0.1 -s 4440 -n $K
+check nvmet-namespace wait_for 10 ns_dev $K
+run_jobs nvmet "$(ns_dev $K)"
+check nvmet-disconnect nvme disconnect -n $K
