@@ -200,6 +200,8 @@ impl DmaBacking for HugePages {
     }
     fn read(&self, offset: usize, buf: &mut [u8]) {
         self.check(offset, buf.len());
+        // Order the copy after the volatile load that saw the device's completion.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         // SAFETY: in bounds (checked); the source is live mapped memory and the destination a
         // distinct Rust buffer, so the ranges do not overlap.
         unsafe {
@@ -220,6 +222,8 @@ impl DmaBacking for HugePages {
                 buf.len(),
             )
         }
+        // The copy must not sink below the volatile doorbell store that hands it to the device.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
     }
     fn read_u32(&self, offset: usize) -> u32 {
         self.check(offset, 4);

@@ -406,6 +406,11 @@ impl<D: PciDevice> IoQueuePair<D> {
         slba: u64,
         nlb: u32,
     ) -> Result<(), DriverError> {
+        if !(1..=65536).contains(&nlb) {
+            return Err(DriverError::Invalid(format!(
+                "Write Zeroes of {nlb} blocks: one command covers 1..=65536"
+            )));
+        }
         let mut sqe = Sqe::new_zeroed();
         sqe.opcode = io_opcode::WRITE_ZEROES;
         sqe.nsid.set(ns.nsid);
@@ -423,6 +428,11 @@ impl<D: PciDevice> IoQueuePair<D> {
     ) -> Result<(), DriverError> {
         if ranges.is_empty() || ranges.len() > 256 {
             return Err(DriverError::Invalid("1..=256 ranges".into()));
+        }
+        if ranges.iter().any(|&(_, nlb)| nlb == 0) {
+            return Err(DriverError::Invalid(
+                "a deallocate range of 0 blocks".into(),
+            ));
         }
         for (i, &(slba, nlb)) in ranges.iter().enumerate() {
             let mut r = DsmRange::new_zeroed();
