@@ -113,3 +113,25 @@ fn hw_setup_gives_the_device_back_to_nvme_and_takes_it_again() {
     assert!(c.namespace(1).unwrap().blocks > 0);
     c.shutdown().unwrap();
 }
+
+#[test]
+#[ignore = "needs NVMe controllers bound to vfio-pci (QEMU lab)"]
+fn hw_dma_memory_is_returned_when_dropped() {
+    use ffi::PciDevice;
+    let dev = device("BATON_NVME_PCI");
+    // Far more 2 MiB allocations than the lab reserves hugepages (64): each must be unmapped
+    // from the IOMMU and released when its last region goes.
+    for i in 0..300u64 {
+        let r = dev
+            .alloc_dma(ffi::dma::HUGEPAGE)
+            .unwrap_or_else(|e| panic!("allocation {i}: {e}"));
+        r.write_u32(0, 0xdead_beef);
+        assert_eq!(r.read_u32(0), 0xdead_beef);
+    }
+    // And a controller still works on the same function afterwards.
+    let mut c = Controller::new(dev).unwrap();
+    let ns = c.namespace(1).unwrap();
+    let mut q = c.create_io_queue_pair(8).unwrap();
+    let mut b = vec![0u8; ns.block_size as usize];
+    q.read(&ns, 0, &mut b).unwrap();
+}
