@@ -80,6 +80,44 @@ wait_for() {
 }
 
 paths_are() { [ "$(live_paths "$2")" = "$1" ]; }
+paths_below() { [ "$(live_paths "$2")" -lt "$1" ]; }
+
+# Fabrics controllers (e.g. nvme3) of NQN $1, one a line.
+ctrls() {
+  s=$(subsys_dir "$1") || return 1
+  for p in "$s"/nvme*; do
+    case $(basename "$p") in nvme*n[0-9]*) continue ;; esac
+    basename "$p"
+  done
+}
+
+# The fabrics controller of NQN $2 connected to TCP port $1 (from its address attribute).
+ctrl_on_port() {
+  for c in $(ctrls "$2"); do
+    grep -Eq "trsvcid=$1(,|\$)" "/sys/class/nvme/$c/address" && { echo "$c"; return 0; }
+  done
+  return 1
+}
+
+# PCIe functions of the emulated backplane bound to driver $1 (nvme or vfio-pci), one a line.
+pci_nvme_functions() {
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/class")" = 0x010802 ] || continue
+    [ "$(basename "$(readlink "$d/driver" 2> /dev/null)")" = "$1" ] && basename "$d"
+  done
+}
+
+# bind_driver BDF DRIVER: moves one PCIe function to another driver (nvme or vfio-pci).
+bind_driver() {
+  d=/sys/bus/pci/devices/$1
+  [ -e "$d/driver" ] && echo "$1" > "$d/driver/unbind"
+  echo "$2" > "$d/driver_override" && echo "$1" > /sys/bus/pci/drivers_probe &&
+    echo > "$d/driver_override" &&
+    [ "$(basename "$(readlink "$d/driver")")" = "$2" ]
+}
+
+# The /dev/vfio/N node of a function bound to vfio-pci.
+vfio_node() { echo "/dev/vfio/$(basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")")"; }
 
 # fio_verify NAME DEVICE BS [extra fio args]: randwrite then verify (crc32c), 2 jobs, QD 32.
 fio_verify() {

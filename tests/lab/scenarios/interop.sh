@@ -11,7 +11,7 @@ check one-namespace sh -c ". /lab/lib.sh; s=\$(subsys_dir) && [ \$(ls -d \$s/nvm
 dev=$(ns_dev)
 ctrl=$(basename "$(ls -d "$(subsys_dir)"/nvme* | grep -v 'n[0-9]*$' | head -1)")
 nvme list-subsys > /tmp/list-subsys.txt 2>&1
-check list-subsys-two-paths sh -c "grep -c 'tcp traddr=127.0.0.1' /tmp/list-subsys.txt | grep -qx 2 || { cat /tmp/list-subsys.txt; false; }"
+check list-subsys-two-live-paths sh -c "grep -c 'tcp traddr=127.0.0.1,trsvcid=442[01].* live' /tmp/list-subsys.txt | grep -qx 2 || { cat /tmp/list-subsys.txt; false; }"
 nvme id-ctrl "/dev/$ctrl" > /tmp/id-ctrl.txt 2>&1
 idc() { grep -Eq "$1" /tmp/id-ctrl.txt || { echo "id-ctrl: no line matching $1"; grep -E "^${1%% *}" /tmp/id-ctrl.txt; false; }; }
 check id-ctrl-cmic-multi-controller idc '^cmic +: 0x2'
