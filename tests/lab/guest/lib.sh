@@ -5,13 +5,13 @@ SCENARIO=$(basename "$0" .sh)
 # check NAME COMMAND...: runs the command, prints LAB-CHECK SCENARIO/NAME PASS|FAIL.
 # The command runs in this shell (not a subshell), so it may set variables (BATON_PID).
 check() {
-  name=$1
+  local check_name=$1
   shift
   if "$@" > /tmp/check.out 2>&1; then
-    echo "LAB-CHECK $SCENARIO/$name PASS"
+    echo "LAB-CHECK $SCENARIO/$check_name PASS"
     return 0
   fi
-  echo "LAB-CHECK $SCENARIO/$name FAIL $(tail -n 6 /tmp/check.out | tr '\n' '|' | cut -c1-600)"
+  echo "LAB-CHECK $SCENARIO/$check_name FAIL $(tail -n 12 /tmp/check.out | tr '\n' '|' | cut -c1-1200)"
   return 1
 }
 
@@ -121,10 +121,12 @@ vfio_node() { echo "/dev/vfio/$(basename "$(readlink "/sys/bus/pci/devices/$1/io
 
 # fio_verify NAME DEVICE BS [extra fio args]: randwrite then verify (crc32c), 2 jobs, QD 32.
 fio_verify() {
-  fio --name="$1" --filename="/dev/$2" --ioengine=libaio --direct=1 --rw=randwrite --bs="$3" \
-    --size=16M --offset_increment=16M --numjobs=2 --iodepth=32 --verify=crc32c \
-    --do_verify=1 --verify_fatal=1 --group_reporting --output=/tmp/fio-"$1".txt
+  local name=$1 dev=$2 bs=$3
+  shift 3
+  fio --eta=never --name="$name" --filename="/dev/$dev" --ioengine=libaio --direct=1 \
+    --rw=randwrite --bs="$bs" --size=16M --offset_increment=16M --numjobs=2 --iodepth=32 \
+    --verify=crc32c --do_verify=1 --verify_fatal=1 --group_reporting \
+    --output=/tmp/fio-"$name".txt "$@"
   rc=$?
-  [ $rc -eq 0 ] || tail -n 20 /tmp/fio-"$1".txt
-  return $rc
+  [ $rc -eq 0 ] && grep -q 'err= 0' /tmp/fio-"$name".txt || { tail -n 20 /tmp/fio-"$name".txt; return 1; }
 }

@@ -18,6 +18,7 @@ check id-ctrl-cmic-multi-controller idc '^cmic +: 0x2'
 check id-ctrl-mdts idc '^mdts +: 8$'
 check id-ctrl-subnqn idc "^subnqn +: $NQN"
 check id-ctrl-cntlid-nonzero idc '^cntlid +: 0x[1-9a-f]'
+check cntlid-differs-per-path sh -c ". /lab/lib.sh; ids=\$(for c in \$(ctrls); do cat /sys/class/nvme/\$c/cntlid; done | sort -u | wc -l); [ \$ids = 2 ]"
 check id-ctrl-kas idc '^kas +: (0x)?[1-9]'
 check id-ctrl-sgls idc '^sgls +: 0x100001'
 nvme id-ns "/dev/$dev" > /tmp/id-ns.txt 2>&1
@@ -46,7 +47,7 @@ check connect-digests sh -c "nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $NQN --
   nvme connect -t tcp -a 127.0.0.1 -s 4421 -n $NQN --hdr-digest --data-digest"
 check digest-paths-live wait_for 15 paths_are 2
 dev=$(ns_dev)
-for bs in 4k 1m; do
+for bs in 4k 64k 1m; do
   check fio-verify-digests-$bs fio_verify digest-$bs "$dev" $bs
 done
 check disconnect-digests nvme disconnect -n $NQN
