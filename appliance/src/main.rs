@@ -102,6 +102,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9450")]
         stream: SocketAddr,
     },
+    /// Prepare NVMe PCIe functions for the user-space driver (bind to vfio-pci, load the
+    /// VFIO modules, reserve hugepages), or give them back to the kernel with --reset.
+    SetupPci {
+        /// PCI addresses (default: the nvme-pcie devices of --config, else every NVMe function).
+        devices: Vec<String>,
+        /// Give the devices back to the kernel's nvme driver.
+        #[arg(long)]
+        reset: bool,
+        /// 2 MiB hugepages to reserve.
+        #[arg(long, default_value_t = 256)]
+        hugepages: u32,
+        /// Configuration whose nvme-pcie devices to prepare.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Act on a running appliance.
     Ctl {
         /// The appliance's admin address.
@@ -172,6 +187,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => baton::bench::run(args),
+        Command::SetupPci {
+            devices,
+            reset,
+            hugepages,
+            config,
+        } => {
+            let mut devices = devices;
+            if devices.is_empty() {
+                if let Some(path) = config {
+                    devices = Config::load(&path)?.pci_functions();
+                }
+            }
+            if devices.is_empty() {
+                devices = ffi::setup::nvme_functions();
+            }
+            if devices.is_empty() {
+                anyhow::bail!("no NVMe PCI functions found");
+            }
+            if reset {
+                ffi::setup::reset(&devices)?;
+                println!("returned to the kernel: {}", devices.join(" "));
+            } else {
+                ffi::setup::setup(&devices, hugepages)?;
+                println!(
+                    "bound to vfio-pci: {} ({hugepages} hugepages reserved)",
+                    devices.join(" ")
+                );
+            }
+            Ok(())
+        }
         Command::BenchStream(args) => baton::bench::stream::run(args),
         Command::Put { file, name, stream } => content::put(stream, &file, name),
         Command::Ls { stream } => content::ls(stream),

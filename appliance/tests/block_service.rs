@@ -3,25 +3,21 @@
 // An integration test crate: every function in it is a test.
 #![allow(clippy::tests_outside_test_module)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nvme_target::host::{HostController, HostOptions};
 
+use common::free_port;
+
 const NQN: &str = "nqn.2026-11.io.baton:test";
 
 /// Runs blocking CLI/HTTP helpers from inside the async test body.
 fn off_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().unwrap())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Baton {

@@ -4,6 +4,8 @@
 // An integration test crate: every function in it is a test.
 #![allow(clippy::tests_outside_test_module)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,15 +16,9 @@ use std::time::{Duration, Instant};
 use baton::stream::client::StreamClient;
 use nvme_target::host::{HostController, HostOptions};
 
-const NQN: &str = "nqn.2026-11.io.baton:ops";
+use common::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const NQN: &str = "nqn.2026-11.io.baton:ops";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

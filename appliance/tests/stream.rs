@@ -4,6 +4,8 @@
 // An integration test crate: every function in it is a test.
 #![allow(clippy::tests_outside_test_module, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -11,17 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton::stream::client::{ClientError, StreamClient};
+use common::free_port;
 use sha2::{Digest, Sha256};
 
 const BS: usize = 64 * 1024;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Baton {
     child: Child,

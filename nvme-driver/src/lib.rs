@@ -1,3 +1,55 @@
-//! User-space NVMe PCIe driver: controller bring-up, admin and I/O queue pairs, polled
-//! completions.
-#![forbid(unsafe_code)]
+//! A user-space, polled NVMe PCIe driver on top of [`ffi::PciDevice`] (VFIO in production,
+//! a simulated controller in tests): controller bring-up, admin queue, Identify, I/O queue
+//! pairs owned by one thread each, PRP lists, and Read/Write/Flush/Write Zeroes/Dataset
+//! Management with typed errors carrying the NVMe status. No interrupts and no locks on the
+//! submit/complete path.
+
+mod controller;
+mod prp;
+mod queue;
+pub mod sim;
+
+pub use controller::{Controller, IoQueuePair, NamespaceInfo};
+
+/// Memory page size the driver programs (CC.MPS = 0).
+pub const PAGE: usize = 4096;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The device layer failed.
+    #[error(transparent)]
+    Device(#[from] ffi::Error),
+    /// A command completed with an error status.
+    #[error("NVMe status {status:#x} (SCT {sct}, SC {sc:#x}) for opcode {opcode:#x}")]
+    Status {
+        /// Status field.
+        status: u16,
+        /// Status code type.
+        sct: u8,
+        /// Status code.
+        sc: u8,
+        /// The command's opcode.
+        opcode: u8,
+    },
+    /// The controller did not answer in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The controller reported a fatal status (CSTS.CFS).
+    #[error("controller fatal status")]
+    Fatal,
+    /// A request the driver refuses (alignment, size, range).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DriverError {
+    fn status(status: u16, opcode: u8) -> Self {
+        Self::Status {
+            status,
+            sct: nvme_spec::status::sct(status),
+            sc: nvme_spec::status::sc(status),
+            opcode,
+        }
+    }
+}

@@ -575,17 +575,7 @@ impl Conn {
             return self.respond(cid, st, 0);
         }
         let mark = self.out.mark();
-        let mut h = DataHeader::default();
-        let (pdo, plen) = codec::data_pdu_lengths(24, len, self.dg);
-        h.ch = CommonHeader::new(
-            pdu_type::C2H_DATA,
-            self.dg.flags(true) | flags::LAST_PDU,
-            24,
-            pdo,
-            plen,
-        );
-        h.cccid.set(cid);
-        h.datal.set(u32::try_from(len).unwrap_or(u32::MAX));
+        let h = self.c2h_header(cid, len);
         let buf = codec::put_data_pdu(&mut self.out, h.as_bytes(), self.dg, len);
         match fill(buf) {
             Ok(()) => {
@@ -598,6 +588,24 @@ impl Conn {
                 self.respond(cid, st, 0);
             }
         }
+    }
+
+    /// The header of a C2HData PDU carrying all `len` bytes of command `cid` (LAST set).
+    pub fn c2h_header(&self, cid: u16, len: usize) -> DataHeader {
+        let (pdo, plen) = codec::data_pdu_lengths(24, len, self.dg);
+        let mut h = DataHeader {
+            ch: CommonHeader::new(
+                pdu_type::C2H_DATA,
+                self.dg.flags(true) | flags::LAST_PDU,
+                24,
+                pdo,
+                plen,
+            ),
+            ..DataHeader::default()
+        };
+        h.cccid.set(cid);
+        h.datal.set(u32::try_from(len).unwrap_or(u32::MAX));
+        h
     }
 
     /// Sends the first `min(len, scratch length)` bytes of the scratch buffer.

@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use nvme_spec::command::{DSM_ATTR_DEALLOCATE, DsmRange, Sqe, io_opcode};
-use nvme_spec::pdu::{CommonHeader, DataHeader, flags, pdu_type};
 use nvme_spec::{FromBytes, IntoBytes, status};
 use tracing::warn;
 
@@ -195,17 +194,7 @@ impl Conn {
     /// Queues a C2HData PDU whose data the kernel sends from the file pieces in
     /// `self.extents`, then the response.
     fn send_extents(&mut self, cid: u16, n: usize) {
-        let mut h = DataHeader::default();
-        let (pdo, plen) = codec::data_pdu_lengths(24, n, self.dg);
-        h.ch = CommonHeader::new(
-            pdu_type::C2H_DATA,
-            self.dg.flags(true) | flags::LAST_PDU,
-            24,
-            pdo,
-            plen,
-        );
-        h.cccid.set(cid);
-        h.datal.set(u32::try_from(n).unwrap_or(u32::MAX));
+        let h = self.c2h_header(cid, n);
         codec::put_header(&mut self.out, h.as_bytes(), self.dg);
         let at = self.out.position();
         for e in self.extents.drain(..) {

@@ -265,6 +265,7 @@ fn device_kind(dc: &DeviceConfig) -> &'static str {
     match dc {
         DeviceConfig::Ram { .. } => "ram",
         DeviceConfig::File { .. } => "file",
+        DeviceConfig::NvmePcie { .. } => "nvme-pcie",
     }
 }
 

@@ -140,31 +140,29 @@ pub(super) fn encode(
         "Connected NVMe/TCP queues (admin and I/O).",
         ports().map(|(i, p)| (ctl(i), gauge(&p.queue_pairs))),
     )?;
-    f.counter(
-        "nvme_connections",
-        "NVMe/TCP connections accepted.",
-        ports().map(|(i, p)| (ctl(i), get(&p.connections))),
-    )?;
-    f.counter(
-        "nvme_pdus_received",
-        "NVMe/TCP PDUs received.",
-        ports().map(|(i, p)| (ctl(i), get(&p.pdus_rx))),
-    )?;
-    f.counter(
-        "nvme_pdus_sent",
-        "NVMe/TCP PDUs sent.",
-        ports().map(|(i, p)| (ctl(i), get(&p.pdus_tx))),
-    )?;
-    f.counter(
-        "nvme_protocol_errors",
-        "Fatal NVMe/TCP protocol errors (connection terminated).",
-        ports().map(|(i, p)| (ctl(i), get(&p.protocol_errors))),
-    )?;
-    f.counter(
-        "nvme_digest_errors",
-        "Header or data digest mismatches.",
-        ports().map(|(i, p)| (ctl(i), get(&p.digest_errors))),
-    )?;
+    type Pick = fn(&nvme_target::metrics::PortMetrics) -> &AtomicU64;
+    let per_port: [(&str, &str, Pick); 5] = [
+        ("nvme_connections", "NVMe/TCP connections accepted.", |p| {
+            &p.connections
+        }),
+        ("nvme_pdus_received", "NVMe/TCP PDUs received.", |p| {
+            &p.pdus_rx
+        }),
+        ("nvme_pdus_sent", "NVMe/TCP PDUs sent.", |p| &p.pdus_tx),
+        (
+            "nvme_protocol_errors",
+            "Fatal NVMe/TCP protocol errors (connection terminated).",
+            |p| &p.protocol_errors,
+        ),
+        (
+            "nvme_digest_errors",
+            "Header or data digest mismatches.",
+            |p| &p.digest_errors,
+        ),
+    ];
+    for (name, help, pick) in per_port {
+        f.counter(name, help, ports().map(|(i, p)| (ctl(i), get(pick(p)))))?;
+    }
     let subs = || config.subsystems.iter().zip(&m.subsystems);
     f.gauge(
         "subsystem_connected_hosts",
@@ -194,41 +192,39 @@ pub(super) fn encode(
                 .map(move |(ns, nm)| (s.nqn.clone(), ns.nsid.to_string(), nm))
         })
     };
-    f.counter(
-        "namespace_bytes",
-        "Bytes read and written through a namespace.",
-        namespaces().flat_map(|(nqn, nsid, nm)| {
-            [("read", &nm.bytes_read), ("write", &nm.bytes_written)]
-                .into_iter()
-                .map(move |(op, c)| {
-                    (
-                        labels([
-                            ("subsystem", nqn.clone()),
-                            ("nsid", nsid.clone()),
-                            ("op", op.to_owned()),
-                        ]),
-                        get(c),
-                    )
-                })
-        }),
-    )?;
-    f.counter(
-        "namespace_ops",
-        "Read and write commands through a namespace.",
-        namespaces().flat_map(|(nqn, nsid, nm)| {
-            [("read", &nm.reads), ("write", &nm.writes)]
-                .into_iter()
-                .map(move |(op, c)| {
-                    (
-                        labels([
-                            ("subsystem", nqn.clone()),
-                            ("nsid", nsid.clone()),
-                            ("op", op.to_owned()),
-                        ]),
-                        get(c),
-                    )
-                })
-        }),
-    )?;
+    type NsPick = fn(&nvme_target::metrics::NamespaceMetrics) -> [&AtomicU64; 2];
+    let families: [(&str, &str, NsPick); 2] = [
+        (
+            "namespace_bytes",
+            "Bytes read and written through a namespace.",
+            |n| [&n.bytes_read, &n.bytes_written],
+        ),
+        (
+            "namespace_ops",
+            "Read and write commands through a namespace.",
+            |n| [&n.reads, &n.writes],
+        ),
+    ];
+    for (name, help, pick) in families {
+        f.counter(
+            name,
+            help,
+            namespaces().flat_map(|(nqn, nsid, nm)| {
+                ["read", "write"]
+                    .into_iter()
+                    .zip(pick(nm))
+                    .map(move |(op, c)| {
+                        (
+                            labels([
+                                ("subsystem", nqn.clone()),
+                                ("nsid", nsid.clone()),
+                                ("op", op.to_owned()),
+                            ]),
+                            get(c),
+                        )
+                    })
+            }),
+        )?;
+    }
     Ok(())
 }

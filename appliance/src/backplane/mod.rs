@@ -6,6 +6,7 @@
 
 mod fd;
 mod metrics;
+mod pcie;
 mod volume;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use fd::FdDevice;
 pub use metrics::DeviceMetrics;
+pub use pcie::PcieDevice;
 pub use volume::{Volume, VolumeHandle};
 
 use crate::config::{Config, DeviceConfig};
@@ -157,5 +159,11 @@ fn open_device(config: &Config, dc: &DeviceConfig) -> io::Result<Arc<dyn Device>
             )?
             .with_read_rate(read_rate.map(|r| r.bytes())),
         ),
+        DeviceConfig::NvmePcie {
+            name,
+            controllers,
+            nsid,
+            queue_depth,
+        } => Arc::new(PcieDevice::open(name, controllers, *nsid, *queue_depth)?),
     })
 }

@@ -142,6 +142,13 @@ fn default_sync_timeout() -> u64 {
     2000
 }
 
+fn default_nsid() -> u32 {
+    1
+}
+fn default_pcie_depth() -> u16 {
+    64
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("baton-data")
 }
@@ -286,13 +293,29 @@ pub enum DeviceConfig {
         #[serde(default)]
         direct: bool,
     },
+    /// A namespace of an NVMe subsystem reached through PCIe controllers with the
+    /// user-space driver (VFIO): Baton controller i uses `controllers[i mod n]`, so each
+    /// reaches the shared namespace through its own PCIe controller.
+    NvmePcie {
+        /// Unique name volumes refer to.
+        name: String,
+        /// PCI addresses of the subsystem's controllers (e.g. `0000:00:04.0`), bound to
+        /// vfio-pci (`baton setup-pci`).
+        controllers: Vec<String>,
+        /// Namespace ID.
+        #[serde(default = "default_nsid")]
+        nsid: u32,
+        /// I/O queue entries per Baton controller.
+        #[serde(default = "default_pcie_depth")]
+        queue_depth: u16,
+    },
 }
 
 impl DeviceConfig {
     /// The device's name.
     pub fn name(&self) -> &str {
         match self {
-            Self::Ram { name, .. } | Self::File { name, .. } => name,
+            Self::Ram { name, .. } | Self::File { name, .. } | Self::NvmePcie { name, .. } => name,
         }
     }
 }
@@ -447,6 +470,22 @@ impl Config {
             .unwrap_or_else(|e| unreachable!("the embedded default is checked by a test: {e}"))
     }
 
+    /// PCI addresses of every nvme-pcie device's controllers.
+    pub fn pci_functions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                DeviceConfig::NvmePcie { controllers, .. } => Some(controllers.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Number of controller threads to run.
     pub fn controller_count(&self) -> usize {
         match self.controllers.count {
@@ -478,6 +517,26 @@ impl Config {
             let size = match dev {
                 DeviceConfig::Ram { size, .. } => Some(*size),
                 DeviceConfig::File { size, .. } => *size,
+                DeviceConfig::NvmePcie {
+                    controllers, nsid, ..
+                } => {
+                    if controllers.is_empty() {
+                        return Err((
+                            format!("devices[{i}].controllers"),
+                            "name at least one PCI address".into(),
+                        ));
+                    }
+                    if let Some(bad) = controllers.iter().find(|c| !is_bdf(c)) {
+                        return Err((
+                            format!("devices[{i}].controllers"),
+                            format!("`{bad}` is not a PCI address like 0000:00:04.0"),
+                        ));
+                    }
+                    if *nsid == 0 || *nsid == u32::MAX {
+                        return Err((format!("devices[{i}].nsid"), "not a namespace ID".into()));
+                    }
+                    None
+                }
             };
             if size.is_some_and(|s| s.bytes() == 0 || s.bytes() % 4096 != 0) {
                 return Err((
@@ -689,6 +748,18 @@ fn strip_prefix_and_location(message: &str) -> String {
 fn unknown_field(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("unknown field `")?;
     rest.split_once('`').map(|(field, _)| field)
+}
+
+/// `DDDD:BB:DD.F`.
+fn is_bdf(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
 }
 
 fn check_name(name: &str) -> Result<(), String> {

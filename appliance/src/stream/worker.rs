@@ -204,6 +204,19 @@ fn forward(shared: &Shared, plan: &Arc<super::Plan>, msg: StreamMsg) {
     let _ = shared.send(plan.controller(block), msg);
 }
 
+/// Sends the `DataRequest` for `block` to its controller.
+fn request(shared: &Shared, s: &Arc<super::Session>, block: u64, plan: &Arc<super::Plan>) {
+    forward(
+        shared,
+        plan,
+        StreamMsg::DataRequest(DataRequest {
+            session: Arc::clone(s),
+            block,
+            plan: Arc::clone(plan),
+        }),
+    );
+}
+
 fn on_data_request(state: &State, dr: DataRequest) {
     let shared = Arc::clone(&state.borrow().shared);
     let index = state.borrow().index;
@@ -219,15 +232,7 @@ fn on_data_request(state: &State, dr: DataRequest) {
     let next = dr.block + 1;
     if next < s.blocks {
         if next < s.sent.load(Ordering::Acquire) + s.window {
-            forward(
-                &shared,
-                &dr.plan,
-                StreamMsg::DataRequest(DataRequest {
-                    session: Arc::clone(s),
-                    block: next,
-                    plan: Arc::clone(&dr.plan),
-                }),
-            );
+            request(&shared, s, next, &dr.plan);
         } else {
             s.parked.store(next, Ordering::Release);
             // The baton may have moved between the check and the store.
@@ -236,15 +241,7 @@ fn on_data_request(state: &State, dr: DataRequest) {
                     .compare_exchange(next, NONE, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
             {
-                forward(
-                    &shared,
-                    &dr.plan,
-                    StreamMsg::DataRequest(DataRequest {
-                        session: Arc::clone(s),
-                        block: next,
-                        plan: Arc::clone(&dr.plan),
-                    }),
-                );
+                request(&shared, s, next, &dr.plan);
             }
         }
     }
@@ -382,15 +379,7 @@ async fn on_sync(state: State, mut sync: Sync) {
             .compare_exchange(p, NONE, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     {
-        forward(
-            &shared,
-            &sync.plan,
-            StreamMsg::DataRequest(DataRequest {
-                session: Arc::clone(&s),
-                block: p,
-                plan: Arc::clone(&sync.plan),
-            }),
-        );
+        request(&shared, &s, p, &sync.plan);
     }
     forward(
         &shared,

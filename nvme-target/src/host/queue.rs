@@ -295,13 +295,7 @@ impl Queue {
             let slot = &mut self.slots[usize::from(d.cid)];
             let mut finished = false;
             tokio::select! {
-                r = self.wr.write(self.out.pending()), if !self.out.is_empty() => {
-                    let n = r?;
-                    if n == 0 {
-                        return Err(HostError::Io(std::io::ErrorKind::WriteZero.into()));
-                    }
-                    self.out.consume(n);
-                }
+                r = self.wr.write(self.out.pending()), if !self.out.is_empty() => wrote(&mut self.out, r)?,
                 r = self.rd.read(&mut slot.read[d.pos..d.end]) => {
                     let n = r?;
                     if n == 0 {
@@ -323,13 +317,7 @@ impl Queue {
         }
         .max(64 * 1024);
         tokio::select! {
-            r = self.wr.write(self.out.pending()), if !self.out.is_empty() => {
-                let n = r?;
-                if n == 0 {
-                    return Err(HostError::Io(std::io::ErrorKind::WriteZero.into()));
-                }
-                self.out.consume(n);
-            }
+            r = self.wr.write(self.out.pending()), if !self.out.is_empty() => wrote(&mut self.out, r)?,
             r = self.rd.read(limit(self.inb.spare(need), if self.big_reads > 0 { SMALL_READ } else { usize::MAX })) => {
                 let n = r?;
                 if n == 0 {
@@ -546,6 +534,17 @@ impl Queue {
             _ => return Err(HostError::Protocol(format!("unexpected PDU type {t:#x}"))),
         }
         Ok(())
+    }
+}
+
+/// Accounts for a socket write of queued output.
+fn wrote(out: &mut OutBuf, r: std::io::Result<usize>) -> Result<(), HostError> {
+    match r? {
+        0 => Err(HostError::Io(std::io::ErrorKind::WriteZero.into())),
+        n => {
+            out.consume(n);
+            Ok(())
+        }
     }
 }
 
