@@ -117,6 +117,21 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Benchmark the user-space NVMe driver: 4 KiB random reads at a queue depth on one
+    /// PCIe function bound to vfio-pci.
+    BenchPcie {
+        /// PCI address.
+        device: String,
+        /// Namespace ID.
+        #[arg(long, default_value_t = 1)]
+        nsid: u32,
+        /// Commands in flight.
+        #[arg(long, default_value_t = 32)]
+        qd: u16,
+        /// Seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Act on a running appliance.
     Ctl {
         /// The appliance's admin address.
@@ -187,6 +202,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => baton::bench::run(args),
+        Command::BenchPcie {
+            device,
+            nsid,
+            qd,
+            seconds,
+        } => {
+            let dev = std::sync::Arc::new(ffi::vfio::VfioPci::open(&device)?);
+            let mut c = nvme_driver::Controller::new(dev)?;
+            let ns = c.namespace(nsid)?;
+            let mut q = c.create_io_queue_pair(qd.saturating_add(1).max(64))?;
+            let span = ns.blocks.min((64u64 << 20) / u64::from(ns.block_size));
+            let (ops, errors, t) =
+                q.randread_4k(&ns, qd, span, std::time::Duration::from_secs(seconds))?;
+            println!(
+                "user-space driver {device}: 4KiB random read QD {qd}: {:.0} IOPS ({errors} errors) over {:.1} s",
+                ops as f64 / t.as_secs_f64(),
+                t.as_secs_f64()
+            );
+            Ok(())
+        }
         Command::SetupPci {
             devices,
             reset,

@@ -216,6 +216,28 @@ impl<D: PciDevice> Controller<D> {
         })
     }
 
+    /// Deletes an I/O queue pair (SQ first, then its CQ).
+    pub fn delete_io_queue_pair(&mut self, qp: IoQueuePair<D>) -> Result<(), DriverError> {
+        let qid = u32::from(qp.qp.qid);
+        for opcode in [admin_opcode::DELETE_SQ, admin_opcode::DELETE_CQ] {
+            let mut sqe = Sqe::new_zeroed();
+            sqe.opcode = opcode;
+            sqe.cdw10.set(qid);
+            self.admin(sqe)?;
+        }
+        Ok(())
+    }
+
+    /// Recovers from a fatal status (CSTS.CFS) or a hung controller: resets the function and
+    /// brings the controller up again. Existing I/O queue pairs are gone afterwards and must
+    /// be created again.
+    pub fn reset(&mut self) -> Result<(), DriverError> {
+        self.dev.reset()?;
+        let fresh = Self::new(Arc::clone(&self.dev))?;
+        *self = fresh;
+        Ok(())
+    }
+
     /// Normal shutdown (CC.SHN = 01b, then wait for CSTS.SHST = complete).
     pub fn shutdown(&mut self) -> Result<(), DriverError> {
         let bar = self.dev.bar0();
@@ -281,6 +303,70 @@ impl<D: PciDevice> IoQueuePair<D> {
         self.qp
             .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
             .map(|_| ())
+    }
+
+    /// Benchmark: 4 KiB random reads over the first `span_blocks` blocks with `qd` commands in
+    /// flight for `duration`; returns (commands completed, errors, elapsed). Uses its own
+    /// DMA pages, one per command slot, so nothing is copied.
+    pub fn randread_4k(
+        &mut self,
+        ns: &NamespaceInfo,
+        qd: u16,
+        span_blocks: u64,
+        duration: Duration,
+    ) -> Result<(u64, u64, Duration), DriverError> {
+        let qd = qd.clamp(1, self.qp.depth - 1);
+        let bufs = self.dev.alloc_dma(usize::from(qd) * PAGE)?;
+        let per = (PAGE / ns.block_size as usize).max(1) as u64;
+        let slots = (span_blocks / per).max(1);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut slot_of = vec![0usize; usize::from(self.qp.depth)];
+        let bar = self.dev.bar0();
+        let submit = |qp: &mut QueuePair, slot_of: &mut Vec<usize>, slot: usize, x: &mut u64| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            let mut sqe = Sqe::new_zeroed();
+            sqe.opcode = io_opcode::READ;
+            sqe.nsid.set(ns.nsid);
+            sqe.set_lba_range((*x % slots) * per, u32::try_from(per).unwrap_or(8));
+            set_prp(&mut sqe, bufs.iova() + (slot * PAGE) as u64, 0);
+            let cid = qp.submit(bar, sqe);
+            slot_of[usize::from(cid)] = slot;
+        };
+        for slot in 0..usize::from(qd) {
+            submit(&mut self.qp, &mut slot_of, slot, &mut x);
+        }
+        let t = Instant::now();
+        let (mut done, mut errors) = (0u64, 0u64);
+        let mut last = Instant::now();
+        while t.elapsed() < duration {
+            match self.qp.poll(bar) {
+                Some(c) => {
+                    last = Instant::now();
+                    done += 1;
+                    if c.status_field() & 0x7ff != 0 {
+                        errors += 1;
+                    }
+                    let slot = slot_of[usize::from(c.cid.get()) % slot_of.len()];
+                    submit(&mut self.qp, &mut slot_of, slot, &mut x);
+                }
+                None if last.elapsed() > COMMAND_TIMEOUT => {
+                    return Err(DriverError::Timeout("benchmark completions"));
+                }
+                None => std::hint::spin_loop(),
+            }
+        }
+        let elapsed = t.elapsed();
+        // Drain what is in flight.
+        let mut left = u64::from(qd);
+        let drain = Instant::now();
+        while left > 0 && drain.elapsed() < COMMAND_TIMEOUT {
+            if self.qp.poll(bar).is_some() {
+                left -= 1;
+            }
+        }
+        Ok((done, errors, elapsed))
     }
 
     /// Reads `buf.len()` bytes at block `slba`.

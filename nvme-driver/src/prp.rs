@@ -48,3 +48,74 @@ pub(crate) fn build(
     }
     Ok((prp1, list.iova()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ffi::{DmaBacking, DmaRegion, VecBacking};
+
+    use super::*;
+
+    fn region(len: usize, iova: u64) -> DmaRegion {
+        let b: Arc<dyn DmaBacking> = Arc::new(VecBacking::new(len));
+        DmaRegion::new(b, 0, len, iova)
+    }
+
+    fn entry(list: &DmaRegion, i: usize) -> u64 {
+        let mut e = [0u8; 8];
+        list.read(i * 8, &mut e);
+        u64::from_le_bytes(e)
+    }
+
+    #[test]
+    fn one_page_needs_only_prp1() {
+        let data = region(64 * 1024, 0x10_0000);
+        let list = region(PAGE, 0x90_0000);
+        assert_eq!(build(&data, 0, PAGE, &list).unwrap(), (0x10_0000, 0));
+        assert_eq!(build(&data, 512, 512, &list).unwrap(), (0x10_0200, 0));
+    }
+
+    #[test]
+    fn two_pages_use_prp2_as_the_second_page() {
+        let data = region(64 * 1024, 0x10_0000);
+        let list = region(PAGE, 0x90_0000);
+        assert_eq!(
+            build(&data, 0, 2 * PAGE, &list).unwrap(),
+            (0x10_0000, 0x10_1000)
+        );
+        // Unaligned start: the first entry covers the rest of its page, PRP2 the next page.
+        assert_eq!(
+            build(&data, 3072, 2048, &list).unwrap(),
+            (0x10_0c00, 0x10_1000)
+        );
+    }
+
+    #[test]
+    fn longer_transfers_use_a_list_crossing_page_boundaries() {
+        let data = region(64 * 1024, 0x10_0000);
+        let list = region(PAGE, 0x90_0000);
+        let (p1, p2) = build(&data, 1024, 3 * PAGE, &list).unwrap();
+        assert_eq!((p1, p2), (0x10_0400, 0x90_0000));
+        assert_eq!(entry(&list, 0), 0x10_1000);
+        assert_eq!(entry(&list, 1), 0x10_2000);
+        assert_eq!(entry(&list, 2), 0x10_3000);
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let data = region(64 * 1024, 0x10_0000);
+        let list = region(PAGE, 0x90_0000);
+        assert!(build(&data, 2, 512, &list).is_err(), "not dword aligned");
+        assert!(build(&data, 0, 0, &list).is_err(), "empty");
+        assert!(
+            build(&data, 60 * 1024, 8192, &list).is_err(),
+            "past the buffer"
+        );
+        let small_list = region(8, 0x90_0000);
+        assert!(
+            build(&data, 0, 4 * PAGE, &small_list).is_err(),
+            "list too small"
+        );
+    }
+}

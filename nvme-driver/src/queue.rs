@@ -76,7 +76,15 @@ impl QueuePair {
         let opcode = sqe.opcode;
         let cid = self.submit(bar, sqe);
         let t = Instant::now();
+        let mut spins = 0u32;
         loop {
+            spins = spins.wrapping_add(1);
+            // A controller in fatal state never completes anything: notice it early.
+            if spins % 4096 == 0
+                && nvme_spec::regs::Csts(bar.read32(nvme_spec::regs::offset::CSTS as usize)).cfs()
+            {
+                return Err(DriverError::Fatal);
+            }
             if let Some(c) = self.poll(bar) {
                 if c.cid.get() != cid {
                     // One command in flight at a time on this path: anything else is stale.

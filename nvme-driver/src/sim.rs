@@ -42,6 +42,7 @@ struct State {
     cqs: HashMap<u16, SimQueue>,
     namespaces: Vec<Vec<u8>>,
     drop_completions: bool,
+    fatal: bool,
     commands: u64,
 }
 
@@ -70,6 +71,7 @@ impl SimNvme {
                 cqs: HashMap::new(),
                 namespaces: (0..namespaces).map(|_| vec![0; blocks * 512]).collect(),
                 drop_completions: false,
+                fatal: false,
                 commands: 0,
             })),
         }
@@ -84,6 +86,13 @@ impl SimNvme {
     /// Stops posting completions (to test timeouts).
     pub fn drop_completions(&self, on: bool) {
         self.lock().drop_completions = on;
+    }
+
+    /// Puts the controller in the fatal state (CSTS.CFS) until it is reset.
+    pub fn fail(&self) {
+        let mut s = self.lock();
+        s.fatal = true;
+        s.csts |= 2;
     }
 
     /// Commands processed so far.
@@ -231,6 +240,23 @@ impl State {
                 let n = (sqe.cdw11.get() & 0xffff).min(15);
                 (status::SUCCESS, n | (n << 16))
             }
+            admin_opcode::DELETE_SQ => {
+                let qid = (sqe.cdw10.get() & 0xffff) as u16;
+                match self.sqs.remove(&qid) {
+                    Some(_) if qid != 0 => (status::SUCCESS, 0),
+                    _ => (status::INVALID_QID | status::DNR, 0),
+                }
+            }
+            admin_opcode::DELETE_CQ => {
+                let qid = (sqe.cdw10.get() & 0xffff) as u16;
+                if self.sqs.values().any(|q| q.cqid == qid) {
+                    return (status::status(1, 0x0c) | status::DNR, 0);
+                }
+                match self.cqs.remove(&qid) {
+                    Some(_) if qid != 0 => (status::SUCCESS, 0),
+                    _ => (status::INVALID_QID | status::DNR, 0),
+                }
+            }
             admin_opcode::CREATE_CQ | admin_opcode::CREATE_SQ => {
                 let qid = (sqe.cdw10.get() & 0xffff) as u16;
                 let depth = (sqe.cdw10.get() >> 16) as u16 + 1;
@@ -315,6 +341,9 @@ impl State {
 
     /// Processes submissions up to `tail` on SQ `qid`.
     fn ring(&mut self, qid: u16, tail: u16) {
+        if self.fatal {
+            return;
+        }
         loop {
             let Some(sq) = self.sqs.get(&qid) else { return };
             if sq.head == tail % sq.depth.max(1) {
@@ -440,6 +469,7 @@ impl PciDevice for SimNvme {
 
     fn reset(&self) -> Result<(), ffi::Error> {
         let mut s = self.lock();
+        s.fatal = false;
         s.cc = 0;
         s.csts = 0;
         s.sqs.clear();

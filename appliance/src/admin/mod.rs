@@ -218,6 +218,18 @@ impl Admin {
             }),
         )?;
         f.gauge(
+            "device_queue_pairs",
+            "Hardware I/O queue pairs held on an nvme-pcie device (one per controller handle).",
+            devs.iter().filter_map(|d| {
+                d.device.queue_pairs().map(|n| {
+                    (
+                        labels([("device", d.device.name().to_owned())]),
+                        exporter::gauge_value(n),
+                    )
+                })
+            }),
+        )?;
+        f.gauge(
             "volume_capacity_bytes",
             "Capacity of a volume.",
             self.backplane.volumes().iter().map(|v| {

@@ -28,6 +28,10 @@ pub trait Device: Send + Sync + std::fmt::Debug {
     fn size(&self) -> u64;
     /// Opens a handle for the calling controller thread.
     fn open_handle(&self) -> io::Result<Box<dyn DeviceHandle>>;
+    /// Hardware queue pairs the device's handles hold (nvme-pcie), if it has any.
+    fn queue_pairs(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One controller thread's access to a device. Offsets and lengths are in bytes.

@@ -24,6 +24,7 @@ pub struct PcieDevice {
     bdfs: Vec<String>,
     controllers: Vec<Mutex<Option<Ctrl>>>,
     next: AtomicUsize,
+    queue_pairs: std::sync::atomic::AtomicU64,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -54,6 +55,7 @@ impl PcieDevice {
             bdfs: bdfs.to_vec(),
             controllers,
             next: AtomicUsize::new(0),
+            queue_pairs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -92,11 +94,16 @@ impl Device for PcieDevice {
         let ns = ctrl.namespace(self.nsid).map_err(io_err)?;
         let qp = ctrl.create_io_queue_pair(self.depth).map_err(io_err)?;
         let max = ctrl.max_transfer();
+        self.queue_pairs.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(PcieHandle {
             qp: RefCell::new(qp),
             ns,
             max,
         }))
+    }
+
+    fn queue_pairs(&self) -> Option<u64> {
+        Some(self.queue_pairs.load(Ordering::Relaxed))
     }
 }
 
