@@ -8,7 +8,7 @@ dev=$(ns_dev)
 c1=$(ctrl_on_port 4421)
 check controller-1-path sh -c "[ -n '$c1' ]"
 # Spread I/O over both paths so the dropped one has commands in flight.
-echo round-robin > "/sys/class/nvme-subsystem/$(basename "$(subsys_dir)")/iopolicy" 2>/dev/null
+check round-robin-iopolicy sh -c ". /lab/lib.sh; echo round-robin > \$(subsys_dir)/iopolicy"
 fio --eta=never --name=failover --filename="/dev/$dev" --ioengine=libaio --direct=1 --rw=randwrite --bs=64k \
   --size=48M --numjobs=2 --offset_increment=48M --iodepth=16 --verify=crc32c --do_verify=1 \
   --verify_fatal=1 --group_reporting --output=/tmp/fio-failover.txt &
