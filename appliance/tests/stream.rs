@@ -129,15 +129,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
+    baton_tests::pattern(len, seed)
 }
 
 fn sha(b: &[u8]) -> Vec<u8> {

@@ -88,6 +88,22 @@ impl DmaRegion {
         self.backing.write_u32(self.at(offset, 4), value);
     }
 
+    /// The `len` bytes at `offset` as a region of their own (same backing, IOVA moved by
+    /// `offset`), so one allocation can hold several queues and buffers.
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside this region (a layout bug of the caller).
+    pub fn sub(&self, offset: usize, len: usize) -> DmaRegion {
+        let start = self.at(offset, len);
+        Self {
+            iova: self.iova + offset as u64,
+            offset: start,
+            len,
+            backing: Arc::clone(&self.backing),
+        }
+    }
+
     /// Fills with zeroes.
     pub fn zero(&self) {
         let z = [0u8; 4096];
@@ -200,6 +216,8 @@ impl DmaBacking for HugePages {
     }
     fn read(&self, offset: usize, buf: &mut [u8]) {
         self.check(offset, buf.len());
+        // Order the copy after the volatile load that saw the device's completion.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         // SAFETY: in bounds (checked); the source is live mapped memory and the destination a
         // distinct Rust buffer, so the ranges do not overlap.
         unsafe {
@@ -220,6 +238,8 @@ impl DmaBacking for HugePages {
                 buf.len(),
             )
         }
+        // The copy must not sink below the volatile doorbell store that hands it to the device.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
     }
     fn read_u32(&self, offset: usize) -> u32 {
         self.check(offset, 4);
@@ -274,6 +294,15 @@ mod tests {
         assert_eq!(r.iova(), 0x10_0000);
         assert!(
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.read_u32(4094))).is_err()
+        );
+        let sub = r.sub(1024, 2048);
+        assert_eq!(sub.iova(), 0x10_0000 + 1024);
+        assert_eq!(sub.len(), 2048);
+        assert_eq!(sub.read_u32(4), 0);
+        sub.write_u32(0, 7);
+        assert_eq!(r.read_u32(1024), 7);
+        assert!(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.sub(4000, 200))).is_err()
         );
     }
 }

@@ -53,13 +53,74 @@ unsafe fn ioctl(fd: &File, n: u32, arg: nix::libc::c_ulong) -> std::io::Result<i
 #[derive(Debug)]
 pub struct VfioPci {
     bdf: String,
-    container: File,
-    _group: File,
+    vfio: Arc<Container>,
     device: File,
     bar0: MmioMapping,
     config_offset: u64,
     next_iova: Mutex<u64>,
-    mappings: Mutex<Vec<(Arc<HugePages>, u64)>>,
+}
+
+/// The container and its group. DMA mappings hold it: closing the group detaches the IOMMU
+/// domain, after which unmapping fails, so it lives until the last mapping is gone.
+#[derive(Debug)]
+struct Container {
+    fd: File,
+    _group: File,
+}
+
+/// Hugepages mapped into the container's IOMMU at `iova`; unmapped from the IOMMU when the
+/// last [`DmaRegion`] on them is dropped, before the pages themselves are released.
+#[derive(Debug)]
+struct IommuMapped {
+    pages: std::mem::ManuallyDrop<HugePages>,
+    iova: u64,
+    vfio: Arc<Container>,
+}
+
+impl DmaBacking for IommuMapped {
+    fn len(&self) -> usize {
+        self.pages.len()
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        self.pages.read(offset, buf);
+    }
+    fn write(&self, offset: usize, buf: &[u8]) {
+        self.pages.write(offset, buf);
+    }
+    fn read_u32(&self, offset: usize) -> u32 {
+        self.pages.read_u32(offset)
+    }
+    fn write_u32(&self, offset: usize, value: u32) {
+        self.pages.write_u32(offset, value);
+    }
+}
+
+impl Drop for IommuMapped {
+    fn drop(&mut self) {
+        let mut unmap = sys::vfio_iommu_type1_dma_unmap {
+            argsz: argsz::<sys::vfio_iommu_type1_dma_unmap>(),
+            iova: self.iova,
+            size: self.pages.len() as u64,
+            ..Default::default()
+        };
+        // SAFETY: a pointer to a live unmap request for the mapping this value made.
+        let r = unsafe {
+            ioctl(
+                &self.vfio.fd,
+                IOMMU_UNMAP_DMA,
+                &raw mut unmap as nix::libc::c_ulong,
+            )
+        };
+        match r {
+            // SAFETY: the IOMMU no longer maps the pages and this is the only drop of them.
+            Ok(_) => unsafe { std::mem::ManuallyDrop::drop(&mut self.pages) },
+            // The device may still reach the pages: keep them rather than free them.
+            Err(e) => tracing::error!(
+                iova = self.iova,
+                "VFIO_IOMMU_UNMAP_DMA failed, leaking the pages: {e}"
+            ),
+        }
+    }
 }
 
 /// The IOMMU group number of a PCI function, from sysfs.
@@ -235,13 +296,14 @@ impl VfioPci {
         let bar0 = unsafe { MmioMapping::new(base.cast(), len) };
         let dev = Self {
             bdf: bdf.to_owned(),
-            container,
-            _group: group,
+            vfio: Arc::new(Container {
+                fd: container,
+                _group: group,
+            }),
             device,
             bar0,
             config_offset: config.offset,
             next_iova: Mutex::new(1 << 32),
-            mappings: Mutex::new(Vec::new()),
         };
         dev.enable_bus_master()?;
         Ok(dev)
@@ -289,7 +351,7 @@ impl PciDevice for VfioPci {
     }
 
     fn alloc_dma(&self, len: usize) -> Result<DmaRegion, Error> {
-        let pages = Arc::new(HugePages::new(len.max(1))?);
+        let pages = HugePages::new(len.max(1))?;
         let size = pages.len() as u64;
         let iova = {
             let mut next = self
@@ -308,52 +370,26 @@ impl PciDevice for VfioPci {
             size,
         };
         // SAFETY: a pointer to a live vfio_iommu_type1_dma_map describing memory this
-        // process owns (the hugepages stay mapped until after the unmap in Drop).
+        // process owns (the hugepages stay mapped until IommuMapped has unmapped them).
         unsafe {
             ioctl(
-                &self.container,
+                &self.vfio.fd,
                 IOMMU_MAP_DMA,
                 &raw mut map as nix::libc::c_ulong,
             )
         }
         .map_err(Error::sys("VFIO_IOMMU_MAP_DMA"))?;
-        self.mappings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((Arc::clone(&pages), iova));
-        Ok(DmaRegion::new(pages, 0, len, iova))
+        let mapped = Arc::new(IommuMapped {
+            pages: std::mem::ManuallyDrop::new(pages),
+            iova,
+            vfio: Arc::clone(&self.vfio),
+        });
+        Ok(DmaRegion::new(mapped, 0, len, iova))
     }
 
     fn reset(&self) -> Result<(), Error> {
         // SAFETY: DEVICE_RESET takes no argument.
         unsafe { ioctl(&self.device, DEVICE_RESET, 0) }.map_err(Error::sys("VFIO_DEVICE_RESET"))?;
         self.enable_bus_master()
-    }
-}
-
-impl Drop for VfioPci {
-    fn drop(&mut self) {
-        let maps = std::mem::take(
-            &mut *self
-                .mappings
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        for (pages, iova) in maps {
-            let mut unmap = sys::vfio_iommu_type1_dma_unmap {
-                argsz: argsz::<sys::vfio_iommu_type1_dma_unmap>(),
-                iova,
-                size: pages.len() as u64,
-                ..Default::default()
-            };
-            // SAFETY: a pointer to a live unmap request for a mapping made above.
-            let _ = unsafe {
-                ioctl(
-                    &self.container,
-                    IOMMU_UNMAP_DMA,
-                    &raw mut unmap as nix::libc::c_ulong,
-                )
-            };
-        }
     }
 }

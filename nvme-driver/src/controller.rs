@@ -84,8 +84,10 @@ impl<D: PciDevice> Controller<D> {
         }
         wait(bar, timeout, "CSTS.RDY = 0", |c| !c.rdy())?;
         let depth = ADMIN_DEPTH.min(cap.mqes().saturating_add(1));
-        let sq = dev.alloc_dma(usize::from(depth) * 64)?;
-        let cq = dev.alloc_dma(usize::from(depth) * 16)?;
+        // One allocation (one hugepage) for both admin rings and the scratch pages.
+        let (sq_len, cq_len) = ring_lens(depth);
+        let mem = dev.alloc_dma(sq_len + cq_len + 2 * PAGE)?;
+        let (sq, cq) = (mem.sub(0, sq_len), mem.sub(sq_len, cq_len));
         sq.zero();
         cq.zero();
         let admin = QueuePair::new(0, depth, sq, cq, cap.dstrd());
@@ -95,7 +97,7 @@ impl<D: PciDevice> Controller<D> {
         bar.write64(0x30, admin.cq.iova()); // ACQ
         bar.write32(offset::CC as usize, Cc::build(true, 0, 0, 0, 6, 4).0);
         wait(bar, timeout, "CSTS.RDY = 1", Csts::rdy)?;
-        let scratch = dev.alloc_dma(2 * PAGE)?;
+        let scratch = mem.sub(sq_len + cq_len, 2 * PAGE);
         let mut c = Self {
             dev,
             admin,
@@ -188,8 +190,11 @@ impl<D: PciDevice> Controller<D> {
     pub fn create_io_queue_pair(&mut self, depth: u16) -> Result<IoQueuePair<D>, DriverError> {
         let depth = depth.clamp(2, self.cap.mqes().saturating_add(1));
         let qid = self.next_qid;
-        let sq = self.dev.alloc_dma(usize::from(depth) * 64)?;
-        let cq = self.dev.alloc_dma(usize::from(depth) * 16)?;
+        // One allocation for the rings, the PRP list page and the bounce buffer: hugepages
+        // are 2 MiB, so separate allocations would pin four of them per queue pair.
+        let (sq_len, cq_len) = ring_lens(depth);
+        let mem = self.dev.alloc_dma(sq_len + cq_len + PAGE + self.mdts)?;
+        let (sq, cq) = (mem.sub(0, sq_len), mem.sub(sq_len, cq_len));
         sq.zero();
         cq.zero();
         let mut c = Sqe::new_zeroed();
@@ -205,8 +210,8 @@ impl<D: PciDevice> Controller<D> {
         s.cdw11.set(1 | (u32::from(qid) << 16)); // contiguous, completions to CQ qid
         self.admin(s)?;
         self.next_qid += 1;
-        let bounce = self.dev.alloc_dma(self.mdts)?;
-        let list = self.dev.alloc_dma(PAGE)?;
+        let list = mem.sub(sq_len + cq_len, PAGE);
+        let bounce = mem.sub(sq_len + cq_len + PAGE, self.mdts);
         Ok(IoQueuePair {
             dev: Arc::clone(&self.dev),
             qp: QueuePair::new(qid, depth, sq, cq, self.cap.dstrd()),
@@ -247,6 +252,12 @@ impl<D: PciDevice> Controller<D> {
             c.shst() == Csts::SHST_COMPLETE
         })
     }
+}
+
+/// Page-aligned byte sizes of an SQ (64-byte entries) and a CQ (16-byte entries).
+fn ring_lens(depth: u16) -> (usize, usize) {
+    let page = |n: usize| n.div_ceil(PAGE) * PAGE;
+    (page(usize::from(depth) * 64), page(usize::from(depth) * 16))
 }
 
 fn set_prp(sqe: &mut Sqe, prp1: u64, prp2: u64) {
@@ -406,6 +417,11 @@ impl<D: PciDevice> IoQueuePair<D> {
         slba: u64,
         nlb: u32,
     ) -> Result<(), DriverError> {
+        if !(1..=65536).contains(&nlb) {
+            return Err(DriverError::Invalid(format!(
+                "Write Zeroes of {nlb} blocks: one command covers 1..=65536"
+            )));
+        }
         let mut sqe = Sqe::new_zeroed();
         sqe.opcode = io_opcode::WRITE_ZEROES;
         sqe.nsid.set(ns.nsid);
@@ -423,6 +439,11 @@ impl<D: PciDevice> IoQueuePair<D> {
     ) -> Result<(), DriverError> {
         if ranges.is_empty() || ranges.len() > 256 {
             return Err(DriverError::Invalid("1..=256 ranges".into()));
+        }
+        if ranges.iter().any(|&(_, nlb)| nlb == 0) {
+            return Err(DriverError::Invalid(
+                "a deallocate range of 0 blocks".into(),
+            ));
         }
         for (i, &(slba, nlb)) in ranges.iter().enumerate() {
             let mut r = DsmRange::new_zeroed();

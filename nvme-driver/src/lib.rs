@@ -41,6 +41,10 @@ pub enum DriverError {
     /// A request the driver refuses (alignment, size, range).
     #[error("{0}")]
     Invalid(String),
+    /// A command on this queue timed out earlier; its completion may still arrive, so the
+    /// queue is not used again (reset the controller and create a new queue pair).
+    #[error("queue {0} is unusable after a timed out command")]
+    QueueBroken(u16),
 }
 
 impl DriverError {

@@ -21,6 +21,7 @@ pub(crate) struct QueuePair {
     sq_doorbell: usize,
     cq_doorbell: usize,
     next_cid: u16,
+    broken: bool,
 }
 
 impl QueuePair {
@@ -37,6 +38,7 @@ impl QueuePair {
             sq_doorbell: 0x1000 + (2 * usize::from(qid)) * stride,
             cq_doorbell: 0x1000 + (2 * usize::from(qid) + 1) * stride,
             next_cid: 0,
+            broken: false,
         }
     }
 
@@ -73,6 +75,9 @@ impl QueuePair {
 
     /// Submits and polls until that command completes.
     pub fn run(&mut self, bar: &dyn Mmio, sqe: Sqe, timeout: Duration) -> Result<Cqe, DriverError> {
+        if self.broken {
+            return Err(DriverError::QueueBroken(self.qid));
+        }
         let opcode = sqe.opcode;
         let cid = self.submit(bar, sqe);
         let t = Instant::now();
@@ -96,6 +101,8 @@ impl QueuePair {
                 };
             }
             if t.elapsed() > timeout {
+                // The command may still complete later, with a CID a new command would reuse.
+                self.broken = true;
                 let csts = bar.read32(nvme_spec::regs::offset::CSTS as usize);
                 if nvme_spec::regs::Csts(csts).cfs() {
                     return Err(DriverError::Fatal);

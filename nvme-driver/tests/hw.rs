@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use baton_tests::pattern;
 use ffi::vfio::VfioPci;
 use nvme_driver::{Controller, DriverError};
 
@@ -13,18 +14,6 @@ fn device(var: &str) -> Arc<VfioPci> {
     let bdf = std::env::var(var)
         .unwrap_or_else(|_| panic!("set {var} to a PCI address bound to vfio-pci"));
     Arc::new(VfioPci::open(&bdf).unwrap_or_else(|e| panic!("{bdf}: {e}")))
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -39,7 +28,17 @@ fn hw_bring_up_identify_and_io_up_to_mdts() {
     let mut q = c.create_io_queue_pair(64).unwrap();
     let bs = ns.block_size as usize;
     // One block, exactly one page, two pages (PRP2), three pages (a PRP list), MDTS.
-    let mut sizes = vec![bs, 4096, 8192, 12288, 64 * 1024, c.max_transfer()];
+    let mut sizes = vec![
+        bs,
+        4096,
+        4096 + bs,
+        8192,
+        8192 + bs,
+        12288,
+        64 * 1024,
+        c.max_transfer() - bs,
+        c.max_transfer(),
+    ];
     sizes.dedup();
     for (i, len) in sizes.into_iter().enumerate() {
         let slba = (i as u64) * 4096;
@@ -94,4 +93,45 @@ fn hw_shared_namespace_written_by_a_read_by_b() {
     let mut back = vec![0u8; d.len()];
     qb.read(&ns, 50_000, &mut back).unwrap();
     assert!(back == d, "controller B sees what controller A wrote");
+}
+
+#[test]
+#[ignore = "needs NVMe controllers bound to vfio-pci (QEMU lab)"]
+fn hw_setup_gives_the_device_back_to_nvme_and_takes_it_again() {
+    let bdf = std::env::var("BATON_NVME_PCI")
+        .unwrap_or_else(|_| panic!("set BATON_NVME_PCI to a PCI address bound to vfio-pci"));
+    assert!(ffi::setup::nvme_functions().contains(&bdf));
+    ffi::setup::reset(std::slice::from_ref(&bdf)).unwrap();
+    assert_eq!(ffi::vfio::bound_driver(&bdf).as_deref(), Some("nvme"));
+    assert!(
+        VfioPci::open(&bdf).is_err(),
+        "a device on the kernel driver cannot be opened"
+    );
+    ffi::setup::setup(std::slice::from_ref(&bdf), 64).unwrap();
+    assert_eq!(ffi::vfio::bound_driver(&bdf).as_deref(), Some("vfio-pci"));
+    let mut c = Controller::new(device("BATON_NVME_PCI")).unwrap();
+    assert!(c.namespace(1).unwrap().blocks > 0);
+    c.shutdown().unwrap();
+}
+
+#[test]
+#[ignore = "needs NVMe controllers bound to vfio-pci (QEMU lab)"]
+fn hw_dma_memory_is_returned_when_dropped() {
+    use ffi::PciDevice;
+    let dev = device("BATON_NVME_PCI");
+    // Far more 2 MiB allocations than the lab reserves hugepages (64): each must be unmapped
+    // from the IOMMU and released when its last region goes.
+    for i in 0..300u64 {
+        let r = dev
+            .alloc_dma(ffi::dma::HUGEPAGE)
+            .unwrap_or_else(|e| panic!("allocation {i}: {e}"));
+        r.write_u32(0, 0xdead_beef);
+        assert_eq!(r.read_u32(0), 0xdead_beef);
+    }
+    // And a controller still works on the same function afterwards.
+    let mut c = Controller::new(dev).unwrap();
+    let ns = c.namespace(1).unwrap();
+    let mut q = c.create_io_queue_pair(8).unwrap();
+    let mut b = vec![0u8; ns.block_size as usize];
+    q.read(&ns, 0, &mut b).unwrap();
 }

@@ -5,20 +5,9 @@
 
 use std::sync::Arc;
 
+use baton_tests::pattern;
 use nvme_driver::sim::SimNvme;
 use nvme_driver::{Controller, DriverError};
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn bring_up(mdts: u8) -> (Arc<SimNvme>, Controller<SimNvme>) {
     let dev = Arc::new(SimNvme::new(2, 8192, mdts));
@@ -119,6 +108,19 @@ fn errors_carry_the_nvme_status() {
         q.deallocate(&ns, &[(8192, 1)]),
         Err(DriverError::Status { sc: 0x80, .. })
     ));
+    // NLB is 16 bits: more than 65536 blocks must be refused, not silently truncated.
+    assert!(matches!(
+        q.write_zeroes(&ns, 0, 65537),
+        Err(DriverError::Invalid(_))
+    ));
+    assert!(matches!(
+        q.write_zeroes(&ns, 0, 0),
+        Err(DriverError::Invalid(_))
+    ));
+    assert!(matches!(
+        q.deallocate(&ns, &[(0, 0)]),
+        Err(DriverError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -131,6 +133,7 @@ fn a_silent_controller_times_out_and_shutdown_completes() {
     assert!(matches!(q.flush(&ns), Err(DriverError::Timeout(_))));
     assert!(t.elapsed() >= std::time::Duration::from_secs(5));
     dev.drop_completions(false);
+    assert!(matches!(q.flush(&ns), Err(DriverError::QueueBroken(1))));
     c.shutdown().unwrap();
 }
 

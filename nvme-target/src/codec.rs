@@ -213,13 +213,15 @@ pub fn put_data_pdu<'a>(
     data_len: usize,
 ) -> &'a mut [u8] {
     put_header(out, hdr, dg);
-    let region = out.append(data_len + dg.dd());
+    // A PDU without data carries no data digest either.
+    let dd = if data_len == 0 { 0 } else { dg.dd() };
+    let region = out.append(data_len + dd);
     &mut region[..data_len]
 }
 
 /// Adds the data digest over the last `data_len` bytes before the digest slot.
 pub fn seal_data(out: &mut OutBuf, dg: Digests, data_len: usize) {
-    if !dg.data {
+    if !dg.data || data_len == 0 {
         return;
     }
     let p = out.pending();
