@@ -8,7 +8,8 @@ mkdir -p "$CACHE_DIR" "$OUT_DIR"
 lab_log() { printf '[lab] %s\n' "$*" >&2; }
 
 # Debian packages the lab needs on the build host.
-LAB_PACKAGES=(qemu-system-x86 busybox-static cpio kmod nvme-cli fio xz-utils util-linux)
+LAB_PACKAGES=(qemu-system-x86 busybox-static cpio kmod nvme-cli fio xz-utils util-linux gzip
+  binutils)
 
 lab_need_packages() {
   local missing=()

@@ -5,13 +5,13 @@ SCENARIO=$(basename "$0" .sh)
 # check NAME COMMAND...: runs the command, prints LAB-CHECK SCENARIO/NAME PASS|FAIL.
 # The command runs in this shell (not a subshell), so it may set variables (BATON_PID).
 check() {
-  name=$1
+  local check_name=$1
   shift
   if "$@" > /tmp/check.out 2>&1; then
-    echo "LAB-CHECK $SCENARIO/$name PASS"
+    echo "LAB-CHECK $SCENARIO/$check_name PASS"
     return 0
   fi
-  echo "LAB-CHECK $SCENARIO/$name FAIL $(tail -n 6 /tmp/check.out | tr '\n' '|' | cut -c1-600)"
+  echo "LAB-CHECK $SCENARIO/$check_name FAIL $(tail -n 12 /tmp/check.out | tr '\n' '|' | cut -c1-1200)"
   return 1
 }
 
@@ -80,13 +80,53 @@ wait_for() {
 }
 
 paths_are() { [ "$(live_paths "$2")" = "$1" ]; }
+paths_below() { [ "$(live_paths "$2")" -lt "$1" ]; }
+
+# Fabrics controllers (e.g. nvme3) of NQN $1, one a line.
+ctrls() {
+  s=$(subsys_dir "$1") || return 1
+  for p in "$s"/nvme*; do
+    case $(basename "$p") in nvme*n[0-9]*) continue ;; esac
+    basename "$p"
+  done
+}
+
+# The fabrics controller of NQN $2 connected to TCP port $1 (from its address attribute).
+ctrl_on_port() {
+  for c in $(ctrls "$2"); do
+    grep -Eq "trsvcid=$1(,|\$)" "/sys/class/nvme/$c/address" && { echo "$c"; return 0; }
+  done
+  return 1
+}
+
+# PCIe functions of the emulated backplane bound to driver $1 (nvme or vfio-pci), one a line.
+pci_nvme_functions() {
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/class")" = 0x010802 ] || continue
+    [ "$(basename "$(readlink "$d/driver" 2> /dev/null)")" = "$1" ] && basename "$d"
+  done
+}
+
+# bind_driver BDF DRIVER: moves one PCIe function to another driver (nvme or vfio-pci).
+bind_driver() {
+  d=/sys/bus/pci/devices/$1
+  [ -e "$d/driver" ] && echo "$1" > "$d/driver/unbind"
+  echo "$2" > "$d/driver_override" && echo "$1" > /sys/bus/pci/drivers_probe &&
+    echo > "$d/driver_override" &&
+    [ "$(basename "$(readlink "$d/driver")")" = "$2" ]
+}
+
+# The /dev/vfio/N node of a function bound to vfio-pci.
+vfio_node() { echo "/dev/vfio/$(basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")")"; }
 
 # fio_verify NAME DEVICE BS [extra fio args]: randwrite then verify (crc32c), 2 jobs, QD 32.
 fio_verify() {
-  fio --name="$1" --filename="/dev/$2" --ioengine=libaio --direct=1 --rw=randwrite --bs="$3" \
-    --size=16M --offset_increment=16M --numjobs=2 --iodepth=32 --verify=crc32c \
-    --do_verify=1 --verify_fatal=1 --group_reporting --output=/tmp/fio-"$1".txt
+  local name=$1 dev=$2 bs=$3
+  shift 3
+  fio --eta=never --name="$name" --filename="/dev/$dev" --ioengine=libaio --direct=1 \
+    --rw=randwrite --bs="$bs" --size=16M --offset_increment=16M --numjobs=2 --iodepth=32 \
+    --verify=crc32c --do_verify=1 --verify_fatal=1 --group_reporting \
+    --output=/tmp/fio-"$name".txt "$@"
   rc=$?
-  [ $rc -eq 0 ] || tail -n 20 /tmp/fio-"$1".txt
-  return $rc
+  [ $rc -eq 0 ] && grep -q 'err= 0' /tmp/fio-"$name".txt || { tail -n 20 /tmp/fio-"$name".txt; return 1; }
 }

@@ -14,6 +14,6 @@ check reset-pci baton setup-pci --reset "$A" "$B"
 BP=nqn.2019-08.org.qemu:baton-backplane
 check kernel-namespace wait_for 20 ns_dev $BP
 dev=$(ns_dev $BP)
-fio --name=k --filename="/dev/$dev" --ioengine=libaio --direct=1 --rw=randread --bs=4k --iodepth=32 \
+fio --eta=never --name=k --filename="/dev/$dev" --ioengine=libaio --direct=1 --rw=randread --bs=4k --iodepth=32 \
   --size=64M --time_based --runtime="$SECS" --minimal > /tmp/kfio.txt 2>&1
 echo "LAB-RESULT pcie kernel iops=$(awk -F';' '{print $8}' /tmp/kfio.txt)"

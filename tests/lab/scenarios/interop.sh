@@ -11,13 +11,14 @@ check one-namespace sh -c ". /lab/lib.sh; s=\$(subsys_dir) && [ \$(ls -d \$s/nvm
 dev=$(ns_dev)
 ctrl=$(basename "$(ls -d "$(subsys_dir)"/nvme* | grep -v 'n[0-9]*$' | head -1)")
 nvme list-subsys > /tmp/list-subsys.txt 2>&1
-check list-subsys-two-paths sh -c "grep -c 'tcp traddr=127.0.0.1' /tmp/list-subsys.txt | grep -qx 2 || { cat /tmp/list-subsys.txt; false; }"
+check list-subsys-two-live-paths sh -c "grep -c 'tcp traddr=127.0.0.1,trsvcid=442[01].* live' /tmp/list-subsys.txt | grep -qx 2 || { cat /tmp/list-subsys.txt; false; }"
 nvme id-ctrl "/dev/$ctrl" > /tmp/id-ctrl.txt 2>&1
 idc() { grep -Eq "$1" /tmp/id-ctrl.txt || { echo "id-ctrl: no line matching $1"; grep -E "^${1%% *}" /tmp/id-ctrl.txt; false; }; }
 check id-ctrl-cmic-multi-controller idc '^cmic +: 0x2'
 check id-ctrl-mdts idc '^mdts +: 8$'
 check id-ctrl-subnqn idc "^subnqn +: $NQN"
 check id-ctrl-cntlid-nonzero idc '^cntlid +: 0x[1-9a-f]'
+check cntlid-differs-per-path sh -c ". /lab/lib.sh; ids=\$(for c in \$(ctrls); do cat /sys/class/nvme/\$c/cntlid; done | sort -u | wc -l); [ \$ids = 2 ]"
 check id-ctrl-kas idc '^kas +: (0x)?[1-9]'
 check id-ctrl-sgls idc '^sgls +: 0x100001'
 nvme id-ns "/dev/$dev" > /tmp/id-ns.txt 2>&1
@@ -36,17 +37,23 @@ check write-zeroes sh -c "dd if=/tmp/pattern of=/dev/$dev bs=1M count=1 seek=21 
   dd if=/dev/$dev bs=1M count=1 skip=21 iflag=direct 2>/dev/null | cmp -s - /dev/zero -n 1048576"
 check untouched-data-intact sh -c "dd if=/tmp/pattern of=/dev/$dev bs=1M count=1 seek=22 oflag=direct 2>/dev/null &&
   dd if=/dev/$dev bs=1M count=1 skip=22 iflag=direct 2>/dev/null | cmp -s - /tmp/pattern"
+# Disconnect: the host shuts each controller down (CC.SHN) and waits for CSTS.SHST, up to
+# seconds if the target never reports completion. Under TCG on a busy host, merely starting
+# nvme-cli (dozens of libraries) can take a good part of a second, so that start-up time,
+# measured just before, is taken off.
 t0=$(now_ms)
-check disconnect nvme disconnect -n $NQN
+nvme version > /dev/null
 t1=$(now_ms)
-echo "LAB-RESULT interop disconnect_ms=$((t1 - t0))"
-check disconnect-under-1s [ $((t1 - t0)) -lt 1000 ]
+check disconnect nvme disconnect -n $NQN
+t2=$(now_ms)
+echo "LAB-RESULT interop disconnect_ms=$((t2 - t1)) nvme_cli_start_ms=$((t1 - t0))"
+check disconnect-under-1s [ $((t2 - t1 - (t1 - t0))) -lt 1000 ]
 # Digests on both paths.
 check connect-digests sh -c "nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $NQN --hdr-digest --data-digest &&
   nvme connect -t tcp -a 127.0.0.1 -s 4421 -n $NQN --hdr-digest --data-digest"
 check digest-paths-live wait_for 15 paths_are 2
 dev=$(ns_dev)
-for bs in 4k 1m; do
+for bs in 4k 64k 1m; do
   check fio-verify-digests-$bs fio_verify digest-$bs "$dev" $bs
 done
 check disconnect-digests nvme disconnect -n $NQN
