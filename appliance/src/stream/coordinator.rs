@@ -230,13 +230,20 @@ async fn control_conn(coord: CoordRef, s: TcpStream) {
     }
 }
 
+/// The HTTP-like code and message of a store error.
+fn store_code(e: &StoreError) -> (u16, String) {
+    let code = match e {
+        StoreError::NotFound(_) => 404,
+        StoreError::BadName(_) => 400,
+        StoreError::Full(_) => 507,
+        _ => 500,
+    };
+    (code, e.to_string())
+}
+
 fn store_error(e: &StoreError) -> Reply {
-    match e {
-        StoreError::NotFound(_) => error(404, e.to_string()),
-        StoreError::BadName(_) => error(400, e.to_string()),
-        StoreError::Full(_) => error(507, e.to_string()),
-        _ => error(500, e.to_string()),
-    }
+    let (code, message) = store_code(e);
+    error(code, message)
 }
 
 async fn put(
@@ -317,6 +324,7 @@ impl Coord {
     }
 
     /// Builds a session over `controllers` for `length` bytes of `name` from `offset`.
+    /// Refusals (unknown content, bad range, no capacity) are counted here.
     pub(super) fn new_session(
         &self,
         name: &str,
@@ -325,11 +333,26 @@ impl Coord {
         rate: Option<u64>,
         delivery: Delivery,
     ) -> Result<(Arc<Session>, Arc<Plan>), (u16, String)> {
+        let r = self.admit_session(name, offset, length, rate, delivery);
+        if r.is_err() {
+            self.shared
+                .metrics
+                .sessions_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn admit_session(
+        &self,
+        name: &str,
+        offset: u64,
+        length: Option<u64>,
+        rate: Option<u64>,
+        delivery: Delivery,
+    ) -> Result<(Arc<Session>, Arc<Plan>), (u16, String)> {
         let store = self.store.borrow();
-        let item = store.get(name).map_err(|e| match store_error(&e) {
-            Reply::Error { code, message } => (code, message),
-            _ => (500, e.to_string()),
-        })?;
+        let item = store.get(name).map_err(|e| store_code(&e))?;
         let size = item.size;
         let length = length.unwrap_or(size.saturating_sub(offset));
         if offset > size || offset.checked_add(length).is_none_or(|e| e > size) {
@@ -507,11 +530,6 @@ async fn open(
     let (s, mut plan) = match coord.new_session(name, offset, length, rate, Delivery::Framed) {
         Ok(x) => x,
         Err((code, message)) => {
-            coord
-                .shared
-                .metrics
-                .sessions_refused
-                .fetch_add(1, Ordering::Relaxed);
             let _ = send(wr, &error(code, message)).await;
             return;
         }

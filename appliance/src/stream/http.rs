@@ -2,8 +2,6 @@
 //! answers the headers; the client's socket then travels with the baton from controller to
 //! controller, each writing its own block straight to the client.
 
-use std::sync::atomic::Ordering;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -166,11 +164,6 @@ async fn request(coord: CoordRef, mut s: TcpStream) {
     {
         Ok(x) => x,
         Err((code, message)) => {
-            coord
-                .shared
-                .metrics
-                .sessions_refused
-                .fetch_add(1, Ordering::Relaxed);
             let status = if code == 503 {
                 "503 Service Unavailable"
             } else {
