@@ -333,7 +333,74 @@ impl Coord {
         rate: Option<u64>,
         delivery: Delivery,
     ) -> Result<(Arc<Session>, Arc<Plan>), (u16, String)> {
-        let r = self.admit_session(name, offset, length, rate, delivery);
+        let r = (|| -> Result<(Arc<Session>, Arc<Plan>), (u16, String)> {
+            let store = self.store.borrow();
+            let item = store.get(name).map_err(|e| store_code(&e))?;
+            let size = item.size;
+            let length = length.unwrap_or(size.saturating_sub(offset));
+            if offset > size || offset.checked_add(length).is_none_or(|e| e > size) {
+                return Err((
+                    416,
+                    format!("range {offset}+{length} is outside {name} ({size} bytes)"),
+                ));
+            }
+            let Some(controllers) = self.admit() else {
+                return Err((503, "every controller is at its send budget".into()));
+            };
+            let bs = store.block_size();
+            let first_block = offset / bs;
+            let blocks = if length == 0 {
+                0
+            } else {
+                (offset + length - 1) / bs - first_block + 1
+            };
+            let id = self.next_id.get();
+            self.next_id.set(id.wrapping_add(1));
+            let secret = secret().map_err(|e| (500, format!("no randomness: {e}")))?;
+            let session = Arc::new(Session {
+                id,
+                secret,
+                delivery,
+                base: store.block_offset(item.first_block),
+                start: offset,
+                length,
+                block_size: bs,
+                first_block,
+                blocks,
+                rate,
+                // A paced stream needs little read-ahead: two blocks keep the baton fed and halve
+                // the buffers each of thousands of sessions holds.
+                window: if rate.is_some() {
+                    u64::from(self.shared.cfg.window).min(2)
+                } else {
+                    u64::from(self.shared.cfg.window)
+                },
+                created: Instant::now(),
+                t0: std::sync::Mutex::new(None),
+                epoch: AtomicU32::new(1),
+                sent: AtomicU64::new(0),
+                parked: AtomicU64::new(NONE),
+                attached: AtomicUsize::new(0),
+                finished: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
+                name: name.to_owned(),
+                controllers: std::sync::Mutex::new(controllers.clone()),
+            });
+            let plan = Arc::new(Plan {
+                epoch: 1,
+                from_block: 0,
+                controllers,
+            });
+            self.shared
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id, Arc::clone(&session));
+            let m = &self.shared.metrics;
+            m.sessions_opened.fetch_add(1, Ordering::Relaxed);
+            m.sessions_active.fetch_add(1, Ordering::Relaxed);
+            Ok((session, plan))
+        })();
         if r.is_err() {
             self.shared
                 .metrics
@@ -341,82 +408,6 @@ impl Coord {
                 .fetch_add(1, Ordering::Relaxed);
         }
         r
-    }
-
-    fn admit_session(
-        &self,
-        name: &str,
-        offset: u64,
-        length: Option<u64>,
-        rate: Option<u64>,
-        delivery: Delivery,
-    ) -> Result<(Arc<Session>, Arc<Plan>), (u16, String)> {
-        let store = self.store.borrow();
-        let item = store.get(name).map_err(|e| store_code(&e))?;
-        let size = item.size;
-        let length = length.unwrap_or(size.saturating_sub(offset));
-        if offset > size || offset.checked_add(length).is_none_or(|e| e > size) {
-            return Err((
-                416,
-                format!("range {offset}+{length} is outside {name} ({size} bytes)"),
-            ));
-        }
-        let Some(controllers) = self.admit() else {
-            return Err((503, "every controller is at its send budget".into()));
-        };
-        let bs = store.block_size();
-        let first_block = offset / bs;
-        let blocks = if length == 0 {
-            0
-        } else {
-            (offset + length - 1) / bs - first_block + 1
-        };
-        let id = self.next_id.get();
-        self.next_id.set(id.wrapping_add(1));
-        let secret = secret().map_err(|e| (500, format!("no randomness: {e}")))?;
-        let session = Arc::new(Session {
-            id,
-            secret,
-            delivery,
-            base: store.block_offset(item.first_block),
-            start: offset,
-            length,
-            block_size: bs,
-            first_block,
-            blocks,
-            rate,
-            // A paced stream needs little read-ahead: two blocks keep the baton fed and halve
-            // the buffers each of thousands of sessions holds.
-            window: if rate.is_some() {
-                u64::from(self.shared.cfg.window).min(2)
-            } else {
-                u64::from(self.shared.cfg.window)
-            },
-            created: Instant::now(),
-            t0: std::sync::Mutex::new(None),
-            epoch: AtomicU32::new(1),
-            sent: AtomicU64::new(0),
-            parked: AtomicU64::new(NONE),
-            attached: AtomicUsize::new(0),
-            finished: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            name: name.to_owned(),
-            controllers: std::sync::Mutex::new(controllers.clone()),
-        });
-        let plan = Arc::new(Plan {
-            epoch: 1,
-            from_block: 0,
-            controllers,
-        });
-        self.shared
-            .sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, Arc::clone(&session));
-        let m = &self.shared.metrics;
-        m.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        m.sessions_active.fetch_add(1, Ordering::Relaxed);
-        Ok((session, plan))
     }
 
     /// Sends the first DataRequest (the controllers pass it on up to the window) and the
