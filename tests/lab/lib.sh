@@ -11,17 +11,7 @@ lab_log() { printf '[lab] %s\n' "$*" >&2; }
 LAB_PACKAGES=(qemu-system-x86 busybox-static cpio kmod nvme-cli fio xz-utils util-linux gzip
   binutils)
 
-lab_need_packages() {
-  local missing=()
-  for p in "${LAB_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  lab_log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+lab_need_packages() { "$REPO_DIR/tests/install-packages" "${LAB_PACKAGES[@]}"; }
 
 # Newest Debian 6.12 kernel package name and version.
 lab_kernel_package() {
