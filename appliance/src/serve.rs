@@ -52,6 +52,7 @@ pub struct Appliance {
     controllers: Controllers,
     admin: Arc<Admin>,
     admin_thread: Option<std::thread::JoinHandle<()>>,
+    budget: listener::Budget,
     shutdown: watch::Sender<bool>,
 }
 
@@ -59,6 +60,7 @@ impl Appliance {
     /// Opens the backplane and starts every configured service.
     pub fn start(config: Config) -> Result<Self, ServeError> {
         let config = Arc::new(config);
+        let budget = descriptor_budget(&config)?;
         let backplane = Arc::new(Backplane::open(&config)?);
         let controllers = Controllers::start(config.controller_count(), config.controllers.pin)
             .map_err(io_err("starting controller threads"))?;
@@ -80,7 +82,13 @@ impl Appliance {
             controllers.handles().to_vec(),
         ));
         let admin_thread = match config.admin.address {
-            Some(addr) => Some(start_admin(addr, Arc::clone(&admin), shutdown.subscribe())?),
+            Some(addr) => Some(start_admin(
+                addr,
+                Arc::clone(&admin),
+                config.limits.admin(),
+                budget.clone(),
+                shutdown.subscribe(),
+            )?),
             None => None,
         };
         info!(
@@ -97,6 +105,7 @@ impl Appliance {
             controllers,
             admin,
             admin_thread,
+            budget,
             shutdown,
         })
     }
@@ -119,6 +128,11 @@ impl Appliance {
     /// The stream service, if configured.
     pub fn stream(&self) -> Option<&Arc<crate::stream::StreamService>> {
         self.stream.as_ref()
+    }
+
+    /// The descriptor budget every listener's connections share.
+    pub fn budget(&self) -> &listener::Budget {
+        &self.budget
     }
 
     /// The backplane.
@@ -167,9 +181,34 @@ fn wait_for_signal() -> io::Result<()> {
     })
 }
 
+/// Raises the descriptor limit and sizes the budget all listeners' connections share.
+fn descriptor_budget(config: &Config) -> Result<listener::Budget, ServeError> {
+    let nofile =
+        listener::raise_descriptor_limit().map_err(io_err("reading the descriptor limit"))?;
+    let budget = listener::Budget::for_descriptor_limit(nofile, config.limits.reserved_descriptors);
+    if budget.capacity() < 16 {
+        return Err(ServeError::Io {
+            what: format!(
+                "the descriptor limit ({nofile}) leaves fewer than 16 connections after \
+                 limits.reserved_descriptors ({})",
+                config.limits.reserved_descriptors
+            ),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    }
+    info!(
+        descriptors = nofile,
+        connections = budget.capacity(),
+        "descriptor budget"
+    );
+    Ok(budget)
+}
+
 fn start_admin(
     addr: std::net::SocketAddr,
     admin: Arc<Admin>,
+    limits: listener::Limits,
+    budget: listener::Budget,
     shutdown: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     let what = || format!("admin endpoint on {addr}");
@@ -185,7 +224,10 @@ fn start_admin(
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
-                        crate::admin::http::serve(l, Arc::new(AdminRouter(admin)), shutdown).await
+                        let l = listener::Listener::new(l, "admin", limits.max_connections, budget)
+                            .with_refusal(crate::admin::http::BUSY);
+                        let router = Arc::new(AdminRouter(admin));
+                        crate::admin::http::serve(l, router, limits, shutdown).await
                     }
                     Err(e) => tracing::error!(error = %e, "admin listener"),
                 }

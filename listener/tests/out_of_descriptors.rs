@@ -1,6 +1,7 @@
 //! The accept loop out of descriptors: peers are refused through the reserve and the loop
 //! backs off instead of spinning. Its own test binary, because it lowers the process's
 //! descriptor limit.
+#![allow(clippy::tests_outside_test_module)]
 
 use std::fs::File;
 use std::time::Duration;

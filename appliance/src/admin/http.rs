@@ -13,9 +13,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// A response body.
 pub type Body = Full<Bytes>;
@@ -58,27 +57,28 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true.
+/// The answer to a connection over the admin API's connection limit.
+pub const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
+
+/// Serves `router` on `listener` until `shutdown` turns true. A request head must arrive
+/// within the handshake timeout; a connection idle between requests is closed after the idle
+/// timeout.
 pub async fn serve<R: Router>(
-    listener: TcpListener,
+    mut listener: listener::Listener,
     router: Arc<R>,
+    limits: listener::Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let conn = tokio::select! {
+            c = listener.accept() => c,
             _ = shutdown.changed() => return,
         };
         let router = Arc::clone(&router);
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let listener::Admitted { stream, peer, slot } = conn;
             let service = service_fn(move |req: Request<Incoming>| {
                 let router = Arc::clone(&router);
                 async move {
@@ -88,14 +88,24 @@ pub async fn serve<R: Router>(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.handshake_timeout)
+                .max_buf_size(64 << 10)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
+            // Past the whole-connection deadline a connection is closed even if it keeps
+            // dribbling requests (the admin API has short requests only).
+            let deadline = tokio::time::sleep(limits.idle_timeout);
+            tokio::pin!(deadline);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r {
                     debug!(%peer, error = %e, "admin connection ended");
                 },
                 _ = conn_shutdown.changed() => conn.as_mut().graceful_shutdown(),
+                () = &mut deadline => debug!(%peer, "admin connection closed at its deadline"),
             }
+            drop(slot);
         });
     }
 }

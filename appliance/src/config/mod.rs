@@ -3,6 +3,7 @@
 //! Parsing uses `serde_norway` (a maintained fork of `serde_yaml` with the same API) through
 //! `serde_path_to_error`, so every error names the key path; unknown keys are errors.
 
+mod limits;
 mod locate;
 mod size;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use limits::LimitsConfig;
 use locate::LineIndex;
 pub use size::ByteSize;
 
@@ -75,6 +77,9 @@ pub struct Config {
     /// Stream service (absent: off).
     #[serde(default)]
     pub stream: Option<StreamConfig>,
+    /// Connection limits and timeouts of every listener.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Logging.
     #[serde(default)]
     pub logging: LoggingConfig,
@@ -426,7 +431,10 @@ impl Config {
             let inner = err.into_inner();
             let message = strip_prefix_and_location(&inner.to_string());
             // Point an unknown key at its own line, not its parent's.
-            if let Some(field) = unknown_field(&message) {
+            // (In a flow mapping the path already ends with the key.)
+            if let Some(field) =
+                unknown_field(&message).filter(|f| path != *f && !path.ends_with(&format!(".{f}")))
+            {
                 path = if path.is_empty() || path == "." {
                     field.to_owned()
                 } else {
@@ -627,29 +635,14 @@ impl Config {
             }
         }
         let nvme = &self.nvme_tcp;
-        let mt = nvme.max_transfer.bytes();
-        if mt < 4096 || !mt.is_power_of_two() || mt > (4096 << 15) {
-            return Err((
-                "nvme_tcp.max_transfer".into(),
-                "max_transfer must be a power of two between 4KiB and 128MiB".into(),
-            ));
-        }
-        let h2c = nvme.max_h2c_data.bytes();
-        if h2c < 4096 || h2c % 4 != 0 || h2c > (16 << 20) {
-            return Err((
-                "nvme_tcp.max_h2c_data".into(),
-                "max_h2c_data must be a multiple of 4 between 4KiB and 16MiB".into(),
-            ));
-        }
-        if nvme.queue_entries < 2 || nvme.queue_entries > 4096 {
-            return Err((
-                "nvme_tcp.queue_entries".into(),
-                "queue_entries must be between 2 and 4096".into(),
-            ));
-        }
-        if nvme.io_queues == 0 {
-            return Err(("nvme_tcp.io_queues".into(), "io_queues must be >= 1".into()));
-        }
+        // The target's own limits, so check-config and serve agree.
+        let mut target = nvme_target::config::TargetConfig::new(Vec::new(), Vec::new());
+        target.max_h2c_data = u32::try_from(nvme.max_h2c_data.bytes()).unwrap_or(u32::MAX);
+        target.max_transfer = u32::try_from(nvme.max_transfer.bytes()).unwrap_or(u32::MAX);
+        target.max_queue_entries = nvme.queue_entries;
+        target.max_io_queues = nvme.io_queues;
+        nvme_target::config::Limits::check(&target)
+            .map_err(|e| (format!("nvme_tcp.{}", e.key), e.to_string()))?;
         let count = self.controller_count();
         if usize::from(nvme.base_port) + count > usize::from(u16::MAX) {
             return Err((
@@ -724,6 +717,9 @@ impl Config {
                 ));
             }
         }
+        self.limits
+            .validate()
+            .map_err(|(key, m)| (format!("limits.{key}"), m))?;
         if let Err(e) = self.logging.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(("logging.level".into(), format!("bad filter: {e}")));
         }

@@ -142,3 +142,41 @@ fn content_volume_cannot_be_exported() {
     let e = err("stream: {volume: nope}\n");
     assert!(e.to_string().contains("stream.volume"), "{e}");
 }
+
+#[test]
+fn transport_limits_are_the_targets_own() {
+    // check-config used to accept what serve then refused (issue: one source of limits).
+    for (yaml, key) in [
+        ("nvme_tcp: {queue_entries: 2048}", "nvme_tcp.queue_entries"),
+        ("nvme_tcp: {io_queues: 129}", "nvme_tcp.io_queues"),
+        ("nvme_tcp: {io_queues: 0}", "nvme_tcp.io_queues"),
+        ("nvme_tcp: {max_transfer: 32MiB}", "nvme_tcp.max_transfer"),
+        ("nvme_tcp: {max_h2c_data: 32MiB}", "nvme_tcp.max_h2c_data"),
+    ] {
+        assert_eq!(err(yaml).path, key, "{yaml}");
+    }
+    let max = nvme_target::config::Limits::QUEUE_ENTRIES.end();
+    Config::parse(&format!("nvme_tcp: {{queue_entries: {max}}}"), "t").unwrap();
+}
+
+#[test]
+fn limits_are_checked_and_reach_the_listeners() {
+    assert_eq!(
+        err("limits: {nvme_tcp_connections: 0}").path,
+        "limits.nvme_tcp_connections"
+    );
+    assert_eq!(
+        err("limits: {send_timeout_ms: 5}").path,
+        "limits.send_timeout_ms"
+    );
+    assert_eq!(err("limits: {bogus: 1}").path, "limits.bogus");
+    let c = Config::parse(
+        "limits: {stream_connections: 7, handshake_timeout_ms: 1500}",
+        "t",
+    )
+    .unwrap();
+    let l = c.limits.stream();
+    assert_eq!(l.max_connections, 7);
+    assert_eq!(l.handshake_timeout, std::time::Duration::from_millis(1500));
+    assert_eq!(c.limits.nvme_tcp().max_connections, 1024);
+}
