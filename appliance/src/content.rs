@@ -24,9 +24,25 @@ fn bar(len: u64) -> ProgressBar {
     pb
 }
 
-pub fn put(stream: SocketAddr, file: &Path, name: Option<String>) -> anyhow::Result<()> {
+/// `baton put`: stores `file` (or standard input) under `name`; an existing item of that
+/// name is refused unless `replace`.
+pub fn put(
+    stream: SocketAddr,
+    file: &Path,
+    name: Option<String>,
+    replace: bool,
+) -> anyhow::Result<()> {
     let rt = runtime()?;
     let c = StreamClient::new(stream);
+    let store = |name: &str, size: u64, f: tokio::fs::File, progress: &dyn Fn(u64)| {
+        rt.block_on(async {
+            if replace {
+                c.replace(name, size, f, progress).await
+            } else {
+                c.put(name, size, f, progress).await
+            }
+        })
+    };
     let msg = if file == Path::new("-") {
         let name = name.context("--name is required when reading standard input")?;
         // The size must be known up front: spool standard input to a temporary file.
@@ -35,7 +51,7 @@ pub fn put(stream: SocketAddr, file: &Path, name: Option<String>) -> anyhow::Res
         let size = tmp.metadata()?.len();
         use std::io::Seek;
         tmp.rewind()?;
-        rt.block_on(c.put(&name, size, tokio::fs::File::from_std(tmp), |_| {}))?
+        store(&name, size, tokio::fs::File::from_std(tmp), &|_| {})?
     } else {
         let name = match name {
             Some(n) => n,
@@ -49,9 +65,9 @@ pub fn put(stream: SocketAddr, file: &Path, name: Option<String>) -> anyhow::Res
             std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
         let size = f.metadata()?.len();
         let pb = bar(size);
-        let r = rt.block_on(c.put(&name, size, tokio::fs::File::from_std(f), |n| {
-            pb.set_position(n)
-        }));
+        let r = store(&name, size, tokio::fs::File::from_std(f), &|n| {
+            pb.set_position(n);
+        });
         pb.finish_and_clear();
         r?
     };

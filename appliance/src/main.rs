@@ -64,6 +64,9 @@ enum Command {
         /// Name to store it under (default: the file name).
         #[arg(long)]
         name: Option<String>,
+        /// Replace an item of that name (atomically; without it an existing name is refused).
+        #[arg(long)]
+        replace: bool,
         /// The stream service's control address.
         #[arg(long, default_value = "127.0.0.1:9450")]
         stream: SocketAddr,
@@ -253,7 +256,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchStream(args) => baton::bench::stream::run(args),
-        Command::Put { file, name, stream } => content::put(stream, &file, name),
+        Command::Put {
+            file,
+            name,
+            replace,
+            stream,
+        } => content::put(stream, &file, name, replace),
         Command::Ls { stream } => content::ls(stream),
         Command::Rm { name, stream } => content::rm(stream, &name),
         Command::Fetch {

@@ -11,9 +11,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::proto::{
-    ATTACH_LEN, Attach, FRAME_HEADER, FrameHeader, ItemInfo, MAX_LINE, Plan, Reply, Request,
+    Attach, FRAME_HEADER, FrameHeader, FrameKind, ItemInfo, MAX_REPLY, Plan, Reply, Request,
     SessionInfo, unhex,
 };
+
+/// How long the client waits for the appliance's answer to a request or an attach.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What went wrong for the client.
 #[derive(Debug, thiserror::Error)]
@@ -58,10 +61,17 @@ impl Control {
         Ok(())
     }
 
+    /// The next reply, within [`REPLY_TIMEOUT`].
+    async fn reply_within(&mut self) -> Result<Reply, ClientError> {
+        tokio::time::timeout(REPLY_TIMEOUT, self.reply())
+            .await
+            .map_err(|_| ClientError::Protocol("the appliance did not answer in time".into()))?
+    }
+
     async fn reply(&mut self) -> Result<Reply, ClientError> {
         let mut line = Vec::new();
         let n = (&mut self.rd)
-            .take(MAX_LINE as u64 * 64)
+            .take(MAX_REPLY as u64)
             .read_until(b'\n', &mut line)
             .await?;
         if n == 0 {
@@ -69,7 +79,12 @@ impl Control {
                 "the appliance closed the control connection".into(),
             ));
         }
-        let r: Reply = serde_json::from_slice(&line)
+        if !line.ends_with(b"\n") {
+            return Err(ClientError::Protocol(format!(
+                "reply longer than {MAX_REPLY} bytes"
+            )));
+        }
+        let r: Reply = super::proto::parse_reply(&line)
             .map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
         if let Reply::Error { code, message } = r {
             return Err(ClientError::Refused { code, message });
@@ -108,13 +123,35 @@ impl StreamClient {
         Self { control }
     }
 
-    /// Lists the stored items.
+    /// Lists the stored items (page by page, so any catalog size works).
     pub async fn list(&self) -> Result<Vec<ItemInfo>, ClientError> {
         let mut c = Control::connect(self.control).await?;
-        c.send(&Request::List).await?;
-        match c.reply().await? {
-            Reply::Items { items } => Ok(items),
-            r => Err(ClientError::Protocol(format!("unexpected reply {r:?}"))),
+        let mut all: Vec<ItemInfo> = Vec::new();
+        loop {
+            let after = all.last().map(|i| i.name.clone());
+            c.send(&Request::List {
+                after: after.clone(),
+            })
+            .await?;
+            match c.reply_within().await? {
+                Reply::Items { items, more } => {
+                    if more && items.is_empty() {
+                        return Err(ClientError::Protocol(
+                            "an empty page with more to come".into(),
+                        ));
+                    }
+                    if let (Some(a), Some(first)) = (after.as_deref(), items.first()) {
+                        if first.name.as_str() <= a {
+                            return Err(ClientError::Protocol("listing pages out of order".into()));
+                        }
+                    }
+                    all.extend(items);
+                    if !more {
+                        return Ok(all);
+                    }
+                }
+                r => return Err(ClientError::Protocol(format!("unexpected reply {r:?}"))),
+            }
         }
     }
 
@@ -122,17 +159,41 @@ impl StreamClient {
     pub async fn remove(&self, name: &str) -> Result<String, ClientError> {
         let mut c = Control::connect(self.control).await?;
         c.send(&Request::Remove { name: name.into() }).await?;
-        match c.reply().await? {
+        match c.reply_within().await? {
             Reply::Ok { message } => Ok(message),
             r => Err(ClientError::Protocol(format!("unexpected reply {r:?}"))),
         }
     }
 
-    /// Stores `size` bytes from `src` as `name`; `progress` sees the bytes sent so far.
+    /// Stores `size` bytes from `src` as `name`, refused (409) if the name exists;
+    /// `progress` sees the bytes sent so far.
     pub async fn put(
         &self,
         name: &str,
         size: u64,
+        src: impl AsyncRead + Unpin,
+        progress: impl FnMut(u64),
+    ) -> Result<String, ClientError> {
+        self.store(name, size, false, src, progress).await
+    }
+
+    /// Like [`StreamClient::put`], but an existing item of that name is replaced
+    /// atomically (sessions reading the old one finish on the old bytes).
+    pub async fn replace(
+        &self,
+        name: &str,
+        size: u64,
+        src: impl AsyncRead + Unpin,
+        progress: impl FnMut(u64),
+    ) -> Result<String, ClientError> {
+        self.store(name, size, true, src, progress).await
+    }
+
+    async fn store(
+        &self,
+        name: &str,
+        size: u64,
+        replace: bool,
         mut src: impl AsyncRead + Unpin,
         mut progress: impl FnMut(u64),
     ) -> Result<String, ClientError> {
@@ -140,8 +201,14 @@ impl StreamClient {
         c.send(&Request::Put {
             name: name.into(),
             size,
+            replace,
         })
         .await?;
+        // Nothing is sent before the appliance has reserved the space.
+        match c.reply_within().await? {
+            Reply::Continue => {}
+            r => return Err(ClientError::Protocol(format!("unexpected reply {r:?}"))),
+        }
         let mut buf = vec![0u8; 1 << 20];
         let mut sent = 0u64;
         while sent < size {
@@ -154,11 +221,18 @@ impl StreamClient {
                     "input ended after {sent} of {size} bytes"
                 )));
             }
-            c.wr.write_all(&buf[..n]).await?;
+            if let Err(e) = c.wr.write_all(&buf[..n]).await {
+                // The appliance stopped taking data: its reason is on the control
+                // connection, and it says more than the broken pipe.
+                return Err(match c.reply_within().await {
+                    Err(refused @ ClientError::Refused { .. }) => refused,
+                    _ => e.into(),
+                });
+            }
             sent += n as u64;
             progress(sent);
         }
-        match c.reply().await? {
+        match c.reply_within().await? {
             Reply::Ok { message } => Ok(message),
             r => Err(ClientError::Protocol(format!("unexpected reply {r:?}"))),
         }
@@ -183,7 +257,7 @@ impl StreamClient {
             rate,
         })
         .await?;
-        let info: SessionInfo = match c.reply().await? {
+        let info: SessionInfo = match c.reply_within().await? {
             Reply::Session(i) => i,
             r => return Err(ClientError::Protocol(format!("unexpected reply {r:?}"))),
         };
@@ -191,7 +265,7 @@ impl StreamClient {
             unhex(&info.secret).ok_or_else(|| ClientError::Protocol("bad secret".into()))?;
         if info.blocks == 0 {
             // Nothing to send: no data channels, the coordinator says Done at once.
-            return match c.reply().await? {
+            return match c.reply_within().await? {
                 Reply::Done => Ok(FetchStats {
                     bytes: 0,
                     blocks: 0,
@@ -308,7 +382,7 @@ async fn attach(
     s.set_nodelay(true)?;
     s.write_all(&Attach { session, secret }.encode()).await?;
     let mut ack = [0u8; 1];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut ack))
+    tokio::time::timeout(REPLY_TIMEOUT, s.read_exact(&mut ack))
         .await
         .map_err(|_| ClientError::Protocol("attach timed out".into()))??;
     if ack[0] != 0 {
@@ -327,6 +401,10 @@ async fn attach(
                 return;
             }
             let r = match FrameHeader::decode(&h) {
+                Some(h) if h.kind == FrameKind::Error => Err(ClientError::Refused {
+                    code: u16::try_from(h.len).unwrap_or(500),
+                    message: format!("the appliance failed the session at block {}", h.seq),
+                }),
                 Some(h) if u64::from(h.len) <= block_size => {
                     let mut payload = recycled.try_recv().unwrap_or_default();
                     payload.resize(h.len as usize, 0);
@@ -347,6 +425,5 @@ async fn attach(
             }
         }
     });
-    let _ = ATTACH_LEN;
     Ok(Frames { rx, free })
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::proto::{ItemInfo, MAX_LINE, Plan, Reply, Request, SessionInfo, hex};
+use super::proto::{ItemInfo, LIST_PAGE, MAX_LINE, Plan, Reply, Request, SessionInfo, hex};
 use super::store::{ContentStore, StoreError};
 use super::{DataRequest, Delivery, Event, NONE, Session, Shared, StreamMsg, Sync};
 
@@ -169,7 +169,7 @@ async fn control_conn(coord: CoordRef, s: TcpStream) {
             .await;
             return;
         }
-        let req: Request = match serde_json::from_slice(&line) {
+        let req: Request = match super::proto::parse_request(&line) {
             Ok(r) => r,
             Err(e) => {
                 if send(&mut wr, &error(400, format!("bad request: {e}")))
@@ -182,32 +182,43 @@ async fn control_conn(coord: CoordRef, s: TcpStream) {
             }
         };
         let reply = match req {
-            Request::List => Reply::Items {
-                items: coord
-                    .store
-                    .borrow()
-                    .list()
+            Request::List { after } => {
+                let store = coord.store.borrow();
+                let mut page = store.list_after(after.as_deref());
+                let items: Vec<ItemInfo> = page
+                    .by_ref()
+                    .take(LIST_PAGE)
                     .map(|i| ItemInfo {
                         name: i.name.clone(),
                         size: i.size,
                         crc32c: i.crc,
                         created: i.created,
                     })
-                    .collect(),
-            },
+                    .collect();
+                let more = page.next().is_some();
+                Reply::Items { items, more }
+            }
             Request::Remove { name } => {
                 let r = coord.store.borrow_mut().remove(&name);
                 coord.update_usage();
                 match r {
-                    Ok(()) => Reply::Ok {
-                        message: format!("removed {name}"),
-                    },
+                    Ok(()) => {
+                        info!(name, "content removed");
+                        Reply::Ok {
+                            message: format!("removed {name}"),
+                        }
+                    }
                     Err(e) => store_error(&e),
                 }
             }
-            Request::Put { name, size } => match put(&coord, &mut rd, &name, size).await {
+            Request::Put {
+                name,
+                size,
+                replace,
+            } => match put(&coord, &mut rd, &mut wr, &name, size, replace).await {
                 Ok(r) => r,
-                Err(r) => {
+                Err(PutError::Refused(r)) => r,
+                Err(PutError::Broken(r)) => {
                     // The stream is out of step after a failed upload: answer and close.
                     let _ = send(&mut wr, &r).await;
                     return;
@@ -235,6 +246,7 @@ fn store_code(e: &StoreError) -> (u16, String) {
     let code = match e {
         StoreError::NotFound(_) => 404,
         StoreError::BadName(_) => 400,
+        StoreError::Exists(_) => 409,
         StoreError::Full(_) => 507,
         _ => 500,
     };
@@ -246,42 +258,67 @@ fn store_error(e: &StoreError) -> Reply {
     error(code, message)
 }
 
+/// How a put failed.
+enum PutError {
+    /// Before any data was sent: the connection stays in step.
+    Refused(Reply),
+    /// During the upload: answer, then close.
+    Broken(Reply),
+}
+
 async fn put(
     coord: &CoordRef,
     rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
     name: &str,
     size: u64,
-) -> Result<Reply, Reply> {
+    replace: bool,
+) -> Result<Reply, PutError> {
+    // The space is reserved here, before a byte is sent: the client learns of a full
+    // store (507) or an existing name (409) instead of a broken pipe.
     let mut up = coord
         .store
         .borrow()
-        .begin(name, size)
-        .map_err(|e| store_error(&e))?;
+        .begin(name, size, replace)
+        .map_err(|e| PutError::Refused(store_error(&e)))?;
+    coord.update_usage();
+    let broken = |r: Reply| PutError::Broken(r);
+    send(wr, &Reply::Continue)
+        .await
+        .map_err(|e| broken(error(400, format!("upload: {e}"))))?;
+    let idle = coord.shared.limits.idle_timeout;
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        let n = rd
-            .read(&mut buf[..want])
-            .await
-            .map_err(|e| error(400, format!("upload: {e}")))?;
-        if n == 0 {
-            return Err(error(400, format!("upload ended {left} bytes early")));
-        }
+        let n = match tokio::time::timeout(idle, rd.read(&mut buf[..want])).await {
+            Err(_) => {
+                warn!(name, left, "upload stalled past the idle timeout");
+                return Err(broken(error(
+                    408,
+                    format!("upload stalled with {left} bytes to go"),
+                )));
+            }
+            Ok(Err(e)) => return Err(broken(error(400, format!("upload: {e}")))),
+            Ok(Ok(0)) => {
+                return Err(broken(error(
+                    400,
+                    format!("upload ended {left} bytes early"),
+                )));
+            }
+            Ok(Ok(n)) => n,
+        };
         coord
             .store
             .borrow()
             .write(&mut up, &buf[..n])
-            .map_err(|e| store_error(&e))?;
+            .map_err(|e| broken(store_error(&e)))?;
         left -= n as u64;
     }
-    let item = coord
-        .store
-        .borrow_mut()
-        .commit(up)
-        .map_err(|e| store_error(&e))?;
+    let item = coord.store.borrow_mut().commit(up);
     coord.update_usage();
-    info!(name, size, "content stored");
+    let item = item.map_err(|e| PutError::Refused(store_error(&e)))?;
+    info!(name, size, replace, "content stored");
     Ok(Reply::Ok {
         message: format!(
             "stored {} ({} bytes, crc32c {:08x})",
@@ -385,6 +422,7 @@ impl Coord {
                 failed: AtomicBool::new(false),
                 name: name.to_owned(),
                 controllers: std::sync::Mutex::new(controllers.clone()),
+                _extent: store.hold(item),
             });
             let plan = Arc::new(Plan {
                 epoch: 1,

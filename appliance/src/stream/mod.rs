@@ -115,6 +115,10 @@ pub(crate) struct Session {
     pub failed: AtomicBool,
     pub name: String,
     pub controllers: Mutex<Vec<usize>>,
+    /// Keeps the item's blocks allocated until the last reference to the session (a
+    /// controller's message, a read in flight) is gone, even if the item is removed or
+    /// replaced meanwhile.
+    pub _extent: store::Hold,
 }
 
 impl Session {
@@ -188,6 +192,8 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub cfg: StreamConfig,
+    /// Connection limits and timeouts of the stream listeners.
+    pub limits: listener::Limits,
     pub metrics: Arc<StreamMetrics>,
     pub sessions: Mutex<std::collections::HashMap<u64, Arc<Session>>>,
     pub mailboxes: Vec<mpsc::UnboundedSender<StreamMsg>>,
@@ -293,6 +299,7 @@ impl StreamService {
         }
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
+            limits: config.limits.stream(),
             metrics,
             sessions: Mutex::new(std::collections::HashMap::new()),
             mailboxes,

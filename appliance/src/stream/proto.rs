@@ -10,8 +10,16 @@ use serde::{Deserialize, Serialize};
 
 /// Longest control line accepted.
 pub const MAX_LINE: usize = 4096;
+/// Longest reply line a client accepts (a listing page is built to fit, see [`LIST_PAGE`]).
+pub const MAX_REPLY: usize = 256 * 1024;
+/// Items in one listing page: at most 255-byte names whose JSON escaping at most doubles
+/// them, so a page stays well under [`MAX_REPLY`] whatever the names.
+pub const LIST_PAGE: usize = 256;
 /// Data frame magic ("BTNB").
 pub const FRAME_MAGIC: u32 = 0x424e_5442;
+/// Error frame magic ("BTNE"): the session failed at block `seq`; `len` carries the
+/// HTTP-like code and no payload follows.
+pub const ERROR_MAGIC: u32 = 0x454e_5442;
 /// Data frame header length.
 pub const FRAME_HEADER: usize = 24;
 /// Attach message magic ("BTNA").
@@ -37,15 +45,23 @@ pub enum Request {
         #[serde(default)]
         rate: Option<u64>,
     },
-    /// Store an item; `size` raw bytes follow the line.
+    /// Store an item. The coordinator answers [`Reply::Continue`] once the space is
+    /// reserved (or an error), then `size` raw bytes follow, then the final reply.
     Put {
         /// Item name.
         name: String,
         /// Bytes that follow.
         size: u64,
+        /// Replace an item of that name (atomically) instead of refusing with 409.
+        #[serde(default)]
+        replace: bool,
     },
-    /// List items.
-    List,
+    /// List items, one page of at most [`LIST_PAGE`] in name order.
+    List {
+        /// Only names after this one (the last name of the previous page).
+        #[serde(default)]
+        after: Option<String>,
+    },
     /// Remove an item.
     Remove {
         /// Item name.
@@ -117,11 +133,16 @@ pub enum Reply {
     Replan(Plan),
     /// The session delivered everything.
     Done,
-    /// Items.
+    /// One page of items.
     Items {
         /// The items.
         items: Vec<ItemInfo>,
+        /// More items follow the last one (ask again with `after`).
+        #[serde(default)]
+        more: bool,
     },
+    /// The put's space is reserved: send the bytes.
+    Continue,
     /// Success.
     Ok {
         /// What happened.
@@ -175,6 +196,8 @@ impl Attach {
 /// A data frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// A block, or the session's failure.
+    pub kind: FrameKind,
     /// Plan epoch the block was sent under.
     pub epoch: u32,
     /// Block sequence number within the session.
@@ -185,11 +208,35 @@ pub struct FrameHeader {
     pub crc: u32,
 }
 
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A block: `len` payload bytes follow.
+    Block,
+    /// The session failed (device read error, ...): `len` is the code, nothing follows.
+    Error,
+}
+
 impl FrameHeader {
+    /// An error frame for block `seq` with an HTTP-like `code`.
+    pub fn error(epoch: u32, seq: u64, code: u16) -> Self {
+        Self {
+            kind: FrameKind::Error,
+            epoch,
+            seq,
+            len: u32::from(code),
+            crc: 0,
+        }
+    }
+
     /// Encodes the header.
     pub fn encode(&self) -> [u8; FRAME_HEADER] {
         let mut b = [0u8; FRAME_HEADER];
-        b[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        let magic = match self.kind {
+            FrameKind::Block => FRAME_MAGIC,
+            FrameKind::Error => ERROR_MAGIC,
+        };
+        b[0..4].copy_from_slice(&magic.to_le_bytes());
         b[4..8].copy_from_slice(&self.epoch.to_le_bytes());
         b[8..16].copy_from_slice(&self.seq.to_le_bytes());
         b[16..20].copy_from_slice(&self.len.to_le_bytes());
@@ -200,18 +247,33 @@ impl FrameHeader {
     /// Decodes a header.
     pub fn decode(b: &[u8; FRAME_HEADER]) -> Option<Self> {
         let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        if w(0) != FRAME_MAGIC {
-            return None;
-        }
+        let kind = match w(0) {
+            FRAME_MAGIC => FrameKind::Block,
+            ERROR_MAGIC => FrameKind::Error,
+            _ => return None,
+        };
         let mut s = [0u8; 8];
         s.copy_from_slice(&b[8..16]);
         Some(Self {
+            kind,
             epoch: w(4),
             seq: u64::from_le_bytes(s),
             len: w(16),
             crc: w(20),
         })
     }
+}
+
+/// Parses one control request line (without its newline), the coordinator's first step
+/// with every line it reads; public for fuzzing.
+pub fn parse_request(line: &[u8]) -> Result<Request, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+/// Parses one control reply line, the client's first step with every line it reads;
+/// public for fuzzing.
+pub fn parse_reply(line: &[u8]) -> Result<Reply, serde_json::Error> {
+    serde_json::from_slice(line)
 }
 
 /// Hex encoding of a secret.
@@ -238,6 +300,7 @@ mod tests {
     #[test]
     fn frames_and_attach_round_trip() {
         let h = FrameHeader {
+            kind: FrameKind::Block,
             epoch: 3,
             seq: 1 << 40,
             len: 262_144,
@@ -247,6 +310,8 @@ mod tests {
         let mut bad = h.encode();
         bad[0] ^= 1;
         assert_eq!(FrameHeader::decode(&bad), None);
+        let e = FrameHeader::error(2, 7, 500);
+        assert_eq!(FrameHeader::decode(&e.encode()), Some(e));
         let a = Attach {
             session: 42,
             secret: [7; 16],
@@ -282,5 +347,33 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"format"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"list"}"#).unwrap(),
+            Request::List { after: None }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"put","name":"a","size":3}"#).unwrap(),
+            Request::Put {
+                name: "a".into(),
+                size: 3,
+                replace: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_listing_page_of_the_longest_names_fits_a_reply_line() {
+        // The worst name for JSON: 255 bytes that all need escaping.
+        let name = "\"".repeat(crate::stream::store::MAX_NAME);
+        let items = (0..LIST_PAGE)
+            .map(|_| ItemInfo {
+                name: name.clone(),
+                size: u64::MAX,
+                crc32c: u32::MAX,
+                created: u64::MAX,
+            })
+            .collect();
+        let line = serde_json::to_vec(&Reply::Items { items, more: true }).unwrap();
+        assert!(line.len() < MAX_REPLY, "{} bytes", line.len());
     }
 }

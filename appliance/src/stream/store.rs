@@ -12,10 +12,19 @@
 //! valid catalog entries when the store opens, so it can never disagree with the catalog.
 //! Replacing an item writes the new entry (higher generation) before clearing the old one;
 //! if both survive a crash, the higher generation wins at open.
+//!
+//! Space is held, not just computed: a put reserves its extent and catalog slot in
+//! [`ContentStore::begin`], so concurrent puts never share blocks, and every session that
+//! reads an item holds its extent ([`ContentStore::hold`]) so a remove or a replace cannot
+//! free the blocks under a running stream: they return to the free space when the last
+//! [`Hold`] drops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::warn;
 
 use crate::backplane::VolumeHandle;
 
@@ -25,6 +34,8 @@ const SUPERBLOCK: u64 = 4096;
 const SLOT: u64 = 512;
 const SLOT_LEN: usize = 512;
 const ENTRY_MAGIC: u32 = 0x544e_4543; // "CENT"
+/// Most catalog entries a store may have (a 512 MiB catalog).
+pub const MAX_ENTRIES: u32 = 1 << 20;
 /// Longest item name.
 pub const MAX_NAME: usize = 255;
 
@@ -66,6 +77,67 @@ pub enum StoreError {
     /// Not enough contiguous space or no free catalog slot.
     #[error("content store full: {0}")]
     Full(String),
+    /// A put of a name that exists, without asking to replace it.
+    #[error("content `{0}` exists (ask to replace it)")]
+    Exists(String),
+}
+
+/// Extents (and catalog slots) that are in use without being committed items: uploads in
+/// progress and extents read by sessions. Shared with the [`Hold`]s, which may drop on any
+/// thread.
+#[derive(Debug, Default)]
+struct Holds {
+    next: u64,
+    held: HashMap<u64, Held>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    first_block: u64,
+    blocks: u64,
+    slot: Option<u32>,
+}
+
+type HoldTable = Arc<Mutex<Holds>>;
+
+/// An extent kept out of the free space while it lives: an upload's reservation or a
+/// session reading an item. Dropping it frees what the catalog no longer references.
+#[derive(Debug)]
+pub struct Hold {
+    table: HoldTable,
+    id: u64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+            .remove(&self.id);
+    }
+}
+
+fn take_hold(table: &HoldTable, held: Held) -> Hold {
+    let mut t = table.lock().unwrap_or_else(PoisonError::into_inner);
+    let id = t.next;
+    t.next += 1;
+    t.held.insert(id, held);
+    Hold {
+        table: Arc::clone(table),
+        id,
+    }
+}
+
+/// What [`ContentStore::check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Items in the catalog.
+    pub items: usize,
+    /// Blocks the catalog references.
+    pub blocks: u64,
+    /// Problems: overlapping extents, extents outside the data area, CRC mismatches.
+    pub problems: Vec<String>,
 }
 
 /// The store, owned by the coordinator thread.
@@ -77,6 +149,7 @@ pub struct ContentStore {
     data_blocks: u64,
     items: BTreeMap<String, Item>,
     generation: u64,
+    holds: HoldTable,
 }
 
 impl std::fmt::Debug for ContentStore {
@@ -123,6 +196,11 @@ impl ContentStore {
     /// Opens the store on `dev`, formatting an empty volume (all-zero superblock).
     pub fn open(dev: VolumeHandle, block_size: u64, entries: u32) -> Result<Self, StoreError> {
         let size = dev.volume().size();
+        if !(512..=1 << 30).contains(&block_size) || entries == 0 || entries > MAX_ENTRIES {
+            return Err(StoreError::Format(format!(
+                "block size {block_size} (512 B to 1 GiB) or {entries} catalog entries (1 to {MAX_ENTRIES}) out of range"
+            )));
+        }
         let catalog = u64::from(entries) * SLOT;
         let data_offset = (SUPERBLOCK + catalog).div_ceil(block_size) * block_size;
         if size < data_offset + block_size {
@@ -154,6 +232,11 @@ impl ContentStore {
                 "layout version {version}, block size {bs}, {n} entries on disk; config asks for block size {block_size}, {entries} entries"
             )));
         }
+        if le64(&sb[28..36]) != data_offset {
+            return Err(StoreError::Format(
+                "superblock data offset disagrees with its catalog size".into(),
+            ));
+        }
         let data_blocks = (size - data_offset) / block_size;
         let mut store = Self {
             dev,
@@ -163,6 +246,7 @@ impl ContentStore {
             data_blocks,
             items: BTreeMap::new(),
             generation: 0,
+            holds: HoldTable::default(),
         };
         store.load_catalog()?;
         Ok(store)
@@ -202,26 +286,45 @@ impl ContentStore {
         let mut cat = vec![0u8; us(u64::from(self.entries) * SLOT)];
         self.dev.read_at(SUPERBLOCK, &mut cat)?;
         let mut stale = Vec::new();
+        let mut found = Vec::new();
         for (slot, e) in cat.chunks_exact(us(SLOT)).enumerate() {
             let Some(item) = decode_entry(e, u32::try_from(slot).unwrap_or(u32::MAX)) else {
                 continue;
             };
-            if item.first_block + item.blocks > self.data_blocks {
+            if item
+                .first_block
+                .checked_add(item.blocks)
+                .is_none_or(|end| end > self.data_blocks)
+                || item.blocks != item.size.div_ceil(self.block_size)
+            {
+                warn!(slot, name = %item.name, "catalog entry outside the data area; ignored");
                 continue;
             }
-            self.generation = self.generation.max(item.generation);
-            match self.items.get(&item.name) {
-                Some(old) if old.generation > item.generation => stale.push(item.slot),
-                Some(old) => {
-                    stale.push(old.slot);
-                    self.items.insert(item.name.clone(), item);
-                }
-                None => {
-                    self.items.insert(item.name.clone(), item);
-                }
-            }
+            found.push(item);
         }
-        // A replace interrupted between its two catalog writes: finish it.
+        // Newest first: a replace interrupted between its two catalog writes keeps the new
+        // entry, and an extent claimed twice (damage) keeps its newest owner.
+        found.sort_by(|a, b| b.generation.cmp(&a.generation));
+        let mut extents: Vec<(u64, u64)> = Vec::new();
+        for item in found {
+            self.generation = self.generation.max(item.generation);
+            if self.items.contains_key(&item.name) {
+                stale.push(item.slot);
+                continue;
+            }
+            let end = item.first_block + item.blocks;
+            if item.blocks > 0
+                && extents
+                    .iter()
+                    .any(|&(s, e)| item.first_block < e && s < end)
+            {
+                warn!(slot = item.slot, name = %item.name, "catalog entry overlaps a newer item; ignored");
+                continue;
+            }
+            extents.push((item.first_block, end));
+            self.items.insert(item.name.clone(), item);
+        }
+        // Finish interrupted replaces.
         for slot in stale {
             self.clear_slot(slot)?;
         }
@@ -238,15 +341,26 @@ impl ContentStore {
         self.data_offset + b * self.block_size
     }
 
-    /// Bytes of data area in use and in all.
+    /// Bytes of data area in use (committed items, uploads in progress and removed items
+    /// still being streamed) and in all.
     pub fn usage(&self) -> (u64, u64) {
-        let used: u64 = self.items.values().map(|i| i.blocks).sum();
-        (used * self.block_size, self.data_blocks * self.block_size)
+        let used: u64 = self.extents().iter().map(|&(_, n)| n).sum();
+        (
+            used.saturating_mul(self.block_size),
+            self.data_blocks * self.block_size,
+        )
     }
 
     /// Every item, by name.
     pub fn list(&self) -> impl Iterator<Item = &Item> {
         self.items.values()
+    }
+
+    /// Items whose names sort after `after` (all of them for `None`), by name.
+    pub fn list_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = &'a Item> + 'a {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        self.items.range((from, Bound::Unbounded)).map(|(_, i)| i)
     }
 
     /// An item by name.
@@ -256,51 +370,104 @@ impl ContentStore {
             .ok_or_else(|| StoreError::NotFound(name.chars().take(64).collect()))
     }
 
-    /// First fit for `blocks` contiguous free blocks.
-    fn allocate(&self, blocks: u64) -> Option<u64> {
-        let mut used: Vec<(u64, u64)> = self
+    /// Keeps `item`'s blocks allocated while the returned hold lives, even if the item is
+    /// removed or replaced meanwhile (a session reading it holds one).
+    pub fn hold(&self, item: &Item) -> Hold {
+        take_hold(
+            &self.holds,
+            Held {
+                first_block: item.first_block,
+                blocks: item.blocks,
+                slot: None,
+            },
+        )
+    }
+
+    /// Every allocated extent `(first block, blocks)`, sorted: committed items, and held
+    /// extents (uploads in progress, items still being read after their removal).
+    fn extents(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
             .items
             .values()
             .map(|i| (i.first_block, i.blocks))
             .collect();
-        used.sort_unstable();
-        let mut at = 0;
-        for (start, n) in used {
-            if start >= at + blocks {
+        v.extend(
+            self.holds
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .held
+                .values()
+                .map(|h| (h.first_block, h.blocks)),
+        );
+        v.retain(|&(_, n)| n > 0);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// First fit for `blocks` contiguous free blocks.
+    fn allocate(&self, blocks: u64) -> Option<u64> {
+        let mut at = 0u64;
+        for (start, n) in self.extents() {
+            if start >= at.checked_add(blocks)? {
                 return Some(at);
             }
             at = at.max(start + n);
         }
-        (at + blocks <= self.data_blocks).then_some(at)
+        (at.checked_add(blocks)? <= self.data_blocks).then_some(at)
     }
 
     fn free_slot(&self) -> Option<u32> {
-        let used: std::collections::HashSet<u32> = self.items.values().map(|i| i.slot).collect();
+        let mut used: HashSet<u32> = self.items.values().map(|i| i.slot).collect();
+        used.extend(
+            self.holds
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .held
+                .values()
+                .filter_map(|h| h.slot),
+        );
         (0..self.entries).find(|s| !used.contains(s))
     }
 
-    /// Starts storing `size` bytes under `name`; data goes through [`Upload::write`] and
-    /// becomes visible only at [`ContentStore::commit`].
-    pub fn begin(&self, name: &str, size: u64) -> Result<Upload, StoreError> {
+    /// Starts storing `size` bytes under `name`: reserves the blocks and a catalog slot at
+    /// once (so no other put can take them); data goes through [`ContentStore::write`] and
+    /// becomes visible only at [`ContentStore::commit`]. A name that exists is refused unless
+    /// `replace`; a dropped upload gives its reservation back.
+    pub fn begin(&self, name: &str, size: u64, replace: bool) -> Result<Upload, StoreError> {
         check_name(name)?;
+        if !replace && self.items.contains_key(name) {
+            return Err(StoreError::Exists(name.to_owned()));
+        }
         let blocks = size.div_ceil(self.block_size);
         let first_block = self.allocate(blocks).ok_or_else(|| {
             StoreError::Full(format!(
                 "no {} contiguous free bytes",
-                blocks * self.block_size
+                blocks.saturating_mul(self.block_size)
             ))
         })?;
-        if self.free_slot().is_none() {
-            return Err(StoreError::Full("every catalog entry is in use".into()));
-        }
+        let slot = self
+            .free_slot()
+            .ok_or_else(|| StoreError::Full("every catalog entry is in use".into()))?;
+        let hold = take_hold(
+            &self.holds,
+            Held {
+                first_block,
+                blocks,
+                slot: Some(slot),
+            },
+        );
         Ok(Upload {
             name: name.to_owned(),
             size,
+            replace,
             first_block,
             blocks,
+            slot,
             written: 0,
             crc: 0,
             pending: Vec::with_capacity(us(self.block_size)),
+            _hold: hold,
         })
     }
 
@@ -335,7 +502,8 @@ impl ContentStore {
         Ok(())
     }
 
-    /// Makes an upload visible: data first, flush, catalog entry, flush.
+    /// Makes an upload visible: data first, flush, catalog entry, flush; then the entry it
+    /// replaces (if any) is cleared. Readers see the old item or the new one, never a mix.
     pub fn commit(&mut self, mut up: Upload) -> Result<Item, StoreError> {
         self.flush_pending(&mut up)?;
         if up.written != up.size {
@@ -344,13 +512,14 @@ impl ContentStore {
                 up.written, up.size
             )));
         }
+        // Another put of the same name may have committed while this one was uploading.
+        if !up.replace && self.items.contains_key(&up.name) {
+            return Err(StoreError::Exists(up.name));
+        }
         self.dev.flush()?;
-        let slot = self
-            .free_slot()
-            .ok_or_else(|| StoreError::Full("every catalog entry is in use".into()))?;
         self.generation += 1;
         let item = Item {
-            name: up.name,
+            name: up.name.clone(),
             size: up.size,
             first_block: up.first_block,
             blocks: up.blocks,
@@ -359,24 +528,36 @@ impl ContentStore {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            slot,
+            slot: up.slot,
         };
-        self.dev
-            .write_at(SUPERBLOCK + u64::from(slot) * SLOT, &encode_entry(&item))?;
+        self.dev.write_at(
+            SUPERBLOCK + u64::from(item.slot) * SLOT,
+            &encode_entry(&item),
+        )?;
         self.dev.flush()?;
         if let Some(old) = self.items.insert(item.name.clone(), item.clone()) {
+            // A crash before this clear leaves both entries; the newer wins at open.
             self.clear_slot(old.slot)?;
         }
+        // The upload's hold drops here: the extent is now the catalog's.
+        drop(up);
         Ok(item)
     }
 
-    /// Removes an item.
+    /// Removes an item from the catalog. Its blocks stay allocated while sessions still
+    /// hold them.
     pub fn remove(&mut self, name: &str) -> Result<(), StoreError> {
         let item = self
             .items
             .remove(name)
             .ok_or_else(|| StoreError::NotFound(name.chars().take(64).collect()))?;
-        self.clear_slot(item.slot)
+        if let Err(e) = self.clear_slot(item.slot) {
+            // Still on the device: keep it allocated, or a restart would revive an item
+            // whose blocks were reused.
+            self.items.insert(item.name.clone(), item);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn clear_slot(&self, slot: u32) -> Result<(), StoreError> {
@@ -385,18 +566,64 @@ impl ContentStore {
         self.dev.flush()?;
         Ok(())
     }
+
+    /// Checks the store against itself: extents inside the data area and disjoint, and
+    /// every item's data matching its catalog CRC32C (reads every block).
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        let mut report = CheckReport {
+            items: self.items.len(),
+            ..CheckReport::default()
+        };
+        let mut by_start: Vec<&Item> = self.items.values().filter(|i| i.blocks > 0).collect();
+        by_start.sort_by_key(|i| i.first_block);
+        for w in by_start.windows(2) {
+            if w[0].first_block + w[0].blocks > w[1].first_block {
+                report
+                    .problems
+                    .push(format!("`{}` overlaps `{}`", w[0].name, w[1].name));
+            }
+        }
+        let mut buf = vec![0u8; us(self.block_size)];
+        for item in self.items.values() {
+            report.blocks += item.blocks;
+            if item.first_block + item.blocks > self.data_blocks {
+                report
+                    .problems
+                    .push(format!("`{}` ends past the data area", item.name));
+                continue;
+            }
+            let mut c = 0u32;
+            let mut left = item.size;
+            for b in item.first_block..item.first_block + item.blocks {
+                let n = us(left.min(self.block_size));
+                self.dev.read_at(self.block_offset(b), &mut buf[..n])?;
+                c = crc32c::crc32c_append(c, &buf[..n]);
+                left -= n as u64;
+            }
+            if c != item.crc {
+                report.problems.push(format!(
+                    "`{}`: data CRC32C {c:08x}, catalog says {:08x}",
+                    item.name, item.crc
+                ));
+            }
+        }
+        Ok(report)
+    }
 }
 
-/// An item being stored.
+/// An item being stored; holds its blocks and catalog slot until it commits or drops.
 #[derive(Debug)]
 pub struct Upload {
     name: String,
     size: u64,
+    replace: bool,
     first_block: u64,
     blocks: u64,
+    slot: u32,
     written: u64,
     crc: u32,
     pending: Vec<u8>,
+    _hold: Hold,
 }
 
 fn encode_entry(i: &Item) -> [u8; SLOT_LEN] {

@@ -330,6 +330,7 @@ async fn on_sync(state: State, mut sync: Sync) {
             match ch {
                 Some(ch) => {
                     let h = FrameHeader {
+                        kind: super::proto::FrameKind::Block,
                         epoch: sync.plan.epoch,
                         seq: k,
                         len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
