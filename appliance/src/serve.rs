@@ -71,9 +71,14 @@ impl Appliance {
             &controllers,
             &shutdown,
         )?);
-        let stream =
-            crate::stream::StreamService::start(&config, &backplane, &controllers, &shutdown)?
-                .map(Arc::new);
+        let stream = crate::stream::StreamService::start(
+            &config,
+            &backplane,
+            &controllers,
+            &shutdown,
+            &budget,
+        )?
+        .map(Arc::new);
         let admin = Arc::new(Admin::new(
             Arc::clone(&config),
             Arc::clone(&backplane),

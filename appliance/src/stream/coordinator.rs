@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::proto::{ItemInfo, LIST_PAGE, MAX_LINE, Plan, Reply, Request, SessionInfo, hex};
 use super::store::{ContentStore, StoreError};
-use super::{DataRequest, Delivery, Event, NONE, Session, Shared, StreamMsg, Sync};
+use super::watchdog::Face;
+use super::{DataRequest, Delivery, Event, Failure, NONE, Phase, Session, Shared, StreamMsg, Sync};
 
 /// Coordinator state (on its own thread).
 pub(super) struct Coord {
@@ -87,33 +88,44 @@ async fn run(
         next_id: std::cell::Cell::new(seed()),
         waiters: RefCell::new(HashMap::new()),
     });
+    let limits = coord.shared.limits;
+    let budget = coord.shared.budget.clone();
     let Ok(control) = tokio::net::TcpListener::from_std(control) else {
         return;
     };
-    let http = http.and_then(|h| tokio::net::TcpListener::from_std(h).ok());
-    if let Some(h) = http {
+    let mut control = listener::Listener::new(
+        control,
+        "stream-control",
+        limits.max_connections,
+        budget.clone(),
+    )
+    .with_refusal(CONTROL_REFUSAL);
+    if let Some(h) = http.and_then(|h| tokio::net::TcpListener::from_std(h).ok()) {
+        let h = listener::Listener::new(h, "stream-http", limits.max_connections, budget)
+            .with_refusal(super::http::REFUSAL);
         tokio::task::spawn_local(super::http::serve(Rc::clone(&coord), h, shutdown.clone()));
     }
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(ev) = events.recv() => {
-                let id = match &ev {
-                    Event::Attached(id) | Event::Finished(id) | Event::ClientGone(id) => *id,
-                };
-                if let Some(w) = coord.waiters.borrow().get(&id) {
+                if let Some(w) = coord.waiters.borrow().get(&ev.session()) {
                     let _ = w.send(ev);
                 }
             }
-            c = control.accept() => if let Ok((s, _)) = c {
-                tokio::task::spawn_local(control_conn(Rc::clone(&coord), s));
-            },
+            c = control.accept() => {
+                tokio::task::spawn_local(control_conn(Rc::clone(&coord), c.stream, c.slot));
+            }
         }
     }
     for tx in &coord.shared.mailboxes {
         let _ = tx.send(StreamMsg::Stop);
     }
 }
+
+/// What a refused control connection reads before it is closed.
+const CONTROL_REFUSAL: &[u8] =
+    b"{\"reply\":\"error\",\"code\":503,\"message\":\"too many control connections\"}\n";
 
 /// A session ID seed that differs between runs, so IDs are not guessable across restarts.
 fn seed() -> u64 {
@@ -133,10 +145,15 @@ fn secret() -> std::io::Result<[u8; 16]> {
     Ok(b)
 }
 
-async fn send(w: &mut tokio::net::tcp::OwnedWriteHalf, r: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+/// Writes one reply line, within `timeout` of the client taking no bytes.
+pub(super) async fn send_reply(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    r: &Reply,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let mut line = serde_json::to_vec(r).map_err(|_| Failure::ClientGone)?;
     line.push(b'\n');
-    w.write_all(&line).await
+    super::write_within(w, &line, timeout).await
 }
 
 fn error(code: u16, message: impl Into<String>) -> Reply {
@@ -146,33 +163,49 @@ fn error(code: u16, message: impl Into<String>) -> Reply {
     }
 }
 
-async fn control_conn(coord: CoordRef, s: TcpStream) {
+/// Reads one request line: the whole line within `deadline` (so it cannot be dribbled),
+/// at most [`MAX_LINE`] bytes. `Ok(None)`: the client closed.
+async fn read_request_line(
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    deadline: Duration,
+) -> Result<Option<()>, Reply> {
+    line.clear();
+    let mut limited = (&mut *rd).take(MAX_LINE as u64 + 1);
+    match tokio::time::timeout(deadline, limited.read_until(b'\n', line)).await {
+        Err(_) => Err(error(408, "request line not received in time")),
+        Ok(Ok(0) | Err(_)) => Ok(None),
+        Ok(Ok(n)) if n > MAX_LINE || !line.ends_with(b"\n") => Err(error(
+            400,
+            format!("request line longer than {MAX_LINE} bytes"),
+        )),
+        Ok(Ok(_)) => Ok(Some(())),
+    }
+}
+
+async fn control_conn(coord: CoordRef, s: TcpStream, _slot: listener::Slot) {
     let _ = s.set_nodelay(true);
+    let limits = coord.shared.limits;
+    let st = limits.send_timeout;
     let (rd, mut wr) = s.into_split();
     let mut rd = BufReader::new(rd);
     let mut line = Vec::new();
+    // The first request within the handshake timeout, later ones within the idle timeout.
+    let mut deadline = limits.handshake_timeout;
     loop {
-        line.clear();
-        let n = match (&mut rd)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if n > MAX_LINE || !line.ends_with(b"\n") {
-            let _ = send(
-                &mut wr,
-                &error(400, format!("request line longer than {MAX_LINE} bytes")),
-            )
-            .await;
-            return;
+        match read_request_line(&mut rd, &mut line, deadline).await {
+            Ok(Some(())) => {}
+            Ok(None) => return,
+            Err(reply) => {
+                let _ = send_reply(&mut wr, &reply, st).await;
+                return;
+            }
         }
+        deadline = limits.idle_timeout;
         let req: Request = match super::proto::parse_request(&line) {
             Ok(r) => r,
             Err(e) => {
-                if send(&mut wr, &error(400, format!("bad request: {e}")))
+                if send_reply(&mut wr, &error(400, format!("bad request: {e}")), st)
                     .await
                     .is_err()
                 {
@@ -220,7 +253,7 @@ async fn control_conn(coord: CoordRef, s: TcpStream) {
                 Err(PutError::Refused(r)) => r,
                 Err(PutError::Broken(r)) => {
                     // The stream is out of step after a failed upload: answer and close.
-                    let _ = send(&mut wr, &r).await;
+                    let _ = send_reply(&mut wr, &r, st).await;
                     return;
                 }
             },
@@ -235,7 +268,7 @@ async fn control_conn(coord: CoordRef, s: TcpStream) {
                 continue;
             }
         };
-        if send(&mut wr, &reply).await.is_err() {
+        if send_reply(&mut wr, &reply, st).await.is_err() {
             return;
         }
     }
@@ -283,7 +316,7 @@ async fn put(
         .map_err(|e| PutError::Refused(store_error(&e)))?;
     coord.update_usage();
     let broken = |r: Reply| PutError::Broken(r);
-    send(wr, &Reply::Continue)
+    send_reply(wr, &Reply::Continue, coord.shared.limits.send_timeout)
         .await
         .map_err(|e| broken(error(400, format!("upload: {e}"))))?;
     let idle = coord.shared.limits.idle_timeout;
@@ -418,8 +451,11 @@ impl Coord {
                 sent: AtomicU64::new(0),
                 parked: AtomicU64::new(NONE),
                 attached: AtomicUsize::new(0),
-                finished: AtomicBool::new(false),
-                failed: AtomicBool::new(false),
+                phase: std::sync::atomic::AtomicU8::new(Phase::Opened as u8),
+                sending: AtomicBool::new(false),
+                home: std::sync::Mutex::new(None),
+                events: self.shared.events.clone(),
+                slot: std::sync::Mutex::new(None),
                 name: name.to_owned(),
                 controllers: std::sync::Mutex::new(controllers.clone()),
                 _extent: store.hold(item),
@@ -479,9 +515,15 @@ impl Coord {
         );
     }
 
-    /// Ends a session everywhere.
-    pub(super) fn end(&self, s: &Arc<Session>, ok: bool) {
-        s.failed.store(!ok, Ordering::Release);
+    /// Ends a session everywhere: the one exit of every session, whatever its face and
+    /// however it ended. Gives back its admission, its data channels, its HTTP socket and
+    /// connection slot; the failure reason is logged and counted.
+    pub(super) fn end(&self, s: &Arc<Session>, result: Result<(), Failure>) {
+        s.advance(if result.is_ok() {
+            Phase::Finished
+        } else {
+            Phase::Failed
+        });
         let removed = self
             .shared
             .sessions
@@ -493,6 +535,18 @@ impl Coord {
             return;
         }
         self.waiters.borrow_mut().remove(&s.id);
+        drop(
+            s.home
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        drop(
+            s.slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         let controllers = s.controllers.lock().map(|c| c.clone()).unwrap_or_default();
         for &c in &controllers {
             self.shared.load[c].fetch_sub(1, Ordering::AcqRel);
@@ -502,11 +556,36 @@ impl Coord {
         }
         let m = &self.shared.metrics;
         m.sessions_active.fetch_sub(1, Ordering::Relaxed);
-        if ok {
-            m.sessions_completed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            m.sessions_failed.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                m.sessions_completed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(f) => {
+                m.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                let counter = match f {
+                    Failure::ReadError { .. } => Some(&m.read_errors),
+                    Failure::SendTimeout => Some(&m.send_timeouts),
+                    Failure::AttachTimeout => Some(&m.attach_timeouts),
+                    Failure::ClientGone => Some(&m.clients_gone),
+                    Failure::NoController | Failure::Shutdown => None,
+                };
+                if let Some(c) = counter {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                let sent = s.sent.load(Ordering::Acquire);
+                warn!(session = s.id, content = %s.name, delivery = ?s.delivery, sent, blocks = s.blocks, reason = %f, "stream session failed");
+            }
         }
+    }
+
+    /// The same plan from the first block not delivered yet: an HTTP session's new plan
+    /// starts where the socket's last writer stopped.
+    pub(super) fn rebase(&self, s: &Session, plan: &Plan) -> Arc<Plan> {
+        Arc::new(Plan {
+            epoch: plan.epoch,
+            from_block: s.sent.load(Ordering::Acquire),
+            controllers: plan.controllers.clone(),
+        })
     }
 
     /// Registers for a session's events.
@@ -517,7 +596,7 @@ impl Coord {
     }
 
     /// A new plan over the live controllers of the session, from the next unsent block.
-    fn replan(&self, s: &Arc<Session>, old: &Plan) -> Option<Arc<Plan>> {
+    pub(super) fn replan(&self, s: &Arc<Session>, old: &Plan) -> Option<Arc<Plan>> {
         let live: Vec<usize> = old
             .controllers
             .iter()
@@ -556,10 +635,12 @@ async fn open(
     length: Option<u64>,
     rate: Option<u64>,
 ) {
-    let (s, mut plan) = match coord.new_session(name, offset, length, rate, Delivery::Framed) {
+    let limits = coord.shared.limits;
+    let st = limits.send_timeout;
+    let (s, plan) = match coord.new_session(name, offset, length, rate, Delivery::Framed) {
         Ok(x) => x,
         Err((code, message)) => {
-            let _ = send(wr, &error(code, message)).await;
+            let _ = send_reply(wr, &error(code, message), st).await;
             return;
         }
     };
@@ -574,17 +655,18 @@ async fn open(
         data_ports: coord.shared.data_ports.clone(),
         plan: (*plan).clone(),
     };
-    if send(wr, &Reply::Session(info)).await.is_err() {
-        coord.end(&s, false);
+    if let Err(f) = send_reply(wr, &Reply::Session(info), st).await {
+        coord.end(&s, Err(f));
         return;
     }
     if s.blocks == 0 {
-        let _ = send(wr, &Reply::Done).await;
-        coord.end(&s, true);
+        let _ = send_reply(wr, &Reply::Done, st).await;
+        coord.end(&s, Ok(()));
         return;
     }
-    // Wait for every planned data channel.
-    let attached = tokio::time::timeout(Duration::from_secs(10), async {
+    // Every planned data channel within the handshake timeout, or the session (and its
+    // admission) is given back.
+    let attached = tokio::time::timeout(limits.handshake_timeout, async {
         while let Some(ev) = events.recv().await {
             if matches!(ev, Event::Attached(_)) {
                 return true;
@@ -594,69 +676,17 @@ async fn open(
     })
     .await;
     if !matches!(attached, Ok(true)) {
-        let _ = send(wr, &error(408, "data channels did not attach in time")).await;
-        coord.end(&s, false);
+        let f = Failure::AttachTimeout;
+        let _ = send_reply(wr, &error(f.code(), f.to_string()), st).await;
+        coord.end(&s, Err(f));
         return;
     }
-    coord.kick(&s, &plan, None);
-    let timeout = Duration::from_millis(coord.shared.cfg.sync_timeout_ms);
-    let mut last = (s.sent.load(Ordering::Acquire), Instant::now());
-    let mut tick = tokio::time::interval(timeout / 4);
-    let mut probe = [0u8; 1];
-    loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Some(Event::Finished(_)) => {
-                    let _ = send(wr, &Reply::Done).await;
-                    coord.end(&s, true);
-                    return;
-                }
-                Some(Event::ClientGone(_)) | None => {
-                    coord.end(&s, false);
-                    return;
-                }
-                Some(Event::Attached(_)) => {}
-            },
-            r = rd.read(&mut probe) => {
-                // The client closed (or broke) the control connection: the session ends.
-                let _ = r;
-                coord.end(&s, false);
-                return;
-            }
-            _ = tick.tick() => {
-                let sent = s.sent.load(Ordering::Acquire);
-                if sent != last.0 {
-                    last = (sent, Instant::now());
-                    continue;
-                }
-                // Pacing waits are not stalls.
-                let paced_wait = s.rate.is_some_and(|r| r > 0) && {
-                    let t0 = *s.t0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    t0.is_some_and(|t0| {
-                        let due = (sent * s.block_size) as f64 * 8.0 / s.rate.unwrap_or(1) as f64;
-                        t0 + Duration::from_secs_f64(due) > Instant::now()
-                    })
-                };
-                if paced_wait || last.1.elapsed() < timeout {
-                    continue;
-                }
-                match coord.replan(&s, &plan) {
-                    Some(p) => {
-                        plan = p;
-                        if send(wr, &Reply::Replan((*plan).clone())).await.is_err() {
-                            coord.end(&s, false);
-                            return;
-                        }
-                        last = (sent, Instant::now());
-                        coord.kick(&s, &plan, None);
-                    }
-                    None => {
-                        let _ = send(wr, &error(503, "no live controller left for the session")).await;
-                        coord.end(&s, false);
-                        return;
-                    }
-                }
-            }
-        }
-    }
+    s.advance(Phase::Attached);
+    let r = super::watchdog::supervise(coord, &s, plan, events, Face::Framed { rd, wr }).await;
+    let reply = match r {
+        Ok(()) => Reply::Done,
+        Err(f) => error(f.code(), format!("session failed: {f}")),
+    };
+    let _ = send_reply(wr, &reply, st).await;
+    coord.end(&s, r);
 }

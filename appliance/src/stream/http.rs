@@ -1,26 +1,33 @@
 //! The HTTP face: `GET /content/{name}` (and HEAD) with single byte ranges. The coordinator
 //! answers the headers; the client's socket then travels with the baton from controller to
-//! controller, each writing its own block straight to the client.
+//! controller, each writing its own block straight to the client. The session runs under
+//! the same watchdog as a framed one ([`super::watchdog`]).
+
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tracing::debug;
 
-use super::Delivery;
 use super::coordinator::CoordRef;
+use super::http_head::{HeadError, MAX_HEAD, parse_head, parse_range, percent_decode};
+use super::{Delivery, write_within};
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 8192;
+/// What a refused connection gets when the HTTP listener is full.
+pub(super) const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n";
 
-pub(super) async fn serve(coord: CoordRef, l: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn serve(
+    coord: CoordRef,
+    mut l: listener::Listener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let c = tokio::select! {
             c = l.accept() => c,
             _ = shutdown.changed() => return,
         };
-        if let Ok((s, _)) = c {
-            tokio::task::spawn_local(request(std::rc::Rc::clone(&coord), s));
-        }
+        tokio::task::spawn_local(request(std::rc::Rc::clone(&coord), c.stream, c.slot));
     }
 }
 
@@ -41,101 +48,88 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-/// A parsed `Range: bytes=...` header against a size: `Ok(None)` for no range.
-fn parse_range(value: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = value else { return Ok(None) };
-    let spec = v.trim().strip_prefix("bytes=").ok_or(())?;
-    if spec.contains(',') {
-        // One range per request.
-        return Err(());
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 || size == 0 {
-            return Err(());
-        }
-        (size.saturating_sub(n), size - 1)
-    } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() {
-            size.saturating_sub(1)
-        } else {
-            b.parse::<u64>()
-                .map_err(|_| ())?
-                .min(size.saturating_sub(1))
-        };
-        (start, end)
-    };
-    if start >= size || end < start {
-        return Err(());
-    }
-    Ok(Some((start, end - start + 1)))
-}
-
-async fn simple(s: &mut TcpStream, status: &str, body: &str, extra: &str) {
+async fn simple(s: &mut TcpStream, send_timeout: Duration, status: &str, body: &str, extra: &str) {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = s.write_all(head.as_bytes()).await;
-    let _ = s.shutdown().await;
+    if write_within(s, head.as_bytes(), send_timeout).await.is_ok() {
+        let _ = tokio::time::timeout(send_timeout, s.shutdown()).await;
+    }
 }
 
-async fn request(coord: CoordRef, mut s: TcpStream) {
-    let _ = s.set_nodelay(true);
+/// Reads the request head: the whole head within the handshake timeout (not per read, so
+/// a client dribbling bytes cannot hold the connection), at most [`MAX_HEAD`] bytes.
+async fn read_head(s: &mut TcpStream) -> Result<Option<super::http_head::Head>, HeadError> {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut n = 0;
-    let (method, path, range) = loop {
-        let r =
-            tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf[n..])).await;
-        match r {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-            Ok(Ok(k)) => n += k,
+    loop {
+        match s.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(k) => n += k,
         }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..n]) {
-            Ok(httparse::Status::Complete(_)) => {
-                let range = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("range"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok())
-                    .map(str::to_owned);
-                break (
-                    req.method.unwrap_or("").to_owned(),
-                    req.path.unwrap_or("").to_owned(),
-                    range,
-                );
-            }
-            Ok(httparse::Status::Partial) if n < MAX_HEAD => continue,
-            _ => return simple(&mut s, "400 Bad Request", "bad request\n", "").await,
+        if let Some(h) = parse_head(&buf[..n])? {
+            return Ok(Some(h));
+        }
+    }
+}
+
+async fn request(coord: CoordRef, mut s: TcpStream, slot: listener::Slot) {
+    let _ = s.set_nodelay(true);
+    let limits = coord.shared.limits;
+    let st = limits.send_timeout;
+    let head = match tokio::time::timeout(limits.handshake_timeout, read_head(&mut s)).await {
+        Err(_) => {
+            debug!("HTTP request head not received within the handshake timeout");
+            return simple(
+                &mut s,
+                st,
+                "408 Request Timeout",
+                "request head too slow\n",
+                "",
+            )
+            .await;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(h))) => h,
+        Ok(Err(HeadError::TooLarge)) => {
+            return simple(
+                &mut s,
+                st,
+                "431 Request Header Fields Too Large",
+                "request head too large\n",
+                "",
+            )
+            .await;
+        }
+        Ok(Err(HeadError::Malformed)) => {
+            return simple(&mut s, st, "400 Bad Request", "bad request\n", "").await;
         }
     };
-    if method != "GET" && method != "HEAD" {
+    if head.method != "GET" && head.method != "HEAD" {
         return simple(
             &mut s,
+            st,
             "405 Method Not Allowed",
             "only GET and HEAD\n",
             "Allow: GET, HEAD\r\n",
         )
         .await;
     }
-    let Some(name) = path.strip_prefix("/content/").map(percent_decode) else {
-        return simple(&mut s, "404 Not Found", "no such resource\n", "").await;
+    let Some(name) = head.path.strip_prefix("/content/").map(percent_decode) else {
+        return simple(&mut s, st, "404 Not Found", "no such resource\n", "").await;
     };
     let size = coord.store.borrow().get(&name).map(|i| i.size).ok();
     let Some(size) = size else {
-        return simple(&mut s, "404 Not Found", "no such content\n", "").await;
+        return simple(&mut s, st, "404 Not Found", "no such content\n", "").await;
     };
-    let (status, offset, length) = match parse_range(range.as_deref(), size) {
+    let (status, offset, length) = match parse_range(head.range.as_deref(), size) {
         Ok(None) => ("200 OK", 0, size),
         Ok(Some((o, l))) => ("206 Partial Content", o, l),
-        Err(()) => {
+        Err(_) => {
             return simple(
                 &mut s,
+                st,
                 "416 Range Not Satisfiable",
                 "range not satisfiable\n",
                 &format!("Content-Range: bytes */{size}\r\n"),
@@ -151,57 +145,52 @@ async fn request(coord: CoordRef, mut s: TcpStream) {
     } else {
         String::new()
     };
-    let head = format!(
+    let head_out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {length}\r\nAccept-Ranges: bytes\r\n{content_range}Connection: close\r\n\r\n",
         content_type(&name)
     );
-    if method == "HEAD" || length == 0 {
-        let _ = s.write_all(head.as_bytes()).await;
-        let _ = s.shutdown().await;
+    if head.method == "HEAD" || length == 0 {
+        if write_within(&mut s, head_out.as_bytes(), st).await.is_ok() {
+            let _ = tokio::time::timeout(st, s.shutdown()).await;
+        }
         return;
     }
     let (session, plan) = match coord.new_session(&name, offset, Some(length), None, Delivery::Http)
     {
         Ok(x) => x,
         Err((code, message)) => {
-            let status = if code == 503 {
-                "503 Service Unavailable"
-            } else {
-                "500 Internal Server Error"
+            let (status, extra) = match code {
+                503 => ("503 Service Unavailable", "Retry-After: 1\r\n"),
+                404 => ("404 Not Found", ""),
+                416 => ("416 Range Not Satisfiable", ""),
+                _ => ("500 Internal Server Error", ""),
             };
-            return simple(&mut s, status, &format!("{message}\n"), "").await;
+            return simple(&mut s, st, status, &format!("{message}\n"), extra).await;
         }
     };
-    if s.write_all(head.as_bytes()).await.is_err() {
-        coord.end(&session, false);
+    *session
+        .slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot);
+    let events = coord.watch(session.id);
+    if let Err(f) = write_within(&mut s, head_out.as_bytes(), st).await {
+        coord.end(&session, Err(f));
         return;
     }
-    let mut events = coord.watch(session.id);
+    session.advance(super::Phase::Attached);
     let Ok(std_sock) = s.into_std() else {
-        coord.end(&session, false);
+        coord.end(&session, Err(super::Failure::ClientGone));
         return;
     };
-    coord.kick(&session, &plan, Some(std_sock));
-    let ok = matches!(events.recv().await, Some(super::Event::Finished(_)));
-    coord.end(&session, ok);
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let r = super::watchdog::supervise(
+        &coord,
+        &session,
+        plan,
+        events,
+        super::watchdog::Face::Http(std_sock),
+    )
+    .await;
+    coord.end(&session, r);
 }
 
 #[cfg(test)]
@@ -209,23 +198,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges() {
-        assert_eq!(parse_range(None, 100), Ok(None));
-        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some((0, 10))));
-        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some((90, 10))));
-        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 10))));
-        assert_eq!(parse_range(Some("bytes=50-500"), 100), Ok(Some((50, 50))));
-        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
-        assert_eq!(parse_range(Some("bytes=5-1"), 100), Err(()));
-        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Err(()));
-        assert_eq!(parse_range(Some("items=0-1"), 100), Err(()));
-    }
-
-    #[test]
-    fn content_types_and_names() {
+    fn content_types() {
         assert_eq!(content_type("movie.TS"), "video/mp2t");
         assert_eq!(content_type("x"), "application/octet-stream");
-        assert_eq!(percent_decode("a%20b.ts"), "a b.ts");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

@@ -13,12 +13,16 @@
 pub mod client;
 mod coordinator;
 mod http;
+pub mod http_head;
 pub mod proto;
 pub mod store;
+mod watchdog;
 mod worker;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -63,6 +67,14 @@ pub struct StreamMetrics {
     pub send_stalls: AtomicU64,
     /// Re-plans after a controller failed or stalled.
     pub replans: AtomicU64,
+    /// Sessions failed by a device read error.
+    pub read_errors: AtomicU64,
+    /// Sessions whose client took no bytes for the send timeout.
+    pub send_timeouts: AtomicU64,
+    /// Sessions whose data channels did not attach within the handshake timeout.
+    pub attach_timeouts: AtomicU64,
+    /// Sessions whose client went away (closed a channel or the control connection).
+    pub clients_gone: AtomicU64,
     /// Bytes of content stored.
     pub store_used: AtomicU64,
     /// Capacity of the content store's data area.
@@ -82,6 +94,72 @@ pub(crate) enum Delivery {
 
 /// Marker for "no parked DataRequest".
 const NONE: u64 = u64::MAX;
+
+/// Where a session is in its life; the same steps for every face.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Admitted and planned; data channels not attached yet.
+    Opened = 0,
+    /// Every data channel is attached (HTTP: the head is written).
+    Attached = 1,
+    /// The baton is moving.
+    Streaming = 2,
+    /// Every block was delivered.
+    Finished = 3,
+    /// Ended early (see [`Failure`]).
+    Failed = 4,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Opened,
+            1 => Self::Attached,
+            2 => Self::Streaming,
+            3 => Self::Finished,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// Why a session failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Failure {
+    /// The client closed a data channel, its socket or the control connection.
+    #[error("the client went away")]
+    ClientGone,
+    /// The client took no bytes of a block for the send timeout.
+    #[error("the client stopped reading (send timeout)")]
+    SendTimeout,
+    /// The data channels did not attach within the handshake timeout.
+    #[error("the data channels did not attach in time")]
+    AttachTimeout,
+    /// A controller could not read a block from the backplane.
+    #[error("device read error at block {block}")]
+    ReadError {
+        /// Session block.
+        block: u64,
+    },
+    /// No live controller is left to re-plan onto.
+    #[error("no live controller left")]
+    NoController,
+    /// The appliance is shutting down.
+    #[error("the service is shutting down")]
+    Shutdown,
+}
+
+impl Failure {
+    /// The HTTP-like code the client sees.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::ClientGone => 499,
+            Self::SendTimeout | Self::AttachTimeout => 408,
+            Self::ReadError { .. } => 500,
+            Self::NoController | Self::Shutdown => 503,
+        }
+    }
+}
 
 /// A session, shared by the coordinator and the controllers (read-only but for atomics).
 #[derive(Debug)]
@@ -106,13 +184,23 @@ pub(crate) struct Session {
     /// Pacing origin (set when the first block is sent).
     pub t0: Mutex<Option<Instant>>,
     pub epoch: AtomicU32,
-    /// Blocks delivered so far.
+    /// Blocks delivered so far (only ever grows).
     pub sent: AtomicU64,
     /// A DataRequest held back by the window.
     pub parked: AtomicU64,
     pub attached: AtomicUsize,
-    pub finished: AtomicBool,
-    pub failed: AtomicBool,
+    /// A [`Phase`].
+    pub phase: AtomicU8,
+    /// A controller is writing a block to the client now: a stall is the client's (bounded
+    /// by the send timeout), not the controller's, so the watchdog does not re-plan.
+    pub sending: AtomicBool,
+    /// The HTTP client's socket while no baton carries it (a baton dropped on the way hands
+    /// it back here, and the watchdog hands it on with the next plan).
+    pub home: Mutex<Option<std::net::TcpStream>>,
+    /// The coordinator's event channel (a dropped baton reports its socket's return).
+    pub events: mpsc::UnboundedSender<Event>,
+    /// The HTTP connection's place under the listener's limits, freed with the session.
+    pub slot: Mutex<Option<listener::Slot>>,
     pub name: String,
     pub controllers: Mutex<Vec<usize>>,
     /// Keeps the item's blocks allocated until the last reference to the session (a
@@ -137,8 +225,23 @@ impl Session {
         )
     }
 
+    /// Whether a message of `plan` may still act on the session: its plan is the latest
+    /// and the session has not ended.
     pub fn is_current(&self, plan: &Plan) -> bool {
-        self.epoch.load(Ordering::Acquire) == plan.epoch && !self.failed.load(Ordering::Acquire)
+        self.epoch.load(Ordering::Acquire) == plan.epoch && self.phase() <= Phase::Streaming
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Moves to `to` unless the session already ended; false if it had.
+    pub fn advance(&self, to: Phase) -> bool {
+        self.phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p <= Phase::Streaming as u8).then_some(to as u8)
+            })
+            .is_ok()
     }
 }
 
@@ -164,6 +267,22 @@ pub struct Sync {
     pub socket: Option<std::net::TcpStream>,
 }
 
+impl Drop for Sync {
+    /// A baton dropped on the way (a stopped controller's mailbox, a stale plan, a dead
+    /// controller's address) gives the client's socket back to the session, so the
+    /// watchdog can hand it to the next plan instead of cutting the body off.
+    fn drop(&mut self) {
+        if let Some(sock) = self.socket.take() {
+            *self
+                .session
+                .home
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sock);
+            let _ = self.session.events.send(Event::BatonHome(self.session.id));
+        }
+    }
+}
+
 /// What crosses the channels between the coordinator and the controllers.
 #[derive(Debug)]
 pub enum StreamMsg {
@@ -184,8 +303,21 @@ pub(crate) enum Event {
     Attached(u64),
     /// A session sent its last block.
     Finished(u64),
-    /// A session's client went away.
-    ClientGone(u64),
+    /// A session cannot go on.
+    Failed(u64, Failure),
+    /// An HTTP session's socket is back in its `home` (its baton was dropped).
+    BatonHome(u64),
+}
+
+impl Event {
+    /// The session it concerns.
+    pub fn session(&self) -> u64 {
+        match self {
+            Self::Attached(id) | Self::Finished(id) | Self::Failed(id, _) | Self::BatonHome(id) => {
+                *id
+            }
+        }
+    }
 }
 
 /// State shared by the coordinator and the workers.
@@ -201,6 +333,8 @@ pub(crate) struct Shared {
     pub load: Vec<AtomicU32>,
     pub events: mpsc::UnboundedSender<Event>,
     pub data_ports: Vec<u16>,
+    /// The process's descriptor budget, shared by every listener.
+    pub budget: listener::Budget,
 }
 
 impl Shared {
@@ -237,12 +371,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 impl StreamService {
     /// Opens the content store, binds the ports and starts the coordinator and one worker
-    /// per controller.
+    /// per controller. Every listener admits connections under `config.limits.stream()`
+    /// and the process's descriptor `budget`.
     pub fn start(
         config: &Config,
         backplane: &Backplane,
         controllers: &Controllers,
         shutdown: &watch::Sender<bool>,
+        budget: &listener::Budget,
     ) -> Result<Option<Self>, ServeError> {
         let Some(cfg) = config.stream.clone() else {
             return Ok(None);
@@ -307,6 +443,7 @@ impl StreamService {
             load: (0..n).map(|_| AtomicU32::new(0)).collect(),
             events: events_tx,
             data_ports,
+            budget: budget.clone(),
         });
         for ((h, rx), listener) in controllers.handles().iter().zip(receivers).zip(listeners) {
             let shared = Arc::clone(&shared);
@@ -413,4 +550,23 @@ impl StreamService {
             let _ = t.join();
         }
     }
+}
+
+/// Writes all of `buf`, failing with [`Failure::SendTimeout`] when the peer takes no byte
+/// for `timeout` (a slow reader that keeps taking bytes is not dropped) and with
+/// [`Failure::ClientGone`] when the connection breaks.
+pub(crate) async fn write_within(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut buf: &[u8],
+    timeout: std::time::Duration,
+) -> Result<(), Failure> {
+    use tokio::io::AsyncWriteExt;
+    while !buf.is_empty() {
+        match tokio::time::timeout(timeout, w.write(buf)).await {
+            Err(_) => return Err(Failure::SendTimeout),
+            Ok(Err(_) | Ok(0)) => return Err(Failure::ClientGone),
+            Ok(Ok(n)) => buf = &buf[n..],
+        }
+    }
+    Ok(())
 }

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::proto::{ATTACH_LEN, Attach, FrameHeader};
-use super::{DataRequest, Delivery, Event, NONE, Shared, StreamMsg, Sync};
+use super::{
+    DataRequest, Delivery, Event, Failure, NONE, Phase, Shared, StreamMsg, Sync, write_within,
+};
 use crate::backplane::{Volume, VolumeHandle};
 
 struct Worker {
@@ -30,12 +32,19 @@ struct Worker {
     max_buffers: usize,
     /// Blocks read ahead: (session, block) -> (buffer, bytes read).
     ready: HashMap<(u64, u64), (Vec<u8>, usize)>,
-    /// Data channels attached to this controller, by session.
-    channels: HashMap<u64, Rc<tokio::sync::Mutex<OwnedWriteHalf>>>,
+    /// Data channels attached to this controller, by session, with their places under the
+    /// data listener's limits.
+    channels: HashMap<u64, Rc<Channel>>,
     stopped: bool,
 }
 
 type State = Rc<RefCell<Worker>>;
+
+/// One attached data channel.
+struct Channel {
+    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    _slot: listener::Slot,
+}
 
 /// Starts the worker on the calling controller thread.
 pub(super) fn start(
@@ -115,12 +124,18 @@ async fn mailbox_loop(
     }
 }
 
-/// Accepts data channels: each presents a session ID and its secret.
+/// Accepts data channels: each presents a session ID and its secret within the handshake
+/// timeout.
 async fn accept_loop(
     state: State,
     l: tokio::net::TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (limits, budget) = {
+        let w = state.borrow();
+        (w.shared.limits, w.shared.budget.clone())
+    };
+    let mut l = listener::Listener::new(l, "stream-data", limits.max_connections, budget);
     loop {
         let conn = tokio::select! {
             c = l.accept() => c,
@@ -129,43 +144,57 @@ async fn accept_loop(
         if state.borrow().stopped {
             return;
         }
-        let Ok((mut s, _)) = conn else { continue };
         let state = Rc::clone(&state);
-        tokio::task::spawn_local(async move {
-            let _ = s.set_nodelay(true);
-            let mut b = [0u8; ATTACH_LEN];
-            let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b)).await;
-            let Ok(Ok(_)) = read else { return };
-            let shared = Arc::clone(&state.borrow().shared);
-            let session = Attach::decode(&b).and_then(|a| {
-                shared
-                    .session(a.session)
-                    // Constant-time comparison is not needed for a 128-bit random secret
-                    // checked once per connection, but a mismatch reveals nothing else.
-                    .filter(|s| s.secret == a.secret && s.delivery == Delivery::Framed)
-            });
-            let Some(session) = session else {
-                // Wrong secret or unknown session: refuse with a one-byte answer, then close.
-                let _ = s.write_all(&[0xff]).await;
-                return;
-            };
-            if s.write_all(&[0]).await.is_err() {
-                return;
-            }
-            let (rd, wr) = s.into_split();
-            // The client never sends after attaching; keep the read half for EOF detection.
-            drop(rd);
-            let mut w = state.borrow_mut();
-            if w.stopped {
-                return;
-            }
-            w.channels
-                .insert(session.id, Rc::new(tokio::sync::Mutex::new(wr)));
-            let planned = session.controllers.lock().map_or(0, |c| c.len());
-            if session.attached.fetch_add(1, Ordering::AcqRel) + 1 == planned {
-                let _ = w.shared.events.send(Event::Attached(session.id));
-            }
-        });
+        tokio::task::spawn_local(attach(state, conn.stream, conn.slot, limits));
+    }
+}
+
+async fn attach(
+    state: State,
+    mut s: tokio::net::TcpStream,
+    slot: listener::Slot,
+    limits: listener::Limits,
+) {
+    let _ = s.set_nodelay(true);
+    let mut b = [0u8; ATTACH_LEN];
+    let read = tokio::time::timeout(limits.handshake_timeout, s.read_exact(&mut b)).await;
+    let Ok(Ok(_)) = read else { return };
+    let shared = Arc::clone(&state.borrow().shared);
+    let session = Attach::decode(&b).and_then(|a| {
+        shared
+            .session(a.session)
+            // Constant-time comparison is not needed for a 128-bit random secret
+            // checked once per connection, but a mismatch reveals nothing else.
+            .filter(|s| s.secret == a.secret && s.delivery == Delivery::Framed)
+    });
+    let Some(session) = session else {
+        // Wrong secret or unknown session: refuse with a one-byte answer, then close.
+        let _ = write_within(&mut s, &[0xff], limits.send_timeout).await;
+        return;
+    };
+    if write_within(&mut s, &[0], limits.send_timeout)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (rd, wr) = s.into_split();
+    // The client never sends after attaching.
+    drop(rd);
+    let mut w = state.borrow_mut();
+    if w.stopped || session.phase() > Phase::Streaming {
+        return;
+    }
+    w.channels.insert(
+        session.id,
+        Rc::new(Channel {
+            wr: tokio::sync::Mutex::new(wr),
+            _slot: slot,
+        }),
+    );
+    let planned = session.controllers.lock().map_or(0, |c| c.len());
+    if session.attached.fetch_add(1, Ordering::AcqRel) + 1 == planned {
+        let _ = w.shared.events.send(Event::Attached(session.id));
     }
 }
 
@@ -263,6 +292,12 @@ fn on_data_request(state: &State, dr: DataRequest) {
     }
 }
 
+/// Whether the baton may still act: its plan is current and this worker runs. Checked
+/// after every await, before the baton changes the session's state.
+fn live(state: &State, s: &super::Session, plan: &super::Plan) -> bool {
+    s.is_current(plan) && !state.borrow().stopped
+}
+
 async fn on_sync(state: State, mut sync: Sync) {
     let (shared, index) = {
         let w = state.borrow();
@@ -271,7 +306,10 @@ async fn on_sync(state: State, mut sync: Sync) {
     let m = &shared.metrics;
     m.controllers[index].syncs.fetch_add(1, Ordering::Relaxed);
     let s = Arc::clone(&sync.session);
-    if !s.is_current(&sync.plan) || state.borrow().stopped {
+    let plan = Arc::clone(&sync.plan);
+    // Every early return drops the baton; an HTTP socket it carries goes back to the
+    // session (`Drop for Sync`) for the watchdog to hand on.
+    if !live(&state, &s, &plan) {
         return;
     }
     let k = sync.block;
@@ -288,6 +326,9 @@ async fn on_sync(state: State, mut sync: Sync) {
         let now = Instant::now();
         if now < deadline {
             tokio::time::sleep_until(deadline.into()).await;
+            if !live(&state, &s, &plan) {
+                return;
+            }
         } else {
             let block_time = Duration::from_secs_f64(s.block_size as f64 * 8.0 / rate as f64);
             if now > deadline + block_time {
@@ -297,79 +338,136 @@ async fn on_sync(state: State, mut sync: Sync) {
     }
     if let Some(delay) = test_jitter(s.id, k) {
         tokio::time::sleep(delay).await;
+        if !live(&state, &s, &plan) {
+            return;
+        }
     }
-    let buf = {
+    let read = {
         let mut w = state.borrow_mut();
         match w.ready.remove(&(s.id, k)) {
-            Some((buf, _)) => Some(buf),
+            Some((buf, _)) => Ok(buf),
             None => {
                 m.send_stalls.fetch_add(1, Ordering::Relaxed);
-                let mut b = w.take_buffer(true);
-                if let Some(buf) = b.as_mut() {
-                    if let Err(e) = w.vol.read_at(off, &mut buf[..len]) {
-                        warn!(session = s.id, block = k, error = %e, "block read failed");
-                        let buf = b.take();
-                        if let Some(buf) = buf {
-                            w.give_back(buf);
-                        }
+                // One buffer per baton beyond the pool: a session has one baton, so this is
+                // bounded by the sessions the controller serves.
+                let mut buf = w.take_buffer(true).unwrap_or_default();
+                match w.vol.read_at(off, &mut buf[..len]) {
+                    Ok(()) => Ok(buf),
+                    Err(e) => {
+                        warn!(session = s.id, block = k, controller = index, error = %e, "block read failed");
+                        w.give_back(buf);
+                        Err(e)
                     }
                 }
-                b
             }
         }
     };
-    let Some(buf) = buf else {
-        fail(&shared, &s);
-        return;
+    let buf = match read {
+        Ok(buf) => buf,
+        Err(_) => {
+            let f = Failure::ReadError { block: k };
+            if s.delivery == Delivery::Framed {
+                // The client sees the failure on the channel it is reading.
+                let ch = state.borrow().channels.get(&s.id).cloned();
+                if let Some(ch) = ch {
+                    let h = FrameHeader::error(plan.epoch, k, f.code());
+                    let mut wr = ch.wr.lock().await;
+                    let _ = write_within(&mut *wr, &h.encode(), shared.limits.send_timeout).await;
+                }
+            }
+            // HTTP: the body cannot be completed; closing the socket tells the client.
+            drop(sync.socket.take());
+            let _ = shared.events.send(Event::Failed(s.id, f));
+            return;
+        }
     };
     let payload = &buf[skip..len];
     let payload_len = payload.len() as u64;
-    let ok = match s.delivery {
+    let send_timeout = shared.limits.send_timeout;
+    let sent: Result<(), Failure> = match s.delivery {
         Delivery::Framed => {
             let ch = state.borrow().channels.get(&s.id).cloned();
             match ch {
                 Some(ch) => {
                     let h = FrameHeader {
                         kind: super::proto::FrameKind::Block,
-                        epoch: sync.plan.epoch,
+                        epoch: plan.epoch,
                         seq: k,
                         len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
                         crc: crc32c::crc32c(payload),
                     };
-                    let mut wr = ch.lock().await;
-                    wr.write_all(&h.encode()).await.is_ok() && wr.write_all(payload).await.is_ok()
+                    let mut wr = ch.wr.lock().await;
+                    if live(&state, &s, &plan) {
+                        s.sending.store(true, Ordering::Release);
+                        let r = match write_within(&mut *wr, &h.encode(), send_timeout).await {
+                            Ok(()) => write_within(&mut *wr, payload, send_timeout).await,
+                            Err(f) => Err(f),
+                        };
+                        s.sending.store(false, Ordering::Release);
+                        r
+                    } else {
+                        drop(wr);
+                        state.borrow_mut().give_back(buf);
+                        return;
+                    }
                 }
-                None => false,
+                None => {
+                    // This controller lost the channel (stopped and restarted, or never
+                    // attached): the watchdog re-plans.
+                    state.borrow_mut().give_back(buf);
+                    return;
+                }
             }
         }
         Delivery::Http => match sync.socket.take().map(tokio::net::TcpStream::from_std) {
             Some(Ok(mut sock)) => {
-                let ok = sock.write_all(payload).await.is_ok();
+                s.sending.store(true, Ordering::Release);
+                let r = write_within(&mut sock, payload, send_timeout).await;
+                s.sending.store(false, Ordering::Release);
                 sync.socket = sock.into_std().ok();
-                ok && sync.socket.is_some()
+                match (r, &sync.socket) {
+                    (Ok(()), Some(_)) => Ok(()),
+                    (Ok(()), None) => Err(Failure::ClientGone),
+                    (Err(f), _) => Err(f),
+                }
             }
-            _ => false,
+            _ => Err(Failure::ClientGone),
         },
     };
     state.borrow_mut().give_back(buf);
-    if !ok {
-        if s.delivery == Delivery::Http || state.borrow().channels.contains_key(&s.id) {
-            // The client went away.
-            let _ = shared.events.send(Event::ClientGone(s.id));
-        }
+    if let Err(f) = sent {
+        // The client went away or stopped reading: the session ends, its socket with it.
+        drop(sync.socket.take());
+        let _ = shared.events.send(Event::Failed(s.id, f));
         return;
     }
     let cm = &m.controllers[index];
     cm.blocks_sent.fetch_add(1, Ordering::Relaxed);
     cm.bytes.fetch_add(payload_len, Ordering::Relaxed);
-    s.sent.store(k + 1, Ordering::Release);
+    match s.delivery {
+        // The socket's writer is the only one (the socket travels with one baton), so the
+        // bytes it wrote count even if a re-plan happened meanwhile: the next plan starts
+        // after them.
+        Delivery::Http => {
+            s.sent.fetch_max(k + 1, Ordering::AcqRel);
+        }
+        // A stale frame is skipped by the client; it must not move the session.
+        Delivery::Framed => {
+            if !live(&state, &s, &plan) {
+                return;
+            }
+            s.sent.fetch_max(k + 1, Ordering::AcqRel);
+        }
+    }
     if k + 1 == s.blocks {
-        s.finished.store(true, Ordering::Release);
         if let Some(sock) = sync.socket.take() {
             // Orderly close so the client sees the whole body.
             let _ = sock.shutdown(std::net::Shutdown::Write);
         }
         let _ = shared.events.send(Event::Finished(s.id));
+        return;
+    }
+    if !live(&state, &s, &plan) {
         return;
     }
     // Release a DataRequest the window held back, then pass the baton.
@@ -380,22 +478,18 @@ async fn on_sync(state: State, mut sync: Sync) {
             .compare_exchange(p, NONE, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     {
-        request(&shared, &s, p, &sync.plan);
+        request(&shared, &s, p, &plan);
     }
     forward(
         &shared,
-        &sync.plan,
+        &plan,
         StreamMsg::Sync(Sync {
             session: s,
             block: k + 1,
-            plan: Arc::clone(&sync.plan),
+            plan: Arc::clone(&plan),
             socket: sync.socket.take(),
         }),
     );
-}
-
-fn fail(shared: &Shared, s: &super::Session) {
-    let _ = shared.events.send(Event::ClientGone(s.id));
 }
 
 /// Fault injection for tests: with `BATON_STREAM_TEST_JITTER_MS=N` in the environment, every

@@ -182,6 +182,11 @@ impl Baton {
         store.check().unwrap()
     }
 
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("baton.log")).unwrap_or_default()
+    }
+
     /// Resident set size of the process, bytes.
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -236,13 +241,20 @@ impl Baton {
     }
 }
 
+/// Starts `baton serve`; its log (warnings and errors) goes to `baton.log` beside the
+/// configuration.
 fn spawn(cfg: &Path, env: &[(String, String)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cfg.with_file_name("baton.log"))
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(["serve", "--config"])
         .arg(cfg)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
 }
