@@ -263,6 +263,16 @@ impl StreamClient {
         };
         let secret =
             unhex(&info.secret).ok_or_else(|| ClientError::Protocol("bad secret".into()))?;
+        info.plan
+            .check(info.data_ports.len())
+            .map_err(ClientError::Protocol)?;
+        if info.block_size == 0 || info.block_size > 1 << 30 {
+            // Frame buffers are sized by it.
+            return Err(ClientError::Protocol(format!(
+                "block size {} out of range",
+                info.block_size
+            )));
+        }
         if info.blocks == 0 {
             // Nothing to send: no data channels, the coordinator says Done at once.
             return match c.reply_within().await? {
@@ -326,6 +336,7 @@ impl StreamClient {
                 biased;
                 r = ctl_rx.recv() => match r {
                     Some(Ok(Reply::Replan(p))) => {
+                        p.check(channels.len()).map_err(ClientError::Protocol)?;
                         if p.controllers.iter().any(|&i| channels.get(i).is_none_or(Option::is_none)) {
                             return Err(ClientError::Protocol("re-plan onto a controller without a data channel".into()));
                         }

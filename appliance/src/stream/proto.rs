@@ -95,10 +95,23 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The controller of block `k` (`k >= from_block`).
+    /// The controller of block `k` (`k >= from_block`); `usize::MAX` (no controller) for an
+    /// empty plan, which [`Plan::check`] refuses.
     pub fn controller(&self, k: u64) -> usize {
         let n = self.controllers.len().max(1) as u64;
-        self.controllers[usize::try_from((k.saturating_sub(self.from_block)) % n).unwrap_or(0)]
+        let i = usize::try_from(k.saturating_sub(self.from_block) % n).unwrap_or(0);
+        self.controllers.get(i).copied().unwrap_or(usize::MAX)
+    }
+
+    /// Whether a plan received from the wire can be followed over `controllers` data ports.
+    pub fn check(&self, controllers: usize) -> Result<(), String> {
+        if self.controllers.is_empty() {
+            return Err("a plan without controllers".into());
+        }
+        if let Some(c) = self.controllers.iter().find(|&&c| c >= controllers) {
+            return Err(format!("plan names unknown controller {c}"));
+        }
+        Ok(())
     }
 }
 
@@ -331,6 +344,15 @@ mod tests {
         assert_eq!(p.controller(10), 2);
         assert_eq!(p.controller(11), 0);
         assert_eq!(p.controller(12), 2);
+        assert_eq!(p.check(3), Ok(()));
+        assert!(p.check(2).is_err());
+        let empty = Plan {
+            epoch: 1,
+            from_block: 0,
+            controllers: vec![],
+        };
+        assert_eq!(empty.controller(5), usize::MAX);
+        assert!(empty.check(4).is_err());
     }
 
     #[test]

@@ -336,7 +336,7 @@ async fn on_sync(state: State, mut sync: Sync) {
             }
         }
     }
-    if let Some(delay) = test_jitter(s.id, k) {
+    if let Some(delay) = test_jitter(s.id, k, plan.epoch) {
         tokio::time::sleep(delay).await;
         if !live(&state, &s, &plan) {
             return;
@@ -494,8 +494,9 @@ async fn on_sync(state: State, mut sync: Sync) {
 
 /// Fault injection for tests: with `BATON_STREAM_TEST_JITTER_MS=N` in the environment, every
 /// baton waits a pseudo-random 0..N ms before its block is sent, so controllers finish their
-/// blocks out of order and only the baton keeps the stream ordered.
-fn test_jitter(session: u64, block: u64) -> Option<Duration> {
+/// blocks out of order and only the baton keeps the stream ordered. The delay differs per
+/// plan, so a re-planned baton does not meet the same delay again.
+fn test_jitter(session: u64, block: u64, epoch: u32) -> Option<Duration> {
     static JITTER: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let max = *JITTER.get_or_init(|| {
         std::env::var("BATON_STREAM_TEST_JITTER_MS")
@@ -506,7 +507,10 @@ fn test_jitter(session: u64, block: u64) -> Option<Duration> {
     if max == 0 {
         return None;
     }
-    let mut x = session ^ block.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
+    let mut x = session
+        ^ block.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(epoch).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ 0x2545_f491_4f6c_dd1d;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
