@@ -249,6 +249,10 @@ impl Rng {
     }
 }
 
+/// A name's operations in one round: what each would leave (`None`: removed), and whether
+/// one of them was not acknowledged before the kill.
+type Touched = (Vec<Option<Vec<u8>>>, bool);
+
 #[test]
 fn kill_9_during_concurrent_puts_and_removes_keeps_every_committed_item() {
     let mut o = Opts::new(2);
@@ -305,7 +309,7 @@ fn kill_9_during_concurrent_puts_and_removes_keeps_every_committed_item() {
         // What each name may hold now: the result of any of this round's operations on it
         // (concurrent ones commit in any order), or its old content if one of them was not
         // acknowledged before the kill. `None`: absent.
-        let mut touched: HashMap<String, (Vec<Option<Vec<u8>>>, bool)> = HashMap::new();
+        let mut touched: HashMap<String, Touched> = HashMap::new();
         for (i, (name, d)) in pending.into_iter().enumerate() {
             let e = touched.entry(name).or_default();
             e.0.push(d);

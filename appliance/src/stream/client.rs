@@ -379,6 +379,24 @@ impl StreamClient {
                 stats.bytes, info.length
             )));
         }
+        // Every byte is here and verified. Wait for the appliance's Done before closing,
+        // so the session ends as finished there too; meanwhile keep reading the data
+        // channels (a re-planned controller may still re-send a block), or a full channel
+        // would stall it. Frames read now are duplicates and are dropped.
+        let mut drain = tokio::task::JoinSet::new();
+        for f in channels.into_iter().flatten() {
+            let mut rx = f.rx;
+            drain.spawn(async move { while rx.recv().await.is_some() {} });
+        }
+        let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
+            while let Some(r) = ctl_rx.recv().await {
+                if !matches!(r, Ok(Reply::Replan(_))) {
+                    return;
+                }
+            }
+        })
+        .await;
+        drain.abort_all();
         Ok(stats)
     }
 }

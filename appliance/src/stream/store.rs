@@ -304,7 +304,7 @@ impl ContentStore {
         }
         // Newest first: a replace interrupted between its two catalog writes keeps the new
         // entry, and an extent claimed twice (damage) keeps its newest owner.
-        found.sort_by(|a, b| b.generation.cmp(&a.generation));
+        found.sort_by_key(|i| std::cmp::Reverse(i.generation));
         let mut extents: Vec<(u64, u64)> = Vec::new();
         for item in found {
             self.generation = self.generation.max(item.generation);

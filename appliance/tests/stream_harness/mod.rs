@@ -224,8 +224,8 @@ impl Baton {
         .unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
     }
 
     /// Waits up to `secs` for `cond`; false if it never held.
