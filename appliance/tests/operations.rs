@@ -390,3 +390,42 @@ fn sighup_does_not_kill_the_appliance() {
         "still serving after SIGHUP"
     );
 }
+
+#[test]
+fn tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.path().join("baton.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir: {d}\ncontrollers: {{count: 1}}\nnvme_tcp: {{base_port: 0, discovery_port: null}}\n\
+             admin: {{address: \"{admin}\"}}\nlogging: {{level: warn}}\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 arrives");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means serving: the admin API answers at once.
+    assert!(baton::admin::fetch_status(admin).is_ok());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(p.0.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1 arrives");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
