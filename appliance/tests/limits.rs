@@ -6,29 +6,19 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use baton::stream::client::StreamClient;
 use nvme_target::host::{HostController, HostOptions};
 
-use common::free_port;
+use common::{Serve, free_port};
 
 const NQN: &str = "nqn.2026-11.io.baton:limits";
 /// Connections each NVMe/TCP and stream listener admits.
 const CAP: usize = 64;
 /// Admin API cap.
 const ADMIN_CAP: usize = 8;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Open descriptors and resident memory (KiB) of a process.
 fn usage(pid: u32) -> (usize, u64) {
@@ -75,24 +65,8 @@ fn floods_on_every_listener_leave_good_clients_working_and_memory_bounded() {
     );
     let path = dir.path().join("baton.yaml");
     std::fs::write(&path, cfg).unwrap();
-    let child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let child = Serve::start(&path, admin, &[control]);
     let pid = child.0.id();
-    let t = Instant::now();
-    while baton::admin::fetch_status(admin).is_err() || TcpStream::connect(control).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "baton did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let ports: Vec<SocketAddr> = baton::admin::fetch_status(admin)
         .unwrap()
         .controllers
