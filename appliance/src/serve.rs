@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminRouter};
 use crate::backplane::{Backplane, BackplaneError};
@@ -165,9 +165,34 @@ impl Appliance {
 /// Runs the appliance until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), ServeError> {
     let appliance = Appliance::start(config)?;
+    notify_service_manager("READY=1");
     wait_for_signal().map_err(io_err("waiting for signals"))?;
+    notify_service_manager("STOPPING=1");
     appliance.shutdown();
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) the appliance's state, when it started us with
+/// `NOTIFY_SOCKET`: `READY=1` once every listener is bound and every service started.
+fn notify_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    // A leading '@' names a socket in the abstract namespace.
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        warn!(error = %e, state, "cannot notify the service manager");
+    }
 }
 
 fn wait_for_signal() -> io::Result<()> {
@@ -178,9 +203,16 @@ fn wait_for_signal() -> io::Result<()> {
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
+        // SIGHUP's default action would kill the process without a graceful shutdown.
+        // Reloading the configuration on it is future work: until then it is logged and
+        // ignored.
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM"); break }
+                _ = int.recv() => { info!("SIGINT"); break }
+                _ = hup.recv() => warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+            }
         }
         Ok(())
     })
@@ -217,6 +249,11 @@ fn start_admin(
     shutdown: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     let what = || format!("admin endpoint on {addr}");
+    let (token, token_file) = crate::admin::auth::AdminToken::resolve(admin.config())
+        .map_err(io_err("reading or creating the admin token"))?;
+    if let Some(f) = token_file {
+        info!(file = %f.display(), "admin actions need the token in this file");
+    }
     let listener = crate::admin::http::bind(addr).map_err(io_err(what()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,7 +268,7 @@ fn start_admin(
                     Ok(l) => {
                         let l = listener::Listener::new(l, "admin", limits.max_connections, budget)
                             .with_refusal(crate::admin::http::BUSY);
-                        let router = Arc::new(AdminRouter(admin));
+                        let router = Arc::new(AdminRouter::new(admin, token));
                         crate::admin::http::serve(l, router, limits, shutdown).await
                     }
                     Err(e) => tracing::error!(error = %e, "admin listener"),

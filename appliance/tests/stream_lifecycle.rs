@@ -53,12 +53,7 @@ fn a_controller_lost_during_an_http_get_is_replanned_and_the_body_completes() {
         assert!(n > 0, "body cut at {} bytes", body.len());
         body.extend_from_slice(&buf[..n]);
     }
-    baton::admin::call(
-        b.admin,
-        hyper::Method::POST,
-        "/api/v1/controllers/1/stop-streams",
-    )
-    .unwrap();
+    b.admin_post("/api/v1/controllers/1/stop-streams");
     s.read_to_end(&mut body).unwrap();
     assert_eq!(body.len(), d.len(), "the whole body");
     assert_eq!(sha(&body), sha(&d), "byte-exact");

@@ -182,6 +182,12 @@ impl Baton {
         store.check().unwrap()
     }
 
+    /// A destructive admin action (with the appliance's generated bearer token).
+    pub fn admin_post(&self, path: &str) {
+        let token = baton::admin::auth::read_token_file(&self.dir.join("admin.token")).unwrap();
+        baton::admin::call_with_token(self.admin, hyper::Method::POST, path, Some(&token)).unwrap();
+    }
+
     /// What the process logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("baton.log")).unwrap_or_default()
