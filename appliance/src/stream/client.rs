@@ -317,6 +317,12 @@ impl StreamClient {
             blocks: 0,
             replans: 0,
         };
+        // Every wait has a deadline: no block and no control message for this long (four
+        // block times of a paced stream, at least the reply timeout) is a dead appliance.
+        let block_time = rate.filter(|&r| r > 0).map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(info.block_size as f64 * 8.0 / r as f64)
+        });
+        let idle = REPLY_TIMEOUT.max(block_time * 4);
         let mut k = 0u64;
         while k < info.blocks {
             let c = plan.controller(k);
@@ -334,6 +340,12 @@ impl StreamClient {
             };
             tokio::select! {
                 biased;
+                () = tokio::time::sleep(idle) => {
+                    return Err(ClientError::Protocol(format!(
+                        "no block {k} and no word from the appliance for {} s",
+                        idle.as_secs()
+                    )));
+                }
                 r = ctl_rx.recv() => match r {
                     Some(Ok(Reply::Replan(p))) => {
                         p.check(channels.len()).map_err(ClientError::Protocol)?;

@@ -661,3 +661,132 @@ fn decode_entry(e: &[u8], slot: u32) -> Option<Item> {
         slot,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backplane::{DeviceEntry, FdDevice, Volume};
+
+    const BS: u64 = 4096;
+
+    fn volume() -> Arc<Volume> {
+        let entry = DeviceEntry {
+            device: Arc::new(FdDevice::ram("t", 1 << 20).unwrap()),
+            metrics: Arc::default(),
+        };
+        Arc::new(Volume::new("t", vec![entry], 64 * 1024, 512).unwrap())
+    }
+
+    fn store() -> ContentStore {
+        ContentStore::open(volume().open_handle().unwrap(), BS, 16).unwrap()
+    }
+
+    #[test]
+    fn damaged_catalog_entries_are_ignored_not_trusted() {
+        let vol = volume();
+        let s = ContentStore::open(vol.open_handle().unwrap(), BS, 16).unwrap();
+        let entry = |name: &str, first_block: u64, blocks: u64, size: u64, generation: u64| Item {
+            name: name.into(),
+            size,
+            first_block,
+            blocks,
+            crc: 0,
+            generation,
+            created: 0,
+            slot: 0,
+        };
+        for (slot, item) in [
+            // first_block + blocks overflows (this panicked at open).
+            entry("wrap", u64::MAX - 1, 4, 4 * BS, 1),
+            // Past the data area.
+            entry("far", 1 << 40, 1, BS, 2),
+            // Blocks that disagree with the size.
+            entry("lie", 0, 1, 100 * BS, 3),
+            // Two items claiming the same blocks: the newer one stays.
+            entry("old", 0, 2, 2 * BS, 4),
+            entry("new", 1, 2, 2 * BS, 5),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            s.dev
+                .write_at(SUPERBLOCK + slot as u64 * SLOT, &encode_entry(&item))
+                .unwrap();
+        }
+        drop(s);
+        let s = ContentStore::open(vol.open_handle().unwrap(), BS, 16).unwrap();
+        let names: Vec<&str> = s.list().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["new"]);
+        let report = s.check().unwrap();
+        assert!(
+            report.problems.iter().all(|p| p.contains("CRC32C")),
+            "{report:?}"
+        );
+    }
+
+    fn put(s: &mut ContentStore, name: &str, fill: u8, blocks: u64, replace: bool) -> Item {
+        let mut up = s.begin(name, blocks * BS, replace).unwrap();
+        s.write(&mut up, &vec![fill; us(blocks * BS)]).unwrap();
+        s.commit(up).unwrap()
+    }
+
+    #[test]
+    fn concurrent_uploads_get_disjoint_extents_and_slots() {
+        let mut s = store();
+        let a = s.begin("a", 3 * BS, false).unwrap();
+        let b = s.begin("b", 3 * BS, false).unwrap();
+        assert!(
+            a.first_block + a.blocks <= b.first_block || b.first_block + b.blocks <= a.first_block
+        );
+        assert_ne!(a.slot, b.slot);
+        // A dropped upload gives its reservation back.
+        let first = a.first_block;
+        drop(a);
+        let c = s.begin("c", 3 * BS, false).unwrap();
+        assert_eq!(c.first_block, first);
+        drop((b, c));
+        put(&mut s, "a", 1, 2, false);
+        assert!(s.check().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn held_extents_survive_remove_and_replace() {
+        let mut s = store();
+        let old = put(&mut s, "v", 1, 4, false);
+        let hold = s.hold(&old);
+        s.remove("v").unwrap();
+        let other = put(&mut s, "w", 2, 4, false);
+        assert!(
+            other.first_block >= old.first_block + old.blocks,
+            "{other:?}"
+        );
+        let replaced = put(&mut s, "w", 3, 4, true);
+        assert_ne!(replaced.first_block, other.first_block);
+        drop(hold);
+        // Freed now: the next put may take the removed item's blocks.
+        let next = put(&mut s, "x", 4, 4, false);
+        assert_eq!(next.first_block, old.first_block);
+        assert!(s.check().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn existing_names_and_a_full_store_are_refused() {
+        let mut s = store();
+        put(&mut s, "n", 1, 1, false);
+        assert!(matches!(s.begin("n", 1, false), Err(StoreError::Exists(_))));
+        // Two uploads of one new name: the second commit is refused.
+        let mut a = s.begin("m", BS, false).unwrap();
+        let mut b = s.begin("m", BS, false).unwrap();
+        s.write(&mut a, &[5; BS as usize]).unwrap();
+        s.write(&mut b, &[6; BS as usize]).unwrap();
+        s.commit(a).unwrap();
+        assert!(matches!(s.commit(b), Err(StoreError::Exists(_))));
+        assert!(matches!(
+            s.begin("big", 1 << 30, false),
+            Err(StoreError::Full(_))
+        ));
+        assert!(s.check().unwrap().problems.is_empty());
+    }
+}
