@@ -323,6 +323,8 @@ impl StreamClient {
             Duration::from_secs_f64(info.block_size as f64 * 8.0 / r as f64)
         });
         let idle = REPLY_TIMEOUT.max(block_time * 4);
+        // The appliance may say Done before the last frame is read here.
+        let mut done = false;
         let mut k = 0u64;
         while k < info.blocks {
             let c = plan.controller(k);
@@ -355,7 +357,8 @@ impl StreamClient {
                         plan = p;
                         stats.replans += 1;
                     }
-                    Some(Ok(Reply::Done)) | Some(Ok(_)) => {}
+                    Some(Ok(Reply::Done)) => done = true,
+                    Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e),
                     None => return Err(ClientError::Protocol("control connection lost".into())),
                 },
@@ -395,6 +398,9 @@ impl StreamClient {
         // so the session ends as finished there too; meanwhile keep reading the data
         // channels (a re-planned controller may still re-send a block), or a full channel
         // would stall it. Frames read now are duplicates and are dropped.
+        if done {
+            return Ok(stats);
+        }
         let mut drain = tokio::task::JoinSet::new();
         for f in channels.into_iter().flatten() {
             let mut rx = f.rx;
