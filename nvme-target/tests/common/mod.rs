@@ -206,7 +206,9 @@ impl Harness {
         let mut cfg = TargetConfig::new(subsystems, ports);
         cfg.discovery = Some(addrs[2]);
         tweak(&mut cfg);
+        let limit = cfg.limits.max_connections;
         let target = Target::new(cfg).unwrap();
+        let budget = listener::Budget::new(4096);
         let (shutdown, _) = watch::channel(false);
         let mut threads = Vec::new();
         let mut cmds = Vec::new();
@@ -216,6 +218,7 @@ impl Harness {
             let (tx, mut rx) = mpsc::unbounded_channel();
             cmds.push(tx);
             let devs = (ns1.clone(), ns2.clone(), locked.clone());
+            let budget = budget.clone();
             threads.push(std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -225,10 +228,9 @@ impl Harness {
                 local.block_on(&rt, async move {
                     listener.set_nonblocking(true).unwrap();
                     let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let l = listener::Listener::new(l, "nvme-tcp", limit, budget);
                     if i == 2 {
-                        nvme_target::run_discovery(target, l, rx_shutdown)
-                            .await
-                            .unwrap();
+                        nvme_target::run_discovery(target, l, rx_shutdown).await;
                         return;
                     }
                     let d: Vec<(String, u32, Rc<dyn BlockDevice>)> = vec![
@@ -243,7 +245,7 @@ impl Harness {
                             p2.drop_connections();
                         }
                     });
-                    port.run(l, rx_shutdown).await.unwrap();
+                    port.run(l, rx_shutdown).await;
                 });
             }));
         }
