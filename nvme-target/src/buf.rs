@@ -3,7 +3,8 @@
 //!
 //! Both grow only when a larger PDU than ever before arrives (bounded by the negotiated
 //! limits), so a connection in steady state does not allocate; after a burst the connection
-//! shrinks them back (`shrink_to`) once they are empty, so an idle connection holds little.
+//! shrinks the output buffer back (`shrink_to`) once it is empty, so a quiet connection
+//! holds little.
 
 /// Bytes waiting to be written to the socket.
 #[derive(Debug, Default)]
@@ -166,22 +167,6 @@ impl InBuf {
     pub fn filled(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());
     }
-
-    /// Bytes of memory the buffer holds.
-    pub fn capacity(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Gives memory back after a large PDU: an empty buffer larger than `keep` bytes shrinks
-    /// to `keep`.
-    pub fn shrink_to(&mut self, keep: usize) {
-        if self.start == self.end && self.buf.len() > keep {
-            self.start = 0;
-            self.end = 0;
-            self.buf.truncate(keep);
-            self.buf.shrink_to_fit();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -221,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn buffers_shrink_back_only_when_empty() {
+    fn out_buf_shrinks_back_only_when_empty() {
         let mut o = OutBuf::with_capacity(0);
         o.append(1 << 20);
         o.shrink_to(4096);
@@ -231,17 +216,5 @@ mod tests {
         assert_eq!(o.capacity(), 4096);
         o.extend(b"after");
         assert_eq!(o.pending(), b"after");
-
-        let mut i = InBuf::with_capacity(0);
-        let n = i.spare(1 << 20).len();
-        i.filled(n);
-        i.shrink_to(4096);
-        assert_eq!(i.capacity(), 1 << 20);
-        i.consume(n);
-        i.shrink_to(4096);
-        assert_eq!(i.capacity(), 4096);
-        i.spare(8)[..2].copy_from_slice(b"ok");
-        i.filled(2);
-        assert_eq!(i.data(), b"ok");
     }
 }

@@ -82,9 +82,10 @@ pub(crate) struct Conn {
 /// Most file pieces queued before the connection stops reading new commands.
 const MAX_QUEUED_FILES: usize = 1024;
 
-/// Buffer memory an idle connection keeps (input, output, scratch each): enough for small
-/// commands without allocating, little enough for thousands of idle connections.
-const IDLE_KEEP: usize = 64 * 1024;
+/// Output and scratch memory a quiet connection keeps: enough for a queue depth of small
+/// commands without allocating, little enough for thousands of connections. (The input
+/// buffer never passes the negotiated PDU limit, about MAXH2CDATA.)
+const IDLE_KEEP: usize = 128 * 1024;
 
 /// Why a connection was closed by its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +144,7 @@ impl Conn {
         let mut last_input = accepted;
         // Last time output made progress, or the output queue was empty.
         let mut last_output = accepted;
+        let mut was_idle = true;
         let mut drain_until: Option<Instant> = None;
         let timer = tokio::time::sleep_until(accepted.into());
         tokio::pin!(timer);
@@ -161,8 +163,12 @@ impl Conn {
             if (self.closing || draining) && idle {
                 break None;
             }
-            if idle {
+            // The send clock runs from when output became pending, or last moved.
+            if idle || was_idle {
                 last_output = Instant::now();
+            }
+            was_idle = idle;
+            if idle {
                 self.shrink();
             }
             let deadline = self.deadline(
@@ -269,7 +275,6 @@ impl Conn {
     /// Gives back buffer memory a burst left behind, once the connection is quiet.
     fn shrink(&mut self) {
         self.out.shrink_to(IDLE_KEEP);
-        self.inb.shrink_to(IDLE_KEEP);
         if self.scratch.capacity() > IDLE_KEEP {
             self.scratch = Vec::new();
         }
