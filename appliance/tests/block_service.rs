@@ -231,14 +231,15 @@ mod raw {
     use nvme_spec::pdu::{CommonHeader, pdu_type};
     use nvme_spec::{FromZeros, IntoBytes, put_str};
 
-    pub struct Raw(pub TcpStream);
+    /// A connection; `data_digest` once ICReq negotiated data digests.
+    pub struct Raw(pub TcpStream, bool);
 
     impl Raw {
         pub fn open(addr: SocketAddr) -> Self {
             let s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             s.set_nodelay(true).unwrap();
-            Self(s)
+            Self(s, false)
         }
 
         pub fn send(&mut self, bytes: &[u8]) {
@@ -258,12 +259,20 @@ mod raw {
         }
 
         pub fn ic(&mut self) {
+            self.ic_with(false);
+        }
+
+        /// ICReq, asking for data digests if `data_digest`.
+        pub fn ic_with(&mut self, data_digest: bool) {
             let mut req = [0u8; 128];
             req[0] = pdu_type::IC_REQ;
             req[2] = 128;
             req[4] = 128;
+            req[11] = if data_digest { 2 } else { 0 };
             self.send(&req);
-            assert_eq!(self.recv()[0], pdu_type::IC_RESP);
+            let resp = self.recv();
+            assert_eq!(resp[0], pdu_type::IC_RESP);
+            self.1 = resp[11] & 2 != 0;
         }
 
         /// Sends a Connect (`len` bytes of data by R2T, or 1 KiB in the capsule if `len` is
@@ -294,8 +303,14 @@ mod raw {
                 None => {
                     cmd.dptr.kind = SglDescriptor::DATA_BLOCK_OFFSET;
                     cmd.dptr.length.set(1024);
-                    let mut pdu = capsule(cmd.as_bytes(), 1024);
+                    let dd = if self.1 { 4 } else { 0 };
+                    let mut pdu = capsule(cmd.as_bytes(), 1024 + dd);
                     pdu.extend_from_slice(d.as_bytes());
+                    if self.1 {
+                        // DDGSTF, and the digest after the data.
+                        pdu[1] |= 2;
+                        pdu.extend_from_slice(&crc32c::crc32c(d.as_bytes()).to_le_bytes());
+                    }
                     self.send(&pdu);
                 }
             }
@@ -371,8 +386,19 @@ async fn well_behaved_host(
 
 /// A raw I/O queue `qid` (2 to 8) joining `c`'s controller.
 fn raw_io_queue(addr: SocketAddr, c: &HostController, qid: u16) -> raw::Raw {
+    raw_io_queue_with(addr, c, qid, false)
+}
+
+/// A raw I/O queue, with data digests if `data_digest` (reads are then copied into the
+/// connection's output buffer instead of going out with `sendfile`).
+fn raw_io_queue_with(
+    addr: SocketAddr,
+    c: &HostController,
+    qid: u16,
+    data_digest: bool,
+) -> raw::Raw {
     let mut r = raw::Raw::open(addr);
-    r.ic();
+    r.ic_with(data_digest);
     let resp = r.connect(NQN, &HostOptions::new(NQN).hostnqn, qid, c.cntlid(), None);
     assert_eq!(raw::status_of(&resp), 0, "raw I/O queue connect");
     r
@@ -552,18 +578,30 @@ fn shutdown_finishes_while_a_host_stops_reading() {
         .build()
         .unwrap();
     let (c, _q, _ns) = rt.block_on(well_behaved_host(ports[0]));
-    // 64 MiB of reads asked for and none of it read.
-    let mut r = raw_io_queue(ports[0], &c, 2);
-    for cid in 0..64u16 {
-        let mut sqe = Sqe::new_zeroed();
-        sqe.opcode = io_opcode::READ;
-        sqe.cid.set(cid);
-        sqe.nsid.set(1);
-        sqe.set_lba_range(0, 2048);
-        r.command(sqe, 1 << 20);
+    let base = b.rss_kib();
+    // 2 x 64 MiB of reads asked for and none of it read: one queue served by `sendfile`,
+    // one (data digests) through the output buffer, which stops taking commands at its
+    // high-water mark.
+    let mut stalled = Vec::new();
+    for (qid, digest) in [(2, false), (3, true)] {
+        let mut r = raw_io_queue_with(ports[0], &c, qid, digest);
+        for cid in 0..64u16 {
+            let mut sqe = Sqe::new_zeroed();
+            sqe.opcode = io_opcode::READ;
+            sqe.cid.set(cid);
+            sqe.nsid.set(1);
+            sqe.set_lba_range(0, 2048);
+            r.command(sqe, 1 << 20);
+        }
+        stalled.push(r);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = b.rss_kib().saturating_sub(base);
+    assert!(
+        grown < RSS_SLACK_KIB,
+        "RSS grew by {grown} KiB with two stalled readers (from {base} KiB)"
+    );
     // stop() fails if SIGTERM does not end the process within 20 s.
     b.stop();
-    drop(r);
+    drop(stalled);
 }

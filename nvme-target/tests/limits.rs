@@ -17,6 +17,7 @@ use nvme_spec::log::lid;
 use nvme_spec::pdu::{CommonHeader, DataHeader, fes, flags, pdu_type};
 use nvme_spec::{FromZeros, IntoBytes, put_str, status};
 use nvme_target::TargetConfig;
+use nvme_target::codec::digest;
 use nvme_target::host::HostOptions;
 
 /// Short deadlines so the tests see them pass.
@@ -251,26 +252,54 @@ fn r2t_memory_is_bounded_per_connection() {
 #[test]
 fn h2c_data_past_maxh2cdata_is_fatal() {
     let h = Harness::start();
-    let mut raw = raw_io_queue(&h, 0);
-    let mut sqe = transport_sqe(io_opcode::WRITE, 1, 256 << 10);
-    sqe.nsid.set(1);
-    sqe.set_lba_range(0, 512);
-    raw.send(&capsule(sqe.as_bytes(), 0));
-    let r2t = raw.recv();
-    assert_eq!(r2t[0], pdu_type::R2T);
-    let datal = (128 << 10) + 4;
-    let mut h2c = DataHeader {
-        ch: CommonHeader::new(pdu_type::H2C_DATA, 0, 24, 24, 24 + datal),
-        ..DataHeader::default()
-    };
-    h2c.cccid.set(1);
-    h2c.ttag.set(u16::from_le_bytes([r2t[10], r2t[11]]));
-    h2c.datal.set(datal);
-    let mut pdu = h2c.as_bytes().to_vec();
-    pdu.resize(pdu.len() + datal as usize, 0);
-    raw.send(&pdu);
-    assert_term_req(&raw.recv(), fes::DATA_LIMIT_EXCEEDED, 0);
-    raw.expect_eof();
+    // Without digests the PDU fits the PDU limit and DATAL is past MAXH2CDATA; with them it
+    // is already past the PDU limit (PLEN): both end the connection before the data is read.
+    for (dgst, fes, fei) in [
+        (0u8, fes::DATA_LIMIT_EXCEEDED, 0),
+        (3, fes::INVALID_HEADER_FIELD, 4),
+    ] {
+        let mut raw = raw_io_queue(&h, dgst);
+        let hd = if dgst & 1 != 0 { 4 } else { 0 };
+        let dd = if dgst & 2 != 0 { 4 } else { 0 };
+        let mut sqe = transport_sqe(io_opcode::WRITE, 1, 256 << 10);
+        sqe.nsid.set(1);
+        sqe.set_lba_range(0, 512);
+        let mut pdu = CommonHeader::new(pdu_type::CAPSULE_CMD, dgst & 1, 72, 0, 72 + hd)
+            .as_bytes()
+            .to_vec();
+        pdu.extend_from_slice(sqe.as_bytes());
+        if hd != 0 {
+            let d = digest(&pdu);
+            pdu.extend_from_slice(&d.to_le_bytes());
+        }
+        raw.send(&pdu);
+        let r2t = raw.recv();
+        assert_eq!(r2t[0], pdu_type::R2T);
+        let datal = (128 << 10) + 4;
+        let mut h2c = DataHeader {
+            ch: CommonHeader::new(
+                pdu_type::H2C_DATA,
+                dgst,
+                24,
+                (24 + hd) as u8,
+                24 + hd + datal + dd,
+            ),
+            ..DataHeader::default()
+        };
+        h2c.cccid.set(1);
+        h2c.ttag.set(u16::from_le_bytes([r2t[10], r2t[11]]));
+        h2c.datal.set(datal);
+        let mut pdu = h2c.as_bytes().to_vec();
+        if hd != 0 {
+            let d = digest(&pdu);
+            pdu.extend_from_slice(&d.to_le_bytes());
+        }
+        pdu.resize(pdu.len() + datal as usize + dd as usize, 0);
+        // The target may stop reading (and close) before all of it is sent.
+        let _ = std::io::Write::write_all(&mut raw.0, &pdu);
+        assert_term_req(&raw.recv(), fes, fei);
+        raw.expect_eof();
+    }
     others_unaffected(&h);
     h.stop();
 }
