@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminRouter};
 use crate::backplane::{Backplane, BackplaneError};
@@ -174,9 +174,16 @@ fn wait_for_signal() -> io::Result<()> {
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
+        // SIGHUP's default action would kill the process without a graceful shutdown.
+        // Reloading the configuration on it is future work: until then it is logged and
+        // ignored.
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM"); break }
+                _ = int.recv() => { info!("SIGINT"); break }
+                _ = hup.recv() => warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+            }
         }
         Ok(())
     })
@@ -213,6 +220,11 @@ fn start_admin(
     shutdown: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     let what = || format!("admin endpoint on {addr}");
+    let (token, token_file) = crate::admin::auth::AdminToken::resolve(admin.config())
+        .map_err(io_err("reading or creating the admin token"))?;
+    if let Some(f) = token_file {
+        info!(file = %f.display(), "admin actions need the token in this file");
+    }
     let listener = crate::admin::http::bind(addr).map_err(io_err(what()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -227,7 +239,7 @@ fn start_admin(
                     Ok(l) => {
                         let l = listener::Listener::new(l, "admin", limits.max_connections, budget)
                             .with_refusal(crate::admin::http::BUSY);
-                        let router = Arc::new(AdminRouter(admin));
+                        let router = Arc::new(AdminRouter::new(admin, token));
                         crate::admin::http::serve(l, router, limits, shutdown).await
                     }
                     Err(e) => tracing::error!(error = %e, "admin listener"),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::header::HeaderMap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -21,12 +22,13 @@ pub type Body = Full<Bytes>;
 
 /// Routes a request to a response.
 pub trait Router: Send + Sync + 'static {
-    /// Handles `method path`; `body` is the (small, bounded) request body.
+    /// Handles `method path` with the request's headers (the admin API reads no bodies).
     fn route(
         &self,
         method: &Method,
         path: &str,
         query: Option<&str>,
+        headers: &HeaderMap,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
@@ -83,7 +85,12 @@ pub async fn serve<R: Router>(
                 let router = Arc::clone(&router);
                 async move {
                     let resp = router
-                        .route(req.method(), req.uri().path(), req.uri().query())
+                        .route(
+                            req.method(),
+                            req.uri().path(),
+                            req.uri().query(),
+                            req.headers(),
+                        )
                         .await;
                     Ok::<_, Infallible>(resp)
                 }
@@ -117,18 +124,28 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// A tiny HTTP/1.1 client for the CLI (`baton status`, `baton ctl`).
-pub async fn request(addr: SocketAddr, method: Method, path: &str) -> io::Result<(u16, Bytes)> {
+/// A tiny HTTP/1.1 client for the CLI (`baton status`, `baton ctl`); `token` goes in
+/// `Authorization: Bearer`.
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> io::Result<(u16, Bytes)> {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::HOST, addr.to_string());
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
         .body(Full::new(Bytes::new()))
         .map_err(io::Error::other)?;
     let resp = sender.send_request(req).await.map_err(io::Error::other)?;

@@ -18,6 +18,9 @@ pub use limits::LimitsConfig;
 use locate::LineIndex;
 pub use size::ByteSize;
 
+/// Largest configuration file read.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
 /// The configuration `baton serve` uses when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/default.yaml");
 
@@ -248,12 +251,21 @@ pub struct AdminConfig {
     /// Where `/metrics` and `/api/v1/...` are served; absent disables it.
     #[serde(default = "default_admin_address")]
     pub address: Option<SocketAddr>,
+    /// Bearer token that destructive actions need (at least 16 characters). Without it and
+    /// without `token_file`, the appliance generates one in `DATA_DIR/admin.token`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file whose first line is the token (relative paths are under `data_dir`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             address: default_admin_address(),
+            token: None,
+            token_file: None,
         }
     }
 }
@@ -424,7 +436,31 @@ pub enum LogFormat {
 impl Config {
     /// Parses and validates YAML text; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::parse_with_warnings(text, origin).map(|(c, _)| c)
+    }
+
+    /// Parses and validates YAML text, and returns the [`Config::warnings`] with their lines.
+    pub fn parse_with_warnings(
+        text: &str,
+        origin: &str,
+    ) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError {
+                origin: origin.to_owned(),
+                path: String::new(),
+                line: None,
+                message: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
         let lines = LineIndex::new(text);
+        if let Some(line) = lines.too_deep() {
+            return Err(ConfigError {
+                origin: origin.to_owned(),
+                path: String::new(),
+                line: Some(line),
+                message: format!("nested deeper than {} levels", locate::MAX_DEPTH),
+            });
+        }
         let de = serde_norway::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
             let mut path = err.path().to_string();
@@ -451,31 +487,75 @@ impl Config {
                 message,
             }
         })?;
-        config.validate().map_err(|(path, message)| ConfigError {
+        let located = |(path, message): (String, String)| ConfigError {
             origin: origin.to_owned(),
             line: lines.line_of(&path),
             path,
             message,
-        })?;
-        Ok(config)
+        };
+        config.validate().map_err(located)?;
+        let warnings = config.warnings().into_iter().map(located).collect();
+        Ok((config, warnings))
     }
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_warnings(path).map(|(c, _)| c)
+    }
+
+    /// Reads, parses and validates a file, with its warnings. Only a regular file of at most
+    /// [`MAX_CONFIG_BYTES`] is read (a FIFO or `/dev/zero` is refused, not read forever).
+    pub fn load_with_warnings(path: &Path) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        use std::io::Read;
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let fail = |message: String| ConfigError {
             origin: origin.clone(),
             path: String::new(),
             line: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        Self::parse(&text, &origin)
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                f.take(MAX_CONFIG_BYTES as u64 + 1)
+                    .read_to_string(&mut text)
+            })
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        Self::parse_with_warnings(&text, &origin)
     }
 
     /// The embedded default.
     pub fn embedded_default() -> Self {
         Self::parse(EMBEDDED_DEFAULT, "embedded default")
             .unwrap_or_else(|e| unreachable!("the embedded default is checked by a test: {e}"))
+    }
+
+    /// Settings that are valid but probably not what the operator wants, as (key path,
+    /// message); `check-config` prints them and `serve` logs them.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut w = Vec::new();
+        if let Some(addr) = self.admin.address {
+            if !addr.ip().is_loopback()
+                && self.admin.token.is_none()
+                && self.admin.token_file.is_none()
+            {
+                w.push((
+                    "admin.address".into(),
+                    format!(
+                        "{addr} is not a loopback address and no admin.token or \
+                         admin.token_file is set: /metrics and /api/v1/status are open to \
+                         the network, and actions need the generated token in \
+                         {}/admin.token",
+                        self.data_dir.display()
+                    ),
+                ));
+            }
+        }
+        w
     }
 
     /// PCI addresses of every nvme-pcie device's controllers.
@@ -698,6 +778,13 @@ impl Config {
                     "a power of two from 4KiB to 16MiB, at least the volume's block size".into(),
                 ));
             }
+            let count = self.controller_count();
+            if st.data_port_base != 0 && usize::from(st.data_port_base) + count > 65536 {
+                return Err((
+                    "stream.data_port_base".into(),
+                    format!("data_port_base + {count} controllers passes port 65535"),
+                ));
+            }
             if st.window == 0 || st.window > 64 {
                 return Err(("stream.window".into(), "must be in 1..=64".into()));
             }
@@ -717,6 +804,23 @@ impl Config {
                 ));
             }
         }
+        if self.admin.token.is_some() && self.admin.token_file.is_some() {
+            return Err((
+                "admin.token_file".into(),
+                "give either admin.token or admin.token_file, not both".into(),
+            ));
+        }
+        if let Some(t) = &self.admin.token {
+            if t.trim().len() < 16
+                || t.trim().len() > 1024
+                || !t.trim().bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err((
+                    "admin.token".into(),
+                    "the token must be 16..=1024 printable ASCII characters without spaces".into(),
+                ));
+            }
+        }
         self.limits
             .validate()
             .map_err(|(key, m)| (format!("limits.{key}"), m))?;
@@ -725,6 +829,12 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The line of `key_path` (such as `devices[2].path`) in YAML `text`, for errors found by
+/// checks outside this module.
+pub fn line_of(text: &str, key_path: &str) -> Option<usize> {
+    LineIndex::new(text).line_of(key_path)
 }
 
 /// serde_norway prefixes the key path and appends " at line L column C"; both are reported
