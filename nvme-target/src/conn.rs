@@ -4,6 +4,21 @@
 //! (synchronous) block devices as they arrive, appends all responses to one output buffer
 //! and writes it with as few system calls as the socket allows, reading and writing at the
 //! same time so neither side can stall the other.
+//!
+//! Memory per connection is bounded whatever the host sends:
+//! * input: one PDU at most, about max(in-capsule data, MAXH2CDATA) plus headers (a PLEN past
+//!   it is fatal before anything is read into it);
+//! * output: reading stops at [`OUT_HIGH_WATER`] (4 MiB), so at most that plus one reply
+//!   (reads are bounded by MDTS, admin replies by their page); a quiet connection shrinks it
+//!   back to 128 KiB;
+//! * R2T data: [`crate::TargetConfig::r2t_buffer_limit`] (4 MiB by default), taken as data
+//!   arrives, plus at most 128 KiB kept per slot (see [`crate::r2t`]);
+//! * a connection that has not sent its first bytes holds no buffers.
+//!
+//! Every wait on the host has a deadline from [`crate::TargetConfig::limits`]: ICReq and
+//! Connect within the handshake timeout, the idle timeout for queues without keep-alive (or
+//! owing R2T data), the send timeout for output the host does not take and for the drain at
+//! shutdown.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
