@@ -37,7 +37,9 @@ struct Ram(RefCell<Vec<u8>>);
 impl Ram {
     fn range(&self, offset: u64, len: usize) -> std::io::Result<std::ops::Range<usize>> {
         let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        let end = start.checked_add(len).ok_or(std::io::ErrorKind::InvalidInput)?;
+        let end = start
+            .checked_add(len)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
         if end > self.0.borrow().len() {
             return Err(std::io::ErrorKind::InvalidInput.into());
         }
@@ -209,39 +211,67 @@ fn target(port: SocketAddr, discovery: SocketAddr) -> std::sync::Arc<Target> {
     Target::new(cfg).expect("valid fuzz target configuration")
 }
 
+/// The target, kept across inputs (one runtime, one `LocalSet` whose port tasks live on):
+/// setting it up per input would cost more than running most inputs.
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    local: tokio::task::LocalSet,
+    port: SocketAddr,
+    discovery: SocketAddr,
+    /// Never sent: the rig serves as long as the fuzzing process runs.
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        let std_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let std_disc = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = std_port.local_addr().expect("addr");
+        let discovery = std_disc.local_addr().expect("addr");
+        let t = target(port, discovery);
+        let budget = listener::Budget::new(64);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        local.block_on(&rt, async {
+            let listen = |l: std::net::TcpListener| {
+                l.set_nonblocking(true).expect("nonblocking");
+                listener::Listener::new(
+                    tokio::net::TcpListener::from_std(l).expect("listener"),
+                    "fuzz",
+                    32,
+                    budget.clone(),
+                )
+            };
+            let (port_l, disc_l) = (listen(std_port), listen(std_disc));
+            let dev: Rc<dyn BlockDevice> = Rc::new(Ram(RefCell::new(vec![0; 1 << 20])));
+            let p = Port::new(std::sync::Arc::clone(&t), 1, vec![(NQN.into(), 1, dev)]);
+            tokio::task::spawn_local(p.run(port_l, stop_rx.clone()));
+            tokio::task::spawn_local(nvme_target::run_discovery(t, disc_l, stop_rx));
+        });
+        Self {
+            rt,
+            local,
+            port,
+            discovery,
+            _stop: stop,
+        }
+    }
+}
+
+thread_local! {
+    static RIG: Rig = Rig::new();
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, host)) = data.split_first() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let std_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let std_disc = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (addr, daddr) = (
-            std_port.local_addr().expect("addr"),
-            std_disc.local_addr().expect("addr"),
-        );
-        let t = target(addr, daddr);
-        let budget = listener::Budget::new(16);
-        let listen = |l: std::net::TcpListener| {
-            l.set_nonblocking(true).expect("nonblocking");
-            listener::Listener::new(
-                tokio::net::TcpListener::from_std(l).expect("listener"),
-                "fuzz",
-                8,
-                budget.clone(),
-            )
-        };
-        let (port_l, disc_l) = (listen(std_port), listen(std_disc));
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let dev: Rc<dyn BlockDevice> = Rc::new(Ram(RefCell::new(vec![0; 1 << 20])));
-        let port = Port::new(std::sync::Arc::clone(&t), 1, vec![(NQN.into(), 1, dev)]);
-        let serving = tokio::task::spawn_local(port.run(port_l, stop_rx.clone()));
-        let disc = tokio::task::spawn_local(nvme_target::run_discovery(t, disc_l, stop_rx));
+    RIG.with(|rig| {
+        let (addr, daddr) = (rig.port, rig.discovery);
         let session = async {
             match mode % 4 {
                 0 => {
@@ -266,13 +296,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         };
-        let _ = tokio::time::timeout(INPUT_DEADLINE, session).await;
-        let _ = stop.send(true);
-        // The drain has a deadline of its own (the send timeout); this only guards it.
-        let _ = tokio::time::timeout(INPUT_DEADLINE, async {
-            let _ = serving.await;
-            let _ = disc.await;
-        })
-        .await;
+        // The target's own deadlines end every session sooner; this only guards them.
+        let done = rig.local.block_on(&rig.rt, async {
+            tokio::time::timeout(INPUT_DEADLINE, session).await
+        });
+        assert!(done.is_ok(), "a session outlived every deadline");
     });
 });

@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         data: mode & 2 != 0,
     };
     // The limits a connection uses: before ICReq, admin, I/O (MAXH2CDATA), and none.
-    let max_plen = [128, 8192 + 80, (128 << 10) + 32, u32::MAX as usize][usize::from(mode >> 2) & 3];
+    let max_plen =
+        [128, 8192 + 80, (128 << 10) + 32, u32::MAX as usize][usize::from(mode >> 2) & 3];
     let any = |_: u8| true;
     while !rest.is_empty() {
         match codec::next_frame(rest, dg, max_plen, any) {
