@@ -161,9 +161,34 @@ impl Appliance {
 /// Runs the appliance until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), ServeError> {
     let appliance = Appliance::start(config)?;
+    notify_service_manager("READY=1");
     wait_for_signal().map_err(io_err("waiting for signals"))?;
+    notify_service_manager("STOPPING=1");
     appliance.shutdown();
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) the appliance's state, when it started us with
+/// `NOTIFY_SOCKET`: `READY=1` once every listener is bound and every service started.
+fn notify_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    // A leading '@' names a socket in the abstract namespace.
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        warn!(error = %e, state, "cannot notify the service manager");
+    }
 }
 
 fn wait_for_signal() -> io::Result<()> {

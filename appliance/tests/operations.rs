@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use baton::stream::client::StreamClient;
 use nvme_target::host::{HostController, HostOptions};
 
-use common::free_port;
+use common::{Serve, free_port};
 
 const NQN: &str = "nqn.2026-11.io.baton:ops";
 
@@ -35,7 +35,7 @@ impl Drop for Proc {
 }
 
 struct Baton {
-    _p: Proc,
+    _p: Serve,
     admin: SocketAddr,
     control: SocketAddr,
     _dir: tempfile::TempDir,
@@ -57,23 +57,7 @@ fn start_baton() -> Baton {
     );
     let path = dir.path().join("baton.yaml");
     std::fs::write(&path, cfg).unwrap();
-    let p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let t = Instant::now();
-    while baton::admin::fetch_status(admin).is_err() || TcpStream::connect(control).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "baton did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let p = Serve::start(&path, admin, &[control]);
     Baton {
         _p: p,
         admin,
@@ -382,11 +366,41 @@ fn admin_actions_need_the_token_and_refuse_foreign_pages() {
 #[test]
 fn sighup_does_not_kill_the_appliance() {
     let b = start_baton();
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(b._p.0.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    nix::sys::signal::kill(b._p.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         baton::admin::fetch_status(b.admin).is_ok(),
         "still serving after SIGHUP"
     );
+}
+
+#[test]
+fn tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.path().join("baton.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir: {d}\ncontrollers: {{count: 1}}\nnvme_tcp: {{base_port: 0, discovery_port: null}}\n\
+             admin: {{address: \"{admin}\"}}\nlogging: {{level: warn}}\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let p = Serve::start_with(&cfg, admin, &[], |c| {
+        c.env("NOTIFY_SOCKET", &sock_path);
+    });
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 arrives");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means serving: the admin API answers at once.
+    assert!(baton::admin::fetch_status(admin).is_ok());
+    nix::sys::signal::kill(p.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1 arrives");
+    assert_eq!(&buf[..n], b"STOPPING=1");
 }
