@@ -186,6 +186,8 @@ impl Conn {
             if idle {
                 self.shrink();
             }
+            // Recomputed on every wake-up: what it depends on (the controller's activity on
+            // other queues, say) moves on its own.
             let deadline = self.deadline(
                 &limits,
                 accepted,
@@ -194,7 +196,10 @@ impl Conn {
                 drain_until,
                 idle,
             );
-            if let Some((at, _)) = deadline {
+            if let Some((at, why)) = deadline {
+                if Instant::now() >= at {
+                    break Some(why);
+                }
                 if armed != Some(at) {
                     timer.as_mut().reset(at.into());
                     armed = Some(at);
@@ -216,13 +221,8 @@ impl Conn {
                 }
                 _ = drop_rx.changed() => break None,
                 _ = killed(&mut kill_rx) => break None,
-                () = &mut timer, if deadline.is_some() => {
-                    if let Some((at, why)) = deadline {
-                        if Instant::now() >= at {
-                            break Some(why);
-                        }
-                    }
-                }
+                // Wakes the loop, which checks the deadline afresh.
+                () = &mut timer, if deadline.is_some() => {}
                 r = send(wr.as_ref(), &mut self.out, &mut self.files), if !idle => match r {
                     Ok(0) => {}
                     Ok(_) => last_output = Instant::now(),
@@ -277,10 +277,13 @@ impl Conn {
             Some(q) => {
                 // A host owing R2T data must keep sending it; a queue without keep-alive
                 // and with nothing to answer must not stay open forever.
-                let owes_data = self.awaiting_host_data();
-                let no_keep_alive = q.ctrl.kato.get().is_zero() && idle;
-                if owes_data || no_keep_alive {
+                if self.awaiting_host_data() {
                     consider(last_input + limits.idle_timeout, Deadline::Idle);
+                } else if q.ctrl.kato.get().is_zero() && idle {
+                    // Silence is the controller's: a quiet admin queue beside busy I/O
+                    // queues (every command refreshes `last_seen`) is not idle.
+                    let heard = last_input.max(q.ctrl.last_seen.get());
+                    consider(heard + limits.idle_timeout, Deadline::Idle);
                 }
             }
         }

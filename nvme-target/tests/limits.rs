@@ -451,3 +451,37 @@ fn disabling_the_write_cache_makes_every_write_durable() {
     });
     h.stop();
 }
+
+#[test]
+fn a_quiet_admin_queue_beside_busy_io_queues_is_not_idle() {
+    let h = Harness::start_with(short_deadlines);
+    rt().block_on(async {
+        let opts = HostOptions {
+            kato_ms: 0,
+            ..HostOptions::new(OPEN_NQN)
+        };
+        let (mut c, mut q, ns) = connect(h.ports[0], opts).await;
+        let data = pattern(4096, 7);
+        // I/O for several idle timeouts while the admin queue says nothing.
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_millis(1200) {
+            q.write(&ns, 0, &data).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.identify_controller()
+            .await
+            .expect("admin queue still open");
+        // Once the whole controller is silent, it goes, with its I/O queues.
+        let t = std::time::Instant::now();
+        while q.read(&ns, 0, 4096).await.is_ok() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "idle controller closed"
+            );
+            // Each probe is activity: wait well past the idle timeout between them.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        assert!(c.identify_controller().await.is_err(), "admin queue closed");
+    });
+    h.stop();
+}
