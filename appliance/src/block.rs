@@ -33,12 +33,15 @@ pub struct BlockService {
 }
 
 impl BlockService {
-    /// Binds every port, builds the target and starts serving on the controllers.
+    /// Binds every port, builds the target and starts serving on the controllers. Every
+    /// port and the discovery controller accept through [`listener::Listener`] with the
+    /// `limits` section's NVMe/TCP connection cap, under the process's descriptor `budget`.
     pub fn start(
         config: &Config,
         backplane: &Backplane,
         controllers: &Controllers,
         shutdown: &watch::Sender<bool>,
+        budget: &listener::Budget,
     ) -> Result<Self, ServeError> {
         let nvme = &config.nvme_tcp;
         let mut listeners = Vec::with_capacity(controllers.len());
@@ -79,10 +82,11 @@ impl BlockService {
             let exported = exported.clone();
             let shutdown = shutdown.subscribe();
             let ready = ready_tx.clone();
+            let budget = budget.clone();
             let port_id = u16::try_from(h.index() + 1).unwrap_or(u16::MAX);
             let index = h.index();
             h.run(move || {
-                let result = start_port(target, port_id, &exported, listener, shutdown);
+                let result = start_port(target, port_id, &exported, listener, budget, shutdown);
                 // start() waits for every answer; it is gone only if it already failed.
                 let _ = ready.send(result.map_err(|e| format!("controller {index}: {e}")));
             })
@@ -95,16 +99,15 @@ impl BlockService {
         if let Some(listener) = discovery_listener {
             let target = Arc::clone(&target);
             let shutdown = shutdown.subscribe();
+            let budget = budget.clone();
             controllers.handles()[0]
                 .run(move || {
                     tokio::task::spawn_local(async move {
                         match tokio::net::TcpListener::from_std(listener) {
                             Ok(l) => {
-                                if let Err(e) =
-                                    nvme_target::run_discovery(target, l, shutdown).await
-                                {
-                                    error!(error = %e, "discovery controller stopped");
-                                }
+                                let limit = target.config().limits.max_connections;
+                                let l = listener::Listener::new(l, "nvme-discovery", limit, budget);
+                                nvme_target::run_discovery(target, l, shutdown).await;
                             }
                             Err(e) => error!(error = %e, "discovery listener"),
                         }
@@ -168,20 +171,23 @@ fn start_port(
     port_id: u16,
     exported: &Exported,
     listener: std::net::TcpListener,
+    budget: listener::Budget,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut devices: Vec<(String, u32, Rc<dyn BlockDevice>)> = Vec::with_capacity(exported.len());
     for (nqn, nsid, volume) in exported {
         devices.push((nqn.clone(), *nsid, Rc::new(volume.open_handle()?)));
     }
+    let limit = target.config().limits.max_connections;
     let port = Port::new(target, port_id, devices);
     PORT.with(|p| *p.borrow_mut() = Some(Rc::clone(&port)));
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    tokio::task::spawn_local(async move {
-        if let Err(e) = port.run(listener, shutdown).await {
-            error!(port = port_id, error = %e, "NVMe/TCP port stopped");
-        }
-    });
+    let listener = listener::Listener::new(
+        tokio::net::TcpListener::from_std(listener)?,
+        "nvme-tcp",
+        limit,
+        budget,
+    );
+    tokio::task::spawn_local(port.run(listener, shutdown));
     Ok(())
 }
 
@@ -228,6 +234,7 @@ fn target_config(
     cfg.max_transfer = u32::try_from(nvme.max_transfer.bytes()).unwrap_or(u32::MAX);
     cfg.max_queue_entries = nvme.queue_entries;
     cfg.max_io_queues = nvme.io_queues;
+    cfg.limits = config.limits.nvme_tcp();
     cfg
 }
 

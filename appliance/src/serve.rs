@@ -70,6 +70,7 @@ impl Appliance {
             &backplane,
             &controllers,
             &shutdown,
+            &budget,
         )?);
         let stream = crate::stream::StreamService::start(
             &config,

@@ -1,5 +1,7 @@
 //! The real `baton` binary serving NVMe/TCP: data through two controllers, status, metrics,
-//! dropping one controller's connections, graceful shutdown.
+//! dropping one controller's connections, graceful shutdown; hostile lengths, floods of idle
+//! and half-open connections and hosts that stop reading, with the process's RSS and open
+//! descriptors checked against bounds.
 // An integration test crate: every function in it is a test.
 #![allow(clippy::tests_outside_test_module)]
 
@@ -23,20 +25,29 @@ fn off_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 struct Baton {
     child: Child,
     admin: SocketAddr,
+    discovery: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl Baton {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts `baton serve` with `extra` appended to the test configuration (a `limits:`
+    /// section, say).
+    fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let discovery: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let cfg = format!(
-            "data_dir: {data}\ncontrollers: {{count: 2}}\nnvme_tcp: {{base_port: 0, discovery_port: 0}}\n\
+            "data_dir: {data}\ncontrollers: {{count: 2}}\nnvme_tcp: {{base_port: 0, discovery_port: {dport}}}\n\
              admin: {{address: \"{admin}\"}}\n\
              devices:\n  - {{name: r0, kind: ram, size: 32MiB}}\n  - {{name: f0, kind: file, path: f0.img, size: 32MiB}}\n\
              volumes:\n  - {{name: v0, devices: [r0, f0], stripe_size: 64KiB, block_size: 512}}\n\
-             subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\n    namespaces: [{{nsid: 1, volume: v0}}]\n",
-            data = dir.path().display()
+             subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\n    namespaces: [{{nsid: 1, volume: v0}}]\n{extra}",
+            data = dir.path().display(),
+            dport = discovery.port()
         );
         let path = dir.path().join("baton.yaml");
         std::fs::write(&path, cfg).unwrap();
@@ -50,6 +61,7 @@ impl Baton {
         let b = Self {
             child,
             admin,
+            discovery,
             _dir: dir,
         };
         let t = Instant::now();
@@ -75,6 +87,26 @@ impl Baton {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process in KiB.
+    fn rss_kib(&self) -> u64 {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        st.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Open descriptors of the process.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
     }
 
     fn ports(&self) -> Vec<SocketAddr> {
@@ -197,4 +229,390 @@ fn serves_a_striped_volume_through_two_controllers() {
         assert!(qc.read(&ns, 100, 512).await.unwrap() == data[..512]);
     });
     b.stop();
+}
+
+/// Raw NVMe/TCP bytes, for hosts that misbehave on purpose.
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use nvme_spec::command::{SglDescriptor, Sqe, admin_opcode};
+    use nvme_spec::fabrics::{ConnectCmd, ConnectData, fctype};
+    use nvme_spec::pdu::{CommonHeader, pdu_type};
+    use nvme_spec::{FromZeros, IntoBytes, put_str};
+
+    /// A connection; `data_digest` once ICReq negotiated data digests.
+    pub struct Raw(pub TcpStream, bool);
+
+    impl Raw {
+        pub fn open(addr: SocketAddr) -> Self {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.set_nodelay(true).unwrap();
+            Self(s, false)
+        }
+
+        pub fn send(&mut self, bytes: &[u8]) {
+            self.0.write_all(bytes).unwrap();
+        }
+
+        /// One PDU.
+        pub fn recv(&mut self) -> Vec<u8> {
+            let mut ch = [0u8; 8];
+            self.0.read_exact(&mut ch).unwrap();
+            let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
+            assert!((8..=1 << 21).contains(&plen), "sane PLEN {plen}");
+            let mut pdu = ch.to_vec();
+            pdu.resize(plen, 0);
+            self.0.read_exact(&mut pdu[8..]).unwrap();
+            pdu
+        }
+
+        pub fn ic(&mut self) {
+            self.ic_with(false);
+        }
+
+        /// ICReq, asking for data digests if `data_digest`.
+        pub fn ic_with(&mut self, data_digest: bool) {
+            let mut req = [0u8; 128];
+            req[0] = pdu_type::IC_REQ;
+            req[2] = 128;
+            req[4] = 128;
+            req[11] = if data_digest { 2 } else { 0 };
+            self.send(&req);
+            let resp = self.recv();
+            assert_eq!(resp[0], pdu_type::IC_RESP);
+            self.1 = resp[11] & 2 != 0;
+        }
+
+        /// Sends a Connect (`len` bytes of data by R2T, or 1 KiB in the capsule if `len` is
+        /// `None`) and returns the answer.
+        pub fn connect(
+            &mut self,
+            subnqn: &str,
+            hostnqn: &str,
+            qid: u16,
+            cntlid: u16,
+            len: Option<u32>,
+        ) -> Vec<u8> {
+            let mut cmd = ConnectCmd::new_zeroed();
+            cmd.opcode = admin_opcode::FABRICS;
+            cmd.fctype = fctype::CONNECT;
+            cmd.qid.set(qid);
+            cmd.sqsize.set(31);
+            let mut d = ConnectData::new_zeroed();
+            d.cntlid.set(cntlid);
+            put_str(&mut d.subnqn, subnqn);
+            put_str(&mut d.hostnqn, hostnqn);
+            match len {
+                Some(l) => {
+                    cmd.dptr.kind = SglDescriptor::TRANSPORT_DATA_BLOCK;
+                    cmd.dptr.length.set(l);
+                    self.send(&capsule(cmd.as_bytes(), 0));
+                }
+                None => {
+                    cmd.dptr.kind = SglDescriptor::DATA_BLOCK_OFFSET;
+                    cmd.dptr.length.set(1024);
+                    let dd = if self.1 { 4 } else { 0 };
+                    let mut pdu = capsule(cmd.as_bytes(), 1024 + dd);
+                    pdu.extend_from_slice(d.as_bytes());
+                    if self.1 {
+                        // DDGSTF, and the digest after the data.
+                        pdu[1] |= 2;
+                        pdu.extend_from_slice(&crc32c::crc32c(d.as_bytes()).to_le_bytes());
+                    }
+                    self.send(&pdu);
+                }
+            }
+            self.recv()
+        }
+
+        /// A command whose data moves by R2T or C2HData.
+        pub fn command(&mut self, mut sqe: Sqe, len: u32) {
+            sqe.dptr.kind = SglDescriptor::TRANSPORT_DATA_BLOCK;
+            sqe.dptr.length.set(len);
+            self.send(&capsule(sqe.as_bytes(), 0));
+        }
+    }
+
+    impl Raw {
+        /// Sends `data` at `offset` for the command an R2T asked for (not the last PDU unless
+        /// it completes the R2T).
+        pub fn h2c_data(&mut self, r2t: &[u8], offset: u32, data: &[u8]) {
+            let r2tl = u32::from_le_bytes(r2t[16..20].try_into().unwrap());
+            let len = u32::try_from(data.len()).unwrap();
+            let last = if offset + len == r2tl {
+                nvme_spec::pdu::flags::LAST_PDU
+            } else {
+                0
+            };
+            let mut h = nvme_spec::pdu::DataHeader {
+                ch: CommonHeader::new(pdu_type::H2C_DATA, last, 24, 24, 24 + len),
+                ..nvme_spec::pdu::DataHeader::default()
+            };
+            h.cccid.set(u16::from_le_bytes([r2t[8], r2t[9]]));
+            h.ttag.set(u16::from_le_bytes([r2t[10], r2t[11]]));
+            h.datao.set(offset);
+            h.datal.set(len);
+            let mut pdu = h.as_bytes().to_vec();
+            pdu.extend_from_slice(data);
+            self.send(&pdu);
+        }
+    }
+
+    pub fn capsule(sqe: &[u8], data_len: usize) -> Vec<u8> {
+        let pdo = if data_len > 0 { 72 } else { 0 };
+        let plen = u32::try_from(72 + data_len).unwrap();
+        let ch = CommonHeader::new(pdu_type::CAPSULE_CMD, 0, 72, pdo, plen);
+        let mut v = ch.as_bytes().to_vec();
+        v.extend_from_slice(sqe);
+        v
+    }
+
+    pub fn status_of(resp: &[u8]) -> u16 {
+        u16::from_le_bytes([resp[22], resp[23]]) >> 1
+    }
+}
+
+/// A host controller with one I/O queue and namespace 1, keeping its controller alive with
+/// a long keep-alive.
+async fn well_behaved_host(
+    addr: SocketAddr,
+) -> (
+    HostController,
+    nvme_target::host::Queue,
+    nvme_target::host::Namespace,
+) {
+    let opts = HostOptions {
+        kato_ms: 60_000,
+        ..HostOptions::new(NQN)
+    };
+    let mut c = HostController::connect(addr, opts).await.unwrap();
+    c.set_num_queues(8).await.unwrap();
+    let q = c.connect_io_queue(1).await.unwrap();
+    let ns = c.namespace(1).await.unwrap();
+    (c, q, ns)
+}
+
+/// A raw I/O queue `qid` (2 to 8) joining `c`'s controller.
+fn raw_io_queue(addr: SocketAddr, c: &HostController, qid: u16) -> raw::Raw {
+    raw_io_queue_with(addr, c, qid, false)
+}
+
+/// A raw I/O queue, with data digests if `data_digest` (reads are then copied into the
+/// connection's output buffer instead of going out with `sendfile`).
+fn raw_io_queue_with(
+    addr: SocketAddr,
+    c: &HostController,
+    qid: u16,
+    data_digest: bool,
+) -> raw::Raw {
+    let mut r = raw::Raw::open(addr);
+    r.ic_with(data_digest);
+    let resp = r.connect(NQN, &HostOptions::new(NQN).hostnqn, qid, c.cntlid(), None);
+    assert_eq!(raw::status_of(&resp), 0, "raw I/O queue connect");
+    r
+}
+
+/// Slack over the baseline RSS that every hostile scenario must stay under: the R2T budget
+/// (4 MiB) and output buffers of the few connections involved, allocator slack, and the
+/// test's own I/O. The attacks measured on the old code grew the process by 1 GiB each.
+const RSS_SLACK_KIB: u64 = 96 * 1024;
+
+#[test]
+fn hostile_lengths_do_not_grow_the_process() {
+    use nvme_spec::command::{Sqe, admin_opcode, io_opcode};
+    use nvme_spec::pdu::pdu_type;
+    use nvme_spec::{FromZeros, status};
+
+    let b = Baton::start();
+    let ports = b.ports();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (c, mut q, ns) = rt.block_on(well_behaved_host(ports[0]));
+    let data = baton_tests::pattern(1 << 20, 1);
+    rt.block_on(q.write(&ns, 0, &data)).unwrap();
+    let base = b.rss_kib();
+
+    // Connect with 1 GiB of data by R2T, on a port and on the discovery port (any host).
+    for addr in [ports[0], ports[1], b.discovery] {
+        for _ in 0..4 {
+            let mut r = raw::Raw::open(addr);
+            r.ic();
+            let resp = r.connect(
+                NQN,
+                "nqn.2014-08.org.nvmexpress:uuid:attacker",
+                0,
+                0xffff,
+                Some(1 << 30),
+            );
+            assert_eq!(resp[0], pdu_type::CAPSULE_RESP, "no R2T");
+            assert_eq!(raw::status_of(&resp) & 0x7ff, status::SGL_LENGTH_INVALID);
+        }
+    }
+    // Get Log Page of 1 GiB on the discovery port.
+    let mut d = raw::Raw::open(b.discovery);
+    d.ic();
+    let resp = d.connect(
+        nvme_spec::fabrics::DISCOVERY_NQN,
+        "nqn.2014-08.org.nvmexpress:uuid:attacker",
+        0,
+        0xffff,
+        None,
+    );
+    assert_eq!(raw::status_of(&resp), 0);
+    let mut glp = Sqe::new_zeroed();
+    glp.opcode = admin_opcode::GET_LOG_PAGE;
+    let numd: u32 = (1 << 28) - 1;
+    glp.cdw10.set(0x70 | ((numd & 0xffff) << 16));
+    glp.cdw11.set(numd >> 16);
+    d.command(glp, 1 << 30);
+    let resp = d.recv();
+    assert_eq!(resp[0], pdu_type::CAPSULE_RESP, "no 1 GiB of C2HData");
+    assert_ne!(raw::status_of(&resp), 0);
+    // Four I/O queues, each asking to write 16 x 1 MiB: R2Ts for the 4 MiB budget only,
+    // then 128 KiB of data for each.
+    let mut stalled = Vec::new();
+    for qid in 2..6 {
+        let mut r = raw_io_queue(ports[0], &c, qid);
+        for cid in 0..16u16 {
+            let mut w = Sqe::new_zeroed();
+            w.opcode = io_opcode::WRITE;
+            w.cid.set(cid);
+            w.nsid.set(1);
+            w.set_lba_range(u64::from(cid) * 2048, 2048);
+            r.command(w, 1 << 20);
+        }
+        for _ in 0..4 {
+            let r2t = r.recv();
+            assert_eq!(r2t[0], pdu_type::R2T);
+            r.h2c_data(&r2t, 0, &data[..128 << 10]);
+        }
+        stalled.push(r);
+    }
+    let grown = b.rss_kib().saturating_sub(base);
+    assert!(
+        grown < RSS_SLACK_KIB,
+        "RSS grew by {grown} KiB (from {base} KiB)"
+    );
+    // The well-behaved host was not disturbed.
+    assert!(rt.block_on(q.read(&ns, 0, data.len())).unwrap() == data);
+    drop(stalled);
+    drop(c);
+    b.stop();
+}
+
+/// Limits small enough for a test to reach: 256 connections per NVMe/TCP listener, 1 s to
+/// finish ICReq and Connect, 2 s idle, 1 s to take output.
+const SMALL_LIMITS: &str = "limits: {nvme_tcp_connections: 256, handshake_timeout_ms: 1000, \
+     idle_timeout_ms: 2000, send_timeout_ms: 1000}\n";
+
+/// Descriptors the process may have open beyond its baseline during the flood: one
+/// listener's cap (256 connections) and a little slack for the runtime.
+const FD_SLACK: usize = 256 + 32;
+
+#[test]
+fn floods_of_idle_and_half_open_connections_leave_a_host_working() {
+    // The flood needs 4,000 sockets on this side.
+    listener::raise_descriptor_limit().unwrap();
+    let b = Baton::start_with(SMALL_LIMITS);
+    let ports = b.ports();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut c, mut q, ns) = rt.block_on(well_behaved_host(ports[0]));
+    let data = baton_tests::pattern(64 << 10, 2);
+    rt.block_on(q.write(&ns, 0, &data)).unwrap();
+    let base_fds = b.fds();
+    let base_rss = b.rss_kib();
+    let mut peak_fds = 0;
+    let mut peak_rss = 0;
+    let mut flood = Vec::with_capacity(4000);
+    for round in 0..20u64 {
+        // 100 idle connections and 100 that send half an ICReq, then the host's I/O.
+        for _ in 0..100 {
+            flood.push(std::net::TcpStream::connect(ports[0]).unwrap());
+            let mut s = std::net::TcpStream::connect(ports[0]).unwrap();
+            let _ = std::io::Write::write_all(&mut s, &[0, 0, 128, 0, 128, 0, 0, 0]);
+            flood.push(s);
+        }
+        rt.block_on(async {
+            c.keep_alive().await.unwrap();
+            q.write(&ns, round * 128, &data).await.unwrap();
+            assert!(q.read(&ns, round * 128, data.len()).await.unwrap() == data);
+        });
+        peak_fds = peak_fds.max(b.fds());
+        peak_rss = peak_rss.max(b.rss_kib());
+    }
+    assert_eq!(flood.len(), 4000);
+    assert!(
+        peak_fds <= base_fds + FD_SLACK,
+        "descriptors: {peak_fds} open at the peak, {base_fds} before the flood"
+    );
+    let grown = peak_rss.saturating_sub(base_rss);
+    assert!(
+        grown < RSS_SLACK_KIB,
+        "RSS grew by {grown} KiB under the flood (from {base_rss} KiB)"
+    );
+    // The handshake deadline closes what the flood left open.
+    let t = Instant::now();
+    while b.fds() > base_fds + 8 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "flood connections still open: {} descriptors, {base_fds} before",
+            b.fds()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(flood);
+    rt.block_on(async {
+        c.keep_alive().await.unwrap();
+        assert!(q.read(&ns, 0, data.len()).await.unwrap() == data);
+    });
+    eprintln!("flood: base {base_fds} fds / {base_rss} KiB, peak {peak_fds} fds / {peak_rss} KiB");
+    b.stop();
+}
+
+#[test]
+fn shutdown_finishes_while_a_host_stops_reading() {
+    use nvme_spec::FromZeros;
+    use nvme_spec::command::{Sqe, io_opcode};
+
+    let b = Baton::start_with(SMALL_LIMITS);
+    let ports = b.ports();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (c, _q, _ns) = rt.block_on(well_behaved_host(ports[0]));
+    let base = b.rss_kib();
+    // 2 x 64 MiB of reads asked for and none of it read: one queue served by `sendfile`,
+    // one (data digests) through the output buffer, which stops taking commands at its
+    // high-water mark.
+    let mut stalled = Vec::new();
+    for (qid, digest) in [(2, false), (3, true)] {
+        let mut r = raw_io_queue_with(ports[0], &c, qid, digest);
+        for cid in 0..64u16 {
+            let mut sqe = Sqe::new_zeroed();
+            sqe.opcode = io_opcode::READ;
+            sqe.cid.set(cid);
+            sqe.nsid.set(1);
+            sqe.set_lba_range(0, 2048);
+            r.command(sqe, 1 << 20);
+        }
+        stalled.push(r);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = b.rss_kib().saturating_sub(base);
+    assert!(
+        grown < RSS_SLACK_KIB,
+        "RSS grew by {grown} KiB with two stalled readers (from {base} KiB)"
+    );
+    // stop() fails if SIGTERM does not end the process within 20 s.
+    b.stop();
+    drop(stalled);
 }

@@ -209,6 +209,14 @@ impl Conn {
         if off > page_len || off % 4 != 0 {
             return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
         }
+        // Reads may run past the page's end into zeroes, but no further than the page's
+        // last 4 KiB: the reply is bounded by the page, not by the host's NUMD.
+        if off
+            .checked_add(len)
+            .is_none_or(|end| end > page_len.next_multiple_of(4096))
+        {
+            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+        }
         // Bytes past the end of the page read as zeroes.
         let scratch = std::mem::take(&mut self.scratch);
         self.reply_data(cid, len, |buf| {
@@ -303,7 +311,18 @@ impl Conn {
                 Ok(0)
             }
             (feature::VOLATILE_WC, false) => {
-                ctrl.vwc_enabled.set(cdw11 & 1 != 0);
+                let enable = cdw11 & 1 != 0;
+                if !enable && ctrl.vwc_enabled.get() {
+                    // Writes completed while the cache was on become durable now; from here
+                    // on each write is flushed before it completes (see `io`).
+                    for ns in self.port.namespaces.get(ctrl.subsys).into_iter().flatten() {
+                        if let Err(e) = ns.dev.flush() {
+                            tracing::warn!(nsid = ns.cfg.nsid, error = %e, "flush on disabling the write cache failed");
+                            return Err(status::INTERNAL_ERROR);
+                        }
+                    }
+                }
+                ctrl.vwc_enabled.set(enable);
                 Ok(0)
             }
             _ => Err(status::INVALID_FIELD | status::DNR),

@@ -2,7 +2,9 @@
 //! writes, and an input buffer that socket reads fill and the PDU parser consumes.
 //!
 //! Both grow only when a larger PDU than ever before arrives (bounded by the negotiated
-//! limits) and never shrink, so a connection in steady state does not allocate.
+//! limits), so a connection in steady state does not allocate; after a burst the connection
+//! shrinks the output buffer back (`shrink_to`) once it is empty, so a quiet connection
+//! holds little.
 
 /// Bytes waiting to be written to the socket.
 #[derive(Debug, Default)]
@@ -99,6 +101,20 @@ impl OutBuf {
     pub fn extend(&mut self, bytes: &[u8]) {
         self.append(bytes.len()).copy_from_slice(bytes);
     }
+
+    /// Bytes of memory the buffer holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Gives memory back after a burst: an empty buffer larger than `keep` bytes shrinks to
+    /// `keep`.
+    pub fn shrink_to(&mut self, keep: usize) {
+        if self.is_empty() && self.buf.len() > keep {
+            self.buf.truncate(keep);
+            self.buf.shrink_to_fit();
+        }
+    }
 }
 
 /// Bytes read from the socket and not yet parsed.
@@ -187,5 +203,18 @@ mod tests {
         s[..2].copy_from_slice(b"ef");
         b.filled(2);
         assert_eq!(b.data(), b"def");
+    }
+
+    #[test]
+    fn out_buf_shrinks_back_only_when_empty() {
+        let mut o = OutBuf::with_capacity(0);
+        o.append(1 << 20);
+        o.shrink_to(4096);
+        assert_eq!(o.capacity(), 1 << 20, "pending bytes are kept");
+        o.consume(1 << 20);
+        o.shrink_to(4096);
+        assert_eq!(o.capacity(), 4096);
+        o.extend(b"after");
+        assert_eq!(o.pending(), b"after");
     }
 }

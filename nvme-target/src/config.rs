@@ -24,6 +24,16 @@ pub struct TargetConfig {
     pub max_io_queues: u16,
     /// Writes (or other commands with host data) fetched by R2T at once per queue.
     pub max_r2t_in_flight: u16,
+    /// Bytes of host data one connection may have requested by R2T and not yet received
+    /// (the buffers of its R2T slots together). Commands past it wait for earlier ones; at
+    /// least one command of [`TargetConfig::max_transfer`] always fits (see
+    /// [`TargetConfig::r2t_buffer_limit`]).
+    pub max_r2t_buffer: usize,
+    /// Connection limit and timeouts of every port and the discovery controller: ICReq and
+    /// Connect within the handshake timeout, the idle timeout for connections without
+    /// keep-alive (or owing R2T data), the send timeout for hosts that stop reading (also the
+    /// deadline of the drain at shutdown).
+    pub limits: listener::Limits,
 }
 
 impl TargetConfig {
@@ -39,7 +49,15 @@ impl TargetConfig {
             max_queue_entries: 128,
             max_io_queues: 8,
             max_r2t_in_flight: 16,
+            max_r2t_buffer: 4 << 20,
+            limits: listener::Limits::default(),
         }
+    }
+
+    /// Bytes of R2T data one connection may have outstanding: [`TargetConfig::max_r2t_buffer`],
+    /// raised to one maximum transfer so every valid write can be served.
+    pub fn r2t_buffer_limit(&self) -> usize {
+        self.max_r2t_buffer.max(self.max_transfer as usize)
     }
 
     /// MDTS as reported in Identify Controller (units of 4 KiB, log2).

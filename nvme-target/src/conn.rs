@@ -4,6 +4,21 @@
 //! (synchronous) block devices as they arrive, appends all responses to one output buffer
 //! and writes it with as few system calls as the socket allows, reading and writing at the
 //! same time so neither side can stall the other.
+//!
+//! Memory per connection is bounded whatever the host sends:
+//! * input: one PDU at most, about max(in-capsule data, MAXH2CDATA) plus headers (a PLEN past
+//!   it is fatal before anything is read into it);
+//! * output: reading stops at [`OUT_HIGH_WATER`] (4 MiB), so at most that plus one reply
+//!   (reads are bounded by MDTS, admin replies by their page); a quiet connection shrinks it
+//!   back to 128 KiB;
+//! * R2T data: [`crate::TargetConfig::r2t_buffer_limit`] (4 MiB by default), taken as data
+//!   arrives, plus at most 128 KiB kept per slot (see [`crate::r2t`]);
+//! * a connection that has not sent its first bytes holds no buffers.
+//!
+//! Every wait on the host has a deadline from [`crate::TargetConfig::limits`]: ICReq and
+//! Connect within the handshake timeout, the idle timeout for queues without keep-alive (or
+//! owing R2T data), the send timeout for output the host does not take and for the drain at
+//! shutdown.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -13,15 +28,14 @@ use std::time::Instant;
 use nvme_spec::command::{Cqe, SglDescriptor, Sqe, admin_opcode};
 use nvme_spec::fabrics::fctype;
 use nvme_spec::pdu::{
-    self, CapsuleCmd, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, R2t, dgst, flags,
-    pdu_type,
+    self, CapsuleCmd, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, dgst, flags, pdu_type,
 };
 use nvme_spec::status;
 use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::blockdev::FileExtent;
 use crate::buf::{InBuf, OutBuf};
@@ -29,28 +43,22 @@ use crate::codec::{self, Digests, Fatal, Frame};
 use crate::ctrl::Ctrl;
 use crate::metrics::CommandKind;
 use crate::port::PortShared;
+use crate::r2t::Slot;
 
 /// Stop reading new PDUs while this much output is waiting for the socket.
 const OUT_HIGH_WATER: usize = 4 << 20;
 /// Largest in-capsule data accepted on any queue for admin and Fabrics commands.
 pub(crate) const ADMIN_IN_CAPSULE: usize = 8192;
+/// Fabrics Connect data: exactly this long (NVMe over Fabrics 1.1, figure 20).
+const CONNECT_DATA_LEN: usize = size_of::<nvme_spec::fabrics::ConnectData>();
+/// Every Identify data structure is 4 KiB.
+const IDENTIFY_LEN: usize = 4096;
 
 /// The queue a connection became by its Connect command.
 pub(crate) struct Queue {
     pub ctrl: Rc<Ctrl>,
     pub qid: u16,
     pub sqsize: u16,
-}
-
-/// A command whose data the host sends after an R2T.
-struct Slot {
-    active: bool,
-    sqe: Sqe,
-    len: usize,
-    received: usize,
-    buf: Vec<u8>,
-    failed: Option<u16>,
-    started: Instant,
 }
 
 /// Where a command's data is.
@@ -70,8 +78,12 @@ pub(crate) struct Conn {
     pub q: Option<Queue>,
     pub out: OutBuf,
     inb: InBuf,
-    slots: Vec<Slot>,
-    waiting: VecDeque<(Sqe, Instant)>,
+    /// R2T slots (see [`crate::r2t`]).
+    pub(crate) slots: Vec<Slot>,
+    /// Commands with host data waiting for a slot or R2T budget.
+    pub(crate) waiting: VecDeque<(Sqe, Instant)>,
+    /// Bytes requested by R2Ts not yet fully answered.
+    pub(crate) r2t_reserved: usize,
     pub scratch: Vec<u8>,
     sqhd: u16,
     pub closing: bool,
@@ -85,29 +97,39 @@ pub(crate) struct Conn {
 /// Most file pieces queued before the connection stops reading new commands.
 const MAX_QUEUED_FILES: usize = 1024;
 
+/// Output and scratch memory a quiet connection keeps: enough for a queue depth of small
+/// commands without allocating, little enough for thousands of connections. (The input
+/// buffer never passes the negotiated PDU limit, about MAXH2CDATA.)
+const IDLE_KEEP: usize = 128 * 1024;
+
+/// Why a connection was closed by its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    /// ICReq and Connect did not complete within the handshake timeout.
+    Handshake,
+    /// Silent for the idle timeout with no keep-alive, or while owing R2T data.
+    Idle,
+    /// The host took no output bytes for the send timeout.
+    Send,
+    /// The drain at shutdown did not finish within the send timeout.
+    Drain,
+}
+
 impl Conn {
     pub fn new(port: Rc<PortShared>) -> Self {
         let cfg = port.target.config();
-        let slots = (0..cfg.max_r2t_in_flight)
-            .map(|_| Slot {
-                active: false,
-                sqe: Sqe::new_zeroed(),
-                len: 0,
-                received: 0,
-                buf: Vec::new(),
-                failed: None,
-                started: Instant::now(),
-            })
-            .collect();
+        let slots = (0..cfg.max_r2t_in_flight).map(|_| Slot::new()).collect();
         Self {
             port,
             dg: Digests::default(),
             ic_done: false,
             q: None,
-            out: OutBuf::with_capacity(64 * 1024),
-            inb: InBuf::with_capacity(16 * 1024),
+            // Empty until used: an idle or refused connection costs no buffer memory.
+            out: OutBuf::with_capacity(0),
+            inb: InBuf::with_capacity(0),
             slots,
             waiting: VecDeque::new(),
+            r2t_reserved: 0,
             scratch: Vec::new(),
             sqhd: 0,
             closing: false,
@@ -118,19 +140,32 @@ impl Conn {
     }
 
     /// Serves the connection until it closes, the port drops its connections, the controller
-    /// is torn down or the target shuts down.
+    /// is torn down, a deadline passes or the target shuts down. `slot` is the connection's
+    /// place under the listener's limits, given back when this returns.
     pub async fn serve(
         mut self,
         stream: TcpStream,
+        slot: listener::Slot,
         mut drop_rx: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let _slot = slot;
+        let limits = self.port.target.config().limits;
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let mut kill_rx: Option<watch::Receiver<bool>> = None;
-        let mut draining = false;
-        loop {
+        let accepted = Instant::now();
+        let mut last_input = accepted;
+        // Last time output made progress, or the output queue was empty.
+        let mut last_output = accepted;
+        let mut was_idle = true;
+        let mut drain_until: Option<Instant> = None;
+        let timer = tokio::time::sleep_until(accepted.into());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        let reason = loop {
+            let draining = drain_until.is_some();
             if !draining && !self.closing {
                 if let Err(f) = self.process() {
                     self.fatal(f);
@@ -141,7 +176,34 @@ impl Conn {
             }
             let idle = self.out.is_empty() && self.files.is_empty();
             if (self.closing || draining) && idle {
-                break;
+                break None;
+            }
+            // The send clock runs from when output became pending, or last moved.
+            if idle || was_idle {
+                last_output = Instant::now();
+            }
+            was_idle = idle;
+            if idle {
+                self.shrink();
+            }
+            // Recomputed on every wake-up: what it depends on (the controller's activity on
+            // other queues, say) moves on its own.
+            let deadline = self.deadline(
+                &limits,
+                accepted,
+                last_input,
+                last_output,
+                drain_until,
+                idle,
+            );
+            if let Some((at, why)) = deadline {
+                if Instant::now() >= at {
+                    break Some(why);
+                }
+                if armed != Some(at) {
+                    timer.as_mut().reset(at.into());
+                    armed = Some(at);
+                }
             }
             let can_read = !draining
                 && !self.closing
@@ -152,25 +214,88 @@ impl Conn {
                 biased;
                 r = shutdown.changed(), if !draining => {
                     if r.is_err() || *shutdown.borrow() {
-                        draining = true;
+                        // A host that stops reading cannot hold the shutdown up.
+                        drain_until = Some(Instant::now() + limits.send_timeout);
                         self.abort_pending();
                     }
                 }
-                _ = drop_rx.changed() => break,
-                _ = killed(&mut kill_rx) => break,
-                r = send(wr.as_ref(), &mut self.out, &mut self.files), if !idle => {
-                    if r.is_err() {
-                        break;
-                    }
-                }
+                _ = drop_rx.changed() => break None,
+                _ = killed(&mut kill_rx) => break None,
+                // Wakes the loop, which checks the deadline afresh.
+                () = &mut timer, if deadline.is_some() => {}
+                r = send(wr.as_ref(), &mut self.out, &mut self.files), if !idle => match r {
+                    Ok(0) => {}
+                    Ok(_) => last_output = Instant::now(),
+                    Err(_) => break None,
+                },
                 r = rd.read(self.inb.spare(need)), if can_read => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => self.inb.filled(n),
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => {
+                        self.inb.filled(n);
+                        last_input = Instant::now();
+                    }
                 },
             }
+        };
+        if let Some(why) = reason {
+            info!(
+                port = self.port.port_id,
+                reason = ?why,
+                connected = self.q.is_some(),
+                "closing connection at its deadline"
+            );
         }
         let _ = wr.shutdown().await;
         self.teardown();
+    }
+
+    /// The earliest deadline that applies to the connection now, and what it is for.
+    fn deadline(
+        &self,
+        limits: &listener::Limits,
+        accepted: Instant,
+        last_input: Instant,
+        last_output: Instant,
+        drain_until: Option<Instant>,
+        idle: bool,
+    ) -> Option<(Instant, Deadline)> {
+        let mut best: Option<(Instant, Deadline)> = None;
+        let mut consider = |at: Instant, why| {
+            if best.is_none_or(|(b, _)| at < b) {
+                best = Some((at, why));
+            }
+        };
+        if let Some(at) = drain_until {
+            consider(at, Deadline::Drain);
+        }
+        if !idle {
+            consider(last_output + limits.send_timeout, Deadline::Send);
+        }
+        match &self.q {
+            // ICReq and Connect, both within the handshake timeout of the accept.
+            None => consider(accepted + limits.handshake_timeout, Deadline::Handshake),
+            Some(q) => {
+                // A host owing R2T data must keep sending it; a queue without keep-alive
+                // and with nothing to answer must not stay open forever.
+                if self.awaiting_host_data() {
+                    consider(last_input + limits.idle_timeout, Deadline::Idle);
+                } else if q.ctrl.kato.get().is_zero() && idle {
+                    // Silence is the controller's: a quiet admin queue beside busy I/O
+                    // queues (every command refreshes `last_seen`) is not idle.
+                    let heard = last_input.max(q.ctrl.last_seen.get());
+                    consider(heard + limits.idle_timeout, Deadline::Idle);
+                }
+            }
+        }
+        best
+    }
+
+    /// Gives back buffer memory a burst left behind, once the connection is quiet.
+    fn shrink(&mut self) {
+        self.out.shrink_to(IDLE_KEEP);
+        if self.scratch.capacity() > IDLE_KEEP {
+            self.scratch = Vec::new();
+        }
     }
 
     /// Bytes needed for the PDU at the front of the input (at least a common header).
@@ -312,6 +437,12 @@ impl Conn {
         let sgl = sqe.dptr;
         let len = sgl.length.get() as usize;
         let host_data = self.needs_host_data(sqe);
+        // Every length the host chose is checked before anything is allocated or an R2T
+        // goes out; I/O commands get theirs checked against MDTS and the LBA range in
+        // `check_io`.
+        if let Err(st) = self.check_admin_length(sqe, len) {
+            return self.respond(cid, st, 0);
+        }
         let data = match sgl.kind {
             _ if len == 0 && incap.is_empty() => Data::None,
             SglDescriptor::DATA_BLOCK_OFFSET => {
@@ -343,6 +474,27 @@ impl Conn {
         self.execute(sqe, data, started);
     }
 
+    /// Bounds the data length of Fabrics and admin commands by what the command can carry:
+    /// Connect data is exactly 1,024 bytes, Identify returns 4 KiB, and nothing moves more
+    /// than MDTS (Get Log Page checks its own page size before replying).
+    fn check_admin_length(&self, sqe: &Sqe, len: usize) -> Result<(), u16> {
+        let io_queue = self.q.as_ref().is_some_and(|q| q.qid != 0);
+        if is_fabrics(sqe) {
+            if sqe.nsid.get() & 0xff == u32::from(fctype::CONNECT) && len != CONNECT_DATA_LEN {
+                return Err(status::SGL_LENGTH_INVALID | status::DNR);
+            }
+        } else if io_queue {
+            return Ok(());
+        }
+        if len > self.port.target.config().max_transfer as usize {
+            return Err(status::INVALID_FIELD | status::DNR);
+        }
+        if sqe.opcode == admin_opcode::IDENTIFY && !is_fabrics(sqe) && len > IDENTIFY_LEN {
+            return Err(status::SGL_LENGTH_INVALID | status::DNR);
+        }
+        Ok(())
+    }
+
     /// Whether the command moves data from the host to the controller.
     fn needs_host_data(&self, sqe: &Sqe) -> bool {
         if is_fabrics(sqe) {
@@ -358,7 +510,7 @@ impl Conn {
     }
 
     /// Executes a command whose data (if any) is at hand.
-    fn execute(&mut self, sqe: &Sqe, data: Data<'_>, started: Instant) {
+    pub(crate) fn execute(&mut self, sqe: &Sqe, data: Data<'_>, started: Instant) {
         if is_fabrics(sqe) {
             self.port.metrics().command(CommandKind::Fabrics);
             return self.fabrics(sqe, data);
@@ -375,160 +527,6 @@ impl Conn {
             self.admin(sqe, data);
         } else {
             self.io(sqe, data, started);
-        }
-    }
-
-    /// Asks the host for a command's data, or queues the command until a slot frees up.
-    fn start_r2t(&mut self, sqe: &Sqe, started: Instant) {
-        let cfg = self.port.target.config();
-        let len = sqe.dptr.length.get() as usize;
-        if len > cfg.max_transfer as usize && !is_fabrics(sqe) {
-            return self.respond(sqe.cid.get(), status::INVALID_FIELD | status::DNR, 0);
-        }
-        if let Some(q) = &self.q {
-            if q.qid != 0 {
-                if let Err(st) = self.check_io(sqe) {
-                    return self.respond(sqe.cid.get(), st, 0);
-                }
-            }
-        }
-        self.port
-            .metrics()
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        match self.slots.iter().position(|s| !s.active) {
-            Some(i) => self.send_r2t(i, sqe, started),
-            None => {
-                let depth = self.q.as_ref().map_or(1, |q| usize::from(q.sqsize) + 1);
-                if self.waiting.len() >= depth {
-                    self.port
-                        .metrics()
-                        .in_flight
-                        .fetch_sub(1, Ordering::Relaxed);
-                    return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
-                }
-                self.waiting.push_back((*sqe, started));
-            }
-        }
-    }
-
-    fn send_r2t(&mut self, i: usize, sqe: &Sqe, started: Instant) {
-        let len = sqe.dptr.length.get() as usize;
-        let slot = &mut self.slots[i];
-        slot.active = true;
-        slot.sqe = *sqe;
-        slot.len = len;
-        slot.received = 0;
-        slot.failed = None;
-        slot.started = started;
-        if slot.buf.len() < len {
-            slot.buf.resize(len, 0);
-        }
-        let mut r = R2t::default();
-        let (pdo, plen) = codec::data_pdu_lengths(24, 0, self.dg);
-        r.ch = CommonHeader::new(pdu_type::R2T, self.dg.flags(false), 24, pdo, plen);
-        r.cccid = sqe.cid;
-        r.ttag.set(u16::try_from(i).unwrap_or(u16::MAX));
-        r.r2to.set(0);
-        r.r2tl.set(u32::try_from(len).unwrap_or(u32::MAX));
-        codec::put_header(&mut self.out, r.as_bytes(), self.dg);
-        self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn on_h2c_data(
-        &mut self,
-        h: &DataHeader,
-        data: &[u8],
-        digest_error: bool,
-    ) -> Result<(), Fatal> {
-        let i = usize::from(h.ttag.get());
-        let Some(slot) = self.slots.get_mut(i).filter(|s| s.active) else {
-            return Err(Fatal::field(10));
-        };
-        if slot.sqe.cid != h.cccid {
-            return Err(Fatal::field(8));
-        }
-        let datao = h.datao.get() as usize;
-        let datal = h.datal.get() as usize;
-        if datal != data.len() {
-            return Err(Fatal::field(16));
-        }
-        if datal > self.port.target.config().max_h2c_data as usize {
-            return Err(Fatal {
-                fes: pdu::fes::DATA_LIMIT_EXCEEDED,
-                fei: 0,
-            });
-        }
-        if datao != slot.received || datao + datal > slot.len {
-            return Err(Fatal {
-                fes: pdu::fes::DATA_OUT_OF_RANGE,
-                fei: 12,
-            });
-        }
-        slot.buf[datao..datao + datal].copy_from_slice(data);
-        slot.received += datal;
-        if digest_error {
-            self.port
-                .metrics()
-                .digest_errors
-                .fetch_add(1, Ordering::Relaxed);
-            slot.failed = Some(status::TRANSIENT_TRANSPORT_ERROR);
-        }
-        let last = h.ch.flags & flags::LAST_PDU != 0;
-        if slot.received == slot.len || last {
-            if slot.received != slot.len {
-                return Err(Fatal {
-                    fes: pdu::fes::PDU_SEQUENCE_ERROR,
-                    fei: 0,
-                });
-            }
-            self.finish_slot(i);
-        }
-        Ok(())
-    }
-
-    /// Runs a command whose data all arrived, then starts the next waiting one.
-    fn finish_slot(&mut self, i: usize) {
-        let slot = &mut self.slots[i];
-        slot.active = false;
-        let sqe = slot.sqe;
-        let failed = slot.failed;
-        let started = slot.started;
-        let len = slot.len;
-        let buf = std::mem::take(&mut slot.buf);
-        self.port
-            .metrics()
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-        match failed {
-            Some(st) => self.respond(sqe.cid.get(), st, 0),
-            None => self.execute(&sqe, Data::Host(&buf[..len]), started),
-        }
-        self.slots[i].buf = buf;
-        if let Some((next, started)) = self.waiting.pop_front() {
-            self.send_r2t(i, &next, started);
-        }
-    }
-
-    /// Fails commands still waiting for data (shutdown).
-    fn abort_pending(&mut self) {
-        for i in 0..self.slots.len() {
-            if self.slots[i].active {
-                self.slots[i].active = false;
-                let cid = self.slots[i].sqe.cid.get();
-                self.port
-                    .metrics()
-                    .in_flight
-                    .fetch_sub(1, Ordering::Relaxed);
-                self.respond(cid, status::ABORTED_SQ_DELETION, 0);
-            }
-        }
-        while let Some((sqe, _)) = self.waiting.pop_front() {
-            self.port
-                .metrics()
-                .in_flight
-                .fetch_sub(1, Ordering::Relaxed);
-            self.respond(sqe.cid.get(), status::ABORTED_SQ_DELETION, 0);
         }
     }
 
@@ -629,6 +627,12 @@ impl Conn {
     /// Releases what the connection held: its queue, or its whole controller if it was the
     /// admin queue.
     fn teardown(&mut self) {
+        // Commands that never got their data are no longer in flight.
+        let owed = self.slots.iter().filter(|s| s.is_active()).count() + self.waiting.len();
+        self.port
+            .metrics()
+            .in_flight
+            .fetch_sub(i64::try_from(owed).unwrap_or(i64::MAX), Ordering::Relaxed);
         let Some(q) = self.q.take() else { return };
         let target = &self.port.target;
         self.port
@@ -652,12 +656,12 @@ impl Conn {
 }
 
 /// Sends queued bytes up to the next file piece, or that file piece, once the socket
-/// takes more.
+/// takes more; returns how many bytes went out (0 if the socket was not ready after all).
 async fn send(
     stream: &TcpStream,
     out: &mut OutBuf,
     files: &mut VecDeque<(u64, FileExtent)>,
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     stream.writable().await?;
     let r = stream.try_io(Interest::WRITABLE, || match files.front_mut() {
         Some((at, e)) if *at == out.consumed() => {
@@ -672,7 +676,7 @@ async fn send(
             if e.len == 0 {
                 files.pop_front();
             }
-            Ok(())
+            Ok(n)
         }
         next => {
             let limit = next.map_or(out.len(), |(at, _)| {
@@ -683,11 +687,11 @@ async fn send(
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             out.consume(n);
-            Ok(())
+            Ok(n)
         }
     });
     match r {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         r => r,
     }
 }

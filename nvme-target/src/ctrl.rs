@@ -128,6 +128,11 @@ impl Ctrl {
 pub async fn keep_alive_timer(ctrl: Weak<Ctrl>) {
     // Hosts send Keep Alive at KATO/2 or less; allow one more second for scheduling.
     const GRACE: Duration = Duration::from_secs(1);
+    // The timer ends as soon as the controller is torn down, not a KATO later: the
+    // controller thread's shutdown waits for every task it runs.
+    let Some(mut torn_down) = ctrl.upgrade().map(|c| c.subscribe()) else {
+        return;
+    };
     loop {
         let Some(c) = ctrl.upgrade() else { return };
         if c.is_dead() {
@@ -146,6 +151,10 @@ pub async fn keep_alive_timer(ctrl: Weak<Ctrl>) {
             kato + GRACE - idle
         };
         drop(c);
-        tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+            // Torn down, or the controller is gone (its sender dropped): either way, done.
+            _ = torn_down.wait_for(|k| *k) => return,
+        }
     }
 }

@@ -13,6 +13,8 @@ use crate::conn::{Conn, Data};
 /// Reads at least this large go out with `sendfile` when the device allows it (and data
 /// digests are off: the digest needs the bytes in user space).
 const ZERO_COPY_MIN: usize = 16 * 1024;
+/// Dataset Management data: 256 ranges of 16 bytes at most.
+const DSM_MAX_LEN: usize = 256 * 16;
 use crate::metrics::CommandKind;
 
 impl Conn {
@@ -45,8 +47,10 @@ impl Conn {
                 Ok(())
             }
             io_opcode::DSM => {
+                // NR + 1 ranges of 16 bytes: at most 4 KiB, never what the host claims.
                 let nr = (sqe.cdw10.get() & 0xff) as usize + 1;
-                if (sqe.dptr.length.get() as usize) < nr * 16 {
+                let len = sqe.dptr.length.get() as usize;
+                if len < nr * 16 || len > DSM_MAX_LEN {
                     return Err(status::SGL_LENGTH_INVALID | status::DNR);
                 }
                 Ok(())
@@ -72,6 +76,9 @@ impl Conn {
         }
         let Some(q) = &self.q else { return };
         let subsys = q.ctrl.subsys;
+        // With the volatile write cache disabled (Set Features VWC = 0) every write is
+        // durable before its completion.
+        let write_through = !q.ctrl.vwc_enabled.get();
         let port = std::rc::Rc::clone(&self.port);
         let Some(ns) = port.namespace(subsys, sqe.nsid.get()) else {
             return self.fail(sqe, status::INVALID_NS | status::DNR);
@@ -117,7 +124,11 @@ impl Conn {
                 let Data::Host(d) = data else {
                     return self.fail(sqe, status::SGL_LENGTH_INVALID | status::DNR);
                 };
-                let st = match ns.dev.write_at(offset, d) {
+                let st = match ns
+                    .dev
+                    .write_at(offset, d)
+                    .and_then(|()| durable(write_through, &*ns.dev))
+                {
                     Ok(()) => {
                         pm.bytes_written.fetch_add(len, Ordering::Relaxed);
                         nsm.writes.fetch_add(1, Ordering::Relaxed);
@@ -143,7 +154,11 @@ impl Conn {
                 self.finish(sqe, st);
             }
             io_opcode::WRITE_ZEROES => {
-                let st = match ns.dev.write_zeroes(offset, len) {
+                let st = match ns
+                    .dev
+                    .write_zeroes(offset, len)
+                    .and_then(|()| durable(write_through, &*ns.dev))
+                {
                     Ok(()) => status::SUCCESS,
                     Err(e) => {
                         warn!(nsid = ns.cfg.nsid, offset, error = %e, "write zeroes failed");
@@ -184,6 +199,12 @@ impl Conn {
                             break;
                         }
                     }
+                    if st == status::SUCCESS {
+                        if let Err(e) = durable(write_through, &*ns.dev) {
+                            warn!(nsid = ns.cfg.nsid, error = %e, "flush after deallocate failed");
+                            st = status::WRITE_FAULT;
+                        }
+                    }
                 }
                 self.finish(sqe, st);
             }
@@ -222,4 +243,9 @@ impl Conn {
             }
         }
     }
+}
+
+/// Makes a completed write durable when the controller's volatile write cache is disabled.
+fn durable(write_through: bool, dev: &dyn crate::BlockDevice) -> std::io::Result<()> {
+    if write_through { dev.flush() } else { Ok(()) }
 }

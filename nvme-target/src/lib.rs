@@ -19,6 +19,7 @@ pub mod host;
 mod io;
 pub mod metrics;
 mod port;
+mod r2t;
 mod target;
 
 pub use blockdev::BlockDevice;

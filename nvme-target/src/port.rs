@@ -2,11 +2,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -127,14 +125,16 @@ impl Port {
         })
     }
 
-    /// Accepts connections until `shutdown` turns true, then lets every connection answer
-    /// what it has received, fails commands still waiting for data, flushes the devices and
-    /// returns. Must run inside a `LocalSet`.
+    /// Accepts connections through `listener` (its connection limit and the descriptor
+    /// budget; a refused connection is just closed, NVMe/TCP has nothing to say before
+    /// ICReq) until `shutdown` turns true, then lets every connection answer what it has
+    /// received within the send timeout, fails commands still waiting for data, flushes the
+    /// devices and returns. Must run inside a `LocalSet`.
     pub async fn run(
         self: Rc<Self>,
-        listener: TcpListener,
+        mut listener: listener::Listener,
         mut shutdown: watch::Receiver<bool>,
-    ) -> io::Result<()> {
+    ) {
         let mut conns = JoinSet::new();
         loop {
             if *shutdown.borrow() {
@@ -143,30 +143,23 @@ impl Port {
             tokio::select! {
                 r = shutdown.changed() => if r.is_err() { break },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                r = listener.accept() => match r {
-                    Ok((stream, peer)) => {
-                        debug!(%peer, port = self.shared.port_id, "connection");
-                        self.shared.metrics().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let conn = Conn::new(Rc::clone(&self.shared));
-                        let drop_rx = self.shared.drop_tx.subscribe();
-                        conns.spawn_local(conn.serve(stream, drop_rx, shutdown.clone()));
-                    }
-                    Err(e) => {
-                        // Out of descriptors and the like: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                },
+                a = listener.accept() => {
+                    debug!(peer = %a.peer, port = self.shared.port_id, "connection");
+                    self.shared.metrics().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let conn = Conn::new(Rc::clone(&self.shared));
+                    let drop_rx = self.shared.drop_tx.subscribe();
+                    conns.spawn_local(conn.serve(a.stream, a.slot, drop_rx, shutdown.clone()));
+                }
             }
         }
         drop(listener);
+        // Each connection's drain has a deadline (the send timeout), so this ends.
         while conns.join_next().await.is_some() {}
         for ns in self.shared.namespaces.iter().flatten() {
             if let Err(e) = ns.dev.flush() {
                 warn!(nsid = ns.cfg.nsid, error = %e, "flush at shutdown failed");
             }
         }
-        Ok(())
     }
 
     /// Closes every connection of this port now; the listener stays up.
@@ -184,10 +177,10 @@ impl Port {
 /// every port of every subsystem. Must run inside a `LocalSet`.
 pub async fn run_discovery(
     target: Arc<Target>,
-    listener: TcpListener,
+    listener: listener::Listener,
     shutdown: watch::Receiver<bool>,
-) -> io::Result<()> {
+) {
     let index = target.config().ports.len();
     let port = Port::build(target, index, 0, true, Vec::new());
-    port.run(listener, shutdown).await
+    port.run(listener, shutdown).await;
 }

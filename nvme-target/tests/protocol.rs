@@ -5,123 +5,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
-use common::{Harness, OPEN_NQN, connect, pattern};
+use common::raw::{Raw, assert_term_req, capsule, others_unaffected, raw_io_queue, status_of};
+use common::{Harness, pattern};
 use nvme_spec::command::{SglDescriptor, Sqe, admin_opcode, io_opcode};
-use nvme_spec::fabrics::{ConnectCmd, ConnectData, fctype};
+use nvme_spec::fabrics::fctype;
 use nvme_spec::pdu::{CommonHeader, DataHeader, pdu_type};
-use nvme_spec::{FromZeros, IntoBytes, put_str, status};
+use nvme_spec::{FromZeros, IntoBytes, status};
 use nvme_target::codec::digest;
-use nvme_target::host::HostOptions;
-
-/// A raw connection.
-struct Raw(TcpStream);
-
-impl Raw {
-    fn open(h: &Harness) -> Self {
-        let s = TcpStream::connect(h.ports[0]).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_nodelay(true).unwrap();
-        Raw(s)
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.0.write_all(bytes).unwrap();
-    }
-
-    /// Reads one PDU (header and whatever its PLEN says).
-    fn recv(&mut self) -> Vec<u8> {
-        let mut ch = [0u8; 8];
-        self.0.read_exact(&mut ch).unwrap();
-        let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
-        assert!((8..=1 << 21).contains(&plen), "sane PLEN {plen}");
-        let mut pdu = ch.to_vec();
-        pdu.resize(plen, 0);
-        self.0.read_exact(&mut pdu[8..]).unwrap();
-        pdu
-    }
-
-    /// Whether the target closed the connection.
-    fn closed(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        matches!(self.0.read(&mut b), Ok(0) | Err(_))
-    }
-
-    fn ic(&mut self, dgst: u8) -> Vec<u8> {
-        let mut req = [0u8; 128];
-        req[0] = pdu_type::IC_REQ;
-        req[2] = 128;
-        req[4] = 128;
-        req[11] = dgst;
-        self.send(&req);
-        self.recv()
-    }
-
-    /// ICReq then an admin queue Connect; returns the CNTLID.
-    fn connect_admin(&mut self) -> u16 {
-        self.ic(0);
-        let mut cmd = ConnectCmd::new_zeroed();
-        cmd.opcode = admin_opcode::FABRICS;
-        cmd.fctype = fctype::CONNECT;
-        cmd.sqsize.set(31);
-        cmd.kato.set(0);
-        cmd.dptr.kind = SglDescriptor::DATA_BLOCK_OFFSET;
-        cmd.dptr.length.set(1024);
-        let mut d = ConnectData::new_zeroed();
-        d.cntlid.set(0xffff);
-        put_str(&mut d.subnqn, OPEN_NQN);
-        put_str(&mut d.hostnqn, "nqn.2014-08.org.nvmexpress:uuid:raw");
-        let mut pdu = capsule(cmd.as_bytes(), 1024);
-        pdu.extend_from_slice(d.as_bytes());
-        self.send(&pdu);
-        let r = self.recv();
-        assert_eq!(r[0], pdu_type::CAPSULE_RESP);
-        assert_eq!(status_of(&r), 0);
-        u16::from_le_bytes([r[8], r[9]])
-    }
-}
-
-/// A CapsuleCmd header (no digests) for an SQE with `data_len` bytes of in-capsule data.
-fn capsule(sqe: &[u8], data_len: usize) -> Vec<u8> {
-    let pdo = if data_len > 0 { 72 } else { 0 };
-    let ch = CommonHeader::new(pdu_type::CAPSULE_CMD, 0, 72, pdo, (72 + data_len) as u32);
-    let mut v = ch.as_bytes().to_vec();
-    v.extend_from_slice(sqe);
-    v
-}
-
-/// The status field of a CapsuleResp PDU.
-fn status_of(resp: &[u8]) -> u16 {
-    u16::from_le_bytes([resp[22], resp[23]]) >> 1
-}
-
-/// Checks that the port still serves a well-behaved host.
-fn others_unaffected(h: &Harness) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (_c, mut q, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
-        let d = pattern(8192, 3);
-        q.write(&ns, 64, &d).await.unwrap();
-        assert!(q.read(&ns, 64, 8192).await.unwrap() == d);
-    });
-}
-
-fn assert_term_req(pdu: &[u8], fes: u16, fei: u32) {
-    assert_eq!(pdu[0], pdu_type::C2H_TERM_REQ, "C2HTermReq");
-    assert_eq!(pdu[2], 24, "TermReq HLEN");
-    assert_eq!(u16::from_le_bytes([pdu[8], pdu[9]]), fes, "FES");
-    assert_eq!(
-        u32::from_le_bytes(pdu[10..14].try_into().unwrap()),
-        fei,
-        "FEI"
-    );
-}
 
 #[test]
 fn icresp_echoes_digests_and_announces_maxh2cdata() {
@@ -301,65 +191,6 @@ fn header_digest_mismatch_is_fatal() {
     );
     others_unaffected(&h);
     h.stop();
-}
-
-/// An I/O queue on a raw connection: returns the connection after Connect on qid 1.
-fn raw_io_queue(h: &Harness, dgst: u8) -> Raw {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    // The admin queue lives in a host-library controller kept alive by leaking it for the
-    // test's duration; the raw connection joins it as I/O queue 1.
-    let c = rt.block_on(async {
-        let mut c =
-            nvme_target::host::HostController::connect(h.ports[0], HostOptions::new(OPEN_NQN))
-                .await
-                .unwrap();
-        c.set_num_queues(1).await.unwrap();
-        c
-    });
-    let cntlid = c.cntlid();
-    std::mem::forget(c);
-    std::mem::forget(rt);
-    let mut raw = Raw::open(h);
-    raw.ic(dgst);
-    let mut cmd = ConnectCmd::new_zeroed();
-    cmd.opcode = admin_opcode::FABRICS;
-    cmd.fctype = fctype::CONNECT;
-    cmd.qid.set(1);
-    cmd.sqsize.set(31);
-    cmd.dptr.kind = SglDescriptor::DATA_BLOCK_OFFSET;
-    cmd.dptr.length.set(1024);
-    let mut d = ConnectData::new_zeroed();
-    d.cntlid.set(cntlid);
-    put_str(&mut d.subnqn, OPEN_NQN);
-    put_str(&mut d.hostnqn, &HostOptions::new(OPEN_NQN).hostnqn);
-    let mut pdu = if dgst & 1 != 0 {
-        let ch = CommonHeader::new(
-            pdu_type::CAPSULE_CMD,
-            1 | (dgst & 2),
-            72,
-            76,
-            76 + 1024 + if dgst & 2 != 0 { 4 } else { 0 },
-        );
-        let mut v = ch.as_bytes().to_vec();
-        v.extend_from_slice(cmd.as_bytes());
-        let hd = digest(&v);
-        v.extend_from_slice(&hd.to_le_bytes());
-        v
-    } else {
-        capsule(cmd.as_bytes(), 1024)
-    };
-    pdu.extend_from_slice(d.as_bytes());
-    if dgst & 2 != 0 {
-        pdu.extend_from_slice(&digest(d.as_bytes()).to_le_bytes());
-    }
-    raw.send(&pdu);
-    let r = raw.recv();
-    assert_eq!(r[0], pdu_type::CAPSULE_RESP);
-    assert_eq!(status_of(&r), 0, "I/O queue connect");
-    raw
 }
 
 #[test]

@@ -2,8 +2,11 @@
 //! on 127.0.0.1, serving namespaces from shared in-memory devices.
 #![allow(dead_code, clippy::cast_possible_truncation)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nvme_target::host::{HostController, HostOptions, Namespace, Queue};
@@ -25,6 +28,7 @@ pub const ALLOWED_HOST: &str =
 pub struct MemDevice {
     data: Arc<Mutex<Vec<u8>>>,
     block_size: u32,
+    flushes: Arc<AtomicUsize>,
 }
 
 impl MemDevice {
@@ -32,7 +36,13 @@ impl MemDevice {
         Self {
             data: Arc::new(Mutex::new(vec![0; size])),
             block_size,
+            flushes: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Flushes so far (all clones and threads together).
+    pub fn flushes(&self) -> usize {
+        self.flushes.load(Ordering::SeqCst)
     }
 
     fn range(&self, offset: u64, len: usize) -> std::io::Result<std::ops::Range<usize>> {
@@ -65,6 +75,7 @@ impl BlockDevice for MemDevice {
         Ok(())
     }
     fn flush(&self) -> std::io::Result<()> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
@@ -141,6 +152,8 @@ pub struct Harness {
     pub target: Arc<Target>,
     pub ports: Vec<SocketAddr>,
     pub discovery: SocketAddr,
+    /// Namespace 2 of the open subsystem (in memory, counts flushes).
+    pub ns2: MemDevice,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     cmds: Vec<mpsc::UnboundedSender<Cmd>>,
@@ -206,7 +219,9 @@ impl Harness {
         let mut cfg = TargetConfig::new(subsystems, ports);
         cfg.discovery = Some(addrs[2]);
         tweak(&mut cfg);
+        let limit = cfg.limits.max_connections;
         let target = Target::new(cfg).unwrap();
+        let budget = listener::Budget::new(4096);
         let (shutdown, _) = watch::channel(false);
         let mut threads = Vec::new();
         let mut cmds = Vec::new();
@@ -216,6 +231,7 @@ impl Harness {
             let (tx, mut rx) = mpsc::unbounded_channel();
             cmds.push(tx);
             let devs = (ns1.clone(), ns2.clone(), locked.clone());
+            let budget = budget.clone();
             threads.push(std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -225,10 +241,9 @@ impl Harness {
                 local.block_on(&rt, async move {
                     listener.set_nonblocking(true).unwrap();
                     let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let l = listener::Listener::new(l, "nvme-tcp", limit, budget);
                     if i == 2 {
-                        nvme_target::run_discovery(target, l, rx_shutdown)
-                            .await
-                            .unwrap();
+                        nvme_target::run_discovery(target, l, rx_shutdown).await;
                         return;
                     }
                     let d: Vec<(String, u32, Rc<dyn BlockDevice>)> = vec![
@@ -243,7 +258,7 @@ impl Harness {
                             p2.drop_connections();
                         }
                     });
-                    port.run(l, rx_shutdown).await.unwrap();
+                    port.run(l, rx_shutdown).await;
                 });
             }));
         }
@@ -251,6 +266,7 @@ impl Harness {
             target,
             ports: addrs[..2].to_vec(),
             discovery: addrs[2],
+            ns2,
             shutdown,
             threads,
             cmds,

@@ -1,0 +1,241 @@
+//! Commands whose data the host sends after an R2T: the slots that collect it, the
+//! per-connection R2T memory budget, and H2CData reassembly.
+//!
+//! Memory is taken only for data the target asked for and only when it arrives: a slot's
+//! buffer is sized to its command when the first H2CData PDU comes in, and the bytes of every
+//! R2T sent and not yet answered count against [`crate::TargetConfig::r2t_buffer_limit`]
+//! (commands past it wait, without an R2T, for earlier ones to finish). So a host that asks
+//! for many large writes and never sends the data pins nothing, and one that sends part of it
+//! pins at most the budget.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use nvme_spec::command::Sqe;
+use nvme_spec::pdu::{self, CommonHeader, DataHeader, R2t, flags, pdu_type};
+use nvme_spec::{FromZeros, IntoBytes, status};
+
+use crate::codec::{self, Fatal};
+use crate::conn::{Conn, Data};
+
+/// A slot buffer at most this large is kept for the slot's next command; larger ones are
+/// freed when their command completes, so a burst of large writes does not pin memory.
+pub(crate) const SLOT_KEEP: usize = 128 * 1024;
+
+/// A command whose data the host sends after an R2T.
+pub(crate) struct Slot {
+    active: bool,
+    sqe: Sqe,
+    /// Bytes the R2T asked for.
+    len: usize,
+    /// Bytes received so far (`buf.len()` is the count).
+    buf: Vec<u8>,
+    failed: Option<u16>,
+    started: Instant,
+}
+
+impl Slot {
+    /// A free slot holding no memory.
+    pub fn new() -> Self {
+        Self {
+            active: false,
+            sqe: Sqe::new_zeroed(),
+            len: 0,
+            buf: Vec::new(),
+            failed: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether the slot's command is waiting for data.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+}
+
+impl Conn {
+    /// Whether a command is waiting for its data (an R2T sent, or one queued to be sent).
+    pub(crate) fn awaiting_host_data(&self) -> bool {
+        !self.waiting.is_empty() || self.slots.iter().any(|s| s.active)
+    }
+
+    /// Asks the host for a command's data, or queues the command until a slot and R2T
+    /// budget free up. The caller has checked the length against the command's limit.
+    pub(crate) fn start_r2t(&mut self, sqe: &Sqe, started: Instant) {
+        let cfg = self.port.target.config();
+        let len = sqe.dptr.length.get() as usize;
+        if len > cfg.max_transfer as usize {
+            return self.respond(sqe.cid.get(), status::INVALID_FIELD | status::DNR, 0);
+        }
+        if let Some(q) = &self.q {
+            if q.qid != 0 {
+                if let Err(st) = self.check_io(sqe) {
+                    return self.respond(sqe.cid.get(), st, 0);
+                }
+            }
+        }
+        self.port
+            .metrics()
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        // Keep the host's order: nothing overtakes a command already waiting.
+        if self.waiting.is_empty() && self.try_send_r2t(sqe, started) {
+            return;
+        }
+        let depth = self.q.as_ref().map_or(1, |q| usize::from(q.sqsize) + 1);
+        if self.waiting.len() >= depth {
+            self.port
+                .metrics()
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+            return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
+        }
+        self.waiting.push_back((*sqe, started));
+    }
+
+    /// Sends the R2T for `sqe` if a slot is free and its length fits the budget.
+    fn try_send_r2t(&mut self, sqe: &Sqe, started: Instant) -> bool {
+        let len = sqe.dptr.length.get() as usize;
+        let limit = self.port.target.config().r2t_buffer_limit();
+        if self.r2t_reserved + len > limit {
+            return false;
+        }
+        let Some(i) = self.slots.iter().position(|s| !s.active) else {
+            return false;
+        };
+        self.r2t_reserved += len;
+        let slot = &mut self.slots[i];
+        slot.active = true;
+        slot.sqe = *sqe;
+        slot.len = len;
+        slot.buf.clear();
+        slot.failed = None;
+        slot.started = started;
+        let mut r = R2t::default();
+        let (pdo, plen) = codec::data_pdu_lengths(24, 0, self.dg);
+        r.ch = CommonHeader::new(pdu_type::R2T, self.dg.flags(false), 24, pdo, plen);
+        r.cccid = sqe.cid;
+        r.ttag.set(u16::try_from(i).unwrap_or(u16::MAX));
+        r.r2to.set(0);
+        r.r2tl.set(u32::try_from(len).unwrap_or(u32::MAX));
+        codec::put_header(&mut self.out, r.as_bytes(), self.dg);
+        self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Sends R2Ts for waiting commands while slots and budget allow.
+    fn start_waiting(&mut self) {
+        while let Some(&(sqe, started)) = self.waiting.front() {
+            if !self.try_send_r2t(&sqe, started) {
+                return;
+            }
+            self.waiting.pop_front();
+        }
+    }
+
+    pub(crate) fn on_h2c_data(
+        &mut self,
+        h: &DataHeader,
+        data: &[u8],
+        digest_error: bool,
+    ) -> Result<(), Fatal> {
+        let max_h2c = self.port.target.config().max_h2c_data as usize;
+        let i = usize::from(h.ttag.get());
+        let Some(slot) = self.slots.get_mut(i).filter(|s| s.active) else {
+            return Err(Fatal::field(10));
+        };
+        if slot.sqe.cid != h.cccid {
+            return Err(Fatal::field(8));
+        }
+        let datao = h.datao.get() as usize;
+        let datal = h.datal.get() as usize;
+        if datal != data.len() {
+            return Err(Fatal::field(16));
+        }
+        if datal > max_h2c {
+            return Err(Fatal {
+                fes: pdu::fes::DATA_LIMIT_EXCEEDED,
+                fei: 0,
+            });
+        }
+        if datao != slot.buf.len() || datal > slot.len - slot.buf.len() {
+            return Err(Fatal {
+                fes: pdu::fes::DATA_OUT_OF_RANGE,
+                fei: 12,
+            });
+        }
+        if slot.buf.capacity() < slot.len {
+            // The first data of a command larger than the kept buffer: exactly its length,
+            // already counted against the R2T budget when the R2T went out.
+            slot.buf = Vec::with_capacity(slot.len);
+        }
+        slot.buf.extend_from_slice(data);
+        if digest_error {
+            self.port
+                .metrics()
+                .digest_errors
+                .fetch_add(1, Ordering::Relaxed);
+            slot.failed = Some(status::TRANSIENT_TRANSPORT_ERROR);
+        }
+        let last = h.ch.flags & flags::LAST_PDU != 0;
+        if slot.buf.len() == slot.len || last {
+            if slot.buf.len() != slot.len {
+                return Err(Fatal {
+                    fes: pdu::fes::PDU_SEQUENCE_ERROR,
+                    fei: 0,
+                });
+            }
+            self.finish_slot(i);
+        }
+        Ok(())
+    }
+
+    /// Runs a command whose data all arrived, then starts the next waiting ones.
+    fn finish_slot(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.active = false;
+        let sqe = slot.sqe;
+        let failed = slot.failed;
+        let started = slot.started;
+        let len = slot.len;
+        let mut buf = std::mem::take(&mut slot.buf);
+        self.r2t_reserved -= len;
+        self.port
+            .metrics()
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        match failed {
+            Some(st) => self.respond(sqe.cid.get(), st, 0),
+            None => self.execute(&sqe, Data::Host(&buf[..len]), started),
+        }
+        if buf.capacity() <= SLOT_KEEP {
+            buf.clear();
+            self.slots[i].buf = buf;
+        }
+        self.start_waiting();
+    }
+
+    /// Fails commands still waiting for data (shutdown) and frees their buffers.
+    pub(crate) fn abort_pending(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].active {
+                self.slots[i].active = false;
+                self.slots[i].buf = Vec::new();
+                let cid = self.slots[i].sqe.cid.get();
+                self.port
+                    .metrics()
+                    .in_flight
+                    .fetch_sub(1, Ordering::Relaxed);
+                self.respond(cid, status::ABORTED_SQ_DELETION, 0);
+            }
+        }
+        self.r2t_reserved = 0;
+        while let Some((sqe, _)) = self.waiting.pop_front() {
+            self.port
+                .metrics()
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+            self.respond(sqe.cid.get(), status::ABORTED_SQ_DELETION, 0);
+        }
+    }
+}
