@@ -779,8 +779,8 @@ mod tests {
         // Two uploads of one new name: the second commit is refused.
         let mut a = s.begin("m", BS, false).unwrap();
         let mut b = s.begin("m", BS, false).unwrap();
-        s.write(&mut a, &[5; BS as usize]).unwrap();
-        s.write(&mut b, &[6; BS as usize]).unwrap();
+        s.write(&mut a, &vec![5; us(BS)]).unwrap();
+        s.write(&mut b, &vec![6; us(BS)]).unwrap();
         s.commit(a).unwrap();
         assert!(matches!(s.commit(b), Err(StoreError::Exists(_))));
         assert!(matches!(
