@@ -52,6 +52,26 @@ pub(super) fn encode(m: &StreamMetrics, f: &mut Families<'_>) -> Result<(), std:
             "Sessions re-planned after a controller failed or stalled.",
             &m.replans,
         ),
+        (
+            "stream_read_errors",
+            "Sessions ended by a backplane read error (the client got an error frame or a short body).",
+            &m.read_errors,
+        ),
+        (
+            "stream_send_timeouts",
+            "Sessions dropped because the client took no data for the send timeout.",
+            &m.send_timeouts,
+        ),
+        (
+            "stream_attach_timeouts",
+            "Opened sessions freed because no data channel attached within the handshake timeout.",
+            &m.attach_timeouts,
+        ),
+        (
+            "stream_clients_gone",
+            "Sessions ended because the client closed its connection early.",
+            &m.clients_gone,
+        ),
     ] {
         f.counter(name, help, [(labels([]), get(c))])?;
     }
