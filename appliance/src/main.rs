@@ -137,6 +137,14 @@ enum Command {
         /// The appliance's admin address.
         #[arg(long, default_value = "127.0.0.1:9440", global = true)]
         admin: SocketAddr,
+        /// File holding the admin token (default: the running config's token, else
+        /// `baton-data/admin.token`, the embedded default's generated token). The
+        /// `BATON_ADMIN_TOKEN` environment variable overrides both.
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+        /// The appliance's configuration, to find its admin token.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: CtlAction,
     },
@@ -173,15 +181,35 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::embedded_default(),
+            let (config, warnings) = match config {
+                Some(path) => Config::load_with_warnings(&path)?,
+                None => (Config::embedded_default(), Vec::new()),
             };
             baton::logging::init(&config.logging);
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
             baton::serve::run(config).context("serve")
         }
         Command::CheckConfig { file } => {
-            let config = Config::load(&file)?;
+            let (config, warnings) = Config::load_with_warnings(&file)?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let bad = baton::backplane::check_device_paths(&config);
+            if !bad.is_empty() {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                for (path, message) in &bad {
+                    let e = baton::config::ConfigError {
+                        origin: file.display().to_string(),
+                        line: baton::config::line_of(&text, path),
+                        path: path.clone(),
+                        message: message.clone(),
+                    };
+                    eprintln!("{e}");
+                }
+                anyhow::bail!("{} device path(s) cannot be used", bad.len());
+            }
             println!(
                 "{}: ok ({} devices, {} volumes, {} subsystems, {} controllers)",
                 file.display(),
@@ -265,23 +293,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             stream,
         } => content::fetch(stream, &name, &output, offset, length, rate),
         Command::BenchSource { listen } => baton::bench::run_source(listen),
-        Command::Ctl { admin, action } => match action {
-            CtlAction::StopStreams { controller } => {
-                let path = format!("/api/v1/controllers/{controller}/stop-streams");
-                baton::admin::call(admin, hyper::Method::POST, &path)?;
-                println!("controller {controller}: stream worker stopped");
-                Ok(())
+        Command::Ctl {
+            admin,
+            token_file,
+            config,
+            action,
+        } => {
+            let token = ctl_token(token_file, config)?;
+            let act = |path: &str| {
+                baton::admin::call_with_token(admin, hyper::Method::POST, path, Some(&token))
+            };
+            match action {
+                CtlAction::StopStreams { controller } => {
+                    act(&format!("/api/v1/controllers/{controller}/stop-streams"))?;
+                    println!("controller {controller}: stream worker stopped");
+                }
+                CtlAction::DropConnections { controller } => {
+                    act(&format!(
+                        "/api/v1/controllers/{controller}/drop-connections"
+                    ))?;
+                    println!("controller {controller}: connections dropped");
+                }
             }
-            CtlAction::DropConnections { controller } => {
-                let path = format!("/api/v1/controllers/{controller}/drop-connections");
-                baton::admin::call(admin, hyper::Method::POST, &path)?;
-                println!("controller {controller}: connections dropped");
-                Ok(())
-            }
-        },
+            Ok(())
+        }
         Command::DefaultConfig => {
             print!("{}", baton::config::EMBEDDED_DEFAULT);
             Ok(())
         }
     }
+}
+
+/// The admin token for `baton ctl`: `BATON_ADMIN_TOKEN`, `--token-file`, the token of
+/// `--config`, or the embedded default's generated token under `./baton-data`.
+fn ctl_token(token_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<String> {
+    use baton::admin::auth;
+    if let Ok(t) = std::env::var("BATON_ADMIN_TOKEN") {
+        return Ok(t);
+    }
+    let path = match (token_file, config) {
+        (Some(f), _) => f,
+        (None, Some(c)) => {
+            let config = Config::load(&c)?;
+            if let Some(t) = &config.admin.token {
+                return Ok(t.clone());
+            }
+            auth::token_path(&config)
+        }
+        (None, None) => auth::token_path(&Config::embedded_default()),
+    };
+    auth::read_token_file(&path).with_context(|| {
+        format!(
+            "reading the admin token from {} (give --token-file, --config or BATON_ADMIN_TOKEN)",
+            path.display()
+        )
+    })
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminRouter};
 use crate::backplane::{Backplane, BackplaneError};
@@ -52,6 +52,7 @@ pub struct Appliance {
     controllers: Controllers,
     admin: Arc<Admin>,
     admin_thread: Option<std::thread::JoinHandle<()>>,
+    budget: listener::Budget,
     shutdown: watch::Sender<bool>,
 }
 
@@ -59,6 +60,7 @@ impl Appliance {
     /// Opens the backplane and starts every configured service.
     pub fn start(config: Config) -> Result<Self, ServeError> {
         let config = Arc::new(config);
+        let budget = descriptor_budget(&config)?;
         let backplane = Arc::new(Backplane::open(&config)?);
         let controllers = Controllers::start(config.controller_count(), config.controllers.pin)
             .map_err(io_err("starting controller threads"))?;
@@ -80,7 +82,13 @@ impl Appliance {
             controllers.handles().to_vec(),
         ));
         let admin_thread = match config.admin.address {
-            Some(addr) => Some(start_admin(addr, Arc::clone(&admin), shutdown.subscribe())?),
+            Some(addr) => Some(start_admin(
+                addr,
+                Arc::clone(&admin),
+                config.limits.admin(),
+                budget.clone(),
+                shutdown.subscribe(),
+            )?),
             None => None,
         };
         info!(
@@ -97,6 +105,7 @@ impl Appliance {
             controllers,
             admin,
             admin_thread,
+            budget,
             shutdown,
         })
     }
@@ -119,6 +128,11 @@ impl Appliance {
     /// The stream service, if configured.
     pub fn stream(&self) -> Option<&Arc<crate::stream::StreamService>> {
         self.stream.as_ref()
+    }
+
+    /// The descriptor budget every listener's connections share.
+    pub fn budget(&self) -> &listener::Budget {
+        &self.budget
     }
 
     /// The backplane.
@@ -146,9 +160,34 @@ impl Appliance {
 /// Runs the appliance until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), ServeError> {
     let appliance = Appliance::start(config)?;
+    notify_service_manager("READY=1");
     wait_for_signal().map_err(io_err("waiting for signals"))?;
+    notify_service_manager("STOPPING=1");
     appliance.shutdown();
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) the appliance's state, when it started us with
+/// `NOTIFY_SOCKET`: `READY=1` once every listener is bound and every service started.
+fn notify_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    // A leading '@' names a socket in the abstract namespace.
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        warn!(error = %e, state, "cannot notify the service manager");
+    }
 }
 
 fn wait_for_signal() -> io::Result<()> {
@@ -159,20 +198,57 @@ fn wait_for_signal() -> io::Result<()> {
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
+        // SIGHUP's default action would kill the process without a graceful shutdown.
+        // Reloading the configuration on it is future work: until then it is logged and
+        // ignored.
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM"); break }
+                _ = int.recv() => { info!("SIGINT"); break }
+                _ = hup.recv() => warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+            }
         }
         Ok(())
     })
 }
 
+/// Raises the descriptor limit and sizes the budget all listeners' connections share.
+fn descriptor_budget(config: &Config) -> Result<listener::Budget, ServeError> {
+    let nofile =
+        listener::raise_descriptor_limit().map_err(io_err("reading the descriptor limit"))?;
+    let budget = listener::Budget::for_descriptor_limit(nofile, config.limits.reserved_descriptors);
+    if budget.capacity() < 16 {
+        return Err(ServeError::Io {
+            what: format!(
+                "the descriptor limit ({nofile}) leaves fewer than 16 connections after \
+                 limits.reserved_descriptors ({})",
+                config.limits.reserved_descriptors
+            ),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    }
+    info!(
+        descriptors = nofile,
+        connections = budget.capacity(),
+        "descriptor budget"
+    );
+    Ok(budget)
+}
+
 fn start_admin(
     addr: std::net::SocketAddr,
     admin: Arc<Admin>,
+    limits: listener::Limits,
+    budget: listener::Budget,
     shutdown: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     let what = || format!("admin endpoint on {addr}");
+    let (token, token_file) = crate::admin::auth::AdminToken::resolve(admin.config())
+        .map_err(io_err("reading or creating the admin token"))?;
+    if let Some(f) = token_file {
+        info!(file = %f.display(), "admin actions need the token in this file");
+    }
     let listener = crate::admin::http::bind(addr).map_err(io_err(what()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,7 +261,10 @@ fn start_admin(
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
-                        crate::admin::http::serve(l, Arc::new(AdminRouter(admin)), shutdown).await
+                        let l = listener::Listener::new(l, "admin", limits.max_connections, budget)
+                            .with_refusal(crate::admin::http::BUSY);
+                        let router = Arc::new(AdminRouter::new(admin, token));
+                        crate::admin::http::serve(l, router, limits, shutdown).await
                     }
                     Err(e) => tracing::error!(error = %e, "admin listener"),
                 }

@@ -180,7 +180,18 @@ fn serves_a_striped_volume_through_two_controllers() {
         assert_eq!(value("baton_controller_up{controller=\"1\"}"), 1.0);
 
         // Dropping controller 0's connections leaves controller 1's path working.
-        off_thread(|| b.cli(&["ctl", "drop-connections", "--controller", "0"]));
+        let token = b._dir.path().join("admin.token");
+        let token = token.to_str().unwrap();
+        off_thread(|| {
+            b.cli(&[
+                "ctl",
+                "drop-connections",
+                "--controller",
+                "0",
+                "--token-file",
+                token,
+            ])
+        });
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(qa.read(&ns, 100, 512).await.is_err());
         assert!(qc.read(&ns, 100, 512).await.unwrap() == data[..512]);

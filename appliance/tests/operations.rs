@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use baton::stream::client::StreamClient;
 use nvme_target::host::{HostController, HostOptions};
 
-use common::free_port;
+use common::{Serve, free_port};
 
 const NQN: &str = "nqn.2026-11.io.baton:ops";
 
@@ -35,7 +35,7 @@ impl Drop for Proc {
 }
 
 struct Baton {
-    _p: Proc,
+    _p: Serve,
     admin: SocketAddr,
     control: SocketAddr,
     _dir: tempfile::TempDir,
@@ -57,23 +57,7 @@ fn start_baton() -> Baton {
     );
     let path = dir.path().join("baton.yaml");
     std::fs::write(&path, cfg).unwrap();
-    let p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let t = Instant::now();
-    while baton::admin::fetch_status(admin).is_err() || TcpStream::connect(control).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "baton did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let p = Serve::start(&path, admin, &[control]);
     Baton {
         _p: p,
         admin,
@@ -307,4 +291,116 @@ fn a_real_prometheus_scrapes_block_and_stream_series() {
     // The alert rules loaded and evaluate (none fires on a healthy appliance).
     let rules = http_get(web, "/api/v1/rules");
     assert!(rules.contains("BatonControllerDown"), "{rules}");
+}
+
+/// Status line and body of one raw HTTP/1.1 request.
+fn raw_http(addr: SocketAddr, request: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.lines().next().unwrap_or_default().to_owned();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn admin_actions_need_the_token_and_refuse_foreign_pages() {
+    let b = start_baton();
+    let token = baton::admin::auth::read_token_file(&b._dir.path().join("admin.token")).unwrap();
+    let post = |host: &str, extra: &str| {
+        raw_http(
+            b.admin,
+            &format!(
+                "POST /api/v1/controllers/1/stop-streams HTTP/1.1\r\nHost: {host}\r\n{extra}\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let me = b.admin.to_string();
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    // No token; a wrong token.
+    assert!(post(&me, "").0.contains(" 401 "), "{:?}", post(&me, ""));
+    let wrong = "Authorization: Bearer 0000000000000000000000\r\n";
+    assert!(post(&me, wrong).0.contains(" 401 "));
+    // DNS rebinding (a name in Host) and a cross-origin form post, even with the token.
+    assert!(post("attacker.example:9440", &bearer).0.contains(" 403 "));
+    let origin = format!("{bearer}Origin: http://attacker.example\r\n");
+    assert!(post(&me, &origin).0.contains(" 403 "));
+    // Read-only endpoints stay open without a token.
+    let (st, _) = raw_http(
+        b.admin,
+        &format!("GET /api/v1/status HTTP/1.1\r\nHost: {me}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(st.contains(" 200 "), "{st}");
+    // Nothing was stopped by the refused requests; the real one acts.
+    let status = baton::admin::fetch_status(b.admin).unwrap();
+    assert!(!status.controllers.is_empty());
+    let (st, body) = post(&me, &bearer);
+    assert!(st.contains(" 200 "), "{st} {body}");
+    // The CLI finds the token through --config.
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "ctl",
+            "stop-streams",
+            "--controller",
+            "0",
+            "--admin",
+            &me,
+            "--config",
+        ])
+        .arg(b._dir.path().join("baton.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sighup_does_not_kill_the_appliance() {
+    let b = start_baton();
+    nix::sys::signal::kill(b._p.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        baton::admin::fetch_status(b.admin).is_ok(),
+        "still serving after SIGHUP"
+    );
+}
+
+#[test]
+fn tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.path().join("baton.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir: {d}\ncontrollers: {{count: 1}}\nnvme_tcp: {{base_port: 0, discovery_port: null}}\n\
+             admin: {{address: \"{admin}\"}}\nlogging: {{level: warn}}\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let p = Serve::start_with(&cfg, admin, &[], |c| {
+        c.env("NOTIFY_SOCKET", &sock_path);
+    });
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 arrives");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means serving: the admin API answers at once.
+    assert!(baton::admin::fetch_status(admin).is_ok());
+    nix::sys::signal::kill(p.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1 arrives");
+    assert_eq!(&buf[..n], b"STOPPING=1");
 }

@@ -278,12 +278,14 @@ fn a_controller_stopped_mid_stream_is_replanned_away() {
     let d = data(64 * BS, 4);
     rt().block_on(put(&c, "replan.bin", &d));
     let admin = b.admin;
+    let token = baton::admin::auth::read_token_file(&b.dir.join("admin.token")).unwrap();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));
-        baton::admin::call(
+        baton::admin::call_with_token(
             admin,
             hyper::Method::POST,
             "/api/v1/controllers/1/stop-streams",
+            Some(&token),
         )
         .unwrap();
     });

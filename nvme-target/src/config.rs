@@ -1,6 +1,7 @@
 //! What the target serves: subsystems, namespaces, ports and protocol limits.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 
 /// The target's configuration.
 #[derive(Clone, Debug)]
@@ -131,7 +132,7 @@ pub enum ConfigError {
     DuplicatePort(u16),
     /// A limit out of range.
     #[error("{0}")]
-    Limit(&'static str),
+    Limit(String),
 }
 
 impl TargetConfig {
@@ -174,35 +175,59 @@ impl TargetConfig {
                 return Err(ConfigError::DuplicatePort(p.id));
             }
         }
-        if self.max_h2c_data < 4096 || self.max_h2c_data % 4 != 0 {
-            return Err(ConfigError::Limit(
-                "max_h2c_data must be a multiple of 4 and >= 4096",
-            ));
-        }
-        if self.max_transfer < 4096
-            || !self.max_transfer.is_power_of_two()
-            || self.max_transfer > 16 << 20
-        {
-            return Err(ConfigError::Limit(
-                "max_transfer must be a power of two in 4KiB..=16MiB",
-            ));
-        }
-        if self.in_capsule_data < 4096
-            || self.in_capsule_data > 64 * 1024
-            || self.in_capsule_data % 16 != 0
-        {
-            return Err(ConfigError::Limit(
-                "in-capsule data must be a multiple of 16 in 4KiB..=64KiB",
-            ));
-        }
-        if self.max_queue_entries < 2 || self.max_queue_entries > 1024 {
-            return Err(ConfigError::Limit("queue entries must be in 2..=1024"));
-        }
-        if self.max_io_queues == 0 || self.max_io_queues > 128 {
-            return Err(ConfigError::Limit("I/O queues must be in 1..=128"));
-        }
+        Limits::check(self).map_err(|e| ConfigError::Limit(e.to_string()))?;
         if self.max_r2t_in_flight == 0 {
-            return Err(ConfigError::Limit("R2Ts in flight must be at least 1"));
+            return Err(ConfigError::Limit(
+                "R2Ts in flight must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The protocol limits an operator sets, and their allowed ranges: the one source both the
+/// appliance's `check-config` and the target's own validation use.
+pub struct Limits;
+
+/// A protocol limit out of its range; `key` is the setting's name (`max_transfer`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} must be {rule}")]
+pub struct LimitError {
+    /// The setting.
+    pub key: &'static str,
+    /// What it must be.
+    pub rule: &'static str,
+}
+
+impl Limits {
+    /// MAXH2CDATA: a multiple of 4 in this range.
+    pub const MAX_H2C_DATA: RangeInclusive<u32> = 4096..=16 << 20;
+    /// MDTS in bytes: a power of two in this range.
+    pub const MAX_TRANSFER: RangeInclusive<u32> = 4096..=16 << 20;
+    /// In-capsule data: a multiple of 16 in this range.
+    pub const IN_CAPSULE_DATA: RangeInclusive<u32> = 4096..=64 << 10;
+    /// Queue entries (MQES + 1).
+    pub const QUEUE_ENTRIES: RangeInclusive<u16> = 2..=1024;
+    /// I/O queues per controller.
+    pub const IO_QUEUES: RangeInclusive<u16> = 1..=128;
+
+    /// Checks the operator-set limits of `cfg`.
+    pub fn check(cfg: &TargetConfig) -> Result<(), LimitError> {
+        let err = |key, rule| Err(LimitError { key, rule });
+        if !Self::MAX_H2C_DATA.contains(&cfg.max_h2c_data) || cfg.max_h2c_data % 4 != 0 {
+            return err("max_h2c_data", "a multiple of 4 in 4KiB..=16MiB");
+        }
+        if !Self::MAX_TRANSFER.contains(&cfg.max_transfer) || !cfg.max_transfer.is_power_of_two() {
+            return err("max_transfer", "a power of two in 4KiB..=16MiB");
+        }
+        if !Self::IN_CAPSULE_DATA.contains(&cfg.in_capsule_data) || cfg.in_capsule_data % 16 != 0 {
+            return err("in_capsule_data", "a multiple of 16 in 4KiB..=64KiB");
+        }
+        if !Self::QUEUE_ENTRIES.contains(&cfg.max_queue_entries) {
+            return err("queue_entries", "in 2..=1024");
+        }
+        if !Self::IO_QUEUES.contains(&cfg.max_io_queues) {
+            return err("io_queues", "in 1..=128");
         }
         Ok(())
     }

@@ -9,25 +9,26 @@ use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::header::HeaderMap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// A response body.
 pub type Body = Full<Bytes>;
 
 /// Routes a request to a response.
 pub trait Router: Send + Sync + 'static {
-    /// Handles `method path`; `body` is the (small, bounded) request body.
+    /// Handles `method path` with the request's headers (the admin API reads no bodies).
     fn route(
         &self,
         method: &Method,
         path: &str,
         query: Option<&str>,
+        headers: &HeaderMap,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
@@ -58,44 +59,60 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true.
+/// The answer to a connection over the admin API's connection limit.
+pub const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
+
+/// Serves `router` on `listener` until `shutdown` turns true. A request head must arrive
+/// within the handshake timeout; a connection idle between requests is closed after the idle
+/// timeout.
 pub async fn serve<R: Router>(
-    listener: TcpListener,
+    mut listener: listener::Listener,
     router: Arc<R>,
+    limits: listener::Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let conn = tokio::select! {
+            c = listener.accept() => c,
             _ = shutdown.changed() => return,
         };
         let router = Arc::clone(&router);
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let listener::Admitted { stream, peer, slot } = conn;
             let service = service_fn(move |req: Request<Incoming>| {
                 let router = Arc::clone(&router);
                 async move {
                     let resp = router
-                        .route(req.method(), req.uri().path(), req.uri().query())
+                        .route(
+                            req.method(),
+                            req.uri().path(),
+                            req.uri().query(),
+                            req.headers(),
+                        )
                         .await;
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.handshake_timeout)
+                .max_buf_size(64 << 10)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
+            // Past the whole-connection deadline a connection is closed even if it keeps
+            // dribbling requests (the admin API has short requests only).
+            let deadline = tokio::time::sleep(limits.idle_timeout);
+            tokio::pin!(deadline);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r {
                     debug!(%peer, error = %e, "admin connection ended");
                 },
                 _ = conn_shutdown.changed() => conn.as_mut().graceful_shutdown(),
+                () = &mut deadline => debug!(%peer, "admin connection closed at its deadline"),
             }
+            drop(slot);
         });
     }
 }
@@ -107,18 +124,28 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// A tiny HTTP/1.1 client for the CLI (`baton status`, `baton ctl`).
-pub async fn request(addr: SocketAddr, method: Method, path: &str) -> io::Result<(u16, Bytes)> {
+/// A tiny HTTP/1.1 client for the CLI (`baton status`, `baton ctl`); `token` goes in
+/// `Authorization: Bearer`.
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> io::Result<(u16, Bytes)> {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::HOST, addr.to_string());
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
         .body(Full::new(Bytes::new()))
         .map_err(io::Error::other)?;
     let resp = sender.send_request(req).await.map_err(io::Error::other)?;

@@ -1,6 +1,7 @@
 //! Operations: the admin endpoint (Prometheus `/metrics`, `/api/v1/status`, controller
 //! actions) and its client side for `baton status` / `baton ctl`.
 
+pub mod auth;
 pub mod exporter;
 pub mod http;
 mod nvme;
@@ -51,6 +52,11 @@ impl Admin {
             stream,
             controllers,
         }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Closes every NVMe/TCP connection of controller `index` (its listener stays up).
@@ -316,12 +322,22 @@ pub fn call(
     method: Method,
     path: &str,
 ) -> Result<hyper::body::Bytes, AdminClientError> {
+    call_with_token(addr, method, path, None)
+}
+
+/// [`call`] with the admin token, which every action that changes something needs.
+pub fn call_with_token(
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> Result<hyper::body::Bytes, AdminClientError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| AdminClientError::Connect { addr, source })?;
     let (status, body) = rt
-        .block_on(http::request(addr, method, path))
+        .block_on(http::request(addr, method, path, token))
         .map_err(|source| AdminClientError::Connect { addr, source })?;
     if !(200..300).contains(&status) {
         return Err(AdminClientError::Refused {
@@ -338,14 +354,56 @@ pub fn fetch_status(addr: std::net::SocketAddr) -> Result<Status, AdminClientErr
     Ok(serde_json::from_slice(&body)?)
 }
 
-/// Routes admin requests for one appliance.
+/// Routes admin requests for one appliance; requests that change something must pass
+/// [`auth::AdminToken::authorize`].
 #[derive(Debug)]
-pub struct AdminRouter(pub Arc<Admin>);
+pub struct AdminRouter {
+    admin: Arc<Admin>,
+    token: auth::AdminToken,
+}
+
+impl AdminRouter {
+    /// A router for `admin` whose actions need `token`.
+    pub fn new(admin: Arc<Admin>, token: auth::AdminToken) -> Self {
+        Self { admin, token }
+    }
+}
+
+/// Endpoints anyone who reaches the admin address may read.
+fn is_read_only(method: &Method, path: &str) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && matches!(path, "/metrics" | "/api/v1/status" | "/healthz")
+}
 
 impl Router for AdminRouter {
-    async fn route(&self, method: &Method, path: &str, _query: Option<&str>) -> Response<Body> {
+    async fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        _query: Option<&str>,
+        headers: &hyper::HeaderMap,
+    ) -> Response<Body> {
+        if !is_read_only(method, path) {
+            if let Err(refusal) = self.token.authorize(headers) {
+                let status = match refusal {
+                    auth::Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+                    auth::Refusal::ForeignHost | auth::Refusal::ForeignOrigin => {
+                        StatusCode::FORBIDDEN
+                    }
+                };
+                tracing::warn!(%method, path, reason = %refusal, "admin request refused");
+                let mut resp = http::error(status, &refusal.to_string());
+                if status == StatusCode::UNAUTHORIZED {
+                    resp.headers_mut().insert(
+                        hyper::header::WWW_AUTHENTICATE,
+                        hyper::header::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                return resp;
+            }
+        }
         match (method, path) {
-            (&Method::GET, "/metrics") => match self.0.metrics_text() {
+            (&Method::GET, "/metrics") => match self.admin.metrics_text() {
                 Ok(text) => http::text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -353,7 +411,7 @@ impl Router for AdminRouter {
                 ),
                 Err(_) => http::error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"),
             },
-            (&Method::GET, "/api/v1/status") => http::json(StatusCode::OK, &self.0.status()),
+            (&Method::GET, "/api/v1/status") => http::json(StatusCode::OK, &self.admin.status()),
             (&Method::GET, "/healthz") => http::text(StatusCode::OK, "text/plain", "ok\n"),
             (&Method::POST, p) if action_path(p, "stop-streams").is_some() => {
                 let Some(Ok(index)) = action_path(p, "stop-streams") else {
@@ -362,7 +420,7 @@ impl Router for AdminRouter {
                         "controller index is not a number",
                     );
                 };
-                match self.0.stream.as_ref() {
+                match self.admin.stream.as_ref() {
                     Some(s) if s.stop_controller(index) => {
                         http::text(StatusCode::OK, "text/plain", "stopped\n")
                     }
@@ -382,7 +440,7 @@ impl Router for AdminRouter {
                         "controller index is not a number",
                     );
                 };
-                match self.0.drop_connections(index).await {
+                match self.admin.drop_connections(index).await {
                     Ok(()) => http::text(StatusCode::OK, "text/plain", "dropped\n"),
                     Err(e) => http::error(StatusCode::NOT_FOUND, &e),
                 }

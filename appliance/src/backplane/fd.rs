@@ -46,7 +46,20 @@ impl FdDevice {
     }
 
     /// A file or block device at `path`; a missing regular file is created with `size`.
+    /// Every error names the path.
     pub fn file(name: &str, path: &Path, size: Option<u64>, direct: bool) -> io::Result<Self> {
+        check_file_path(path, size).map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
+        Self::open_file(name, path, size, direct).map_err(|e| {
+            let m = e.to_string();
+            if m.contains(&path.display().to_string()) {
+                e
+            } else {
+                io::Error::new(e.kind(), format!("{}: {m}", path.display()))
+            }
+        })
+    }
+
+    fn open_file(name: &str, path: &Path, size: Option<u64>, direct: bool) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)?;
@@ -276,6 +289,51 @@ impl FdHandle {
     }
 }
 
+/// Why `path` cannot be a file device, checked before anything is opened or created (also by
+/// `check-config`): it must be a regular file or a block device, not on a pseudo file system
+/// (`/proc/version` is a "regular file" of size 0), and a missing or empty file needs a size.
+pub fn check_file_path(path: &Path, size: Option<u64>) -> Result<(), String> {
+    use nix::sys::statfs::{
+        CGROUP_SUPER_MAGIC, DEBUGFS_MAGIC, PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SYSFS_MAGIC,
+        TRACEFS_MAGIC, statfs,
+    };
+    let p = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return match size {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "{p} does not exist; give the device a size to create it"
+                )),
+            };
+        }
+        Err(e) => return Err(format!("{p}: {e}")),
+    };
+    let ft = meta.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(format!("{p} is not a regular file or a block device"));
+    }
+    let fs = statfs(path).map_err(|e| format!("{p}: {e}"))?;
+    let pseudo = [
+        PROC_SUPER_MAGIC,
+        SYSFS_MAGIC,
+        DEBUGFS_MAGIC,
+        TRACEFS_MAGIC,
+        SECURITYFS_MAGIC,
+        CGROUP_SUPER_MAGIC,
+    ];
+    if pseudo.contains(&fs.filesystem_type()) {
+        return Err(format!(
+            "{p} is on a kernel pseudo file system, not storage"
+        ));
+    }
+    if ft.is_file() && meta.len() == 0 && size.is_none() {
+        return Err(format!("{p} is empty; give the device a size"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +393,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = FdDevice::file("d", &dir.path().join("none.img"), None, false).unwrap_err();
         assert!(err.to_string().contains("none.img"), "{err}");
+    }
+
+    #[test]
+    fn pseudo_files_and_character_devices_are_not_devices() {
+        for (path, why) in [
+            ("/proc/version", "pseudo file system"),
+            (
+                "/sys/kernel/mm/transparent_hugepage/enabled",
+                "pseudo file system",
+            ),
+            ("/dev/zero", "not a regular file"),
+            ("/dev", "not a regular file"),
+        ] {
+            let path = Path::new(path);
+            if !path.exists() {
+                continue;
+            }
+            let err = FdDevice::file("d", path, Some(1 << 20), false).unwrap_err();
+            let m = err.to_string();
+            assert!(
+                m.contains(why) && m.contains(&path.display().to_string()),
+                "{m}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.img");
+        std::fs::write(&empty, b"").unwrap();
+        let m = check_file_path(&empty, None).unwrap_err();
+        assert!(m.contains("empty") && m.contains("empty.img"), "{m}");
+        check_file_path(&empty, Some(4096)).unwrap();
     }
 }

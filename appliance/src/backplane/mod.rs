@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
-pub use fd::FdDevice;
+pub use fd::{FdDevice, check_file_path};
 pub use metrics::DeviceMetrics;
 pub use pcie::PcieDevice;
 pub use volume::{Volume, VolumeHandle};
@@ -91,6 +91,24 @@ pub enum BackplaneError {
         /// Why.
         reason: String,
     },
+}
+
+/// File devices whose paths cannot be opened as configured, as (key path, message):
+/// `check-config` reports them without opening or creating anything.
+pub fn check_device_paths(config: &Config) -> Vec<(String, String)> {
+    config
+        .devices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match d {
+            DeviceConfig::File { path, size, .. } => {
+                check_file_path(&config.resolve(path), size.map(|s| s.bytes()))
+                    .err()
+                    .map(|m| (format!("devices[{i}].path"), m))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 impl Backplane {

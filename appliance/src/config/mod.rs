@@ -3,6 +3,7 @@
 //! Parsing uses `serde_norway` (a maintained fork of `serde_yaml` with the same API) through
 //! `serde_path_to_error`, so every error names the key path; unknown keys are errors.
 
+mod limits;
 mod locate;
 mod size;
 
@@ -13,8 +14,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use limits::LimitsConfig;
 use locate::LineIndex;
 pub use size::ByteSize;
+
+/// Largest configuration file read.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// The configuration `baton serve` uses when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/default.yaml");
@@ -75,6 +80,9 @@ pub struct Config {
     /// Stream service (absent: off).
     #[serde(default)]
     pub stream: Option<StreamConfig>,
+    /// Connection limits and timeouts of every listener.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Logging.
     #[serde(default)]
     pub logging: LoggingConfig,
@@ -243,12 +251,21 @@ pub struct AdminConfig {
     /// Where `/metrics` and `/api/v1/...` are served; absent disables it.
     #[serde(default = "default_admin_address")]
     pub address: Option<SocketAddr>,
+    /// Bearer token that destructive actions need (at least 16 characters). Without it and
+    /// without `token_file`, the appliance generates one in `DATA_DIR/admin.token`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file whose first line is the token (relative paths are under `data_dir`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             address: default_admin_address(),
+            token: None,
+            token_file: None,
         }
     }
 }
@@ -419,14 +436,41 @@ pub enum LogFormat {
 impl Config {
     /// Parses and validates YAML text; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::parse_with_warnings(text, origin).map(|(c, _)| c)
+    }
+
+    /// Parses and validates YAML text, and returns the [`Config::warnings`] with their lines.
+    pub fn parse_with_warnings(
+        text: &str,
+        origin: &str,
+    ) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError {
+                origin: origin.to_owned(),
+                path: String::new(),
+                line: None,
+                message: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
         let lines = LineIndex::new(text);
+        if let Some(line) = lines.too_deep() {
+            return Err(ConfigError {
+                origin: origin.to_owned(),
+                path: String::new(),
+                line: Some(line),
+                message: format!("nested deeper than {} levels", locate::MAX_DEPTH),
+            });
+        }
         let de = serde_norway::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
             let mut path = err.path().to_string();
             let inner = err.into_inner();
             let message = strip_prefix_and_location(&inner.to_string());
             // Point an unknown key at its own line, not its parent's.
-            if let Some(field) = unknown_field(&message) {
+            // (In a flow mapping the path already ends with the key.)
+            if let Some(field) =
+                unknown_field(&message).filter(|f| path != *f && !path.ends_with(&format!(".{f}")))
+            {
                 path = if path.is_empty() || path == "." {
                     field.to_owned()
                 } else {
@@ -443,31 +487,75 @@ impl Config {
                 message,
             }
         })?;
-        config.validate().map_err(|(path, message)| ConfigError {
+        let located = |(path, message): (String, String)| ConfigError {
             origin: origin.to_owned(),
             line: lines.line_of(&path),
             path,
             message,
-        })?;
-        Ok(config)
+        };
+        config.validate().map_err(located)?;
+        let warnings = config.warnings().into_iter().map(located).collect();
+        Ok((config, warnings))
     }
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_warnings(path).map(|(c, _)| c)
+    }
+
+    /// Reads, parses and validates a file, with its warnings. Only a regular file of at most
+    /// [`MAX_CONFIG_BYTES`] is read (a FIFO or `/dev/zero` is refused, not read forever).
+    pub fn load_with_warnings(path: &Path) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        use std::io::Read;
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let fail = |message: String| ConfigError {
             origin: origin.clone(),
             path: String::new(),
             line: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        Self::parse(&text, &origin)
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                f.take(MAX_CONFIG_BYTES as u64 + 1)
+                    .read_to_string(&mut text)
+            })
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        Self::parse_with_warnings(&text, &origin)
     }
 
     /// The embedded default.
     pub fn embedded_default() -> Self {
         Self::parse(EMBEDDED_DEFAULT, "embedded default")
             .unwrap_or_else(|e| unreachable!("the embedded default is checked by a test: {e}"))
+    }
+
+    /// Settings that are valid but probably not what the operator wants, as (key path,
+    /// message); `check-config` prints them and `serve` logs them.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut w = Vec::new();
+        if let Some(addr) = self.admin.address {
+            if !addr.ip().is_loopback()
+                && self.admin.token.is_none()
+                && self.admin.token_file.is_none()
+            {
+                w.push((
+                    "admin.address".into(),
+                    format!(
+                        "{addr} is not a loopback address and no admin.token or \
+                         admin.token_file is set: /metrics and /api/v1/status are open to \
+                         the network, and actions need the generated token in \
+                         {}/admin.token",
+                        self.data_dir.display()
+                    ),
+                ));
+            }
+        }
+        w
     }
 
     /// PCI addresses of every nvme-pcie device's controllers.
@@ -627,29 +715,14 @@ impl Config {
             }
         }
         let nvme = &self.nvme_tcp;
-        let mt = nvme.max_transfer.bytes();
-        if mt < 4096 || !mt.is_power_of_two() || mt > (4096 << 15) {
-            return Err((
-                "nvme_tcp.max_transfer".into(),
-                "max_transfer must be a power of two between 4KiB and 128MiB".into(),
-            ));
-        }
-        let h2c = nvme.max_h2c_data.bytes();
-        if h2c < 4096 || h2c % 4 != 0 || h2c > (16 << 20) {
-            return Err((
-                "nvme_tcp.max_h2c_data".into(),
-                "max_h2c_data must be a multiple of 4 between 4KiB and 16MiB".into(),
-            ));
-        }
-        if nvme.queue_entries < 2 || nvme.queue_entries > 4096 {
-            return Err((
-                "nvme_tcp.queue_entries".into(),
-                "queue_entries must be between 2 and 4096".into(),
-            ));
-        }
-        if nvme.io_queues == 0 {
-            return Err(("nvme_tcp.io_queues".into(), "io_queues must be >= 1".into()));
-        }
+        // The target's own limits, so check-config and serve agree.
+        let mut target = nvme_target::config::TargetConfig::new(Vec::new(), Vec::new());
+        target.max_h2c_data = u32::try_from(nvme.max_h2c_data.bytes()).unwrap_or(u32::MAX);
+        target.max_transfer = u32::try_from(nvme.max_transfer.bytes()).unwrap_or(u32::MAX);
+        target.max_queue_entries = nvme.queue_entries;
+        target.max_io_queues = nvme.io_queues;
+        nvme_target::config::Limits::check(&target)
+            .map_err(|e| (format!("nvme_tcp.{}", e.key), e.to_string()))?;
         let count = self.controller_count();
         if usize::from(nvme.base_port) + count > usize::from(u16::MAX) {
             return Err((
@@ -705,6 +778,13 @@ impl Config {
                     "a power of two from 4KiB to 16MiB, at least the volume's block size".into(),
                 ));
             }
+            let count = self.controller_count();
+            if st.data_port_base != 0 && usize::from(st.data_port_base) + count > 65536 {
+                return Err((
+                    "stream.data_port_base".into(),
+                    format!("data_port_base + {count} controllers passes port 65535"),
+                ));
+            }
             if st.window == 0 || st.window > 64 {
                 return Err(("stream.window".into(), "must be in 1..=64".into()));
             }
@@ -724,11 +804,37 @@ impl Config {
                 ));
             }
         }
+        if self.admin.token.is_some() && self.admin.token_file.is_some() {
+            return Err((
+                "admin.token_file".into(),
+                "give either admin.token or admin.token_file, not both".into(),
+            ));
+        }
+        if let Some(t) = &self.admin.token {
+            if t.trim().len() < 16
+                || t.trim().len() > 1024
+                || !t.trim().bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err((
+                    "admin.token".into(),
+                    "the token must be 16..=1024 printable ASCII characters without spaces".into(),
+                ));
+            }
+        }
+        self.limits
+            .validate()
+            .map_err(|(key, m)| (format!("limits.{key}"), m))?;
         if let Err(e) = self.logging.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(("logging.level".into(), format!("bad filter: {e}")));
         }
         Ok(())
     }
+}
+
+/// The line of `key_path` (such as `devices[2].path`) in YAML `text`, for errors found by
+/// checks outside this module.
+pub fn line_of(text: &str, key_path: &str) -> Option<usize> {
+    LineIndex::new(text).line_of(key_path)
 }
 
 /// serde_norway prefixes the key path and appends " at line L column C"; both are reported

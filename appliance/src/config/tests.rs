@@ -142,3 +142,95 @@ fn content_volume_cannot_be_exported() {
     let e = err("stream: {volume: nope}\n");
     assert!(e.to_string().contains("stream.volume"), "{e}");
 }
+
+#[test]
+fn transport_limits_are_the_targets_own() {
+    // check-config used to accept what serve then refused (issue: one source of limits).
+    for (yaml, key) in [
+        ("nvme_tcp: {queue_entries: 2048}", "nvme_tcp.queue_entries"),
+        ("nvme_tcp: {io_queues: 129}", "nvme_tcp.io_queues"),
+        ("nvme_tcp: {io_queues: 0}", "nvme_tcp.io_queues"),
+        ("nvme_tcp: {max_transfer: 32MiB}", "nvme_tcp.max_transfer"),
+        ("nvme_tcp: {max_h2c_data: 32MiB}", "nvme_tcp.max_h2c_data"),
+    ] {
+        assert_eq!(err(yaml).path, key, "{yaml}");
+    }
+    let max = nvme_target::config::Limits::QUEUE_ENTRIES.end();
+    Config::parse(&format!("nvme_tcp: {{queue_entries: {max}}}"), "t").unwrap();
+}
+
+#[test]
+fn limits_are_checked_and_reach_the_listeners() {
+    assert_eq!(
+        err("limits: {nvme_tcp_connections: 0}").path,
+        "limits.nvme_tcp_connections"
+    );
+    assert_eq!(
+        err("limits: {send_timeout_ms: 5}").path,
+        "limits.send_timeout_ms"
+    );
+    assert_eq!(err("limits: {bogus: 1}").path, "limits.bogus");
+    let c = Config::parse(
+        "limits: {stream_connections: 7, handshake_timeout_ms: 1500}",
+        "t",
+    )
+    .unwrap();
+    let l = c.limits.stream();
+    assert_eq!(l.max_connections, 7);
+    assert_eq!(l.handshake_timeout, std::time::Duration::from_millis(1500));
+    assert_eq!(c.limits.nvme_tcp().max_connections, 1024);
+}
+
+#[test]
+fn hostile_config_text_is_refused_quickly() {
+    let n = 100_000;
+    let e = err(&format!("a: {}{}\n", "[".repeat(n), "]".repeat(n)));
+    assert!(e.message.contains("nested deeper"), "{e}");
+    assert_eq!(e.line, Some(1));
+    let e = err(&"#".repeat(MAX_CONFIG_BYTES + 1));
+    assert!(e.message.contains("larger than"), "{e}");
+    // Not a regular file: refused without reading (a FIFO would block, /dev/zero never ends).
+    let e = Config::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let e = Config::load(&fifo).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+}
+
+#[test]
+fn stream_ports_must_fit() {
+    let base = "devices: [{name: d, kind: ram, size: 64MiB}]\nvolumes: [{name: v, devices: [d]}]\n\
+                controllers: {count: 2}\n";
+    let e = err(&format!(
+        "{base}stream: {{volume: v, data_port_base: 65535}}\n"
+    ));
+    assert_eq!(e.path, "stream.data_port_base");
+    Config::parse(
+        &format!("{base}stream: {{volume: v, data_port_base: 65534}}\n"),
+        "t",
+    )
+    .unwrap();
+}
+
+#[test]
+fn admin_token_settings() {
+    assert_eq!(err("admin: {token: short}").path, "admin.token");
+    assert_eq!(
+        err("admin: {token: 0123456789abcdef, token_file: t}").path,
+        "admin.token_file"
+    );
+    let (_, w) = Config::parse_with_warnings("admin: {address: 0.0.0.0:9440}", "t").unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].path, "admin.address");
+    assert_eq!(w[0].line, Some(1));
+    let (_, w) = Config::parse_with_warnings(
+        "admin: {address: 0.0.0.0:9440, token: 0123456789abcdef}",
+        "t",
+    )
+    .unwrap();
+    assert!(w.is_empty());
+    let (_, w) = Config::parse_with_warnings("", "t").unwrap();
+    assert!(w.is_empty(), "the loopback default warns of nothing");
+}

@@ -15,7 +15,8 @@ fio --eta=never --name=failover --filename="/dev/$dev" --ioengine=libaio --direc
 fio_pid=$!
 sleep 3
 check fio-running-at-drop kill -0 $fio_pid
-check drop-controller-1 baton ctl drop-connections --controller 1 --admin 127.0.0.1:9440
+check drop-controller-1 baton ctl drop-connections --controller 1 --admin 127.0.0.1:9440 \
+  --config /lab/baton-lab.yaml
 wait $fio_pid
 rc=$?
 check fio-zero-errors sh -c "[ $rc -eq 0 ] && grep -q 'err= 0' /tmp/fio-failover.txt || { tail -n 20 /tmp/fio-failover.txt; false; }"
