@@ -46,8 +46,9 @@ nvme version > /dev/null
 t1=$(now_ms)
 check disconnect nvme disconnect -n $NQN
 t2=$(now_ms)
+# How long the disconnect took is a measurement, not a check (no timing assertions: a busy
+# TCG host once took 1.7 s for what usually takes 0.3 s).
 echo "LAB-RESULT interop disconnect_ms=$((t2 - t1)) nvme_cli_start_ms=$((t1 - t0))"
-check disconnect-under-1s [ $((t2 - t1 - (t1 - t0))) -lt 1000 ]
 # Digests on both paths.
 check connect-digests sh -c "nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $NQN --hdr-digest --data-digest &&
   nvme connect -t tcp -a 127.0.0.1 -s 4421 -n $NQN --hdr-digest --data-digest"
