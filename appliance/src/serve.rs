@@ -92,7 +92,9 @@ impl Appliance {
                 addr,
                 Arc::clone(&admin),
                 config.limits.admin(),
-                budget.clone(),
+                // The admin API's places are set apart from the shared budget, so an operator
+                // reaches it even while a flood holds every other descriptor.
+                listener::Budget::new(config.limits.admin_connections),
                 shutdown.subscribe(),
             )?),
             None => None,
@@ -136,7 +138,8 @@ impl Appliance {
         self.stream.as_ref()
     }
 
-    /// The descriptor budget every listener's connections share.
+    /// The descriptor budget the NVMe/TCP and stream listeners' connections share (the admin
+    /// API has its own).
     pub fn budget(&self) -> &listener::Budget {
         &self.budget
     }
@@ -219,17 +222,18 @@ fn wait_for_signal() -> io::Result<()> {
     })
 }
 
-/// Raises the descriptor limit and sizes the budget all listeners' connections share.
+/// Raises the descriptor limit and sizes the budget the service listeners' connections share:
+/// the limit less `reserved_descriptors` and the admin API's own `admin_connections`.
 fn descriptor_budget(config: &Config) -> Result<listener::Budget, ServeError> {
     let nofile =
         listener::raise_descriptor_limit().map_err(io_err("reading the descriptor limit"))?;
-    let budget = listener::Budget::for_descriptor_limit(nofile, config.limits.reserved_descriptors);
+    let reserved = config.limits.reserved_descriptors + config.limits.admin_connections;
+    let budget = listener::Budget::for_descriptor_limit(nofile, reserved);
     if budget.capacity() < 16 {
         return Err(ServeError::Io {
             what: format!(
                 "the descriptor limit ({nofile}) leaves fewer than 16 connections after \
-                 limits.reserved_descriptors ({})",
-                config.limits.reserved_descriptors
+                 limits.reserved_descriptors and limits.admin_connections ({reserved})"
             ),
             source: io::Error::from(io::ErrorKind::InvalidInput),
         });

@@ -170,6 +170,33 @@ fn floods_on_every_listener_leave_good_clients_working_and_memory_bounded() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // A request head dribbled a byte at a time is cut at the handshake timeout (1 s),
+        // not served for as long as the bytes keep coming.
+        let mut slow = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let started = Instant::now();
+        let head = b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let mut cut = false;
+        for b in head {
+            use tokio::io::AsyncWriteExt;
+            if slow.write_all(&[*b]).await.is_err() {
+                cut = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !cut {
+            use tokio::io::AsyncReadExt;
+            let mut rest = Vec::new();
+            let n = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+            cut = matches!(n, Ok(Ok(_)) | Ok(Err(_)));
+            let text = String::from_utf8_lossy(&rest);
+            assert!(!text.contains(" 200 "), "a dribbled head was served: {text}");
+        }
+        assert!(
+            cut,
+            "a head dribbled for {:?} was not cut",
+            started.elapsed()
+        );
         // The server closed the idle flood: its descriptors return to the baseline.
         let t = Instant::now();
         loop {
