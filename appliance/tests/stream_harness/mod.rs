@@ -127,13 +127,28 @@ impl Baton {
     }
 
     /// Waits (with a deadline) until the control port and the admin API answer.
+    ///
+    /// The test's fixed ports were free ephemeral ports when picked; while baton is down
+    /// between a kill and a restart, an outgoing connection of another test may take one
+    /// as its local port for a moment. Such a start (EADDRINUSE in the log) is retried.
     pub fn wait_up(&mut self) {
         let t = Instant::now();
         while TcpStream::connect(self.control).is_err()
             || baton::admin::fetch_status(self.admin).is_err()
         {
             if let Some(st) = self.child.try_wait().unwrap() {
-                panic!("baton exited: {st}");
+                let log = std::fs::read_to_string(self.dir.join("baton.log")).unwrap_or_default();
+                let in_use = log
+                    .lines()
+                    .last()
+                    .is_some_and(|l| l.contains("Address already in use"));
+                assert!(
+                    in_use && t.elapsed() < Duration::from_secs(30),
+                    "baton exited: {st}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+                self.child = spawn(&self.cfg, &self.env);
+                continue;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(30),
@@ -269,6 +284,18 @@ impl Drop for Baton {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // Keep the evidence of a failed test: its data and baton.log.
+            eprintln!("kept {} (baton.log inside)", self.dir.display());
+            if let Ok(log) = std::fs::read_to_string(self.dir.join("baton.log")) {
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!("baton.log (last lines):");
+                for l in tail.iter().rev() {
+                    eprintln!("  {l}");
+                }
+            }
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
