@@ -233,9 +233,10 @@ fn serves_a_striped_volume_through_two_controllers() {
 
 /// Raw NVMe/TCP bytes, for hosts that misbehave on purpose.
 mod raw {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::{SocketAddr, TcpStream};
-    use std::time::Duration;
+
+    use baton_tests::nvme_tcp;
 
     use nvme_spec::command::{SglDescriptor, Sqe, admin_opcode};
     use nvme_spec::fabrics::{ConnectCmd, ConnectData, fctype};
@@ -247,10 +248,7 @@ mod raw {
 
     impl Raw {
         pub fn open(addr: SocketAddr) -> Self {
-            let s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.set_nodelay(true).unwrap();
-            Self(s, false)
+            Self(nvme_tcp::connect(addr), false)
         }
 
         pub fn send(&mut self, bytes: &[u8]) {
@@ -259,14 +257,7 @@ mod raw {
 
         /// One PDU.
         pub fn recv(&mut self) -> Vec<u8> {
-            let mut ch = [0u8; 8];
-            self.0.read_exact(&mut ch).unwrap();
-            let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
-            assert!((8..=1 << 21).contains(&plen), "sane PLEN {plen}");
-            let mut pdu = ch.to_vec();
-            pdu.resize(plen, 0);
-            self.0.read_exact(&mut pdu[8..]).unwrap();
-            pdu
+            nvme_tcp::read_pdu(&mut self.0)
         }
 
         pub fn ic(&mut self) {
@@ -361,18 +352,7 @@ mod raw {
         }
     }
 
-    pub fn capsule(sqe: &[u8], data_len: usize) -> Vec<u8> {
-        let pdo = if data_len > 0 { 72 } else { 0 };
-        let plen = u32::try_from(72 + data_len).unwrap();
-        let ch = CommonHeader::new(pdu_type::CAPSULE_CMD, 0, 72, pdo, plen);
-        let mut v = ch.as_bytes().to_vec();
-        v.extend_from_slice(sqe);
-        v
-    }
-
-    pub fn status_of(resp: &[u8]) -> u16 {
-        u16::from_le_bytes([resp[22], resp[23]]) >> 1
-    }
+    pub use baton_tests::nvme_tcp::{capsule, status_of};
 }
 
 /// A host controller with one I/O queue and namespace 1, keeping its controller alive with

@@ -1,5 +1,7 @@
 //! Helpers shared by Baton's tests in every crate (a dev-dependency only).
 
+pub mod nvme_tcp;
+
 /// Deterministic pseudo-random test data (xorshift), different for every `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use nvme_spec::command::{SglDescriptor, admin_opcode};
 use nvme_spec::fabrics::{ConnectCmd, ConnectData, fctype};
@@ -12,6 +11,8 @@ use nvme_spec::pdu::{CommonHeader, pdu_type};
 use nvme_spec::{FromZeros, IntoBytes, put_str};
 use nvme_target::codec::digest;
 use nvme_target::host::HostOptions;
+
+pub use baton_tests::nvme_tcp::{self, capsule, status_of};
 
 use super::{Harness, OPEN_NQN, connect, pattern};
 
@@ -25,10 +26,7 @@ impl Raw {
 
     /// A raw connection to `addr`.
     pub fn to(addr: SocketAddr) -> Self {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_nodelay(true).unwrap();
-        Raw(s)
+        Raw(nvme_tcp::connect(addr))
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -37,14 +35,7 @@ impl Raw {
 
     /// Reads one PDU (header and whatever its PLEN says).
     pub fn recv(&mut self) -> Vec<u8> {
-        let mut ch = [0u8; 8];
-        self.0.read_exact(&mut ch).unwrap();
-        let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
-        assert!((8..=1 << 21).contains(&plen), "sane PLEN {plen}");
-        let mut pdu = ch.to_vec();
-        pdu.resize(plen, 0);
-        self.0.read_exact(&mut pdu[8..]).unwrap();
-        pdu
+        nvme_tcp::read_pdu(&mut self.0)
     }
 
     /// Waits for the target to close the connection, reading and discarding whatever it
@@ -99,20 +90,6 @@ impl Raw {
         assert_eq!(status_of(&r), 0);
         u16::from_le_bytes([r[8], r[9]])
     }
-}
-
-/// A CapsuleCmd header (no digests) for an SQE with `data_len` bytes of in-capsule data.
-pub fn capsule(sqe: &[u8], data_len: usize) -> Vec<u8> {
-    let pdo = if data_len > 0 { 72 } else { 0 };
-    let ch = CommonHeader::new(pdu_type::CAPSULE_CMD, 0, 72, pdo, (72 + data_len) as u32);
-    let mut v = ch.as_bytes().to_vec();
-    v.extend_from_slice(sqe);
-    v
-}
-
-/// The status field of a CapsuleResp PDU.
-pub fn status_of(resp: &[u8]) -> u16 {
-    u16::from_le_bytes([resp[22], resp[23]]) >> 1
 }
 
 /// Checks that the port still serves a well-behaved host.
