@@ -7,6 +7,7 @@
 mod controller;
 mod prp;
 mod queue;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 pub use controller::{Controller, IoQueuePair, NamespaceInfo};

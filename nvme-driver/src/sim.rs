@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ffi::{DmaBacking, DmaRegion, Mmio, PciDevice, VecBacking};
+use ffi::{DmaBacking, DmaRegion, IoSlab, Mmio, PciDevice, VecBacking};
 use nvme_spec::command::{Cqe, DsmRange, Sqe, admin_opcode, cns, feature, io_opcode};
 use nvme_spec::identify::{IdentifyController, IdentifyNamespace};
 use nvme_spec::regs::{Cap, Cc, Csts};
@@ -36,7 +36,10 @@ struct State {
     asq: u64,
     acq: u64,
     mdts: u8,
-    dma: Vec<(u64, Arc<VecBacking>, usize)>,
+    dma: Vec<(u64, Arc<dyn DmaBacking>, usize)>,
+    /// I/O commands fetched and not yet completed (while holding).
+    held: Vec<(u16, Sqe, u16)>,
+    hold: bool,
     next_iova: u64,
     sqs: HashMap<u16, SimQueue>,
     cqs: HashMap<u16, SimQueue>,
@@ -66,6 +69,8 @@ impl SimNvme {
                 acq: 0,
                 mdts,
                 dma: Vec::new(),
+                held: Vec::new(),
+                hold: false,
                 next_iova: 0x1_0000_0000,
                 sqs: HashMap::new(),
                 cqs: HashMap::new(),
@@ -95,6 +100,31 @@ impl SimNvme {
         s.csts |= 2;
     }
 
+    /// Holds I/O commands after fetching them: nothing on an I/O queue completes (nor
+    /// moves its data) until [`SimNvme::release`], as with a slow device.
+    pub fn hold_io(&self, on: bool) {
+        self.lock().hold = on;
+    }
+
+    /// I/O commands fetched and held.
+    pub fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+
+    /// Completes the held commands, newest first when `reverse` (out of submission order),
+    /// and stops holding.
+    pub fn release(&self, reverse: bool) {
+        let mut s = self.lock();
+        s.hold = false;
+        let mut held = std::mem::take(&mut s.held);
+        if reverse {
+            held.reverse();
+        }
+        for (qid, sqe, head) in held {
+            s.execute(qid, &sqe, head);
+        }
+    }
+
     /// Commands processed so far.
     pub fn commands(&self) -> u64 {
         self.lock().commands
@@ -107,7 +137,7 @@ impl SimNvme {
 }
 
 impl State {
-    fn find(&self, iova: u64, len: usize) -> Option<(Arc<VecBacking>, usize)> {
+    fn find(&self, iova: u64, len: usize) -> Option<(Arc<dyn DmaBacking>, usize)> {
         self.dma.iter().find_map(|(base, b, l)| {
             (iova >= *base && iova + len as u64 <= base + *l as u64)
                 .then(|| (Arc::clone(b), (iova - base) as usize))
@@ -349,7 +379,7 @@ impl State {
             if sq.head == tail % sq.depth.max(1) {
                 return;
             }
-            let (at, cqid) = (sq.base + u64::from(sq.head) * 64, sq.cqid);
+            let at = sq.base + u64::from(sq.head) * 64;
             let mut raw = [0u8; 64];
             self.read(at, &mut raw);
             let sqe = Sqe::read_from_bytes(&raw).unwrap_or_default();
@@ -359,31 +389,43 @@ impl State {
                 sq.head
             };
             self.commands += 1;
-            let (st, result) = if qid == 0 {
-                self.admin(&sqe)
-            } else {
-                (self.io(&sqe), 0)
-            };
-            if self.drop_completions {
+            if qid != 0 && self.hold {
+                self.held.push((qid, sqe, head));
                 continue;
             }
-            let Some(cq) = self.cqs.get_mut(&cqid) else {
-                continue;
-            };
-            let mut cqe = Cqe::default();
-            cqe.result.set(result);
-            cqe.sqhd.set(head);
-            cqe.sqid.set(qid);
-            cqe.cid = sqe.cid;
-            cqe.status.set((st << 1) | u16::from(cq.phase));
-            let at = cq.base + u64::from(cq.cq_tail) * 16;
-            cq.cq_tail += 1;
-            if cq.cq_tail == cq.depth {
-                cq.cq_tail = 0;
-                cq.phase = !cq.phase;
-            }
-            self.write(at, cqe.as_bytes());
+            self.execute(qid, &sqe, head);
         }
+    }
+
+    /// Runs one fetched command and posts its completion.
+    fn execute(&mut self, qid: u16, sqe: &Sqe, head: u16) {
+        let (st, result) = if qid == 0 {
+            self.admin(sqe)
+        } else {
+            (self.io(sqe), 0)
+        };
+        if self.drop_completions || self.fatal {
+            return;
+        }
+        let Some(cqid) = self.sqs.get(&qid).map(|q| q.cqid) else {
+            return;
+        };
+        let Some(cq) = self.cqs.get_mut(&cqid) else {
+            return;
+        };
+        let mut cqe = Cqe::default();
+        cqe.result.set(result);
+        cqe.sqhd.set(head);
+        cqe.sqid.set(qid);
+        cqe.cid = sqe.cid;
+        cqe.status.set((st << 1) | u16::from(cq.phase));
+        let at = cq.base + u64::from(cq.cq_tail) * 16;
+        cq.cq_tail += 1;
+        if cq.cq_tail == cq.depth {
+            cq.cq_tail = 0;
+            cq.phase = !cq.phase;
+        }
+        self.write(at, cqe.as_bytes());
     }
 }
 
@@ -460,11 +502,19 @@ impl PciDevice for SimNvme {
     fn alloc_dma(&self, len: usize) -> Result<DmaRegion, ffi::Error> {
         let mut s = self.lock();
         let size = len.div_ceil(PAGE).max(1) * PAGE;
-        let backing = Arc::new(VecBacking::new(size));
+        let backing: Arc<dyn DmaBacking> = Arc::new(VecBacking::new(size));
         let iova = s.next_iova;
         s.next_iova += size as u64 + PAGE as u64;
         s.dma.push((iova, Arc::clone(&backing), size));
         Ok(DmaRegion::new(backing, 0, len, iova))
+    }
+
+    fn map_slab(&self, slab: &IoSlab) -> Result<u64, ffi::Error> {
+        let mut s = self.lock();
+        let iova = s.next_iova;
+        s.next_iova += slab.len() as u64 + PAGE as u64;
+        s.dma.push((iova, slab.device_view(), slab.len()));
+        Ok(iova)
     }
 
     fn reset(&self) -> Result<(), ffi::Error> {
