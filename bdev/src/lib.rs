@@ -23,6 +23,7 @@ mod io;
 mod slots;
 
 pub mod file;
+pub mod pcie;
 pub mod ram;
 pub mod span;
 pub mod stripe;

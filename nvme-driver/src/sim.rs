@@ -43,7 +43,8 @@ struct State {
     next_iova: u64,
     sqs: HashMap<u16, SimQueue>,
     cqs: HashMap<u16, SimQueue>,
-    namespaces: Vec<Vec<u8>>,
+    /// The subsystem's media: shared by every controller of it ([`SimNvme::sibling`]).
+    namespaces: Arc<Mutex<Vec<Vec<u8>>>>,
     drop_completions: bool,
     fatal: bool,
     commands: u64,
@@ -74,7 +75,9 @@ impl SimNvme {
                 next_iova: 0x1_0000_0000,
                 sqs: HashMap::new(),
                 cqs: HashMap::new(),
-                namespaces: (0..namespaces).map(|_| vec![0; blocks * 512]).collect(),
+                namespaces: Arc::new(Mutex::new(
+                    (0..namespaces).map(|_| vec![0; blocks * 512]).collect(),
+                )),
                 drop_completions: false,
                 fatal: false,
                 commands: 0,
@@ -86,6 +89,15 @@ impl SimNvme {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Another controller of the same subsystem: its own registers and queues, the same
+    /// namespaces (as QEMU's `nvme-subsys` with shared namespaces).
+    pub fn sibling(&self) -> Self {
+        let s = self.lock();
+        let other = Self::new(0, 0, s.mdts);
+        other.lock().namespaces = Arc::clone(&s.namespaces);
+        other
     }
 
     /// Stops posting completions (to test timeouts).
@@ -132,8 +144,14 @@ impl SimNvme {
 
     /// Bytes of namespace `nsid` at `offset` (what the "media" holds).
     pub fn media(&self, nsid: u32, offset: usize, len: usize) -> Vec<u8> {
-        self.lock().namespaces[nsid as usize - 1][offset..offset + len].to_vec()
+        let media = Arc::clone(&self.lock().namespaces);
+        let m = lock_media(&media);
+        m[nsid as usize - 1][offset..offset + len].to_vec()
     }
+}
+
+fn lock_media(m: &Mutex<Vec<Vec<u8>>>) -> MutexGuard<'_, Vec<Vec<u8>>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl State {
@@ -246,18 +264,21 @@ impl State {
                     cns::CONTROLLER => {
                         let mut id = IdentifyController::new_zeroed();
                         id.mdts = self.mdts;
-                        id.nn.set(u32::try_from(self.namespaces.len()).unwrap_or(0));
+                        let n = lock_media(&self.namespaces).len();
+                        id.nn.set(u32::try_from(n).unwrap_or(0));
                         id.cmic = 2;
                         page.copy_from_slice(id.as_bytes());
                     }
                     cns::NAMESPACE => {
                         let nsid = sqe.nsid.get() as usize;
-                        let Some(ns) = self.namespaces.get(nsid.wrapping_sub(1)) else {
+                        let media = lock_media(&self.namespaces);
+                        let Some(len) = media.get(nsid.wrapping_sub(1)).map(Vec::len) else {
                             return (status::INVALID_NS | status::DNR, 0);
                         };
+                        drop(media);
                         let mut id = IdentifyNamespace::new_zeroed();
-                        id.nsze.set((ns.len() / 512) as u64);
-                        id.ncap.set((ns.len() / 512) as u64);
+                        id.nsze.set((len / 512) as u64);
+                        id.ncap.set((len / 512) as u64);
                         id.nmic = 1;
                         id.lbaf[0].lbads = 9;
                         page.copy_from_slice(id.as_bytes());
@@ -316,11 +337,13 @@ impl State {
     }
 
     fn io(&mut self, sqe: &Sqe) -> u16 {
+        let media = Arc::clone(&self.namespaces);
+        let mut media = lock_media(&media);
         let nsid = sqe.nsid.get() as usize;
-        if nsid == 0 || nsid > self.namespaces.len() {
+        if nsid == 0 || nsid > media.len() {
             return status::INVALID_NS | status::DNR;
         }
-        let blocks = (self.namespaces[nsid - 1].len() / 512) as u64;
+        let blocks = (media[nsid - 1].len() / 512) as u64;
         let (slba, nlb) = (sqe.slba(), u64::from(sqe.nlb()));
         let in_range = slba.checked_add(nlb).is_some_and(|e| e <= blocks);
         let range = (slba as usize * 512)..((slba + nlb) as usize * 512);
@@ -333,18 +356,18 @@ impl State {
                 status::INVALID_FIELD | status::DNR
             }
             io_opcode::READ => {
-                let data = self.namespaces[nsid - 1][range].to_vec();
+                let data = media[nsid - 1][range].to_vec();
                 self.to_host(sqe, &data)
             }
             io_opcode::WRITE => match self.host_data(sqe, range.len()) {
                 Ok(d) => {
-                    self.namespaces[nsid - 1][range].copy_from_slice(&d);
+                    media[nsid - 1][range].copy_from_slice(&d);
                     status::SUCCESS
                 }
                 Err(st) => st,
             },
             io_opcode::WRITE_ZEROES => {
-                self.namespaces[nsid - 1][range].fill(0);
+                media[nsid - 1][range].fill(0);
                 status::SUCCESS
             }
             io_opcode::FLUSH => status::SUCCESS,
@@ -361,7 +384,7 @@ impl State {
                     if s.checked_add(n).is_none_or(|e| e > blocks) {
                         return status::LBA_OUT_OF_RANGE | status::DNR;
                     }
-                    self.namespaces[nsid - 1][s as usize * 512..(s + n) as usize * 512].fill(0);
+                    media[nsid - 1][s as usize * 512..(s + n) as usize * 512].fill(0);
                 }
                 status::SUCCESS
             }
