@@ -78,7 +78,10 @@ fn a_read_at_the_device_does_not_hold_up_the_commands_behind_it() {
     raw.send(&read(1, 0));
     let t = Instant::now();
     while h.ns2.held() == 0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "the read reached the device");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the read reached the device"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // Behind the held read: another read and a write, both answered while it waits.
@@ -87,7 +90,10 @@ fn a_read_at_the_device_does_not_hold_up_the_commands_behind_it() {
     assert_eq!((data[0], cid_of_data(&data)), (pdu_type::C2H_DATA, 2));
     assert_eq!(&data[24..], &block1[..]);
     let r = raw.recv();
-    assert_eq!((r[0], cid_of_response(&r), status_of(&r)), (pdu_type::CAPSULE_RESP, 2, 0));
+    assert_eq!(
+        (r[0], cid_of_response(&r), status_of(&r)),
+        (pdu_type::CAPSULE_RESP, 2, 0)
+    );
     raw.send(&write_in_capsule(3, 2, &block0));
     let r = raw.recv();
     assert_eq!((cid_of_response(&r), status_of(&r)), (3, 0));
