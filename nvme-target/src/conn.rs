@@ -713,10 +713,13 @@ impl Conn {
     }
 }
 
-/// Sends queued bytes up to the next data piece together with that piece if it is a device
-/// buffer (one vectored write), or the file piece at the front with `sendfile`, once the
-/// socket takes more; returns how many bytes went out (0 if the socket was not ready after
-/// all).
+/// Most slices one vectored write gathers (output between pieces, and device buffers).
+const GATHER: usize = 64;
+
+/// Sends what is queued, once the socket takes more: the output bytes and the device
+/// buffers at their places, gathered into one vectored write up to the next file piece, or
+/// that file piece with `sendfile` when it is next. Returns how many bytes went out (0 if the
+/// socket was not ready after all).
 async fn send(
     stream: &TcpStream,
     out: &mut OutBuf,
@@ -724,12 +727,10 @@ async fn send(
 ) -> std::io::Result<usize> {
     stream.writable().await?;
     let r = stream.try_io(Interest::WRITABLE, || {
-        let head = pieces.front().map_or(out.len(), |(at, _)| {
-            usize::try_from(*at - out.consumed()).unwrap_or(usize::MAX)
-        });
-        let head = head.min(out.len());
-        match pieces.front_mut() {
-            Some((_, Piece::File(e))) if head == 0 => {
+        let consumed = out.consumed();
+        let rel = |at: u64| usize::try_from(at - consumed).unwrap_or(usize::MAX);
+        if let Some((at, Piece::File(e))) = pieces.front_mut() {
+            if *at == consumed {
                 let mut off =
                     i64::try_from(e.offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
                 let n = nix::sys::sendfile::sendfile64(stream, &*e.file, Some(&mut off), e.len)?;
@@ -742,36 +743,73 @@ async fn send(
                 if e.len == 0 {
                     pieces.pop_front();
                 }
-                Ok(n)
+                return Ok(n);
             }
-            Some((_, Piece::Buf { buf, sent })) => {
-                let bufs = [
-                    std::io::IoSlice::new(&out.pending()[..head]),
-                    std::io::IoSlice::new(&buf.as_slice()[*sent..]),
-                ];
-                let n = stream.try_write_vectored(&bufs)?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let pending = out.pending();
+        let mut iov = [std::io::IoSlice::new(&[]); GATHER];
+        let mut n = 0;
+        let mut cursor = 0;
+        let mut to_end = true;
+        for (at, piece) in pieces.iter() {
+            if n + 2 > GATHER {
+                to_end = false;
+                break;
+            }
+            let at = rel(*at).min(pending.len());
+            if at > cursor {
+                iov[n] = std::io::IoSlice::new(&pending[cursor..at]);
+                n += 1;
+                cursor = at;
+            }
+            match piece {
+                Piece::Buf { buf, sent } => {
+                    iov[n] = std::io::IoSlice::new(&buf.as_slice()[*sent..]);
+                    n += 1;
                 }
-                out.consume(n.min(head));
-                if n > head {
-                    *sent += n - head;
+                Piece::File(_) => {
+                    to_end = false;
+                    break;
+                }
+            }
+        }
+        if to_end && cursor < pending.len() && n < GATHER {
+            iov[n] = std::io::IoSlice::new(&pending[cursor..]);
+            n += 1;
+        }
+        let written = stream.try_write_vectored(&iov[..n])?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Account the bytes in the order they were gathered.
+        let mut left = written;
+        while left > 0 {
+            let head = pieces
+                .front()
+                .map_or(out.len(), |(at, _)| {
+                    usize::try_from(*at - out.consumed()).unwrap_or(usize::MAX)
+                })
+                .min(out.len());
+            if head > 0 {
+                let k = left.min(head);
+                out.consume(k);
+                left -= k;
+                continue;
+            }
+            match pieces.front_mut() {
+                Some((_, Piece::Buf { buf, sent })) => {
+                    let k = left.min(buf.len() - *sent);
+                    *sent += k;
+                    left -= k;
                     if *sent == buf.len() {
                         // The buffer goes back to the pool.
                         pieces.pop_front();
                     }
                 }
-                Ok(n)
-            }
-            _ => {
-                let n = stream.try_write(&out.pending()[..head])?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                out.consume(n);
-                Ok(n)
+                _ => break,
             }
         }
+        Ok(written)
     });
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
