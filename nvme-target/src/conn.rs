@@ -92,6 +92,11 @@ pub(crate) struct Conn {
     pub files: VecDeque<(u64, FileExtent)>,
     /// Scratch for [`crate::BlockDevice::file_extents`].
     pub extents: Vec<FileExtent>,
+    /// Zero-copy reads whose data is still queued: (stream position of their file pieces,
+    /// when the command arrived). They complete when their last piece is sent.
+    pub(crate) file_reads: VecDeque<(u64, Instant)>,
+    /// I/O-queue commands of this connection counted in the port's `in_flight`.
+    pub(crate) io_in_flight: u32,
 }
 
 /// Most file pieces queued before the connection stops reading new commands.
@@ -136,6 +141,8 @@ impl Conn {
             max_plen: pdu::IC_LEN,
             files: VecDeque::new(),
             extents: Vec::new(),
+            file_reads: VecDeque::new(),
+            io_in_flight: 0,
         }
     }
 
@@ -225,7 +232,10 @@ impl Conn {
                 () = &mut timer, if deadline.is_some() => {}
                 r = send(wr.as_ref(), &mut self.out, &mut self.files), if !idle => match r {
                     Ok(0) => {}
-                    Ok(_) => last_output = Instant::now(),
+                    Ok(_) => {
+                        last_output = Instant::now();
+                        self.file_reads_sent();
+                    }
                     Err(_) => break None,
                 },
                 r = rd.read(self.inb.spare(need)), if can_read => match r {
@@ -372,6 +382,10 @@ impl Conn {
             }
             pdu_type::CAPSULE_CMD => {
                 let (cmd, _) = CapsuleCmd::read_from_prefix(bytes).map_err(|_| Fatal::field(4))?;
+                // In flight from here until its response (every capsule gets exactly one).
+                if self.q.as_ref().is_some_and(|q| q.qid != 0) {
+                    self.started_io();
+                }
                 if f.data_digest_error {
                     self.port
                         .metrics()
@@ -550,6 +564,7 @@ impl Conn {
         }
         r.cqe.sqhd.set(self.sqhd);
         codec::put_header(&mut self.out, r.as_bytes(), self.dg);
+        self.completed_io();
         let m = self.port.metrics();
         m.pdus_tx.fetch_add(1, Ordering::Relaxed);
         if st != status::SUCCESS {
@@ -629,10 +644,13 @@ impl Conn {
     fn teardown(&mut self) {
         // Commands that never got their data are no longer in flight.
         let owed = self.slots.iter().filter(|s| s.is_active()).count() + self.waiting.len();
-        self.port
-            .metrics()
-            .in_flight
+        let m = self.port.metrics();
+        m.awaiting_data
             .fetch_sub(i64::try_from(owed).unwrap_or(i64::MAX), Ordering::Relaxed);
+        m.in_flight
+            .fetch_sub(i64::from(self.io_in_flight), Ordering::Relaxed);
+        self.io_in_flight = 0;
+        self.file_reads.clear();
         let Some(q) = self.q.take() else { return };
         let target = &self.port.target;
         self.port

@@ -97,11 +97,11 @@ impl Conn {
                 if !self.dg.data && n >= ZERO_COPY_MIN {
                     self.extents.clear();
                     if dev.file_extents(offset, len, &mut self.extents) {
-                        self.send_extents(cid, n);
+                        // Its latency is observed when the last byte is sent.
+                        self.send_extents(cid, n, started);
                         pm.bytes_read.fetch_add(len, Ordering::Relaxed);
                         nsm.reads.fetch_add(1, Ordering::Relaxed);
                         nsm.bytes_read.fetch_add(len, Ordering::Relaxed);
-                        pm.read_latency.observe(started.elapsed());
                         return;
                     }
                 }
@@ -213,16 +213,53 @@ impl Conn {
     }
 
     /// Queues a C2HData PDU whose data the kernel sends from the file pieces in
-    /// `self.extents`, then the response.
-    fn send_extents(&mut self, cid: u16, n: usize) {
+    /// `self.extents`, then the response. The command stays in flight until
+    /// [`Conn::file_reads_sent`] sees its last piece go.
+    fn send_extents(&mut self, cid: u16, n: usize, started: Instant) {
         let h = self.c2h_header(cid, n);
         codec::put_header(&mut self.out, h.as_bytes(), self.dg);
         let at = self.out.position();
         for e in self.extents.drain(..) {
             self.files.push_back((at, e));
         }
+        self.file_reads.push_back((at, started));
+        // Counted once more: the response below completes one count, the last byte the other.
+        self.started_io();
         self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
         self.respond(cid, status::SUCCESS, 0);
+    }
+
+    /// Completes the zero-copy reads whose file pieces have all been handed to the socket.
+    pub(crate) fn file_reads_sent(&mut self) {
+        while let Some(&(at, started)) = self.file_reads.front() {
+            // Pieces are queued in stream order; a read's pieces share its position.
+            if self.files.front().is_some_and(|(p, _)| *p <= at) {
+                return;
+            }
+            self.file_reads.pop_front();
+            self.port.metrics().read_latency.observe(started.elapsed());
+            self.completed_io();
+        }
+    }
+
+    /// Counts an I/O-queue command in flight.
+    pub(crate) fn started_io(&mut self) {
+        self.io_in_flight += 1;
+        self.port
+            .metrics()
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completes one counted command (responses on other queues count nothing).
+    pub(crate) fn completed_io(&mut self) {
+        if self.io_in_flight > 0 {
+            self.io_in_flight -= 1;
+            self.port
+                .metrics()
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn finish(&mut self, sqe: &Sqe, st: u16) {

@@ -76,7 +76,7 @@ impl Conn {
         }
         self.port
             .metrics()
-            .in_flight
+            .awaiting_data
             .fetch_add(1, Ordering::Relaxed);
         // Keep the host's order: nothing overtakes a command already waiting.
         if self.waiting.is_empty() && self.try_send_r2t(sqe, started) {
@@ -86,7 +86,7 @@ impl Conn {
         if self.waiting.len() >= depth {
             self.port
                 .metrics()
-                .in_flight
+                .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
             return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
         }
@@ -202,7 +202,7 @@ impl Conn {
         self.r2t_reserved -= len;
         self.port
             .metrics()
-            .in_flight
+            .awaiting_data
             .fetch_sub(1, Ordering::Relaxed);
         match failed {
             Some(st) => self.respond(sqe.cid.get(), st, 0),
@@ -224,7 +224,7 @@ impl Conn {
                 let cid = self.slots[i].sqe.cid.get();
                 self.port
                     .metrics()
-                    .in_flight
+                    .awaiting_data
                     .fetch_sub(1, Ordering::Relaxed);
                 self.respond(cid, status::ABORTED_SQ_DELETION, 0);
             }
@@ -233,7 +233,7 @@ impl Conn {
         while let Some((sqe, _)) = self.waiting.pop_front() {
             self.port
                 .metrics()
-                .in_flight
+                .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
             self.respond(sqe.cid.get(), status::ABORTED_SQ_DELETION, 0);
         }

@@ -262,7 +262,7 @@ impl Collector for Admin {
         )?;
         f.gauge(
             "controller_up",
-            "1 while the controller thread runs.",
+            "1 while the controller thread takes work (see the heartbeat for a stuck one).",
             self.controllers.iter().map(|h| {
                 (
                     labels([("controller", h.index().to_string())]),
@@ -270,10 +270,20 @@ impl Collector for Admin {
                 )
             }),
         )?;
+        f.gauge_f64(
+            "controller_heartbeat_age_seconds",
+            "Seconds since the controller's reactor last turned (it beats every 0.25 s).",
+            self.controllers.iter().map(|h| {
+                (
+                    labels([("controller", h.index().to_string())]),
+                    h.heartbeat().age().as_secs_f64(),
+                )
+            }),
+        )?;
         self.encode_devices(&mut f)?;
         nvme::encode(&self.config, &self.block, &mut f)?;
         if let Some(s) = &self.stream {
-            stream_metrics::encode(s.metrics(), &mut f)?;
+            stream_metrics::encode(s, &mut f)?;
         }
         Ok(())
     }

@@ -132,8 +132,13 @@ pub(super) fn encode(
     )?;
     f.gauge(
         "nvme_in_flight",
-        "Commands received and not yet answered (queue depth).",
+        "I/O commands of every kind received and not yet completed (queue depth).",
         ports().map(|(i, p)| (ctl(i), gauge(&p.in_flight))),
+    )?;
+    f.gauge(
+        "nvme_awaiting_data",
+        "In-flight write commands waiting for host data (R2T).",
+        ports().map(|(i, p)| (ctl(i), gauge(&p.awaiting_data))),
     )?;
     f.gauge(
         "nvme_queue_pairs",
@@ -141,7 +146,12 @@ pub(super) fn encode(
         ports().map(|(i, p)| (ctl(i), gauge(&p.queue_pairs))),
     )?;
     type Pick = fn(&nvme_target::metrics::PortMetrics) -> &AtomicU64;
-    let per_port: [(&str, &str, Pick); 5] = [
+    let per_port: [(&str, &str, Pick); 6] = [
+        (
+            "nvme_keep_alive_expiries",
+            "Host controllers torn down because their keep-alive timer expired.",
+            |p| &p.keep_alive_expiries,
+        ),
         ("nvme_connections", "NVMe/TCP connections accepted.", |p| {
             &p.connections
         }),
@@ -173,6 +183,30 @@ pub(super) fn encode(
                 gauge(&sm.controllers),
             )
         }),
+    )?;
+    // Host paths: host controllers of a subsystem, by the Baton controller (port) they
+    // connected through.
+    let status = target.status();
+    f.gauge(
+        "subsystem_host_paths",
+        "Host controllers (paths) connected to a subsystem through a Baton controller.",
+        config
+            .subsystems
+            .iter()
+            .zip(&status.subsystems)
+            .flat_map(|(s, st)| {
+                (0..n).map(move |i| {
+                    let paths = st
+                        .controllers
+                        .iter()
+                        .filter(|c| usize::from(c.port_id.saturating_sub(1)) == i)
+                        .count();
+                    (
+                        labels([("subsystem", s.nqn.clone()), ("controller", i.to_string())]),
+                        i64::try_from(paths).unwrap_or(i64::MAX),
+                    )
+                })
+            }),
     )?;
     f.counter(
         "subsystem_refused_hosts",
