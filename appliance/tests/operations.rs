@@ -364,6 +364,95 @@ fn admin_actions_need_the_token_and_refuse_foreign_pages() {
 }
 
 #[test]
+fn status_shows_liveness_stream_ports_store_usage_and_host_paths() {
+    use baton::admin::status::{Liveness, WorkerState};
+    let b = start_baton();
+    drive(&b);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let st = baton::admin::fetch_status(b.admin).unwrap();
+    let port1: SocketAddr = st.controllers[1].nvme_tcp.parse().unwrap();
+    // A host path through controller 1, kept while the status is read.
+    let _host = rt.block_on(async {
+        let mut c = HostController::connect(port1, HostOptions::new(NQN))
+            .await
+            .unwrap();
+        c.keep_alive().await.unwrap();
+        c
+    });
+    let token = baton::admin::auth::read_token_file(&b._dir.path().join("admin.token")).unwrap();
+    baton::admin::call_with_token(
+        b.admin,
+        hyper::Method::POST,
+        "/api/v1/controllers/1/stop-streams",
+        Some(&token),
+    )
+    .unwrap();
+    let st = baton::admin::fetch_status(b.admin).unwrap();
+    assert_eq!(st.controllers.len(), 2);
+    for c in &st.controllers {
+        assert_eq!(c.reactor, Liveness::Up, "{c:?}");
+    }
+    assert_eq!(st.controllers[0].stream_worker, WorkerState::Up);
+    assert_eq!(st.controllers[1].stream_worker, WorkerState::Stopped);
+    let stream = st.stream.as_ref().expect("stream service status");
+    assert_eq!(stream.control, b.control.to_string());
+    assert_eq!(stream.data_ports.len(), 2);
+    assert!(stream.data_ports.iter().all(|&p| p != 0));
+    assert!(stream.store_used >= 300_000, "{stream:?}");
+    assert_eq!(stream.store_free, stream.store_capacity - stream.store_used);
+    let hosts = &st.subsystems[0].hosts;
+    let path = hosts
+        .iter()
+        .find(|h| h.controller == 1)
+        .expect("the host path through controller 1");
+    assert_eq!(path.path, port1.to_string());
+    // The CLI shows the same, as a table and as JSON.
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
+        cmd.args(["status", "--admin", &b.admin.to_string()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run(false);
+    for needle in [
+        "STOPPED".to_owned(),
+        stream.data_ports[1].to_string(),
+        b.control.to_string(),
+        port1.to_string(),
+        "free ".to_owned(),
+    ] {
+        assert!(table.contains(&needle), "{needle} missing in\n{table}");
+    }
+    let json: baton::admin::status::Status = serde_json::from_str(&run(true)).unwrap();
+    assert_eq!(json.controllers[1].stream_worker, WorkerState::Stopped);
+    assert_eq!(json.stream.unwrap().data_ports, stream.data_ports);
+    // The exporter agrees.
+    let metrics = String::from_utf8(
+        baton::admin::call(b.admin, hyper::Method::GET, "/metrics")
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(metrics.contains("baton_stream_worker_up{controller=\"1\"} 0"));
+    assert!(metrics.contains("baton_stream_worker_up{controller=\"0\"} 1"));
+    let paths = format!("baton_subsystem_host_paths{{subsystem=\"{NQN}\",controller=\"1\"}} ");
+    let n: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&paths))
+        .expect("host paths of controller 1")
+        .parse()
+        .unwrap();
+    assert!(n >= 1, "the kept host connection is a path");
+}
+
+#[test]
 fn sighup_does_not_kill_the_appliance() {
     let b = start_baton();
     nix::sys::signal::kill(b._p.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();

@@ -30,6 +30,7 @@ pub(super) fn controllers(block: &BlockService) -> Vec<ControllerStatus> {
             nvme_tcp: addr.to_string(),
             queue_pairs: u64::try_from(gauge(&m.ports[i].queue_pairs)).unwrap_or(0),
             in_flight: u64::try_from(gauge(&m.ports[i].in_flight)).unwrap_or(0),
+            ..ControllerStatus::default()
         })
         .collect()
 }
@@ -37,6 +38,7 @@ pub(super) fn controllers(block: &BlockService) -> Vec<ControllerStatus> {
 /// Subsystems with their namespaces and connected hosts.
 pub(super) fn subsystems(config: &Config, block: &BlockService) -> Vec<SubsystemStatus> {
     let st = block.target().status();
+    let ports = block.ports();
     config
         .subsystems
         .iter()
@@ -51,11 +53,18 @@ pub(super) fn subsystems(config: &Config, block: &BlockService) -> Vec<Subsystem
             hosts: s
                 .controllers
                 .into_iter()
-                .map(|c| HostStatus {
-                    hostnqn: c.hostnqn,
-                    cntlid: c.cntlid,
-                    controller: usize::from(c.port_id.saturating_sub(1)),
-                    queues: 1 + usize::from(c.io_queues),
+                .map(|c| {
+                    let controller = usize::from(c.port_id.saturating_sub(1));
+                    HostStatus {
+                        hostnqn: c.hostnqn,
+                        cntlid: c.cntlid,
+                        controller,
+                        queues: 1 + usize::from(c.io_queues),
+                        path: ports
+                            .get(controller)
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    }
                 })
                 .collect(),
         })
