@@ -92,6 +92,18 @@ fn every_alert_fires_and_resolves_in_its_promtool_unit_test() {
     }
     assert_eq!(fires, names, "alerts with a firing test");
     assert_eq!(resolves, names, "alerts with a resolving test");
+    // And a runbook entry in the README.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let runbook = readme
+        .split_once("### Alerts and runbook")
+        .expect("README has an \"Alerts and runbook\" section")
+        .1;
+    for n in &names {
+        assert!(
+            runbook.contains(&format!("| `{n}` |")),
+            "no runbook entry for {n}"
+        );
+    }
 }
 
 /// A child process killed when dropped.
