@@ -20,7 +20,7 @@ mod buf;
 mod cq;
 mod fdops;
 mod io;
-mod slots;
+pub mod slots;
 
 pub mod file;
 pub mod pcie;
@@ -29,7 +29,7 @@ pub mod span;
 pub mod stripe;
 pub mod throttle;
 
-#[cfg(any(test, feature = "sim"))]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use buf::{BufPool, IoBuf, PoolClass};

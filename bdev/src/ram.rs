@@ -38,6 +38,11 @@ impl RamDevice {
         })
     }
 
+    /// The device's shape.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
     /// A handle for the calling thread.
     pub fn open(&self) -> RamIo {
         RamIo { dev: self.clone() }

@@ -2,13 +2,16 @@
 //! (a `user_data`, a CID): insert and remove are O(1) and reuse freed places, so a table
 //! that reached a queue's depth never allocates again.
 
-pub(crate) struct Slots<T> {
+/// The table.
+#[derive(Debug)]
+pub struct Slots<T> {
     items: Vec<Option<T>>,
     free: Vec<usize>,
     used: usize,
 }
 
 impl<T> Slots<T> {
+    /// An empty table with room for `n` entries before it allocates.
     pub fn with_capacity(n: usize) -> Self {
         Self {
             items: Vec::with_capacity(n),
@@ -17,6 +20,7 @@ impl<T> Slots<T> {
         }
     }
 
+    /// Stores `v` and returns its index.
     pub fn insert(&mut self, v: T) -> usize {
         self.used += 1;
         if let Some(i) = self.free.pop() {
@@ -27,6 +31,7 @@ impl<T> Slots<T> {
         self.items.len() - 1
     }
 
+    /// Takes the entry at `i` out.
     pub fn remove(&mut self, i: usize) -> Option<T> {
         let v = self.items.get_mut(i)?.take()?;
         self.free.push(i);
@@ -34,12 +39,24 @@ impl<T> Slots<T> {
         Some(v)
     }
 
+    /// The entry at `i`.
     pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
         self.items.get_mut(i)?.as_mut()
     }
 
+    /// Entries stored.
     pub fn len(&self) -> usize {
         self.used
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    /// Iterates over the stored entries.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().flatten()
     }
 
     /// Takes every entry out (for failing everything in flight).

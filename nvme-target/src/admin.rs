@@ -38,8 +38,16 @@ impl Conn {
             admin_opcode::IDENTIFY => self.identify(&ctrl, sqe, to_host),
             admin_opcode::GET_LOG_PAGE => self.get_log_page(&ctrl, sqe, to_host),
             admin_opcode::SET_FEATURES => {
-                let r = self.set_features(&ctrl, sqe);
-                self.answer(cid, r);
+                // Turning the volatile write cache off makes what it holds durable first.
+                let disabling_cache = (sqe.cdw10.get() & 0xff) as u8 == feature::VOLATILE_WC
+                    && sqe.cdw11.get() & 1 == 0
+                    && ctrl.vwc_enabled.get();
+                match self.set_features(&ctrl, sqe) {
+                    Ok(_) if disabling_cache => {
+                        self.flush_all(crate::io::Barrier::Respond { cid });
+                    }
+                    r => self.answer(cid, r),
+                }
             }
             admin_opcode::GET_FEATURES => {
                 let r = self.get_features(&ctrl, sqe);
@@ -311,17 +319,9 @@ impl Conn {
                 Ok(0)
             }
             (feature::VOLATILE_WC, false) => {
+                // From here on each write is flushed before it completes (see `io`); what
+                // the cache held is flushed before this command completes (see `admin`).
                 let enable = cdw11 & 1 != 0;
-                if !enable && ctrl.vwc_enabled.get() {
-                    // Writes completed while the cache was on become durable now; from here
-                    // on each write is flushed before it completes (see `io`).
-                    for ns in self.port.namespaces.get(ctrl.subsys).into_iter().flatten() {
-                        if let Err(e) = ns.dev.flush() {
-                            tracing::warn!(nsid = ns.cfg.nsid, error = %e, "flush on disabling the write cache failed");
-                            return Err(status::INTERNAL_ERROR);
-                        }
-                    }
-                }
                 ctrl.vwc_enabled.set(enable);
                 Ok(0)
             }

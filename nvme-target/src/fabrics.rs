@@ -52,6 +52,9 @@ impl Conn {
                 } else {
                     let st = self.property_set(&ctrl, &cmd);
                     self.respond(cid, st, 0);
+                    if Csts(ctrl.csts.get()).shst() == Csts::SHST_OCCURRING {
+                        self.flush_all(crate::io::Barrier::Shutdown);
+                    }
                 }
             }
             fctype::DISCONNECT => {
@@ -250,14 +253,9 @@ impl Conn {
             csts = Csts::build(false, false, 0);
         }
         if new.shn() != 0 && old.shn() == 0 {
-            // Shutdown: make everything written durable, then report completion at once so
-            // the host's disconnect does not wait.
-            for ns in self.port.namespaces.get(ctrl.subsys).into_iter().flatten() {
-                if let Err(e) = ns.dev.flush() {
-                    warn!(nsid = ns.cfg.nsid, error = %e, "flush on shutdown failed");
-                }
-            }
-            csts = Csts::build(csts.rdy(), csts.cfs(), Csts::SHST_COMPLETE);
+            // Shutdown: every namespace is flushed (see `fabrics`); the shutdown is reported
+            // complete when the flushes are.
+            csts = Csts::build(csts.rdy(), csts.cfs(), Csts::SHST_OCCURRING);
         } else if new.shn() == 0 && new.en() && !old.en() {
             csts = Csts::build(csts.rdy(), csts.cfs(), 0);
         }

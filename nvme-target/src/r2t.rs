@@ -1,12 +1,12 @@
 //! Commands whose data the host sends after an R2T: the slots that collect it, the
 //! per-connection R2T memory budget, and H2CData reassembly.
 //!
-//! Memory is taken only for data the target asked for and only when it arrives: a slot's
-//! buffer is sized to its command when the first H2CData PDU comes in, and the bytes of every
-//! R2T sent and not yet answered count against [`crate::TargetConfig::r2t_buffer_limit`]
-//! (commands past it wait, without an R2T, for earlier ones to finish). So a host that asks
-//! for many large writes and never sends the data pins nothing, and one that sends part of it
-//! pins at most the budget.
+//! The data lands in a device buffer from the controller thread's pool, taken when the R2T
+//! goes out, so the write reaches the device from where the host's bytes were put. The bytes
+//! of every R2T sent and not yet answered count against
+//! [`crate::TargetConfig::r2t_buffer_limit`], and a command waits (without an R2T) while the
+//! budget or the pool is exhausted. So a host that asks for many large writes and never sends
+//! the data pins at most the budget, until the idle timeout closes it.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -18,18 +18,16 @@ use nvme_spec::{FromZeros, IntoBytes, status};
 use crate::codec::{self, Fatal};
 use crate::conn::{Conn, Data};
 
-/// A slot buffer at most this large is kept for the slot's next command; larger ones are
-/// freed when their command completes, so a burst of large writes does not pin memory.
-pub(crate) const SLOT_KEEP: usize = 128 * 1024;
-
 /// A command whose data the host sends after an R2T.
 pub(crate) struct Slot {
     active: bool,
     sqe: Sqe,
     /// Bytes the R2T asked for.
     len: usize,
-    /// Bytes received so far (`buf.len()` is the count).
-    buf: Vec<u8>,
+    /// Bytes received so far.
+    got: usize,
+    /// Where they go.
+    buf: Option<bdev::IoBuf>,
     failed: Option<u16>,
     started: Instant,
 }
@@ -41,7 +39,8 @@ impl Slot {
             active: false,
             sqe: Sqe::new_zeroed(),
             len: 0,
-            buf: Vec::new(),
+            got: 0,
+            buf: None,
             failed: None,
             started: Instant::now(),
         }
@@ -66,6 +65,10 @@ impl Conn {
         let len = sqe.dptr.length.get() as usize;
         if len > cfg.max_transfer as usize {
             return self.respond(sqe.cid.get(), status::INVALID_FIELD | status::DNR, 0);
+        }
+        if len > self.port.pool.max_size() {
+            // A configuration error (the pool must hold MDTS): never a wait forever.
+            return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
         }
         if let Some(q) = &self.q {
             if q.qid != 0 {
@@ -103,12 +106,16 @@ impl Conn {
         let Some(i) = self.slots.iter().position(|s| !s.active) else {
             return false;
         };
+        let Some(buf) = self.port.pool.get(len) else {
+            return false;
+        };
         self.r2t_reserved += len;
         let slot = &mut self.slots[i];
         slot.active = true;
         slot.sqe = *sqe;
         slot.len = len;
-        slot.buf.clear();
+        slot.got = 0;
+        slot.buf = Some(buf);
         slot.failed = None;
         slot.started = started;
         let mut r = R2t::default();
@@ -124,7 +131,7 @@ impl Conn {
     }
 
     /// Sends R2Ts for waiting commands while slots and budget allow.
-    fn start_waiting(&mut self) {
+    pub(crate) fn start_waiting(&mut self) {
         while let Some(&(sqe, started)) = self.waiting.front() {
             if !self.try_send_r2t(&sqe, started) {
                 return;
@@ -158,18 +165,16 @@ impl Conn {
                 fei: 0,
             });
         }
-        if datao != slot.buf.len() || datal > slot.len - slot.buf.len() {
+        if datao != slot.got || datal > slot.len - slot.got {
             return Err(Fatal {
                 fes: pdu::fes::DATA_OUT_OF_RANGE,
                 fei: 12,
             });
         }
-        if slot.buf.capacity() < slot.len {
-            // The first data of a command larger than the kept buffer: exactly its length,
-            // already counted against the R2T budget when the R2T went out.
-            slot.buf = Vec::with_capacity(slot.len);
+        if let Some(b) = slot.buf.as_mut() {
+            b.as_mut_slice()[datao..datao + datal].copy_from_slice(data);
         }
-        slot.buf.extend_from_slice(data);
+        slot.got += datal;
         if digest_error {
             self.port
                 .metrics()
@@ -178,8 +183,8 @@ impl Conn {
             slot.failed = Some(status::TRANSIENT_TRANSPORT_ERROR);
         }
         let last = h.ch.flags & flags::LAST_PDU != 0;
-        if slot.buf.len() == slot.len || last {
-            if slot.buf.len() != slot.len {
+        if slot.got == slot.len || last {
+            if slot.got != slot.len {
                 return Err(Fatal {
                     fes: pdu::fes::PDU_SEQUENCE_ERROR,
                     fei: 0,
@@ -198,19 +203,16 @@ impl Conn {
         let failed = slot.failed;
         let started = slot.started;
         let len = slot.len;
-        let mut buf = std::mem::take(&mut slot.buf);
+        let buf = slot.buf.take();
         self.r2t_reserved -= len;
         self.port
             .metrics()
             .awaiting_data
             .fetch_sub(1, Ordering::Relaxed);
-        match failed {
-            Some(st) => self.respond(sqe.cid.get(), st, 0),
-            None => self.execute(&sqe, Data::Host(&buf[..len]), started),
-        }
-        if buf.capacity() <= SLOT_KEEP {
-            buf.clear();
-            self.slots[i].buf = buf;
+        match (failed, buf) {
+            (Some(st), _) => self.respond(sqe.cid.get(), st, 0),
+            (None, Some(buf)) => self.execute(&sqe, Data::Buf(buf), started),
+            (None, None) => self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0),
         }
         self.start_waiting();
     }
@@ -220,7 +222,7 @@ impl Conn {
         for i in 0..self.slots.len() {
             if self.slots[i].active {
                 self.slots[i].active = false;
-                self.slots[i].buf = Vec::new();
+                self.slots[i].buf = None;
                 let cid = self.slots[i].sqe.cid.get();
                 self.port
                     .metrics()

@@ -58,6 +58,11 @@ impl FileDevice {
         }
     }
 
+    /// The device's shape.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
     /// The open file.
     pub fn file(&self) -> &Arc<File> {
         &self.file
