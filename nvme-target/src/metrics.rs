@@ -108,13 +108,13 @@ pub struct PortMetrics {
     pub bytes_read: AtomicU64,
     /// Bytes written by hosts.
     pub bytes_written: AtomicU64,
-    /// Read latency: command received to completion (response queued; for a zero-copy
-    /// read, the last data byte handed to the socket).
+    /// Read latency: command received to completion, when its last data byte is handed to
+    /// the socket (from a device buffer or, zero-copy, from a file).
     pub read_latency: Histogram,
     /// Write latency: command received (before its R2T) to response queued.
     pub write_latency: Histogram,
-    /// I/O-queue commands of every kind received and not yet completed (a zero-copy read
-    /// completes when its last data byte is handed to the socket): the queue depth.
+    /// I/O-queue commands of every kind received and not yet completed (a read completes
+    /// when its last data byte is handed to the socket): the queue depth.
     pub in_flight: AtomicI64,
     /// Of those, commands waiting for host data after (or before) their R2T.
     pub awaiting_data: AtomicI64,
