@@ -112,6 +112,11 @@ pub(crate) struct Conn {
     pub cq: Rc<CompletionQueue>,
     /// `cq`, as the devices see it.
     pub sink: Rc<dyn Sink>,
+    /// Reads whose data is still queued: (stream position of their pieces, when the
+    /// command arrived). They complete when their last piece is handed to the socket.
+    pub(crate) piece_reads: VecDeque<(u64, Instant)>,
+    /// I/O-queue commands of this connection counted in the port's `in_flight`.
+    pub(crate) io_in_flight: u32,
 }
 
 /// Read data waiting in the output stream.
@@ -173,6 +178,8 @@ impl Conn {
             buffer_wait: VecDeque::new(),
             cq,
             sink,
+            piece_reads: VecDeque::new(),
+            io_in_flight: 0,
         }
     }
 
@@ -276,7 +283,10 @@ impl Conn {
                 () = tokio::time::sleep(BUFFER_RETRY), if buffer_wait => {}
                 r = send(wr.as_ref(), &mut self.out, &mut self.pieces), if !idle => match r {
                     Ok(0) => {}
-                    Ok(_) => last_output = Instant::now(),
+                    Ok(_) => {
+                        last_output = Instant::now();
+                        self.reads_sent();
+                    }
                     Err(_) => break None,
                 },
                 r = rd.read(self.inb.spare(need)), if can_read => match r {
@@ -423,6 +433,10 @@ impl Conn {
             }
             pdu_type::CAPSULE_CMD => {
                 let (cmd, _) = CapsuleCmd::read_from_prefix(bytes).map_err(|_| Fatal::field(4))?;
+                // In flight from here until its response (every capsule gets exactly one).
+                if self.q.as_ref().is_some_and(|q| q.qid != 0) {
+                    self.started_io();
+                }
                 if f.data_digest_error {
                     self.port
                         .metrics()
@@ -608,6 +622,7 @@ impl Conn {
         }
         r.cqe.sqhd.set(self.sqhd);
         codec::put_header(&mut self.out, r.as_bytes(), self.dg);
+        self.completed_io();
         let m = self.port.metrics();
         m.pdus_tx.fetch_add(1, Ordering::Relaxed);
         if st != status::SUCCESS {
@@ -687,10 +702,13 @@ impl Conn {
     fn teardown(&mut self) {
         // Commands that never got their data are no longer in flight.
         let owed = self.slots.iter().filter(|s| s.is_active()).count() + self.waiting.len();
-        self.port
-            .metrics()
-            .in_flight
+        let m = self.port.metrics();
+        m.awaiting_data
             .fetch_sub(i64::try_from(owed).unwrap_or(i64::MAX), Ordering::Relaxed);
+        m.in_flight
+            .fetch_sub(i64::from(self.io_in_flight), Ordering::Relaxed);
+        self.io_in_flight = 0;
+        self.piece_reads.clear();
         let Some(q) = self.q.take() else { return };
         let target = &self.port.target;
         self.port

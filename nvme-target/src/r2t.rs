@@ -79,7 +79,7 @@ impl Conn {
         }
         self.port
             .metrics()
-            .in_flight
+            .awaiting_data
             .fetch_add(1, Ordering::Relaxed);
         // Keep the host's order: nothing overtakes a command already waiting.
         if self.waiting.is_empty() && self.try_send_r2t(sqe, started) {
@@ -89,7 +89,7 @@ impl Conn {
         if self.waiting.len() >= depth {
             self.port
                 .metrics()
-                .in_flight
+                .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
             return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
         }
@@ -207,7 +207,7 @@ impl Conn {
         self.r2t_reserved -= len;
         self.port
             .metrics()
-            .in_flight
+            .awaiting_data
             .fetch_sub(1, Ordering::Relaxed);
         match (failed, buf) {
             (Some(st), _) => self.respond(sqe.cid.get(), st, 0),
@@ -226,7 +226,7 @@ impl Conn {
                 let cid = self.slots[i].sqe.cid.get();
                 self.port
                     .metrics()
-                    .in_flight
+                    .awaiting_data
                     .fetch_sub(1, Ordering::Relaxed);
                 self.respond(cid, status::ABORTED_SQ_DELETION, 0);
             }
@@ -235,7 +235,7 @@ impl Conn {
         while let Some((sqe, _)) = self.waiting.pop_front() {
             self.port
                 .metrics()
-                .in_flight
+                .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
             self.respond(sqe.cid.get(), status::ABORTED_SQ_DELETION, 0);
         }
