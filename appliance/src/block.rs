@@ -15,8 +15,37 @@ use tracing::{error, info};
 
 use crate::config::Config;
 use crate::controller::Controllers;
-use crate::serve::{ServeError, io_err};
 use backplane::{Backplane, Volume};
+
+/// Why the block service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// A listener could not be bound.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The target's configuration is inconsistent.
+    #[error("NVMe/TCP target")]
+    Target(#[from] nvme_target::ConfigError),
+    /// A controller thread could not start its port.
+    #[error("controller {index}: {reason}")]
+    Controller {
+        /// The controller.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BlockError {
+    let what = what.into();
+    move |source| BlockError::Io { what, source }
+}
 
 thread_local! {
     /// The NVMe/TCP port served by this controller thread, for admin actions.
@@ -41,7 +70,7 @@ impl BlockService {
         controllers: &Controllers,
         shutdown: &watch::Sender<bool>,
         budget: &listener::Budget,
-    ) -> Result<Self, ServeError> {
+    ) -> Result<Self, BlockError> {
         let nvme = &config.nvme_tcp;
         let mut listeners = Vec::with_capacity(controllers.len());
         for i in 0..controllers.len() {
@@ -72,8 +101,7 @@ impl BlockService {
             .map_err(io_err("listener address"))?;
 
         let exported = exported_volumes(config, backplane);
-        let target = Target::new(target_config(config, &exported, &ports, discovery))
-            .map_err(|e| ServeError::Target(e.to_string()))?;
+        let target = Target::new(target_config(config, &exported, &ports, discovery))?;
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (h, listener) in controllers.handles().iter().zip(listeners) {
@@ -90,13 +118,19 @@ impl BlockService {
                     target, index, port_id, &exported, &classes, listener, budget, shutdown,
                 );
                 // start() waits for every answer; it is gone only if it already failed.
-                let _ = ready.send(result.map_err(|e| format!("controller {index}: {e}")));
+                let _ = ready.send(result.map_err(|e| BlockError::Controller {
+                    index,
+                    reason: e.to_string(),
+                }));
             })
-            .map_err(|e| ServeError::Target(e.to_string()))?;
+            .map_err(|e| BlockError::Controller {
+                index: e.0,
+                reason: "its thread has stopped".into(),
+            })?;
         }
         drop(ready_tx);
         for result in ready_rx {
-            result.map_err(ServeError::Target)?;
+            result?;
         }
         if let Some(listener) = discovery_listener {
             let target = Arc::clone(&target);
@@ -115,7 +149,10 @@ impl BlockService {
                         }
                     });
                 })
-                .map_err(|e| ServeError::Target(e.to_string()))?;
+                .map_err(|e| BlockError::Controller {
+                    index: e.0,
+                    reason: "its thread has stopped".into(),
+                })?;
         }
         info!(ports = ?ports, discovery = ?discovery, "NVMe/TCP block service");
         Ok(Self {

@@ -19,12 +19,12 @@ pub enum ServeError {
     /// The backplane could not be opened.
     #[error("backplane")]
     Backplane(#[from] BackplaneError),
-    /// The NVMe/TCP target could not be built or started.
-    #[error("NVMe/TCP target: {0}")]
-    Target(String),
+    /// The NVMe/TCP block service could not start.
+    #[error("block service")]
+    Block(#[from] crate::block::BlockError),
     /// The stream service could not start.
-    #[error("stream service: {0}")]
-    Stream(String),
+    #[error("stream service")]
+    Stream(#[from] crate::stream::StreamError),
     /// A listener or thread could not be started.
     #[error("{what}")]
     Io {

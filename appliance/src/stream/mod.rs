@@ -31,9 +31,39 @@ use tracing::info;
 
 use crate::config::{Config, StreamConfig};
 use crate::controller::Controllers;
-use crate::serve::{ServeError, io_err};
 use backplane::Backplane;
 pub use proto::Plan;
+
+/// Why the stream service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A listener or the coordinator thread could not be started.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configured volume does not exist.
+    #[error("volume `{0}` missing")]
+    NoVolume(String),
+    /// A controller thread could not start its stream worker.
+    #[error("controller {0} has stopped")]
+    Controller(usize),
+    /// The content store could not be opened.
+    #[error("content store: {0}")]
+    Store(String),
+    /// The coordinator thread ended before it was ready.
+    #[error("the coordinator thread died")]
+    Coordinator,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StreamError {
+    let what = what.into();
+    move |source| StreamError::Io { what, source }
+}
 
 /// Counters of one controller's stream worker.
 #[derive(Debug, Default)]
@@ -456,14 +486,14 @@ impl StreamService {
         controllers: &Controllers,
         shutdown: &watch::Sender<bool>,
         budget: &listener::Budget,
-    ) -> Result<Option<Self>, ServeError> {
+    ) -> Result<Option<Self>, StreamError> {
         let Some(cfg) = config.stream.clone() else {
             return Ok(None);
         };
         let volume = backplane
             .volume(&cfg.volume)
             .cloned()
-            .ok_or_else(|| ServeError::Stream(format!("volume `{}` missing", cfg.volume)))?;
+            .ok_or_else(|| StreamError::NoVolume(cfg.volume.clone()))?;
         let n = controllers.len();
         let mut listeners = Vec::with_capacity(n);
         for i in 0..n {
@@ -528,7 +558,7 @@ impl StreamService {
             let index = h.index();
             let shutdown = shutdown.subscribe();
             h.run(move || worker::start(index, shared, volume, rx, listener, shutdown))
-                .map_err(|e| ServeError::Stream(e.to_string()))?;
+                .map_err(|e| StreamError::Controller(e.0))?;
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = coordinator::spawn(
@@ -543,8 +573,8 @@ impl StreamService {
         .map_err(io_err("stream coordinator thread"))?;
         match ready_rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ServeError::Stream(e)),
-            Err(_) => return Err(ServeError::Stream("the coordinator thread died".into())),
+            Ok(Err(e)) => return Err(StreamError::Store(e)),
+            Err(_) => return Err(StreamError::Coordinator),
         }
         info!(control = %control_addr, http = ?http_addr, data_ports = ?shared.data_ports, "stream service");
         Ok(Some(Self {
