@@ -39,10 +39,14 @@ pub mod io_opcode {
     pub const WRITE: u8 = 0x01;
     /// Read.
     pub const READ: u8 = 0x02;
+    /// Compare.
+    pub const COMPARE: u8 = 0x05;
     /// Write Zeroes.
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
     pub const DSM: u8 = 0x09;
+    /// Verify.
+    pub const VERIFY: u8 = 0x0c;
 }
 
 /// Feature identifiers (Base 5.27.1).
@@ -53,6 +57,8 @@ pub mod feature {
     pub const POWER_MGMT: u8 = 0x02;
     /// Temperature Threshold.
     pub const TEMP_THRESHOLD: u8 = 0x04;
+    /// Error Recovery (time-limited error recovery, DULBE).
+    pub const ERROR_RECOVERY: u8 = 0x05;
     /// Volatile Write Cache.
     pub const VOLATILE_WC: u8 = 0x06;
     /// Number of Queues.

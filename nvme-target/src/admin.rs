@@ -6,12 +6,14 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nvme_spec::command::{Sqe, admin_opcode, cns, feature};
+use nvme_spec::cmds::{AdminCmd, FeatureSelect, GetFeatures, Identify, SetFeatures};
+use nvme_spec::command::{Sqe, cns, feature};
 use nvme_spec::identify::{IdentifyController, IdentifyNamespace, cntrltype, write_ns_descriptors};
 use nvme_spec::log::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPage, SmartLog, disc, lid};
 use nvme_spec::regs::VERSION_1_3;
-use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str, status};
+use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str};
 
+use crate::completion::{Completion, Error};
 use crate::conn::{Conn, Data};
 use crate::ctrl::{AER_LIMIT, Ctrl, ERROR_LOG_ENTRIES};
 
@@ -23,80 +25,72 @@ const FIRMWARE: &str = concat!(
     env!("CARGO_PKG_VERSION_MINOR")
 );
 
+/// What an admin handler leaves to send.
+pub(crate) enum Reply {
+    /// A completion without data.
+    Done(Completion),
+    /// The first bytes of the scratch buffer, then success.
+    Scratch(usize),
+    /// No completion yet (an Asynchronous Event Request waits for its event).
+    Held,
+}
+
 impl Conn {
-    pub(crate) fn admin(&mut self, sqe: &Sqe, data: Data<'_>) {
+    pub(crate) fn admin(&mut self, sqe: &Sqe, cmd: AdminCmd, data: Data<'_>) {
         let cid = sqe.cid.get();
         let Some(ctrl) = self.q.as_ref().map(|q| Rc::clone(&q.ctrl)) else {
             return;
         };
-        let discovery = ctrl.subsys == self.port.target.discovery_index();
         let to_host = match data {
             Data::ToHost(n) => n,
             _ => 0,
         };
-        match sqe.opcode {
-            admin_opcode::IDENTIFY => self.identify(&ctrl, sqe, to_host),
-            admin_opcode::GET_LOG_PAGE => self.get_log_page(&ctrl, sqe, to_host),
-            admin_opcode::SET_FEATURES => {
-                let r = self.set_features(&ctrl, sqe);
-                self.answer(cid, r);
-            }
-            admin_opcode::GET_FEATURES => {
-                let r = self.get_features(&ctrl, sqe);
-                self.answer(cid, r);
-            }
-            admin_opcode::KEEP_ALIVE => self.respond(cid, status::SUCCESS, 0),
-            admin_opcode::ASYNC_EVENT => {
+        let r = match cmd {
+            AdminCmd::Identify(id) => self.identify(&ctrl, &id, to_host),
+            AdminCmd::GetLogPage(g) => self.get_log_page(&ctrl, &g, to_host),
+            AdminCmd::SetFeatures(f) => self.set_features(&ctrl, &f).map(Reply::Done),
+            AdminCmd::GetFeatures(f) => self.get_features(&ctrl, &f).map(Reply::Done),
+            AdminCmd::KeepAlive => Ok(Reply::Done(Completion::success())),
+            AdminCmd::AsyncEventRequest => {
                 let mut aers = ctrl.aers.borrow_mut();
                 if aers.len() >= AER_LIMIT {
-                    drop(aers);
-                    self.respond(cid, status::AER_LIMIT_EXCEEDED | status::DNR, 0);
+                    Err(Error::AerLimit)
                 } else {
                     // Held until an event; Baton's namespaces do not change at run time.
                     aers.push(cid);
+                    Ok(Reply::Held)
                 }
             }
             // Commands complete as soon as they arrive: nothing is left to abort (bit 0 set).
-            admin_opcode::ABORT => self.respond(cid, status::SUCCESS, 1),
-            admin_opcode::CREATE_SQ
-            | admin_opcode::CREATE_CQ
-            | admin_opcode::DELETE_SQ
-            | admin_opcode::DELETE_CQ => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
-            _ if discovery => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
-            _ => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
-        }
-    }
-
-    fn answer(&mut self, cid: u16, r: Result<u32, u16>) {
+            AdminCmd::Abort(_) => Ok(Reply::Done(Completion::ok(1))),
+        };
         match r {
-            Ok(v) => self.respond(cid, status::SUCCESS, u64::from(v)),
-            Err(st) => self.respond(cid, st, 0),
+            Ok(Reply::Done(c)) => self.complete(cid, c),
+            Ok(Reply::Scratch(n)) => self.reply_scratch(cid, n),
+            Ok(Reply::Held) => {}
+            Err(e) => self.complete(cid, e),
         }
     }
 
-    fn identify(&mut self, ctrl: &Ctrl, sqe: &Sqe, len: usize) {
-        let cid = sqe.cid.get();
-        let c = (sqe.cdw10.get() & 0xff) as u8;
-        let nsid = sqe.nsid.get();
+    fn identify(&mut self, ctrl: &Ctrl, cmd: &Identify, len: usize) -> Result<Reply, Error> {
+        let nsid = cmd.nsid;
         let discovery = ctrl.subsys == self.port.target.discovery_index();
-        match c {
+        match cmd.cns {
             cns::CONTROLLER => {
                 let id = self.identify_controller(ctrl);
                 self.scratch(4096).copy_from_slice(id.as_bytes());
-                self.reply_scratch(cid, len);
             }
             cns::NAMESPACE | cns::NS_DESC_LIST if !discovery => {
                 let Some(ns) = self.port.namespace(ctrl.subsys, nsid) else {
-                    return self.respond(cid, status::INVALID_NS | status::DNR, 0);
+                    return Err(Error::InvalidNamespace);
                 };
                 let cfg = ns.cfg.clone();
-                if c == cns::NAMESPACE {
+                if cmd.cns == cns::NAMESPACE {
                     let id = identify_namespace(&cfg);
                     self.scratch(4096).copy_from_slice(id.as_bytes());
                 } else {
                     write_ns_descriptors(self.scratch(4096), &cfg.nguid, &cfg.uuid);
                 }
-                self.reply_scratch(cid, len);
             }
             cns::ACTIVE_NS_LIST if !discovery => {
                 let mut ids: Vec<u32> = self
@@ -113,10 +107,10 @@ impl Conn {
                 for (i, id) in ids.iter().take(1024).enumerate() {
                     out[i * 4..i * 4 + 4].copy_from_slice(&id.to_le_bytes());
                 }
-                self.reply_scratch(cid, len);
             }
-            _ => self.respond(cid, status::INVALID_FIELD | status::DNR, 0),
+            _ => return Err(Error::InvalidField),
         }
+        Ok(Reply::Scratch(len))
     }
 
     fn identify_controller(&self, ctrl: &Ctrl) -> IdentifyController {
@@ -171,12 +165,10 @@ impl Conn {
         id
     }
 
-    fn get_log_page(&mut self, ctrl: &Ctrl, sqe: &Sqe, len: usize) {
-        let cid = sqe.cid.get();
-        let g = GetLogPage::from_sqe(sqe);
+    fn get_log_page(&mut self, ctrl: &Ctrl, g: &GetLogPage, len: usize) -> Result<Reply, Error> {
         let discovery = ctrl.subsys == self.port.target.discovery_index();
         if u64::try_from(len).is_ok_and(|l| l != g.len) && len != 0 {
-            return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
+            return Err(Error::SglLength);
         }
         let page_len = match (g.lid, discovery) {
             (lid::DISCOVERY, true) => self.discovery_log(),
@@ -201,13 +193,13 @@ impl Conn {
                 self.scratch(4096);
                 4096
             }
-            _ => return self.respond(cid, status::INVALID_LOG_PAGE | status::DNR, 0),
+            _ => return Err(Error::InvalidLogPage),
         };
         let Ok(off) = usize::try_from(g.offset) else {
-            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+            return Err(Error::InvalidField);
         };
         if off > page_len || off % 4 != 0 {
-            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+            return Err(Error::InvalidField);
         }
         // Reads may run past the page's end into zeroes, but no further than the page's
         // last 4 KiB: the reply is bounded by the page, not by the host's NUMD.
@@ -215,18 +207,13 @@ impl Conn {
             .checked_add(len)
             .is_none_or(|end| end > page_len.next_multiple_of(4096))
         {
-            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+            return Err(Error::InvalidField);
         }
-        // Bytes past the end of the page read as zeroes.
-        let scratch = std::mem::take(&mut self.scratch);
-        self.reply_data(cid, len, |buf| {
-            let avail = &scratch[off..page_len];
-            let n = avail.len().min(buf.len());
-            buf[..n].copy_from_slice(&avail[..n]);
-            buf[n..].fill(0);
-            Ok(())
-        });
-        self.scratch = scratch;
+        // The reply starts at the offset; bytes past the end of the page read as zeroes.
+        self.scratch.truncate(page_len);
+        self.scratch.drain(..off);
+        self.scratch.resize(len, 0);
+        Ok(Reply::Scratch(len))
     }
 
     fn smart_log(&self, ctrl: &Ctrl) -> SmartLog {
@@ -279,36 +266,35 @@ impl Conn {
         at
     }
 
-    fn set_features(&mut self, ctrl: &Ctrl, sqe: &Sqe) -> Result<u32, u16> {
-        let cdw10 = sqe.cdw10.get();
-        let cdw11 = sqe.cdw11.get();
-        if cdw10 & (1 << 31) != 0 {
-            return Err(status::FEATURE_NOT_SAVEABLE | status::DNR);
+    fn set_features(&mut self, ctrl: &Ctrl, f: &SetFeatures) -> Result<Completion, Error> {
+        let cdw11 = f.cdw11;
+        if f.save {
+            return Err(Error::NotSaveable);
         }
         let discovery = ctrl.subsys == self.port.target.discovery_index();
-        match ((cdw10 & 0xff) as u8, discovery) {
+        let v = match (f.fid, discovery) {
             (feature::NUM_QUEUES, false) => {
                 if ctrl.io_queues.get() != 0 {
-                    return Err(status::COMMAND_SEQUENCE_ERROR | status::DNR);
+                    return Err(Error::Sequence);
                 }
                 let nsq = (cdw11 & 0xffff) + 1;
                 let ncq = (cdw11 >> 16) + 1;
                 if nsq == 0x10000 || ncq == 0x10000 {
-                    return Err(status::INVALID_FIELD | status::DNR);
+                    return Err(Error::InvalidField);
                 }
                 let max = u32::from(self.port.target.config().max_io_queues);
                 let granted = nsq.min(ncq).min(max);
                 ctrl.io_queues_granted
                     .set(u16::try_from(granted).unwrap_or(1));
-                Ok((granted - 1) | ((granted - 1) << 16))
+                (granted - 1) | ((granted - 1) << 16)
             }
             (feature::ASYNC_EVENT, _) => {
                 ctrl.aec.set(cdw11);
-                Ok(0)
+                0
             }
             (feature::KATO, _) => {
                 ctrl.kato.set(Duration::from_millis(u64::from(cdw11)));
-                Ok(0)
+                0
             }
             (feature::VOLATILE_WC, false) => {
                 let enable = cdw11 & 1 != 0;
@@ -318,45 +304,43 @@ impl Conn {
                     for ns in self.port.namespaces.get(ctrl.subsys).into_iter().flatten() {
                         if let Err(e) = ns.dev.flush() {
                             tracing::warn!(nsid = ns.cfg.nsid, error = %e, "flush on disabling the write cache failed");
-                            return Err(status::INTERNAL_ERROR);
+                            return Err(Error::Device(e));
                         }
                     }
                 }
                 ctrl.vwc_enabled.set(enable);
-                Ok(0)
+                0
             }
-            _ => Err(status::INVALID_FIELD | status::DNR),
-        }
+            _ => return Err(Error::InvalidField),
+        };
+        Ok(Completion::ok(u64::from(v)))
     }
 
-    fn get_features(&mut self, ctrl: &Ctrl, sqe: &Sqe) -> Result<u32, u16> {
-        let cdw10 = sqe.cdw10.get();
-        let sel = (cdw10 >> 8) & 0x7;
-        if sel == 3 {
+    fn get_features(&mut self, ctrl: &Ctrl, f: &GetFeatures) -> Result<Completion, Error> {
+        if f.sel == FeatureSelect::Supported {
             // Supported capabilities: changeable, not saveable.
-            return Ok(1 << 2);
+            return Ok(Completion::ok(1 << 2));
         }
         let discovery = ctrl.subsys == self.port.target.discovery_index();
-        match ((cdw10 & 0xff) as u8, discovery) {
+        let v = match (f.fid, discovery) {
             (feature::NUM_QUEUES, false) => {
                 let n = u32::from(ctrl.io_queues_granted.get()) - 1;
-                Ok(n | (n << 16))
+                n | (n << 16)
             }
-            (feature::ASYNC_EVENT, _) => Ok(ctrl.aec.get()),
-            (feature::KATO, _) => {
-                Ok(u32::try_from(ctrl.kato.get().as_millis()).unwrap_or(u32::MAX))
-            }
-            (feature::VOLATILE_WC, false) => Ok(u32::from(ctrl.vwc_enabled.get())),
+            (feature::ASYNC_EVENT, _) => ctrl.aec.get(),
+            (feature::KATO, _) => u32::try_from(ctrl.kato.get().as_millis()).unwrap_or(u32::MAX),
+            (feature::VOLATILE_WC, false) => u32::from(ctrl.vwc_enabled.get()),
             (
                 feature::ARBITRATION
                 | feature::POWER_MGMT
                 | feature::WRITE_ATOMICITY
                 | feature::IRQ_COALESCE,
                 false,
-            ) => Ok(0),
-            (feature::TEMP_THRESHOLD, false) => Ok(343),
-            _ => Err(status::INVALID_FIELD | status::DNR),
-        }
+            ) => 0,
+            (feature::TEMP_THRESHOLD, false) => 343,
+            _ => return Err(Error::InvalidField),
+        };
+        Ok(Completion::ok(u64::from(v)))
     }
 }
 

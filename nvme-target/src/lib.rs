@@ -11,6 +11,7 @@ mod admin;
 pub mod blockdev;
 pub mod buf;
 pub mod codec;
+mod completion;
 pub mod config;
 mod conn;
 mod ctrl;

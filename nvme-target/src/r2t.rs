@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use nvme_spec::command::Sqe;
 use nvme_spec::pdu::{self, CommonHeader, DataHeader, R2t, flags, pdu_type};
-use nvme_spec::{FromZeros, IntoBytes, status};
+use nvme_spec::{FromZeros, IntoBytes};
 
 use crate::codec::{self, Fatal};
+use crate::completion::{Command, Error};
 use crate::conn::{Conn, Data};
 
 /// A slot buffer at most this large is kept for the slot's next command; larger ones are
@@ -26,11 +27,12 @@ pub(crate) const SLOT_KEEP: usize = 128 * 1024;
 pub(crate) struct Slot {
     active: bool,
     sqe: Sqe,
+    cmd: Option<Command>,
     /// Bytes the R2T asked for.
     len: usize,
     /// Bytes received so far (`buf.len()` is the count).
     buf: Vec<u8>,
-    failed: Option<u16>,
+    failed: Option<Error>,
     started: Instant,
 }
 
@@ -40,6 +42,7 @@ impl Slot {
         Self {
             active: false,
             sqe: Sqe::new_zeroed(),
+            cmd: None,
             len: 0,
             buf: Vec::new(),
             failed: None,
@@ -61,17 +64,15 @@ impl Conn {
 
     /// Asks the host for a command's data, or queues the command until a slot and R2T
     /// budget free up. The caller has checked the length against the command's limit.
-    pub(crate) fn start_r2t(&mut self, sqe: &Sqe, started: Instant) {
+    pub(crate) fn start_r2t(&mut self, sqe: &Sqe, cmd: Command, started: Instant) {
         let cfg = self.port.target.config();
         let len = sqe.dptr.length.get() as usize;
         if len > cfg.max_transfer as usize {
-            return self.respond(sqe.cid.get(), status::INVALID_FIELD | status::DNR, 0);
+            return self.complete(sqe.cid.get(), Error::TooLarge);
         }
-        if let Some(q) = &self.q {
-            if q.qid != 0 {
-                if let Err(st) = self.check_io(sqe) {
-                    return self.respond(sqe.cid.get(), st, 0);
-                }
+        if let Command::Io(c) = &cmd {
+            if let Err(e) = self.check_io(sqe, c) {
+                return self.complete(sqe.cid.get(), e);
             }
         }
         self.port
@@ -79,7 +80,7 @@ impl Conn {
             .in_flight
             .fetch_add(1, Ordering::Relaxed);
         // Keep the host's order: nothing overtakes a command already waiting.
-        if self.waiting.is_empty() && self.try_send_r2t(sqe, started) {
+        if self.waiting.is_empty() && self.try_send_r2t(sqe, cmd, started) {
             return;
         }
         let depth = self.q.as_ref().map_or(1, |q| usize::from(q.sqsize) + 1);
@@ -88,13 +89,13 @@ impl Conn {
                 .metrics()
                 .in_flight
                 .fetch_sub(1, Ordering::Relaxed);
-            return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
+            return self.complete(sqe.cid.get(), Error::QueueFull);
         }
-        self.waiting.push_back((*sqe, started));
+        self.waiting.push_back((*sqe, cmd, started));
     }
 
     /// Sends the R2T for `sqe` if a slot is free and its length fits the budget.
-    fn try_send_r2t(&mut self, sqe: &Sqe, started: Instant) -> bool {
+    fn try_send_r2t(&mut self, sqe: &Sqe, cmd: Command, started: Instant) -> bool {
         let len = sqe.dptr.length.get() as usize;
         let limit = self.port.target.config().r2t_buffer_limit();
         if self.r2t_reserved + len > limit {
@@ -107,6 +108,7 @@ impl Conn {
         let slot = &mut self.slots[i];
         slot.active = true;
         slot.sqe = *sqe;
+        slot.cmd = Some(cmd);
         slot.len = len;
         slot.buf.clear();
         slot.failed = None;
@@ -125,8 +127,8 @@ impl Conn {
 
     /// Sends R2Ts for waiting commands while slots and budget allow.
     fn start_waiting(&mut self) {
-        while let Some(&(sqe, started)) = self.waiting.front() {
-            if !self.try_send_r2t(&sqe, started) {
+        while let Some(&(sqe, cmd, started)) = self.waiting.front() {
+            if !self.try_send_r2t(&sqe, cmd, started) {
                 return;
             }
             self.waiting.pop_front();
@@ -175,7 +177,7 @@ impl Conn {
                 .metrics()
                 .digest_errors
                 .fetch_add(1, Ordering::Relaxed);
-            slot.failed = Some(status::TRANSIENT_TRANSPORT_ERROR);
+            slot.failed = Some(Error::DataDigest);
         }
         let last = h.ch.flags & flags::LAST_PDU != 0;
         if slot.buf.len() == slot.len || last {
@@ -195,7 +197,8 @@ impl Conn {
         let slot = &mut self.slots[i];
         slot.active = false;
         let sqe = slot.sqe;
-        let failed = slot.failed;
+        let cmd = slot.cmd.take();
+        let failed = slot.failed.take();
         let started = slot.started;
         let len = slot.len;
         let mut buf = std::mem::take(&mut slot.buf);
@@ -204,9 +207,11 @@ impl Conn {
             .metrics()
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
-        match failed {
-            Some(st) => self.respond(sqe.cid.get(), st, 0),
-            None => self.execute(&sqe, Data::Host(&buf[..len]), started),
+        match (failed, cmd) {
+            (Some(e), _) => self.complete(sqe.cid.get(), e),
+            (None, Some(cmd)) => self.execute(&sqe, cmd, Data::Host(&buf[..len]), started),
+            // An active slot always holds its command.
+            (None, None) => self.complete(sqe.cid.get(), Error::Sequence),
         }
         if buf.capacity() <= SLOT_KEEP {
             buf.clear();
@@ -226,16 +231,16 @@ impl Conn {
                     .metrics()
                     .in_flight
                     .fetch_sub(1, Ordering::Relaxed);
-                self.respond(cid, status::ABORTED_SQ_DELETION, 0);
+                self.complete(cid, Error::SqDeletion);
             }
         }
         self.r2t_reserved = 0;
-        while let Some((sqe, _)) = self.waiting.pop_front() {
+        while let Some((sqe, _, _)) = self.waiting.pop_front() {
             self.port
                 .metrics()
                 .in_flight
                 .fetch_sub(1, Ordering::Relaxed);
-            self.respond(sqe.cid.get(), status::ABORTED_SQ_DELETION, 0);
+            self.complete(sqe.cid.get(), Error::SqDeletion);
         }
     }
 }
