@@ -83,6 +83,10 @@ pub mod cns {
     pub const ACTIVE_NS_LIST: u8 = 0x02;
     /// Namespace Identification Descriptor list.
     pub const NS_DESC_LIST: u8 = 0x03;
+    /// Controllers in the NVM subsystem that attach the namespace.
+    pub const NS_CTRL_LIST: u8 = 0x12;
+    /// Controllers in the NVM subsystem.
+    pub const CTRL_LIST: u8 = 0x13;
 }
 
 /// SGL descriptor (Base 4.3.2), as carried in DPTR by NVMe/TCP.

@@ -135,3 +135,5 @@ fn expected_header_lengths() {
     assert_eq!(expected_hlen(0x08), None);
     assert_eq!(expected_hlen(0xff), None);
 }
+offsets!(firmware_slot_fields, FirmwareSlotLog, { afi => 0, frs => 8, rsvd64 => 64 });
+offsets!(command_effects_fields, CommandEffectsLog, { acs => 0, iocs => 1024, rsvd2048 => 2048 });

@@ -7,9 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nvme_spec::cmds::{AdminCmd, FeatureSelect, GetFeatures, Identify, SetFeatures};
-use nvme_spec::command::{Sqe, cns, feature};
+use nvme_spec::command::{Sqe, admin_opcode, cns, feature, io_opcode};
 use nvme_spec::identify::{IdentifyController, IdentifyNamespace, cntrltype, write_ns_descriptors};
-use nvme_spec::log::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPage, SmartLog, disc, lid};
+use nvme_spec::log::{
+    CommandEffectsLog, DiscoveryLogEntry, DiscoveryLogHeader, FirmwareSlotLog, GetLogPage,
+    SmartLog, disc, effects, lid,
+};
 use nvme_spec::regs::VERSION_1_3;
 use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str};
 
@@ -61,8 +64,7 @@ impl Conn {
                     Ok(Reply::Held)
                 }
             }
-            // Commands complete as soon as they arrive: nothing is left to abort (bit 0 set).
-            AdminCmd::Abort(_) => Ok(Reply::Done(Completion::ok(1))),
+            AdminCmd::Abort(a) => Ok(Reply::Done(self.abort(&ctrl, &a))),
         };
         match r {
             Ok(Reply::Done(c)) => self.complete(cid, c),
@@ -90,6 +92,27 @@ impl Conn {
                     self.scratch(4096).copy_from_slice(id.as_bytes());
                 } else {
                     write_ns_descriptors(self.scratch(4096), &cfg.nguid, &cfg.uuid);
+                }
+            }
+            // Every controller of the subsystem attaches every namespace.
+            cns::CTRL_LIST | cns::NS_CTRL_LIST if !discovery => {
+                if cmd.cns == cns::NS_CTRL_LIST && self.port.namespace(ctrl.subsys, nsid).is_none()
+                {
+                    return Err(Error::InvalidNamespace);
+                }
+                let ids: Vec<u16> = self
+                    .port
+                    .target
+                    .cntlids(ctrl.subsys)
+                    .into_iter()
+                    .filter(|&id| id >= cmd.cntid)
+                    .take(2047)
+                    .collect();
+                let out = self.scratch(4096);
+                let n = u16::try_from(ids.len()).unwrap_or(2047);
+                out[0..2].copy_from_slice(&n.to_le_bytes());
+                for (i, id) in ids.iter().enumerate() {
+                    out[2 + i * 2..4 + i * 2].copy_from_slice(&id.to_le_bytes());
                 }
             }
             cns::ACTIVE_NS_LIST if !discovery => {
@@ -123,8 +146,10 @@ impl Conn {
         id.ver.set(VERSION_1_3);
         id.aerl = u8::try_from(AER_LIMIT - 1).unwrap_or(0);
         id.elpe = u8::try_from(ERROR_LOG_ENTRIES - 1).unwrap_or(0);
-        // Extended data for Get Log Page: offsets are supported.
-        id.lpa = 1 << 2;
+        // Commands Supported and Effects log (bit 1), extended Get Log Page data (bit 2).
+        id.lpa = (1 << 1) | (1 << 2);
+        // One firmware slot, read-only: the firmware is the Baton binary.
+        id.frmw = 1 | (1 << 1);
         // Keep alive granularity 100 ms.
         id.kas.set(1);
         id.sgls.set(0x0010_0001);
@@ -142,15 +167,16 @@ impl Conn {
                 put_ascii(&mut id.mn, &s.model);
                 put_str(&mut id.subnqn, &s.nqn);
                 id.cntrltype = cntrltype::IO;
-                // Several controllers (one per port) may attach the same namespaces.
-                id.cmic = 1 << 1;
+                // Several controllers (one per port) may attach the same namespaces (bit 1),
+                // through more than one port when the target has several (bit 0).
+                id.cmic = (1 << 1) | u8::from(cfg.ports.len() > 1);
                 id.oaes.set(1 << 8);
                 id.sqes = 0x66;
                 id.cqes = 0x44;
                 id.nn
                     .set(s.namespaces.iter().map(|n| n.nsid).max().unwrap_or(0));
-                // Dataset Management and Write Zeroes.
-                id.oncs.set((1 << 2) | (1 << 3));
+                // Compare, Dataset Management, Write Zeroes and Verify.
+                id.oncs.set(1 | (1 << 2) | (1 << 3) | (1 << 7));
                 if s.namespaces.iter().any(|n| n.volatile_write_cache) {
                     id.vwc = 1;
                 }
@@ -191,6 +217,19 @@ impl Conn {
             }
             (lid::CHANGED_NS, false) => {
                 self.scratch(4096);
+                4096
+            }
+            (lid::FW_SLOT, false) => {
+                let mut fw = FirmwareSlotLog::new_zeroed();
+                // Slot 1 is active and stays active at the next reset.
+                fw.afi = 1;
+                put_ascii(&mut fw.frs[0], FIRMWARE);
+                self.scratch(512).copy_from_slice(fw.as_bytes());
+                512
+            }
+            (lid::CMD_EFFECTS, _) => {
+                let log = command_effects(discovery);
+                self.scratch(4096).copy_from_slice(log.as_bytes());
                 4096
             }
             _ => return Err(Error::InvalidLogPage),
@@ -296,6 +335,15 @@ impl Conn {
                 ctrl.kato.set(Duration::from_millis(u64::from(cdw11)));
                 0
             }
+            (feature::ERROR_RECOVERY, false) => {
+                // Deallocated or unwritten blocks read as zeroes, never as an error: DULBE
+                // (bit 16) cannot be enabled. Baton retries nothing, so any TLER holds.
+                if cdw11 & (1 << 16) != 0 {
+                    return Err(Error::InvalidField);
+                }
+                ctrl.error_recovery.set(cdw11 & 0xffff);
+                0
+            }
             (feature::VOLATILE_WC, false) => {
                 let enable = cdw11 & 1 != 0;
                 if !enable && ctrl.vwc_enabled.get() {
@@ -330,6 +378,7 @@ impl Conn {
             (feature::ASYNC_EVENT, _) => ctrl.aec.get(),
             (feature::KATO, _) => u32::try_from(ctrl.kato.get().as_millis()).unwrap_or(u32::MAX),
             (feature::VOLATILE_WC, false) => u32::from(ctrl.vwc_enabled.get()),
+            (feature::ERROR_RECOVERY, false) => ctrl.error_recovery.get(),
             (
                 feature::ARBITRATION
                 | feature::POWER_MGMT
@@ -342,6 +391,37 @@ impl Conn {
         };
         Ok(Completion::ok(u64::from(v)))
     }
+}
+
+/// The Commands Supported and Effects log: what this controller runs, and which commands
+/// change logical block content.
+fn command_effects(discovery: bool) -> CommandEffectsLog {
+    let mut log = CommandEffectsLog::new_zeroed();
+    for op in [
+        admin_opcode::GET_LOG_PAGE,
+        admin_opcode::IDENTIFY,
+        admin_opcode::ABORT,
+        admin_opcode::SET_FEATURES,
+        admin_opcode::GET_FEATURES,
+        admin_opcode::ASYNC_EVENT,
+        admin_opcode::KEEP_ALIVE,
+    ] {
+        log.acs[usize::from(op)].set(effects::CSUPP);
+    }
+    if !discovery {
+        for (op, e) in [
+            (io_opcode::FLUSH, 0),
+            (io_opcode::WRITE, effects::LBCC),
+            (io_opcode::READ, 0),
+            (io_opcode::COMPARE, 0),
+            (io_opcode::WRITE_ZEROES, effects::LBCC),
+            (io_opcode::DSM, effects::LBCC),
+            (io_opcode::VERIFY, 0),
+        ] {
+            log.iocs[usize::from(op)].set(effects::CSUPP | e);
+        }
+    }
+    log
 }
 
 /// Identify Namespace for a namespace configuration.

@@ -127,6 +127,9 @@ pub(crate) enum Error {
     /// The command's data arrived with a bad data digest.
     #[error("data digest error")]
     DataDigest,
+    /// Aborted by an Abort command.
+    #[error("aborted by request")]
+    AbortRequested,
     /// Aborted because its queue went away.
     #[error("aborted: queue deleted")]
     SqDeletion,
@@ -176,6 +179,7 @@ impl From<Error> for Completion {
             Error::Write(_) => (status::WRITE_FAULT, 0),
             Error::CompareFailure => (dnr(COMPARE_FAILURE), 0),
             Error::DataDigest => (status::TRANSIENT_TRANSPORT_ERROR, 0),
+            Error::AbortRequested => (status::ABORT_REQUESTED, 0),
             Error::SqDeletion => (status::ABORTED_SQ_DELETION, 0),
         };
         Self { status: st, result }

@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::abort::AbortBox;
 use crate::blockdev::FileExtent;
 use crate::buf::{InBuf, OutBuf};
 use crate::codec::{self, Digests, Fatal, Frame};
@@ -83,6 +84,8 @@ pub(crate) struct Conn {
     pub(crate) slots: Vec<Slot>,
     /// Commands with host data waiting for a slot or R2T budget.
     pub(crate) waiting: VecDeque<(Sqe, Command, Instant)>,
+    /// Commands waiting for data, as the admin queue's Abort sees them.
+    pub(crate) aborts: Rc<AbortBox>,
     /// Bytes requested by R2Ts not yet fully answered.
     pub(crate) r2t_reserved: usize,
     pub scratch: Vec<u8>,
@@ -130,6 +133,7 @@ impl Conn {
             inb: InBuf::with_capacity(0),
             slots,
             waiting: VecDeque::new(),
+            aborts: Rc::new(AbortBox::default()),
             r2t_reserved: 0,
             scratch: Vec::new(),
             sqhd: 0,
@@ -165,9 +169,11 @@ impl Conn {
         let timer = tokio::time::sleep_until(accepted.into());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let aborts = Rc::clone(&self.aborts);
         let reason = loop {
             let draining = drain_until.is_some();
             if !draining && !self.closing {
+                self.take_aborts();
                 if let Err(f) = self.process() {
                     self.fatal(f);
                 }
@@ -221,6 +227,8 @@ impl Conn {
                     }
                 }
                 _ = drop_rx.changed() => break None,
+                // An Abort on the admin queue named a command of this queue.
+                () = aborts.wake.notified() => {}
                 _ = killed(&mut kill_rx) => break None,
                 // Wakes the loop, which checks the deadline afresh.
                 () = &mut timer, if deadline.is_some() => {}
@@ -643,6 +651,7 @@ impl Conn {
     fn teardown(&mut self) {
         // Commands that never got their data are no longer in flight.
         let owed = self.slots.iter().filter(|s| s.is_active()).count() + self.waiting.len();
+        self.aborts.clear();
         self.port
             .metrics()
             .in_flight
@@ -662,6 +671,7 @@ impl Conn {
             target.unregister(q.ctrl.subsys, q.ctrl.cntlid);
             debug!(cntlid = q.ctrl.cntlid, "controller gone");
         } else {
+            q.ctrl.queues.borrow_mut().remove(&q.qid);
             let bit = 1u128 << (q.qid - 1);
             q.ctrl.io_queues.set(q.ctrl.io_queues.get() & !bit);
             target.set_io_queues(q.ctrl.subsys, q.ctrl.cntlid, q.ctrl.io_queue_count());

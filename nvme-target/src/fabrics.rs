@@ -86,11 +86,15 @@ impl Conn {
                 }
             }
         };
-        if hostnqn.is_empty() {
+        // NQNs are NUL-terminated within their 256 bytes (Fabrics figure 20).
+        if !cd.hostnqn.contains(&0) {
             return Err(invalid(true, DATA_HOSTNQN));
         }
+        // An empty host NQN (SPDK's tools send one unless given a name) is an anonymous
+        // host: admitted where any host is, never by an allow-list, which names hosts.
         if let Some(s) = cfg.subsystems.get(subsys) {
-            if !s.allow_any_host && !s.allowed_hosts.iter().any(|h| h == hostnqn) {
+            let listed = !hostnqn.is_empty() && s.allowed_hosts.iter().any(|h| h == hostnqn);
+            if !s.allow_any_host && !listed {
                 warn!(subnqn, hostnqn, "host not allowed");
                 target.metrics().subsystems[subsys]
                     .refused_hosts
@@ -157,6 +161,7 @@ impl Conn {
             return Err(invalid(false, CMD_QID));
         }
         ctrl.io_queues.set(ctrl.io_queues.get() | bit);
+        self.publish_aborts(&ctrl, qid);
         target.set_io_queues(subsys, cntlid, ctrl.io_queue_count());
         self.q = Some(Queue { ctrl, qid, sqsize });
         self.port

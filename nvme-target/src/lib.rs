@@ -7,6 +7,7 @@
 //! own block devices synchronously, like a polled user-space driver would.
 #![forbid(unsafe_code)]
 
+mod abort;
 mod admin;
 pub mod blockdev;
 pub mod buf;

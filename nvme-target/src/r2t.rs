@@ -81,6 +81,7 @@ impl Conn {
             .fetch_add(1, Ordering::Relaxed);
         // Keep the host's order: nothing overtakes a command already waiting.
         if self.waiting.is_empty() && self.try_send_r2t(sqe, cmd, started) {
+            self.aborts.waiting_for_data(sqe.cid.get());
             return;
         }
         let depth = self.q.as_ref().map_or(1, |q| usize::from(q.sqsize) + 1);
@@ -92,6 +93,7 @@ impl Conn {
             return self.complete(sqe.cid.get(), Error::QueueFull);
         }
         self.waiting.push_back((*sqe, cmd, started));
+        self.aborts.waiting_for_data(sqe.cid.get());
     }
 
     /// Sends the R2T for `sqe` if a slot is free and its length fits the budget.
@@ -207,6 +209,12 @@ impl Conn {
             .metrics()
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
+        // An Abort that came while the data did wins: the command does not run.
+        let failed = if self.aborts.data_done(sqe.cid.get()) {
+            Some(Error::AbortRequested)
+        } else {
+            failed
+        };
         match (failed, cmd) {
             (Some(e), _) => self.complete(sqe.cid.get(), e),
             (None, Some(cmd)) => self.execute(&sqe, cmd, Data::Host(&buf[..len]), started),
@@ -222,6 +230,7 @@ impl Conn {
 
     /// Fails commands still waiting for data (shutdown) and frees their buffers.
     pub(crate) fn abort_pending(&mut self) {
+        self.aborts.clear();
         for i in 0..self.slots.len() {
             if self.slots[i].active {
                 self.slots[i].active = false;
