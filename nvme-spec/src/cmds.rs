@@ -200,6 +200,20 @@ pub struct Property {
     pub size: usize,
 }
 
+/// Authentication Send or Receive (Fabrics 3.1, Base 8.13.5): the security protocol and
+/// the transfer or allocation length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthTransfer {
+    /// Security protocol (SECP, CDW10 bits 31:24).
+    pub secp: u8,
+    /// SP specific 0 (CDW10 bits 15:8).
+    pub spsp0: u8,
+    /// SP specific 1 (CDW10 bits 23:16).
+    pub spsp1: u8,
+    /// Transfer length (Send) or allocation length (Receive), CDW11.
+    pub len: u32,
+}
+
 /// The Fabrics commands (Fabrics 3, figure 12).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FabricsCmd {
@@ -211,6 +225,10 @@ pub enum FabricsCmd {
     PropertySet(Property, u64),
     /// Disconnect: the queue ends.
     Disconnect,
+    /// Authentication Send: a message from the host.
+    AuthSend(AuthTransfer),
+    /// Authentication Receive: the controller's next message.
+    AuthReceive(AuthTransfer),
 }
 
 impl TryFrom<&Sqe> for FabricsCmd {
@@ -247,6 +265,20 @@ impl TryFrom<&Sqe> for FabricsCmd {
                 }
             }
             fctype::DISCONNECT => Self::Disconnect,
+            fctype::AUTH_SEND | fctype::AUTH_RECEIVE => {
+                let cdw10 = sqe.cdw10.get();
+                let t = AuthTransfer {
+                    secp: (cdw10 >> 24) as u8,
+                    spsp0: ((cdw10 >> 8) & 0xff) as u8,
+                    spsp1: ((cdw10 >> 16) & 0xff) as u8,
+                    len: sqe.cdw11.get(),
+                };
+                if fct == fctype::AUTH_SEND {
+                    Self::AuthSend(t)
+                } else {
+                    Self::AuthReceive(t)
+                }
+            }
             other => return Err(ParseError::Fctype(other)),
         })
     }
@@ -485,6 +517,18 @@ mod tests {
             ))
         );
         let mut s = sqe(admin_opcode::FABRICS);
+        s.nsid.set(u32::from(fctype::AUTH_SEND));
+        s.cdw10.set(0xe901_0100);
+        s.cdw11.set(72);
+        assert_eq!(
+            FabricsCmd::try_from(&s),
+            Ok(FabricsCmd::AuthSend(AuthTransfer {
+                secp: 0xe9,
+                spsp0: 1,
+                spsp1: 1,
+                len: 72
+            }))
+        );
         s.nsid.set(0x42);
         assert_eq!(FabricsCmd::try_from(&s), Err(ParseError::Fctype(0x42)));
     }

@@ -6,6 +6,7 @@
 //! ("Fabrics") and the NVMe/TCP Transport Specification 1.0 ("TCP").
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cmds;
 pub mod command;
 pub mod fabrics;

@@ -21,7 +21,7 @@ impl Command {
     /// Whether the command carries data from the host.
     pub fn host_data(&self) -> bool {
         match self {
-            Self::Fabrics(f) => matches!(f, FabricsCmd::Connect(_)),
+            Self::Fabrics(f) => matches!(f, FabricsCmd::Connect(_) | FabricsCmd::AuthSend(_)),
             Self::Admin(_) => false,
             Self::Io(c) => c.host_data(),
         }
@@ -127,6 +127,12 @@ pub(crate) enum Error {
     /// The command's data arrived with a bad data digest.
     #[error("data digest error")]
     DataDigest,
+    /// The queue must authenticate first (DH-HMAC-CHAP).
+    #[error("authentication required")]
+    AuthRequired,
+    /// The system's random source failed.
+    #[error("no random numbers")]
+    Random,
     /// Aborted by an Abort command.
     #[error("aborted by request")]
     AbortRequested,
@@ -137,6 +143,8 @@ pub(crate) enum Error {
 
 /// Compare Failure (NVM Command Set, media and data integrity errors).
 const COMPARE_FAILURE: u16 = status::status(2, 0x85);
+/// Authentication Required (command specific, Base 2.0 figure 103).
+const AUTH_REQUIRED: u16 = status::status(1, 0x91);
 /// Connect offsets (Fabrics figure 20): the host NQN in the Connect data.
 const DATA_HOSTNQN: u16 = 512;
 
@@ -179,6 +187,8 @@ impl From<Error> for Completion {
             Error::Write(_) => (status::WRITE_FAULT, 0),
             Error::CompareFailure => (dnr(COMPARE_FAILURE), 0),
             Error::DataDigest => (status::TRANSIENT_TRANSPORT_ERROR, 0),
+            Error::AuthRequired => (dnr(AUTH_REQUIRED), 0),
+            Error::Random => (status::INTERNAL_ERROR, 0),
             Error::AbortRequested => (status::ABORT_REQUESTED, 0),
             Error::SqDeletion => (status::ABORTED_SQ_DELETION, 0),
         };

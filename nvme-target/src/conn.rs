@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::abort::AbortBox;
+use crate::auth::QueueAuth;
 use crate::blockdev::FileExtent;
 use crate::buf::{InBuf, OutBuf};
 use crate::codec::{self, Digests, Fatal, Frame};
@@ -84,6 +85,8 @@ pub(crate) struct Conn {
     pub(crate) slots: Vec<Slot>,
     /// Commands with host data waiting for a slot or R2T budget.
     pub(crate) waiting: VecDeque<(Sqe, Command, Instant)>,
+    /// DH-HMAC-CHAP state of the queue.
+    pub(crate) auth: QueueAuth,
     /// Commands waiting for data, as the admin queue's Abort sees them.
     pub(crate) aborts: Rc<AbortBox>,
     /// Bytes requested by R2Ts not yet fully answered.
@@ -134,6 +137,7 @@ impl Conn {
             slots,
             waiting: VecDeque::new(),
             aborts: Rc::new(AbortBox::default()),
+            auth: QueueAuth::default(),
             r2t_reserved: 0,
             scratch: Vec::new(),
             sqhd: 0,
@@ -283,6 +287,10 @@ impl Conn {
         match &self.q {
             // ICReq and Connect, both within the handshake timeout of the accept.
             None => consider(accepted + limits.handshake_timeout, Deadline::Handshake),
+            // Authentication is part of the handshake.
+            Some(_) if self.auth.pending() => {
+                consider(accepted + limits.handshake_timeout, Deadline::Handshake);
+            }
             Some(q) => {
                 // A host owing R2T data must keep sending it; a queue without keep-alive
                 // and with nothing to answer must not stay open forever.
@@ -443,6 +451,14 @@ impl Conn {
             Ok(c) => c,
             Err(e) => return self.complete(cid, e),
         };
+        // A queue that must authenticate runs nothing else until it has.
+        let auth_cmd = matches!(
+            cmd,
+            Command::Fabrics(FabricsCmd::AuthSend(_) | FabricsCmd::AuthReceive(_))
+        );
+        if self.auth.pending() && !auth_cmd {
+            return self.complete(cid, Error::AuthRequired);
+        }
         let sgl = sqe.dptr;
         let len = sgl.length.get() as usize;
         let host_data = cmd.host_data();

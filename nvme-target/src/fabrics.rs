@@ -4,6 +4,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use nvme_spec::auth::CONNECT_AUTHREQ_ATR;
 use nvme_spec::cmds::{Connect, FabricsCmd, Property};
 use nvme_spec::command::Sqe;
 use nvme_spec::fabrics::{ConnectData, DISCOVERY_NQN};
@@ -11,6 +12,7 @@ use nvme_spec::regs::{Cap, Cc, Csts, VERSION_1_3, offset};
 use nvme_spec::{FromBytes, get_str};
 use tracing::{info, warn};
 
+use crate::auth::QueueAuth;
 use crate::completion::{Completion, Error};
 use crate::conn::{Conn, Data, Queue};
 use crate::ctrl::{Ctrl, keep_alive_timer};
@@ -47,6 +49,11 @@ impl Conn {
                 self.closing = true;
                 Ok(Completion::success())
             }
+            FabricsCmd::AuthSend(t) => self.auth_send(&t, data).map(|()| Completion::success()),
+            FabricsCmd::AuthReceive(t) => match self.auth_receive(&t, data) {
+                Ok(n) => return self.reply_scratch(cid, n),
+                Err(e) => Err(e),
+            },
         };
         match r {
             Ok(c) => self.complete(cid, c),
@@ -138,7 +145,9 @@ impl Conn {
                 .metrics()
                 .queue_pairs
                 .fetch_add(1, Ordering::Relaxed);
-            return Ok(Completion::ok(u64::from(cntlid)));
+            return Ok(Completion::ok(
+                self.start_auth(subsys, hostnqn, subnqn, cntlid),
+            ));
         }
         if subsys == target.discovery_index() {
             return Err(invalid(false, CMD_QID));
@@ -168,7 +177,26 @@ impl Conn {
             .metrics()
             .queue_pairs
             .fetch_add(1, Ordering::Relaxed);
-        Ok(Completion::ok(u64::from(cntlid)))
+        Ok(Completion::ok(
+            self.start_auth(subsys, hostnqn, subnqn, cntlid),
+        ))
+    }
+
+    /// Sets the new queue's authentication up; returns the Connect result (the CNTLID, and
+    /// AUTHREQ.ATR if the host has secrets: every queue of an NVM subsystem authenticates).
+    fn start_auth(&mut self, subsys: usize, hostnqn: &str, subnqn: &str, cntlid: u16) -> u64 {
+        let target = std::sync::Arc::clone(&self.port.target);
+        let host = (subsys != target.discovery_index())
+            .then(|| target.config().hosts.iter().find(|h| h.nqn == hostnqn))
+            .flatten()
+            .map(|h| std::sync::Arc::new(h.clone()));
+        let atr = if host.is_some() {
+            CONNECT_AUTHREQ_ATR
+        } else {
+            0
+        };
+        self.auth = QueueAuth::new(host, hostnqn, subnqn);
+        u64::from(u32::from(cntlid) | atr)
     }
 
     fn property_get(&self, ctrl: &Ctrl, cmd: &Property) -> Result<u64, Error> {

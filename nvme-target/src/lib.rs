@@ -9,6 +9,7 @@
 
 mod abort;
 mod admin;
+pub mod auth;
 pub mod blockdev;
 pub mod buf;
 pub mod codec;
@@ -25,7 +26,9 @@ mod r2t;
 mod target;
 
 pub use blockdev::BlockDevice;
-pub use config::{ConfigError, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig};
+pub use config::{
+    ConfigError, HostAuthConfig, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig,
+};
 pub use metrics::{CommandKind, TargetMetrics};
 pub use port::{Port, run_discovery};
 pub use target::{ControllerInfo, SubsystemStatus, Target, TargetStatus};

@@ -6,6 +6,7 @@
 //! pipelined interface (`submit_*` / [`Queue::next`] / [`Queue::release`]) that keeps many
 //! commands in flight without allocating per command.
 
+mod auth;
 mod queue;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use nvme_spec::log::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPage, lid};
 use nvme_spec::regs::{Cap, Cc, Csts, offset};
 use nvme_spec::{FromBytes, FromZeros, IntoBytes, put_str};
 
+pub use self::auth::{Dhchap, HostExchange};
 pub use self::queue::{Completion, Queue};
 pub use crate::codec::Digests;
 
@@ -60,6 +62,19 @@ pub enum HostError {
         /// The controller's maximum data transfer size in bytes.
         max: usize,
     },
+    /// The controller refused the host's authentication (AUTH_Failure1 and its reason
+    /// code explanation).
+    #[error("authentication failed (explanation {explanation:#x})")]
+    AuthFailed {
+        /// Reason code explanation.
+        explanation: u8,
+    },
+    /// The controller asks for authentication and the host has no secret.
+    #[error("the controller requires authentication and no DH-HMAC-CHAP secret is set")]
+    AuthRequired,
+    /// The controller's response did not verify with the controller secret.
+    #[error("the controller failed to authenticate")]
+    CtrlAuthFailed,
     /// The controller did not become ready.
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -80,6 +95,8 @@ pub struct HostOptions {
     pub kato_ms: u32,
     /// Entries per I/O queue.
     pub queue_size: u16,
+    /// DH-HMAC-CHAP secrets, used when the controller asks for authentication.
+    pub dhchap: Option<Dhchap>,
 }
 
 impl HostOptions {
@@ -92,6 +109,7 @@ impl HostOptions {
             digests: Digests::default(),
             kato_ms: 5000,
             queue_size: 128,
+            dhchap: None,
         }
     }
 
@@ -142,13 +160,14 @@ pub fn check(cqe: &Cqe) -> Result<(), HostError> {
     }
 }
 
-async fn fabrics_connect(
+/// Fabrics Connect; returns dword 0 of the response (CNTLID and AUTHREQ).
+async fn connect_command(
     q: &mut Queue,
     opts: &HostOptions,
     qid: u16,
     sqsize: u16,
     cntlid: u16,
-) -> Result<u16, HostError> {
+) -> Result<u32, HostError> {
     let mut cmd = ConnectCmd::new_zeroed();
     cmd.opcode = admin_opcode::FABRICS;
     cmd.fctype = fctype::CONNECT;
@@ -166,7 +185,35 @@ async fn fabrics_connect(
         .map_err(|_| HostError::Protocol("SQE layout".into()))?;
     let (cqe, _) = q.execute(sqe, Some(data.as_bytes()), 0).await?;
     check(&cqe)?;
-    Ok((cqe.result.get() & 0xffff) as u16)
+    Ok(cqe.result.get())
+}
+
+/// Fabrics Connect, then DH-HMAC-CHAP if the controller asks for it; returns the CNTLID.
+async fn fabrics_connect(
+    q: &mut Queue,
+    opts: &HostOptions,
+    qid: u16,
+    sqsize: u16,
+    cntlid: u16,
+) -> Result<u16, HostError> {
+    let result = connect_command(q, opts, qid, sqsize, cntlid).await?;
+    if result & nvme_spec::auth::CONNECT_AUTHREQ_ATR != 0 {
+        let d = opts.dhchap.as_ref().ok_or(HostError::AuthRequired)?;
+        q.authenticate(d, &opts.hostnqn, &opts.subnqn, qid).await?;
+    }
+    Ok((result & 0xffff) as u16)
+}
+
+/// Opens an admin queue and sends Connect, nothing else (no authentication, no enable):
+/// returns the queue and dword 0 of the Connect response. For tests that drive the
+/// exchange that follows themselves.
+pub async fn open_admin_queue(
+    addr: SocketAddr,
+    opts: &HostOptions,
+) -> Result<(Queue, u32), HostError> {
+    let mut q = Queue::open(addr, opts.digests, 32, 8192).await?;
+    let r = connect_command(&mut q, opts, 0, 32, 0xffff).await?;
+    Ok((q, r))
 }
 
 impl HostController {
@@ -396,6 +443,13 @@ impl HostController {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(HostError::Timeout("CSTS.SHST"))
+    }
+
+    /// Authenticates the admin queue again (a new DH-HMAC-CHAP transaction).
+    pub async fn reauthenticate(&mut self, t_id: u16) -> Result<(), HostError> {
+        let d = self.opts.dhchap.clone().ok_or(HostError::AuthRequired)?;
+        let (host, sub) = (self.opts.hostnqn.clone(), self.opts.subnqn.clone());
+        self.admin.authenticate(&d, &host, &sub, t_id).await
     }
 
     /// Opens I/O queue `qid` (a new TCP connection to the same port).
