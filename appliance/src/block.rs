@@ -73,7 +73,7 @@ impl BlockService {
             .map_err(io_err("listener address"))?;
 
         let exported = exported_volumes(config, backplane);
-        let target = Target::new(target_config(config, &exported, &ports, discovery))
+        let target = Target::new(target_config(config, &exported, &ports, discovery)?)
             .map_err(|e| ServeError::Target(e.to_string()))?;
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -202,7 +202,7 @@ fn target_config(
     exported: &Exported,
     ports: &[SocketAddr],
     discovery: Option<SocketAddr>,
-) -> TargetConfig {
+) -> Result<TargetConfig, ServeError> {
     let nvme = &config.nvme_tcp;
     let subsystems = config
         .subsystems
@@ -235,7 +235,9 @@ fn target_config(
     cfg.max_queue_entries = nvme.queue_entries;
     cfg.max_io_queues = nvme.io_queues;
     cfg.limits = config.limits.nvme_tcp();
-    cfg
+    cfg.hosts = crate::config::hosts_auth(&nvme.hosts)
+        .map_err(|(key, m)| ServeError::Target(format!("{key}: {m}")))?;
+    Ok(cfg)
 }
 
 fn namespace_config(nqn: &str, nsid: u32, v: &Volume) -> NamespaceConfig {
