@@ -9,11 +9,14 @@
 
 pub mod dma;
 pub mod generated;
+pub mod iomem;
 pub mod mmio;
 pub mod setup;
+pub mod uring;
 pub mod vfio;
 
 pub use dma::{DmaBacking, DmaRegion, VecBacking};
+pub use iomem::{IoChunk, IoSlab};
 pub use mmio::Mmio;
 
 /// Why a device could not be opened or used.
@@ -52,4 +55,8 @@ pub trait PciDevice {
     fn alloc_dma(&self, len: usize) -> Result<DmaRegion, Error>;
     /// Resets the function (FLR or equivalent).
     fn reset(&self) -> Result<(), Error>;
+    /// Makes `slab` reachable by the device and returns its device address (IOVA). The
+    /// device keeps the slab alive and mapped until the device itself is dropped, so a
+    /// late DMA can never reach memory the process has given back.
+    fn map_slab(&self, slab: &IoSlab) -> Result<u64, Error>;
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::dma::{DmaBacking, DmaRegion, HUGEPAGE, HugePages};
 use crate::generated::vfio as sys;
+use crate::iomem::IoSlab;
 use crate::mmio::{Mmio, MmioMapping};
 use crate::{Error, PciDevice};
 
@@ -58,6 +59,8 @@ pub struct VfioPci {
     bar0: MmioMapping,
     config_offset: u64,
     next_iova: Mutex<u64>,
+    /// I/O memory mapped for the device; unmapped when the device is dropped.
+    slabs: Mutex<Vec<SlabMapped>>,
 }
 
 /// The container and its group. DMA mappings hold it: closing the group detaches the IOMMU
@@ -119,6 +122,41 @@ impl Drop for IommuMapped {
                 iova = self.iova,
                 "VFIO_IOMMU_UNMAP_DMA failed, leaking the pages: {e}"
             ),
+        }
+    }
+}
+
+/// An [`IoSlab`] mapped into the container's IOMMU at `iova`, unmapped on drop; if the
+/// unmap fails the slab is kept alive for good, since the device may still reach it.
+#[derive(Debug)]
+struct SlabMapped {
+    slab: IoSlab,
+    iova: u64,
+    vfio: Arc<Container>,
+}
+
+impl Drop for SlabMapped {
+    fn drop(&mut self) {
+        let mut unmap = sys::vfio_iommu_type1_dma_unmap {
+            argsz: argsz::<sys::vfio_iommu_type1_dma_unmap>(),
+            iova: self.iova,
+            size: self.slab.len() as u64,
+            ..Default::default()
+        };
+        // SAFETY: a pointer to a live unmap request for the mapping this value made.
+        let r = unsafe {
+            ioctl(
+                &self.vfio.fd,
+                IOMMU_UNMAP_DMA,
+                &raw mut unmap as nix::libc::c_ulong,
+            )
+        };
+        if let Err(e) = r {
+            tracing::error!(
+                iova = self.iova,
+                "VFIO_IOMMU_UNMAP_DMA failed, keeping the I/O memory: {e}"
+            );
+            std::mem::forget(self.slab.clone());
         }
     }
 }
@@ -304,6 +342,7 @@ impl VfioPci {
             bar0,
             config_offset: config.offset,
             next_iova: Mutex::new(1 << 32),
+            slabs: Mutex::new(Vec::new()),
         };
         dev.enable_bus_master()?;
         Ok(dev)
@@ -385,6 +424,45 @@ impl PciDevice for VfioPci {
             vfio: Arc::clone(&self.vfio),
         });
         Ok(DmaRegion::new(mapped, 0, len, iova))
+    }
+
+    fn map_slab(&self, slab: &IoSlab) -> Result<u64, Error> {
+        let size = slab.len() as u64;
+        let iova = {
+            let mut next = self
+                .next_iova
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let iova = *next;
+            *next += size.div_ceil(HUGEPAGE as u64) * HUGEPAGE as u64;
+            iova
+        };
+        let mut map = sys::vfio_iommu_type1_dma_map {
+            argsz: argsz::<sys::vfio_iommu_type1_dma_map>(),
+            flags: sys::VFIO_DMA_MAP_FLAG_READ | sys::VFIO_DMA_MAP_FLAG_WRITE,
+            vaddr: slab.vaddr(),
+            iova,
+            size,
+        };
+        // SAFETY: a pointer to a live vfio_iommu_type1_dma_map describing memory this
+        // process owns; the SlabMapped record keeps it alive until it is unmapped.
+        unsafe {
+            ioctl(
+                &self.vfio.fd,
+                IOMMU_MAP_DMA,
+                &raw mut map as nix::libc::c_ulong,
+            )
+        }
+        .map_err(Error::sys("VFIO_IOMMU_MAP_DMA of I/O memory"))?;
+        self.slabs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(SlabMapped {
+                slab: slab.clone(),
+                iova,
+                vfio: Arc::clone(&self.vfio),
+            });
+        Ok(iova)
     }
 
     fn reset(&self) -> Result<(), Error> {

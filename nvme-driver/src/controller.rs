@@ -9,6 +9,7 @@ use nvme_spec::identify::{IdentifyController, IdentifyNamespace};
 use nvme_spec::regs::{Cap, Cc, Csts, offset};
 use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 
+use crate::io_queue::IoQueue;
 use crate::queue::QueuePair;
 use crate::{DriverError, PAGE, prp};
 
@@ -189,7 +190,6 @@ impl<D: PciDevice> Controller<D> {
     /// buffer of one maximum transfer, to be owned by one thread.
     pub fn create_io_queue_pair(&mut self, depth: u16) -> Result<IoQueuePair<D>, DriverError> {
         let depth = depth.clamp(2, self.cap.mqes().saturating_add(1));
-        let qid = self.next_qid;
         // One allocation for the rings, the PRP list page and the bounce buffer: hugepages
         // are 2 MiB, so separate allocations would pin four of them per queue pair.
         let (sq_len, cq_len) = ring_lens(depth);
@@ -197,6 +197,57 @@ impl<D: PciDevice> Controller<D> {
         let (sq, cq) = (mem.sub(0, sq_len), mem.sub(sq_len, cq_len));
         sq.zero();
         cq.zero();
+        let qid = self.create_queues(depth, &sq, &cq)?;
+        let list = mem.sub(sq_len + cq_len, PAGE);
+        let bounce = mem.sub(sq_len + cq_len + PAGE, self.mdts);
+        Ok(IoQueuePair {
+            dev: Arc::clone(&self.dev),
+            qp: QueuePair::new(qid, depth, sq, cq, self.cap.dstrd()),
+            bounce,
+            list,
+            mdts: self.mdts,
+        })
+    }
+
+    /// Creates an I/O queue pair of `depth` entries for commands to namespace `nsid`, with
+    /// many commands in flight (see [`IoQueue`]); each command fails after `timeout`.
+    pub fn create_io_queue(
+        &mut self,
+        nsid: u32,
+        depth: u16,
+        timeout: Duration,
+    ) -> Result<IoQueue<D>, DriverError> {
+        let ns = self.namespace(nsid)?;
+        let depth = depth.clamp(2, self.cap.mqes().saturating_add(1));
+        let (sq_len, cq_len) = ring_lens(depth);
+        // Rings and one PRP list page per CID in one allocation.
+        let mem = self
+            .dev
+            .alloc_dma(sq_len + cq_len + usize::from(depth) * PAGE)?;
+        let (sq, cq) = (mem.sub(0, sq_len), mem.sub(sq_len, cq_len));
+        sq.zero();
+        cq.zero();
+        let qid = self.create_queues(depth, &sq, &cq)?;
+        let lists = mem.sub(sq_len + cq_len, usize::from(depth) * PAGE);
+        let qp = QueuePair::new(qid, depth, sq, cq, self.cap.dstrd());
+        Ok(IoQueue::new(
+            Arc::clone(&self.dev),
+            qp,
+            ns,
+            lists,
+            self.mdts,
+            timeout,
+        ))
+    }
+
+    /// Creates the CQ and SQ of the next queue ID on the given rings.
+    fn create_queues(
+        &mut self,
+        depth: u16,
+        sq: &DmaRegion,
+        cq: &DmaRegion,
+    ) -> Result<u16, DriverError> {
+        let qid = self.next_qid;
         let mut c = Sqe::new_zeroed();
         c.opcode = admin_opcode::CREATE_CQ;
         set_prp(&mut c, cq.iova(), 0);
@@ -210,15 +261,7 @@ impl<D: PciDevice> Controller<D> {
         s.cdw11.set(1 | (u32::from(qid) << 16)); // contiguous, completions to CQ qid
         self.admin(s)?;
         self.next_qid += 1;
-        let list = mem.sub(sq_len + cq_len, PAGE);
-        let bounce = mem.sub(sq_len + cq_len + PAGE, self.mdts);
-        Ok(IoQueuePair {
-            dev: Arc::clone(&self.dev),
-            qp: QueuePair::new(qid, depth, sq, cq, self.cap.dstrd()),
-            bounce,
-            list,
-            mdts: self.mdts,
-        })
+        Ok(qid)
     }
 
     /// Deletes an I/O queue pair (SQ first, then its CQ).
@@ -260,7 +303,7 @@ fn ring_lens(depth: u16) -> (usize, usize) {
     (page(usize::from(depth) * 64), page(usize::from(depth) * 16))
 }
 
-fn set_prp(sqe: &mut Sqe, prp1: u64, prp2: u64) {
+pub(crate) fn set_prp(sqe: &mut Sqe, prp1: u64, prp2: u64) {
     sqe.dptr.addr.set(prp1);
     let mut b = [0u8; 8];
     b.copy_from_slice(&prp2.to_le_bytes());

@@ -5,11 +5,14 @@
 //! submit/complete path.
 
 mod controller;
+mod io_queue;
 mod prp;
 mod queue;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 pub use controller::{Controller, IoQueuePair, NamespaceInfo};
+pub use io_queue::{IoCommand, IoQueue, SubmitError};
 
 /// Memory page size the driver programs (CC.MPS = 0).
 pub const PAGE: usize = 4096;

@@ -17,7 +17,18 @@ pub(crate) fn build(
             "transfer of {len} bytes at {offset} is outside the buffer"
         )));
     }
-    let start = data.iova() + offset as u64;
+    build_at(data.iova() + offset as u64, len, list)
+}
+
+/// PRP1 and PRP2 for `len` bytes of DMA memory contiguous at device address `start`.
+pub(crate) fn build_at(
+    start: u64,
+    len: usize,
+    list: &DmaRegion,
+) -> Result<(u64, u64), DriverError> {
+    if len == 0 {
+        return Err(DriverError::Invalid("an empty transfer".into()));
+    }
     if start % 4 != 0 {
         return Err(DriverError::Invalid(
             "PRP data must be dword aligned".into(),

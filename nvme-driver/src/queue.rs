@@ -43,15 +43,21 @@ impl QueuePair {
     }
 
     /// Queues a command (CID assigned here) and rings the doorbell; returns the CID.
-    pub fn submit(&mut self, bar: &dyn Mmio, mut sqe: Sqe) -> u16 {
+    pub fn submit(&mut self, bar: &dyn Mmio, sqe: Sqe) -> u16 {
         let cid = self.next_cid;
         self.next_cid = self.next_cid.wrapping_add(1) % self.depth.max(1);
+        self.submit_cid(bar, sqe, cid);
+        cid
+    }
+
+    /// Queues a command under a CID the caller manages (one not in flight) and rings the
+    /// doorbell.
+    pub fn submit_cid(&mut self, bar: &dyn Mmio, mut sqe: Sqe, cid: u16) {
         sqe.cid.set(cid);
         self.sq
             .write(usize::from(self.sq_tail) * 64, sqe.as_bytes());
         self.sq_tail = (self.sq_tail + 1) % self.depth;
         bar.write32(self.sq_doorbell, u32::from(self.sq_tail));
-        cid
     }
 
     /// The next completion, if the controller posted one.

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ffi::{DmaBacking, DmaRegion, Mmio, PciDevice, VecBacking};
+use ffi::{DmaBacking, DmaRegion, IoSlab, Mmio, PciDevice, VecBacking};
 use nvme_spec::command::{Cqe, DsmRange, Sqe, admin_opcode, cns, feature, io_opcode};
 use nvme_spec::identify::{IdentifyController, IdentifyNamespace};
 use nvme_spec::regs::{Cap, Cc, Csts};
@@ -36,11 +36,15 @@ struct State {
     asq: u64,
     acq: u64,
     mdts: u8,
-    dma: Vec<(u64, Arc<VecBacking>, usize)>,
+    dma: Vec<(u64, Arc<dyn DmaBacking>, usize)>,
+    /// I/O commands fetched and not yet completed (while holding).
+    held: Vec<(u16, Sqe, u16)>,
+    hold: bool,
     next_iova: u64,
     sqs: HashMap<u16, SimQueue>,
     cqs: HashMap<u16, SimQueue>,
-    namespaces: Vec<Vec<u8>>,
+    /// The subsystem's media: shared by every controller of it ([`SimNvme::sibling`]).
+    namespaces: Arc<Mutex<Vec<Vec<u8>>>>,
     drop_completions: bool,
     fatal: bool,
     commands: u64,
@@ -66,10 +70,14 @@ impl SimNvme {
                 acq: 0,
                 mdts,
                 dma: Vec::new(),
+                held: Vec::new(),
+                hold: false,
                 next_iova: 0x1_0000_0000,
                 sqs: HashMap::new(),
                 cqs: HashMap::new(),
-                namespaces: (0..namespaces).map(|_| vec![0; blocks * 512]).collect(),
+                namespaces: Arc::new(Mutex::new(
+                    (0..namespaces).map(|_| vec![0; blocks * 512]).collect(),
+                )),
                 drop_completions: false,
                 fatal: false,
                 commands: 0,
@@ -81,6 +89,15 @@ impl SimNvme {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Another controller of the same subsystem: its own registers and queues, the same
+    /// namespaces (as QEMU's `nvme-subsys` with shared namespaces).
+    pub fn sibling(&self) -> Self {
+        let s = self.lock();
+        let other = Self::new(0, 0, s.mdts);
+        other.lock().namespaces = Arc::clone(&s.namespaces);
+        other
     }
 
     /// Stops posting completions (to test timeouts).
@@ -95,6 +112,31 @@ impl SimNvme {
         s.csts |= 2;
     }
 
+    /// Holds I/O commands after fetching them: nothing on an I/O queue completes (nor
+    /// moves its data) until [`SimNvme::release`], as with a slow device.
+    pub fn hold_io(&self, on: bool) {
+        self.lock().hold = on;
+    }
+
+    /// I/O commands fetched and held.
+    pub fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+
+    /// Completes the held commands, newest first when `reverse` (out of submission order),
+    /// and stops holding.
+    pub fn release(&self, reverse: bool) {
+        let mut s = self.lock();
+        s.hold = false;
+        let mut held = std::mem::take(&mut s.held);
+        if reverse {
+            held.reverse();
+        }
+        for (qid, sqe, head) in held {
+            s.execute(qid, &sqe, head);
+        }
+    }
+
     /// Commands processed so far.
     pub fn commands(&self) -> u64 {
         self.lock().commands
@@ -102,12 +144,18 @@ impl SimNvme {
 
     /// Bytes of namespace `nsid` at `offset` (what the "media" holds).
     pub fn media(&self, nsid: u32, offset: usize, len: usize) -> Vec<u8> {
-        self.lock().namespaces[nsid as usize - 1][offset..offset + len].to_vec()
+        let media = Arc::clone(&self.lock().namespaces);
+        let m = lock_media(&media);
+        m[nsid as usize - 1][offset..offset + len].to_vec()
     }
 }
 
+fn lock_media(m: &Mutex<Vec<Vec<u8>>>) -> MutexGuard<'_, Vec<Vec<u8>>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl State {
-    fn find(&self, iova: u64, len: usize) -> Option<(Arc<VecBacking>, usize)> {
+    fn find(&self, iova: u64, len: usize) -> Option<(Arc<dyn DmaBacking>, usize)> {
         self.dma.iter().find_map(|(base, b, l)| {
             (iova >= *base && iova + len as u64 <= base + *l as u64)
                 .then(|| (Arc::clone(b), (iova - base) as usize))
@@ -216,18 +264,21 @@ impl State {
                     cns::CONTROLLER => {
                         let mut id = IdentifyController::new_zeroed();
                         id.mdts = self.mdts;
-                        id.nn.set(u32::try_from(self.namespaces.len()).unwrap_or(0));
+                        let n = lock_media(&self.namespaces).len();
+                        id.nn.set(u32::try_from(n).unwrap_or(0));
                         id.cmic = 2;
                         page.copy_from_slice(id.as_bytes());
                     }
                     cns::NAMESPACE => {
                         let nsid = sqe.nsid.get() as usize;
-                        let Some(ns) = self.namespaces.get(nsid.wrapping_sub(1)) else {
+                        let media = lock_media(&self.namespaces);
+                        let Some(len) = media.get(nsid.wrapping_sub(1)).map(Vec::len) else {
                             return (status::INVALID_NS | status::DNR, 0);
                         };
+                        drop(media);
                         let mut id = IdentifyNamespace::new_zeroed();
-                        id.nsze.set((ns.len() / 512) as u64);
-                        id.ncap.set((ns.len() / 512) as u64);
+                        id.nsze.set((len / 512) as u64);
+                        id.ncap.set((len / 512) as u64);
                         id.nmic = 1;
                         id.lbaf[0].lbads = 9;
                         page.copy_from_slice(id.as_bytes());
@@ -286,11 +337,13 @@ impl State {
     }
 
     fn io(&mut self, sqe: &Sqe) -> u16 {
+        let media = Arc::clone(&self.namespaces);
+        let mut media = lock_media(&media);
         let nsid = sqe.nsid.get() as usize;
-        if nsid == 0 || nsid > self.namespaces.len() {
+        if nsid == 0 || nsid > media.len() {
             return status::INVALID_NS | status::DNR;
         }
-        let blocks = (self.namespaces[nsid - 1].len() / 512) as u64;
+        let blocks = (media[nsid - 1].len() / 512) as u64;
         let (slba, nlb) = (sqe.slba(), u64::from(sqe.nlb()));
         let in_range = slba.checked_add(nlb).is_some_and(|e| e <= blocks);
         let range = (slba as usize * 512)..((slba + nlb) as usize * 512);
@@ -303,18 +356,18 @@ impl State {
                 status::INVALID_FIELD | status::DNR
             }
             io_opcode::READ => {
-                let data = self.namespaces[nsid - 1][range].to_vec();
+                let data = media[nsid - 1][range].to_vec();
                 self.to_host(sqe, &data)
             }
             io_opcode::WRITE => match self.host_data(sqe, range.len()) {
                 Ok(d) => {
-                    self.namespaces[nsid - 1][range].copy_from_slice(&d);
+                    media[nsid - 1][range].copy_from_slice(&d);
                     status::SUCCESS
                 }
                 Err(st) => st,
             },
             io_opcode::WRITE_ZEROES => {
-                self.namespaces[nsid - 1][range].fill(0);
+                media[nsid - 1][range].fill(0);
                 status::SUCCESS
             }
             io_opcode::FLUSH => status::SUCCESS,
@@ -331,7 +384,7 @@ impl State {
                     if s.checked_add(n).is_none_or(|e| e > blocks) {
                         return status::LBA_OUT_OF_RANGE | status::DNR;
                     }
-                    self.namespaces[nsid - 1][s as usize * 512..(s + n) as usize * 512].fill(0);
+                    media[nsid - 1][s as usize * 512..(s + n) as usize * 512].fill(0);
                 }
                 status::SUCCESS
             }
@@ -349,7 +402,7 @@ impl State {
             if sq.head == tail % sq.depth.max(1) {
                 return;
             }
-            let (at, cqid) = (sq.base + u64::from(sq.head) * 64, sq.cqid);
+            let at = sq.base + u64::from(sq.head) * 64;
             let mut raw = [0u8; 64];
             self.read(at, &mut raw);
             let sqe = Sqe::read_from_bytes(&raw).unwrap_or_default();
@@ -359,31 +412,43 @@ impl State {
                 sq.head
             };
             self.commands += 1;
-            let (st, result) = if qid == 0 {
-                self.admin(&sqe)
-            } else {
-                (self.io(&sqe), 0)
-            };
-            if self.drop_completions {
+            if qid != 0 && self.hold {
+                self.held.push((qid, sqe, head));
                 continue;
             }
-            let Some(cq) = self.cqs.get_mut(&cqid) else {
-                continue;
-            };
-            let mut cqe = Cqe::default();
-            cqe.result.set(result);
-            cqe.sqhd.set(head);
-            cqe.sqid.set(qid);
-            cqe.cid = sqe.cid;
-            cqe.status.set((st << 1) | u16::from(cq.phase));
-            let at = cq.base + u64::from(cq.cq_tail) * 16;
-            cq.cq_tail += 1;
-            if cq.cq_tail == cq.depth {
-                cq.cq_tail = 0;
-                cq.phase = !cq.phase;
-            }
-            self.write(at, cqe.as_bytes());
+            self.execute(qid, &sqe, head);
         }
+    }
+
+    /// Runs one fetched command and posts its completion.
+    fn execute(&mut self, qid: u16, sqe: &Sqe, head: u16) {
+        let (st, result) = if qid == 0 {
+            self.admin(sqe)
+        } else {
+            (self.io(sqe), 0)
+        };
+        if self.drop_completions || self.fatal {
+            return;
+        }
+        let Some(cqid) = self.sqs.get(&qid).map(|q| q.cqid) else {
+            return;
+        };
+        let Some(cq) = self.cqs.get_mut(&cqid) else {
+            return;
+        };
+        let mut cqe = Cqe::default();
+        cqe.result.set(result);
+        cqe.sqhd.set(head);
+        cqe.sqid.set(qid);
+        cqe.cid = sqe.cid;
+        cqe.status.set((st << 1) | u16::from(cq.phase));
+        let at = cq.base + u64::from(cq.cq_tail) * 16;
+        cq.cq_tail += 1;
+        if cq.cq_tail == cq.depth {
+            cq.cq_tail = 0;
+            cq.phase = !cq.phase;
+        }
+        self.write(at, cqe.as_bytes());
     }
 }
 
@@ -460,11 +525,19 @@ impl PciDevice for SimNvme {
     fn alloc_dma(&self, len: usize) -> Result<DmaRegion, ffi::Error> {
         let mut s = self.lock();
         let size = len.div_ceil(PAGE).max(1) * PAGE;
-        let backing = Arc::new(VecBacking::new(size));
+        let backing: Arc<dyn DmaBacking> = Arc::new(VecBacking::new(size));
         let iova = s.next_iova;
         s.next_iova += size as u64 + PAGE as u64;
         s.dma.push((iova, Arc::clone(&backing), size));
         Ok(DmaRegion::new(backing, 0, len, iova))
+    }
+
+    fn map_slab(&self, slab: &IoSlab) -> Result<u64, ffi::Error> {
+        let mut s = self.lock();
+        let iova = s.next_iova;
+        s.next_iova += slab.len() as u64 + PAGE as u64;
+        s.dma.push((iova, slab.device_view(), slab.len()));
+        Ok(iova)
     }
 
     fn reset(&self) -> Result<(), ffi::Error> {

@@ -320,30 +320,22 @@ pub enum IoCmd {
     Read(LbaRange),
     /// Write: data from the host.
     Write(LbaRange),
-    /// Compare: the host's data against the blocks, nothing changes.
-    Compare(LbaRange),
     /// Write Zeroes.
     WriteZeroes(LbaRange),
     /// Dataset Management: a range list from the host.
     Dsm(Dsm),
-    /// Verify: the blocks are read and checked, no data moves.
-    Verify(LbaRange),
 }
 
 impl IoCmd {
     /// Whether the command carries data from the host.
     pub fn host_data(&self) -> bool {
-        matches!(self, Self::Write(_) | Self::Compare(_) | Self::Dsm(_))
+        matches!(self, Self::Write(_) | Self::Dsm(_))
     }
 
     /// The command's LBA range, if it has one.
     pub fn range(&self) -> Option<LbaRange> {
         match *self {
-            Self::Read(r)
-            | Self::Write(r)
-            | Self::Compare(r)
-            | Self::WriteZeroes(r)
-            | Self::Verify(r) => Some(r),
+            Self::Read(r) | Self::Write(r) | Self::WriteZeroes(r) => Some(r),
             Self::Flush | Self::Dsm(_) => None,
         }
     }
@@ -358,9 +350,7 @@ impl TryFrom<&Sqe> for IoCmd {
             io_opcode::FLUSH => Self::Flush,
             io_opcode::READ => Self::Read(LbaRange::of(sqe)),
             io_opcode::WRITE => Self::Write(LbaRange::of(sqe)),
-            io_opcode::COMPARE => Self::Compare(LbaRange::of(sqe)),
             io_opcode::WRITE_ZEROES => Self::WriteZeroes(LbaRange::of(sqe)),
-            io_opcode::VERIFY => Self::Verify(LbaRange::of(sqe)),
             io_opcode::DSM => Self::Dsm(Dsm {
                 ranges: (sqe.cdw10.get() & 0xff) as usize + 1,
                 deallocate: sqe.cdw11.get() & crate::command::DSM_ATTR_DEALLOCATE != 0,
@@ -447,7 +437,7 @@ mod tests {
         assert_eq!(AdminCmd::try_from(&s), Ok(AdminCmd::KeepAlive));
         s.flags = 1;
         assert_eq!(AdminCmd::try_from(&s), Err(ParseError::Fused));
-        let mut w = sqe(io_opcode::COMPARE);
+        let mut w = sqe(io_opcode::WRITE);
         w.flags = 2;
         assert_eq!(IoCmd::try_from(&w), Err(ParseError::Fused));
     }
@@ -461,12 +451,14 @@ mod tests {
             nlb: 8,
         };
         assert_eq!(IoCmd::try_from(&s), Ok(IoCmd::Write(r)));
-        assert!(IoCmd::Write(r).host_data());
-        s.opcode = io_opcode::VERIFY;
-        assert_eq!(IoCmd::try_from(&s), Ok(IoCmd::Verify(r)));
-        assert!(!IoCmd::Verify(r).host_data());
+        assert!(IoCmd::Write(r).host_data() && IoCmd::Write(r).range() == Some(r));
+        s.opcode = io_opcode::READ;
+        assert!(IoCmd::try_from(&s).is_ok_and(|c| !c.host_data() && c.range() == Some(r)));
         s.opcode = io_opcode::COMPARE;
-        assert!(IoCmd::try_from(&s).is_ok_and(|c| c.host_data() && c.range() == Some(r)));
+        assert_eq!(
+            IoCmd::try_from(&s),
+            Err(ParseError::Opcode(io_opcode::COMPARE))
+        );
         let mut d = sqe(io_opcode::DSM);
         d.cdw10.set(255);
         d.cdw11.set(crate::command::DSM_ATTR_DEALLOCATE);

@@ -34,7 +34,8 @@ pub(crate) enum Reply {
     Done(Completion),
     /// The first bytes of the scratch buffer, then success.
     Scratch(usize),
-    /// No completion yet (an Asynchronous Event Request waits for its event).
+    /// No completion yet: an Asynchronous Event Request waits for its event, a write cache
+    /// switch for its flushes.
     Held,
 }
 
@@ -51,7 +52,19 @@ impl Conn {
         let r = match cmd {
             AdminCmd::Identify(id) => self.identify(&ctrl, &id, to_host),
             AdminCmd::GetLogPage(g) => self.get_log_page(&ctrl, &g, to_host),
-            AdminCmd::SetFeatures(f) => self.set_features(&ctrl, &f).map(Reply::Done),
+            AdminCmd::SetFeatures(f) => {
+                // Turning the volatile write cache off makes what it holds durable first:
+                // the completion comes when the flushes have.
+                let disabling_cache =
+                    f.fid == feature::VOLATILE_WC && f.cdw11 & 1 == 0 && ctrl.vwc_enabled.get();
+                match self.set_features(&ctrl, &f) {
+                    Ok(_) if disabling_cache => {
+                        self.flush_all(crate::io::Barrier::Respond { cid });
+                        Ok(Reply::Held)
+                    }
+                    r => r.map(Reply::Done),
+                }
+            }
             AdminCmd::GetFeatures(f) => self.get_features(&ctrl, &f).map(Reply::Done),
             AdminCmd::KeepAlive => Ok(Reply::Done(Completion::success())),
             AdminCmd::AsyncEventRequest => {
@@ -175,8 +188,8 @@ impl Conn {
                 id.cqes = 0x44;
                 id.nn
                     .set(s.namespaces.iter().map(|n| n.nsid).max().unwrap_or(0));
-                // Compare, Dataset Management, Write Zeroes and Verify.
-                id.oncs.set(1 | (1 << 2) | (1 << 3) | (1 << 7));
+                // Dataset Management and Write Zeroes.
+                id.oncs.set((1 << 2) | (1 << 3));
                 if s.namespaces.iter().any(|n| n.volatile_write_cache) {
                     id.vwc = 1;
                 }
@@ -345,17 +358,9 @@ impl Conn {
                 0
             }
             (feature::VOLATILE_WC, false) => {
+                // From here on each write is flushed before it completes (see `io`); what
+                // the cache held is flushed before this command completes (see `admin`).
                 let enable = cdw11 & 1 != 0;
-                if !enable && ctrl.vwc_enabled.get() {
-                    // Writes completed while the cache was on become durable now; from here
-                    // on each write is flushed before it completes (see `io`).
-                    for ns in self.port.namespaces.get(ctrl.subsys).into_iter().flatten() {
-                        if let Err(e) = ns.dev.flush() {
-                            tracing::warn!(nsid = ns.cfg.nsid, error = %e, "flush on disabling the write cache failed");
-                            return Err(Error::Device(e));
-                        }
-                    }
-                }
                 ctrl.vwc_enabled.set(enable);
                 0
             }
@@ -413,10 +418,8 @@ fn command_effects(discovery: bool) -> CommandEffectsLog {
             (io_opcode::FLUSH, 0),
             (io_opcode::WRITE, effects::LBCC),
             (io_opcode::READ, 0),
-            (io_opcode::COMPARE, 0),
             (io_opcode::WRITE_ZEROES, effects::LBCC),
             (io_opcode::DSM, effects::LBCC),
-            (io_opcode::VERIFY, 0),
         ] {
             log.iocs[usize::from(op)].set(effects::CSUPP | e);
         }

@@ -80,9 +80,6 @@ pub(crate) enum Error {
     /// In-capsule data at a non-zero offset.
     #[error("SGL offset invalid")]
     SglOffset,
-    /// The LBA range passes the namespace's end.
-    #[error("LBA out of range")]
-    LbaOutOfRange,
     /// No such log page on this controller.
     #[error("invalid log page")]
     InvalidLogPage,
@@ -112,24 +109,15 @@ pub(crate) enum Error {
     /// Too many commands waiting for their data.
     #[error("too many commands waiting for data")]
     QueueFull,
-    /// The device failed a read.
-    #[error("read failed")]
-    Read(#[source] std::io::Error),
-    /// The device failed a write, flush or write zeroes.
-    #[error("write failed")]
-    Write(#[source] std::io::Error),
-    /// The device failed a deallocate, or a flush the controller itself needed.
-    #[error("device operation failed")]
-    Device(#[source] std::io::Error),
-    /// Compare found data that differs from the host's.
-    #[error("compare failure")]
-    CompareFailure,
     /// The command's data arrived with a bad data digest.
     #[error("data digest error")]
     DataDigest,
     /// The queue must authenticate first (DH-HMAC-CHAP).
     #[error("authentication required")]
     AuthRequired,
+    /// Something the target itself got wrong (a configuration or bookkeeping error).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// The system's random source failed.
     #[error("no random numbers")]
     Random,
@@ -141,8 +129,6 @@ pub(crate) enum Error {
     SqDeletion,
 }
 
-/// Compare Failure (NVM Command Set, media and data integrity errors).
-const COMPARE_FAILURE: u16 = status::status(2, 0x85);
 /// Authentication Required (command specific, Base 2.0 figure 103).
 const AUTH_REQUIRED: u16 = status::status(1, 0x91);
 /// Connect offsets (Fabrics figure 20): the host NQN in the Connect data.
@@ -167,7 +153,6 @@ impl From<Error> for Completion {
             Error::SglLength => (dnr(status::SGL_LENGTH_INVALID), 0),
             Error::SglType => (dnr(status::SGL_TYPE_INVALID), 0),
             Error::SglOffset => (dnr(status::SGL_OFFSET_INVALID), 0),
-            Error::LbaOutOfRange => (dnr(status::LBA_OUT_OF_RANGE), 0),
             Error::InvalidLogPage => (dnr(status::INVALID_LOG_PAGE), 0),
             Error::NotSaveable => (dnr(status::FEATURE_NOT_SAVEABLE), 0),
             Error::AerLimit => (dnr(status::AER_LIMIT_EXCEEDED), 0),
@@ -182,13 +167,10 @@ impl From<Error> for Completion {
             ),
             // Busy may clear: retrying is allowed.
             Error::ControllerBusy => (status::CONNECT_CTRL_BUSY, 0),
-            Error::QueueFull | Error::Device(_) => (status::INTERNAL_ERROR, 0),
-            Error::Read(_) => (status::UNRECOVERED_READ_ERROR, 0),
-            Error::Write(_) => (status::WRITE_FAULT, 0),
-            Error::CompareFailure => (dnr(COMPARE_FAILURE), 0),
+            Error::QueueFull => (status::INTERNAL_ERROR, 0),
             Error::DataDigest => (status::TRANSIENT_TRANSPORT_ERROR, 0),
             Error::AuthRequired => (dnr(AUTH_REQUIRED), 0),
-            Error::Random => (status::INTERNAL_ERROR, 0),
+            Error::Random | Error::Internal(_) => (status::INTERNAL_ERROR, 0),
             Error::AbortRequested => (status::ABORT_REQUESTED, 0),
             Error::SqDeletion => (status::ABORTED_SQ_DELETION, 0),
         };
@@ -222,19 +204,5 @@ mod tests {
             Completion::from(Error::ControllerBusy).status & status::DNR,
             0
         );
-    }
-
-    #[test]
-    fn media_errors() {
-        let io = || std::io::Error::other("x");
-        assert_eq!(
-            Completion::from(Error::Read(io())).status,
-            status::UNRECOVERED_READ_ERROR
-        );
-        assert_eq!(
-            Completion::from(Error::Write(io())).status,
-            status::WRITE_FAULT
-        );
-        assert_eq!(Completion::from(Error::CompareFailure).status, 0x4285);
     }
 }

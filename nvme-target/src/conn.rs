@@ -1,9 +1,13 @@
 //! One NVMe/TCP connection (one queue): framing, the R2T machinery and responses.
 //!
-//! The connection reads every complete PDU available, executes commands against the
-//! (synchronous) block devices as they arrive, appends all responses to one output buffer
-//! and writes it with as few system calls as the socket allows, reading and writing at the
-//! same time so neither side can stall the other.
+//! The connection reads every complete PDU available and starts each command as it arrives:
+//! admin and Fabrics commands answer at once; I/O commands go to the namespace's
+//! asynchronous block device and finish when their completions come back, in any order,
+//! while the connection goes on parsing and answering (see [`crate::io`]). Responses are
+//! appended to one output buffer; read data goes out from the device's buffers (or, for
+//! files, with `sendfile`) at its place in the stream, with as few system calls as the
+//! socket allows, reading and writing at the same time so neither side can stall the
+//! other.
 //!
 //! Memory per connection is bounded whatever the host sends:
 //! * input: one PDU at most, about max(in-capsule data, MAXH2CDATA) plus headers (a PLEN past
@@ -13,6 +17,8 @@
 //!   back to 128 KiB;
 //! * R2T data: [`crate::TargetConfig::r2t_buffer_limit`] (4 MiB by default), taken as data
 //!   arrives, plus at most 128 KiB kept per slot (see [`crate::r2t`]);
+//! * device buffers: one per command at the device, from the controller thread's fixed
+//!   pool, at most the queue's SQ size per connection;
 //! * a connection that has not sent its first bytes holds no buffers.
 //!
 //! Every wait on the host has a deadline from [`crate::TargetConfig::limits`]: ICReq and
@@ -37,13 +43,16 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use bdev::slots::Slots;
+use bdev::{CompletionQueue, FileExtent, IoBuf, Sink};
+
 use crate::abort::AbortBox;
 use crate::auth::QueueAuth;
-use crate::blockdev::FileExtent;
 use crate::buf::{InBuf, OutBuf};
 use crate::codec::{self, Digests, Fatal, Frame};
 use crate::completion::{Command, Completion, Error};
 use crate::ctrl::Ctrl;
+use crate::io::IoReq;
 use crate::metrics::CommandKind;
 use crate::port::PortShared;
 use crate::r2t::Slot;
@@ -68,8 +77,10 @@ pub(crate) struct Queue {
 pub(crate) enum Data<'a> {
     /// No data.
     None,
-    /// Host data in the capsule (or gathered from H2CData PDUs).
+    /// Host data in the capsule.
     Host(&'a [u8]),
+    /// Host data gathered from H2CData PDUs into a device buffer.
+    Buf(IoBuf),
     /// The controller sends this many bytes (C2HData).
     ToHost(usize),
 }
@@ -95,14 +106,34 @@ pub(crate) struct Conn {
     sqhd: u16,
     pub closing: bool,
     max_plen: usize,
-    /// File pieces to send with `sendfile` at their stream positions (zero-copy reads).
-    pub files: VecDeque<(u64, FileExtent)>,
-    /// Scratch for [`crate::BlockDevice::file_extents`].
+    /// Read data to send at its stream position: device buffers, or file pieces for
+    /// `sendfile` (zero-copy reads).
+    pub pieces: VecDeque<(u64, Piece)>,
+    /// Scratch for [`bdev::BlockIo::file_extents`].
     pub extents: Vec<FileExtent>,
+    /// I/O commands with data at hand, at the device (see [`crate::io`]).
+    pub reqs: Slots<IoReq>,
+    /// Reads waiting for a device buffer.
+    pub buffer_wait: VecDeque<(Sqe, Instant)>,
+    /// Where the devices post this connection's completions.
+    pub cq: Rc<CompletionQueue>,
+    /// `cq`, as the devices see it.
+    pub sink: Rc<dyn Sink>,
 }
 
-/// Most file pieces queued before the connection stops reading new commands.
-const MAX_QUEUED_FILES: usize = 1024;
+/// Read data waiting in the output stream.
+pub(crate) enum Piece {
+    /// A device buffer, and how much of it went out.
+    Buf { buf: IoBuf, sent: usize },
+    /// A piece of a file for `sendfile`.
+    File(FileExtent),
+}
+
+/// Most data pieces queued before the connection stops reading new commands.
+const MAX_QUEUED_PIECES: usize = 1024;
+/// How often reads waiting for a device buffer look again (buffers come back as other
+/// connections' data leaves).
+const BUFFER_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Output and scratch memory a quiet connection keeps: enough for a queue depth of small
 /// commands without allocating, little enough for thousands of connections. (The input
@@ -126,6 +157,8 @@ impl Conn {
     pub fn new(port: Rc<PortShared>) -> Self {
         let cfg = port.target.config();
         let slots = (0..cfg.max_r2t_in_flight).map(|_| Slot::new()).collect();
+        let cq = Rc::new(CompletionQueue::default());
+        let sink: Rc<dyn Sink> = cq.clone();
         Self {
             port,
             dg: Digests::default(),
@@ -143,8 +176,12 @@ impl Conn {
             sqhd: 0,
             closing: false,
             max_plen: pdu::IC_LEN,
-            files: VecDeque::new(),
+            pieces: VecDeque::new(),
             extents: Vec::new(),
+            reqs: Slots::with_capacity(0),
+            buffer_wait: VecDeque::new(),
+            cq,
+            sink,
         }
     }
 
@@ -174,8 +211,16 @@ impl Conn {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         let aborts = Rc::clone(&self.aborts);
+        let cq = Rc::clone(&self.cq);
         let reason = loop {
             let draining = drain_until.is_some();
+            self.on_completions();
+            if !self.buffer_wait.is_empty() {
+                self.retry_buffer_waits();
+            }
+            if !self.waiting.is_empty() {
+                self.start_waiting();
+            }
             if !draining && !self.closing {
                 self.take_aborts();
                 if let Err(f) = self.process() {
@@ -185,8 +230,10 @@ impl Conn {
             if kill_rx.is_none() {
                 kill_rx = self.q.as_ref().map(|q| q.ctrl.subscribe());
             }
-            let idle = self.out.is_empty() && self.files.is_empty();
-            if (self.closing || draining) && idle {
+            let idle = self.out.is_empty() && self.pieces.is_empty();
+            // A drain waits for the commands at the devices (they have deadlines of their
+            // own); a connection closed for an error does not.
+            if (self.closing || draining) && idle && (self.closing || self.reqs.is_empty()) {
                 break None;
             }
             // The send clock runs from when output became pending, or last moved.
@@ -219,7 +266,8 @@ impl Conn {
             let can_read = !draining
                 && !self.closing
                 && self.out.len() < OUT_HIGH_WATER
-                && self.files.len() < MAX_QUEUED_FILES;
+                && self.pieces.len() < MAX_QUEUED_PIECES;
+            let buffer_wait = !self.buffer_wait.is_empty() || !self.waiting.is_empty();
             let need = self.next_len();
             tokio::select! {
                 biased;
@@ -236,7 +284,10 @@ impl Conn {
                 _ = killed(&mut kill_rx) => break None,
                 // Wakes the loop, which checks the deadline afresh.
                 () = &mut timer, if deadline.is_some() => {}
-                r = send(wr.as_ref(), &mut self.out, &mut self.files), if !idle => match r {
+                // Completions are taken at the top of the loop.
+                () = cq.ready() => {}
+                () = tokio::time::sleep(BUFFER_RETRY), if buffer_wait => {}
+                r = send(wr.as_ref(), &mut self.out, &mut self.pieces), if !idle => match r {
                     Ok(0) => {}
                     Ok(_) => last_output = Instant::now(),
                     Err(_) => break None,
@@ -547,6 +598,12 @@ impl Conn {
 
     /// Executes a command whose data (if any) is at hand.
     pub(crate) fn execute(&mut self, sqe: &Sqe, cmd: Command, data: Data<'_>, started: Instant) {
+        if !matches!(cmd, Command::Io(_)) {
+            // Admin and Fabrics data gathered by R2T (Connect data) is read in place.
+            if let Data::Buf(b) = data {
+                return self.execute(sqe, cmd, Data::Host(b.as_slice()), started);
+            }
+        }
         match cmd {
             Command::Fabrics(f) => {
                 self.port.metrics().command(CommandKind::Fabrics);
@@ -556,7 +613,7 @@ impl Conn {
                 self.port.metrics().command(CommandKind::Admin);
                 self.admin(sqe, a, data);
             }
-            Command::Io(c) => self.io(sqe, c, data, started),
+            Command::Io(_) => self.io(sqe, data, started),
         }
     }
 
@@ -695,39 +752,64 @@ impl Conn {
     }
 }
 
-/// Sends queued bytes up to the next file piece, or that file piece, once the socket
-/// takes more; returns how many bytes went out (0 if the socket was not ready after all).
+/// Sends queued bytes up to the next data piece together with that piece if it is a device
+/// buffer (one vectored write), or the file piece at the front with `sendfile`, once the
+/// socket takes more; returns how many bytes went out (0 if the socket was not ready after
+/// all).
 async fn send(
     stream: &TcpStream,
     out: &mut OutBuf,
-    files: &mut VecDeque<(u64, FileExtent)>,
+    pieces: &mut VecDeque<(u64, Piece)>,
 ) -> std::io::Result<usize> {
     stream.writable().await?;
-    let r = stream.try_io(Interest::WRITABLE, || match files.front_mut() {
-        Some((at, e)) if *at == out.consumed() => {
-            let mut off = i64::try_from(e.offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-            let n = nix::sys::sendfile::sendfile64(stream, &*e.file, Some(&mut off), e.len)?;
-            if n == 0 {
-                // The file ended before the piece did: nothing sensible can follow.
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+    let r = stream.try_io(Interest::WRITABLE, || {
+        let head = pieces.front().map_or(out.len(), |(at, _)| {
+            usize::try_from(*at - out.consumed()).unwrap_or(usize::MAX)
+        });
+        let head = head.min(out.len());
+        match pieces.front_mut() {
+            Some((_, Piece::File(e))) if head == 0 => {
+                let mut off =
+                    i64::try_from(e.offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+                let n = nix::sys::sendfile::sendfile64(stream, &*e.file, Some(&mut off), e.len)?;
+                if n == 0 {
+                    // The file ended before the piece did: nothing sensible can follow.
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                e.offset += n as u64;
+                e.len -= n;
+                if e.len == 0 {
+                    pieces.pop_front();
+                }
+                Ok(n)
             }
-            e.offset += n as u64;
-            e.len -= n;
-            if e.len == 0 {
-                files.pop_front();
+            Some((_, Piece::Buf { buf, sent })) => {
+                let bufs = [
+                    std::io::IoSlice::new(&out.pending()[..head]),
+                    std::io::IoSlice::new(&buf.as_slice()[*sent..]),
+                ];
+                let n = stream.try_write_vectored(&bufs)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                out.consume(n.min(head));
+                if n > head {
+                    *sent += n - head;
+                    if *sent == buf.len() {
+                        // The buffer goes back to the pool.
+                        pieces.pop_front();
+                    }
+                }
+                Ok(n)
             }
-            Ok(n)
-        }
-        next => {
-            let limit = next.map_or(out.len(), |(at, _)| {
-                usize::try_from(*at - out.consumed()).unwrap_or(usize::MAX)
-            });
-            let n = stream.try_write(&out.pending()[..limit.min(out.len())])?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+            _ => {
+                let n = stream.try_write(&out.pending()[..head])?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                out.consume(n);
+                Ok(n)
             }
-            out.consume(n);
-            Ok(n)
         }
     });
     match r {

@@ -41,10 +41,22 @@ impl Conn {
                 .admin_ctrl()
                 .and_then(|ctrl| self.property_get(&ctrl, &p))
                 .map(Completion::ok),
-            FabricsCmd::PropertySet(p, value) => self
-                .admin_ctrl()
-                .and_then(|ctrl| self.property_set(&ctrl, &p, value))
-                .map(|()| Completion::success()),
+            FabricsCmd::PropertySet(p, value) => {
+                let set = self
+                    .admin_ctrl()
+                    .and_then(|ctrl| self.property_set(&ctrl, &p, value).map(|()| ctrl));
+                match set {
+                    Ok(ctrl) => {
+                        self.complete(cid, Completion::success());
+                        // A shutdown completes (CSTS.SHST) once every namespace is flushed.
+                        if Csts(ctrl.csts.get()).shst() == Csts::SHST_OCCURRING {
+                            self.flush_all(crate::io::Barrier::Shutdown);
+                        }
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             FabricsCmd::Disconnect => {
                 self.closing = true;
                 Ok(Completion::success())
@@ -234,14 +246,9 @@ impl Conn {
             csts = Csts::build(false, false, 0);
         }
         if new.shn() != 0 && old.shn() == 0 {
-            // Shutdown: make everything written durable, then report completion at once so
-            // the host's disconnect does not wait.
-            for ns in self.port.namespaces.get(ctrl.subsys).into_iter().flatten() {
-                if let Err(e) = ns.dev.flush() {
-                    warn!(nsid = ns.cfg.nsid, error = %e, "flush on shutdown failed");
-                }
-            }
-            csts = Csts::build(csts.rdy(), csts.cfs(), Csts::SHST_COMPLETE);
+            // Shutdown: every namespace is flushed (see `fabrics`); the shutdown is reported
+            // complete when the flushes are.
+            csts = Csts::build(csts.rdy(), csts.cfs(), Csts::SHST_OCCURRING);
         } else if new.shn() == 0 && new.en() && !old.en() {
             csts = Csts::build(csts.rdy(), csts.cfs(), 0);
         }

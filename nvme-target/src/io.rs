@@ -1,264 +1,527 @@
-//! NVM I/O commands: Read, Write, Compare, Verify, Flush, Write Zeroes and Dataset
-//! Management.
+//! NVM I/O commands (Read, Write, Flush, Write Zeroes, Dataset Management) as requests to
+//! the namespace's asynchronous block device.
+//!
+//! Each command lives in the connection's request table from the moment its data is at hand
+//! until its response is queued, in one of a few states (like SPDK's `tcp.c` request
+//! states): waiting for a buffer, at the device, flushing (a write with the volatile write
+//! cache off), discarding (Dataset Management, one device request per range). The
+//! connection keeps reading and answering other commands meanwhile; completions come back
+//! through the connection's completion queue in any order and finish their command: a read
+//! goes out as a C2HData PDU straight from the buffer the device filled.
 
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use nvme_spec::cmds::{IoCmd, LbaRange};
-use nvme_spec::command::{DsmRange, Sqe};
+use bdev::{BlockIo, Completion, FileExtent, IoBuf, IoError, Op, Request};
+use nvme_spec::command::{DSM_ATTR_DEALLOCATE, DsmRange, Sqe, io_opcode};
 use nvme_spec::{FromBytes, IntoBytes, status};
 use tracing::warn;
 
 use crate::codec;
-use crate::completion::{Completion, Error};
-use crate::conn::{Conn, Data};
+use crate::conn::{Conn, Data, Piece};
+use crate::metrics::CommandKind;
 
 /// Reads at least this large go out with `sendfile` when the device allows it (and data
 /// digests are off: the digest needs the bytes in user space).
 const ZERO_COPY_MIN: usize = 16 * 1024;
 /// Dataset Management data: 256 ranges of 16 bytes at most.
 const DSM_MAX_LEN: usize = 256 * 16;
-/// Verify reads its blocks in pieces this large.
-const VERIFY_CHUNK: usize = 128 * 1024;
-use crate::metrics::CommandKind;
+
+/// What a request in the table is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The command's own operation at the device.
+    Device,
+    /// The flush after a write (or write zeroes, or deallocate) with the cache off.
+    Flush,
+    /// Deallocate requests still out, and the first failure.
+    Discard { left: u32, failed: Option<u16> },
+    /// Flushes of every namespace (see [`Barrier`]) still out.
+    Barrier {
+        left: u32,
+        failed: bool,
+        then: Barrier,
+    },
+}
+
+/// What to do when every namespace of a controller's subsystem has been flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Barrier {
+    /// Answer command `cid` (success, or Internal Error if a flush failed).
+    Respond { cid: u16 },
+    /// Report the shutdown the host asked for as complete (CSTS.SHST).
+    Shutdown,
+}
+
+/// A command in the connection's request table.
+pub(crate) struct IoReq {
+    pub sqe: Sqe,
+    pub started: Instant,
+    pub step: Step,
+    /// The namespace's device and position (for its counters), when the command has one.
+    dev: Option<(Rc<dyn BlockIo>, usize)>,
+    write_through: bool,
+}
 
 impl Conn {
     /// Checks a command's namespace, LBA range and transfer length before any data moves.
-    pub(crate) fn check_io(&self, sqe: &Sqe, cmd: &IoCmd) -> Result<(), Error> {
+    pub(crate) fn check_io(&self, sqe: &Sqe) -> Result<(), u16> {
         let Some(q) = &self.q else {
-            return Err(Error::Sequence);
+            return Err(status::COMMAND_SEQUENCE_ERROR | status::DNR);
         };
         let Some(ns) = self.port.namespace(q.ctrl.subsys, sqe.nsid.get()) else {
-            return Err(Error::InvalidNamespace);
+            return Err(status::INVALID_NS | status::DNR);
         };
-        if let Some(r) = cmd.range() {
-            let (slba, nlb) = (r.slba, u64::from(r.nlb));
-            if slba
-                .checked_add(nlb)
-                .is_none_or(|end| end > ns.cfg.num_blocks)
-            {
-                return Err(Error::LbaOutOfRange);
-            }
-            if !matches!(cmd, IoCmd::WriteZeroes(_)) {
-                // Verify moves no data but reads it all: the same bound keeps it short.
-                let len = nlb * u64::from(ns.cfg.block_size);
-                if len > u64::from(self.port.target.config().max_transfer) {
-                    return Err(Error::TooLarge);
+        match sqe.opcode {
+            io_opcode::READ | io_opcode::WRITE | io_opcode::WRITE_ZEROES => {
+                let (slba, nlb) = (sqe.slba(), u64::from(sqe.nlb()));
+                if slba
+                    .checked_add(nlb)
+                    .is_none_or(|end| end > ns.cfg.num_blocks)
+                {
+                    return Err(status::LBA_OUT_OF_RANGE | status::DNR);
                 }
-                let sgl = if matches!(cmd, IoCmd::Verify(_)) {
-                    0
-                } else {
-                    len
-                };
-                if u64::from(sqe.dptr.length.get()) != sgl {
-                    return Err(Error::SglLength);
+                if sqe.opcode != io_opcode::WRITE_ZEROES {
+                    let len = nlb * u64::from(ns.cfg.block_size);
+                    if len > u64::from(self.port.target.config().max_transfer) {
+                        return Err(status::INVALID_FIELD | status::DNR);
+                    }
+                    if u64::from(sqe.dptr.length.get()) != len {
+                        return Err(status::SGL_LENGTH_INVALID | status::DNR);
+                    }
                 }
+                Ok(())
             }
-        }
-        if let IoCmd::Dsm(d) = cmd {
-            // NR + 1 ranges of 16 bytes: at most 4 KiB, never what the host claims.
-            let len = sqe.dptr.length.get() as usize;
-            if len < d.ranges * 16 || len > DSM_MAX_LEN {
-                return Err(Error::SglLength);
+            io_opcode::DSM => {
+                // NR + 1 ranges of 16 bytes: at most 4 KiB, never what the host claims.
+                let nr = (sqe.cdw10.get() & 0xff) as usize + 1;
+                let len = sqe.dptr.length.get() as usize;
+                if len < nr * 16 || len > DSM_MAX_LEN {
+                    return Err(status::SGL_LENGTH_INVALID | status::DNR);
+                }
+                Ok(())
             }
+            io_opcode::FLUSH => Ok(()),
+            _ => Err(status::INVALID_OPCODE | status::DNR),
         }
-        Ok(())
     }
 
-    pub(crate) fn io(&mut self, sqe: &Sqe, cmd: IoCmd, data: Data<'_>, started: Instant) {
-        let cid = sqe.cid.get();
-        let kind = match cmd {
-            IoCmd::Read(_) => CommandKind::Read,
-            IoCmd::Write(_) => CommandKind::Write,
-            IoCmd::Flush => CommandKind::Flush,
-            IoCmd::WriteZeroes(_) => CommandKind::WriteZeroes,
-            IoCmd::Dsm(_) => CommandKind::Dsm,
-            IoCmd::Compare(_) | IoCmd::Verify(_) => CommandKind::Other,
+    /// Starts an I/O command whose data (if the host sends any) is at hand.
+    pub(crate) fn io(&mut self, sqe: &Sqe, data: Data<'_>, started: Instant) {
+        let kind = match sqe.opcode {
+            io_opcode::READ => CommandKind::Read,
+            io_opcode::WRITE => CommandKind::Write,
+            io_opcode::FLUSH => CommandKind::Flush,
+            io_opcode::WRITE_ZEROES => CommandKind::WriteZeroes,
+            io_opcode::DSM => CommandKind::Dsm,
+            _ => CommandKind::Other,
         };
         self.port.metrics().command(kind);
-        if let Err(e) = self.check_io(sqe, &cmd) {
-            return self.fail(sqe, e);
+        if let Err(st) = self.check_io(sqe) {
+            return self.fail(sqe, st);
         }
         let Some(q) = &self.q else { return };
-        let subsys = q.ctrl.subsys;
         // With the volatile write cache disabled (Set Features VWC = 0) every write is
         // durable before its completion.
         let write_through = !q.ctrl.vwc_enabled.get();
-        let port = std::rc::Rc::clone(&self.port);
-        let Some(ns) = port.namespace(subsys, sqe.nsid.get()) else {
-            return self.fail(sqe, Error::InvalidNamespace);
+        let port = Rc::clone(&self.port);
+        let Some(ns) = port.namespace(q.ctrl.subsys, sqe.nsid.get()) else {
+            return self.fail(sqe, status::INVALID_NS | status::DNR);
         };
         let bs = u64::from(ns.cfg.block_size);
-        let range = cmd.range().unwrap_or(LbaRange { slba: 0, nlb: 0 });
-        let offset = range.slba * bs;
-        let len = u64::from(range.nlb) * bs;
-        let nsm = &port.target.metrics().subsystems[subsys].namespaces[ns.index];
-        let pm = port.metrics();
-        match cmd {
-            IoCmd::Read(_) => {
+        let offset = sqe.slba() * bs;
+        let len = u64::from(sqe.nlb()) * bs;
+        let dev = Rc::clone(&ns.dev);
+        let req = IoReq {
+            sqe: *sqe,
+            started,
+            step: Step::Device,
+            dev: Some((Rc::clone(&dev), ns.index)),
+            write_through,
+        };
+        match sqe.opcode {
+            io_opcode::READ => {
                 let Data::ToHost(n) = data else {
-                    return self.fail(sqe, Error::SglType);
+                    return self.fail(sqe, status::SGL_TYPE_INVALID | status::DNR);
                 };
-                let dev = &ns.dev;
                 if !self.dg.data && n >= ZERO_COPY_MIN {
                     self.extents.clear();
                     if dev.file_extents(offset, len, &mut self.extents) {
-                        self.send_extents(cid, n);
-                        pm.bytes_read.fetch_add(len, Ordering::Relaxed);
-                        nsm.reads.fetch_add(1, Ordering::Relaxed);
-                        nsm.bytes_read.fetch_add(len, Ordering::Relaxed);
-                        pm.read_latency.observe(started.elapsed());
+                        self.count_read(ns.index, len);
+                        self.send_extents(sqe.cid.get(), n);
+                        self.port.metrics().read_latency.observe(started.elapsed());
                         return;
                     }
                 }
-                let mut failed = false;
-                self.reply_data(cid, n, |buf| {
-                    dev.read_at(offset, buf).map_err(|e| {
-                        warn!(nsid = ns.cfg.nsid, offset, error = %e, "read failed");
-                        failed = true;
-                        Error::Read(e)
-                    })
-                });
-                if !failed {
-                    pm.bytes_read.fetch_add(len, Ordering::Relaxed);
-                    nsm.reads.fetch_add(1, Ordering::Relaxed);
-                    nsm.bytes_read.fetch_add(len, Ordering::Relaxed);
+                if n > self.port.pool.max_size() {
+                    // A configuration error (the pool must hold MDTS): never a wait forever.
+                    return self.fail(sqe, status::INTERNAL_ERROR);
                 }
-                pm.read_latency.observe(started.elapsed());
-            }
-            IoCmd::Write(_) => {
-                let Data::Host(d) = data else {
-                    return self.fail(sqe, Error::SglLength);
+                let Some(buf) = self.port.pool.get(n) else {
+                    return self.wait_for_buffer(*sqe, started);
                 };
-                let r = match ns
-                    .dev
-                    .write_at(offset, d)
-                    .and_then(|()| durable(write_through, &*ns.dev))
-                {
-                    Ok(()) => {
-                        pm.bytes_written.fetch_add(len, Ordering::Relaxed);
-                        nsm.writes.fetch_add(1, Ordering::Relaxed);
-                        nsm.bytes_written.fetch_add(len, Ordering::Relaxed);
-                        Ok(())
+                let tag = self.reqs.insert(req) as u64;
+                dev.submit(Request::read(offset, len, buf, tag), &self.sink);
+            }
+            io_opcode::WRITE => {
+                let buf = match data {
+                    Data::Buf(b) => b,
+                    Data::Host(d) => {
+                        // In-capsule data: into a device buffer once.
+                        let Some(mut b) = self.port.pool.get(d.len()) else {
+                            return self.fail(sqe, status::NS_NOT_READY);
+                        };
+                        b.as_mut_slice().copy_from_slice(d);
+                        b
                     }
-                    Err(e) => {
-                        warn!(nsid = ns.cfg.nsid, offset, error = %e, "write failed");
-                        Err(Error::Write(e))
-                    }
+                    _ => return self.fail(sqe, status::SGL_LENGTH_INVALID | status::DNR),
                 };
-                pm.write_latency.observe(started.elapsed());
-                self.finish(sqe, r);
+                let tag = self.reqs.insert(req) as u64;
+                dev.submit(Request::write(offset, len, buf, tag), &self.sink);
             }
-            IoCmd::Flush => {
-                let r = ns.dev.flush().map_err(|e| {
-                    warn!(nsid = ns.cfg.nsid, error = %e, "flush failed");
-                    Error::Write(e)
-                });
-                self.finish(sqe, r);
+            io_opcode::FLUSH => {
+                let tag = self.reqs.insert(req) as u64;
+                dev.submit(Request::bare(Op::Flush, 0, 0, tag), &self.sink);
             }
-            IoCmd::WriteZeroes(_) => {
-                let r = ns
-                    .dev
-                    .write_zeroes(offset, len)
-                    .and_then(|()| durable(write_through, &*ns.dev))
-                    .map_err(|e| {
-                        warn!(nsid = ns.cfg.nsid, offset, error = %e, "write zeroes failed");
-                        Error::Write(e)
-                    });
-                self.finish(sqe, r);
+            io_opcode::WRITE_ZEROES => {
+                let tag = self.reqs.insert(req) as u64;
+                dev.submit(Request::bare(Op::WriteZeroes, offset, len, tag), &self.sink);
             }
-            IoCmd::Compare(_) => {
-                let Data::Host(d) = data else {
-                    return self.fail(sqe, Error::SglLength);
-                };
-                // `check_io` bounded the length by MDTS.
-                let mut blocks = std::mem::take(&mut self.scratch);
-                blocks.clear();
-                blocks.resize(d.len(), 0);
-                let r = match ns.dev.read_at(offset, &mut blocks) {
-                    Ok(()) if blocks == d => Ok(()),
-                    Ok(()) => Err(Error::CompareFailure),
-                    Err(e) => {
-                        warn!(nsid = ns.cfg.nsid, offset, error = %e, "read for compare failed");
-                        Err(Error::Read(e))
-                    }
-                };
-                self.scratch = blocks;
-                self.finish(sqe, r);
+            io_opcode::DSM => self.dsm(req, data, ns.cfg.num_blocks, bs),
+            _ => self.fail(sqe, status::INVALID_OPCODE | status::DNR),
+        }
+    }
+
+    /// Dataset Management: every range checked first, then one deallocate request each.
+    fn dsm(&mut self, mut req: IoReq, data: Data<'_>, blocks: u64, bs: u64) {
+        let sqe = req.sqe;
+        let bytes: &[u8] = match &data {
+            Data::Host(d) => d,
+            Data::Buf(b) => b.as_slice(),
+            _ => return self.fail(&sqe, status::SGL_LENGTH_INVALID | status::DNR),
+        };
+        let nr = (sqe.cdw10.get() & 0xff) as usize + 1;
+        let ranges = || {
+            bytes
+                .chunks_exact(16)
+                .take(nr)
+                .filter_map(|c| DsmRange::read_from_bytes(c).ok())
+        };
+        if ranges().any(|r| {
+            r.slba
+                .get()
+                .checked_add(u64::from(r.nlb.get()))
+                .is_none_or(|e| e > blocks)
+        }) {
+            return self.fail(&sqe, status::LBA_OUT_OF_RANGE | status::DNR);
+        }
+        let todo: Vec<(u64, u64)> = if sqe.cdw11.get() & DSM_ATTR_DEALLOCATE != 0 {
+            ranges()
+                .filter(|r| r.nlb.get() != 0)
+                .map(|r| (r.slba.get() * bs, u64::from(r.nlb.get()) * bs))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        drop(data);
+        if todo.is_empty() {
+            return self.respond(sqe.cid.get(), status::SUCCESS, 0);
+        }
+        let Some((dev, _)) = req.dev.clone() else {
+            return;
+        };
+        req.step = Step::Discard {
+            left: u32::try_from(todo.len()).unwrap_or(u32::MAX),
+            failed: None,
+        };
+        let tag = self.reqs.insert(req) as u64;
+        for (offset, len) in todo {
+            dev.submit(Request::bare(Op::Discard, offset, len, tag), &self.sink);
+        }
+    }
+
+    /// A read that found the buffer pool empty waits (in order) for buffers to come back.
+    fn wait_for_buffer(&mut self, sqe: Sqe, started: Instant) {
+        self.buffer_wait.push_back((sqe, started));
+    }
+
+    /// Retries reads that waited for a buffer, oldest first, while buffers are free.
+    pub(crate) fn retry_buffer_waits(&mut self) {
+        while let Some(&(sqe, started)) = self.buffer_wait.front() {
+            let len = sqe.dptr.length.get() as usize;
+            if self.port.pool.free() == 0 || len > self.port.pool.max_size() {
+                return;
             }
-            IoCmd::Verify(_) => {
-                let r = self.verify(&*ns.dev, offset, len).map_err(|e| {
-                    warn!(nsid = ns.cfg.nsid, offset, error = %e, "verify failed");
-                    Error::Read(e)
-                });
-                self.finish(sqe, r);
-            }
-            IoCmd::Dsm(dsm) => {
-                let Data::Host(d) = data else {
-                    return self.fail(sqe, Error::SglLength);
-                };
-                let ranges = || {
-                    d.chunks_exact(16)
-                        .take(dsm.ranges)
-                        .filter_map(|c| DsmRange::read_from_bytes(c).ok())
-                };
-                // Validate every range before changing anything.
-                let mut r = Ok(());
-                for range in ranges() {
-                    let end = range.slba.get().checked_add(u64::from(range.nlb.get()));
-                    if end.is_none_or(|e| e > ns.cfg.num_blocks) {
-                        r = Err(Error::LbaOutOfRange);
-                    }
+            self.buffer_wait.pop_front();
+            let before = self.buffer_wait.len();
+            // Counted once already, when it arrived.
+            self.port.metrics().commands[CommandKind::Read as usize]
+                .fetch_sub(1, Ordering::Relaxed);
+            self.io(&sqe, Data::ToHost(len), started);
+            if self.buffer_wait.len() > before {
+                // Still no buffer of its size: it went back to the end; restore the order.
+                if let Some(w) = self.buffer_wait.pop_back() {
+                    self.buffer_wait.push_front(w);
                 }
-                if r.is_ok() && dsm.deallocate {
-                    for range in ranges() {
-                        let nlb = u64::from(range.nlb.get());
-                        if nlb == 0 {
-                            continue;
-                        }
-                        if let Err(e) = ns.dev.discard(range.slba.get() * bs, nlb * bs) {
-                            warn!(nsid = ns.cfg.nsid, error = %e, "deallocate failed");
-                            r = Err(Error::Device(e));
-                            break;
-                        }
-                    }
-                    if r.is_ok() {
-                        if let Err(e) = durable(write_through, &*ns.dev) {
-                            warn!(nsid = ns.cfg.nsid, error = %e, "flush after deallocate failed");
-                            r = Err(Error::Write(e));
-                        }
-                    }
-                }
-                self.finish(sqe, r);
+                return;
             }
         }
     }
 
-    /// Reads `len` bytes at `offset` in pieces of [`VERIFY_CHUNK`], discarding them: Verify
-    /// reports whether the blocks can be read.
-    fn verify(
-        &mut self,
-        dev: &dyn crate::BlockDevice,
-        offset: u64,
-        len: u64,
-    ) -> std::io::Result<()> {
-        let chunk = VERIFY_CHUNK.min(usize::try_from(len).unwrap_or(VERIFY_CHUNK));
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        buf.resize(chunk, 0);
-        let mut at = 0u64;
-        let r = loop {
-            if at >= len {
-                break Ok(());
-            }
-            let n = usize::try_from(len - at).map_or(chunk, |left| left.min(chunk));
-            if let Err(e) = dev.read_at(offset + at, &mut buf[..n]) {
-                break Err(e);
-            }
-            at += n as u64;
+    /// Takes every completion the devices posted for this connection.
+    pub(crate) fn on_completions(&mut self) {
+        while let Some(c) = self.cq.pop() {
+            self.on_completion(c);
+        }
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let idx = usize::try_from(c.tag).unwrap_or(usize::MAX);
+        let Some(req) = self.reqs.get_mut(idx) else {
+            return;
         };
-        self.scratch = buf;
-        r
+        let step = req.step;
+        let sqe = req.sqe;
+        match step {
+            Step::Device => self.device_done(idx, c),
+            Step::Flush => {
+                let Some(req) = self.reqs.remove(idx) else {
+                    return;
+                };
+                match c.result {
+                    Ok(()) => self.succeed(&req),
+                    Err(e) => {
+                        warn!(nsid = sqe.nsid.get(), error = %e, "flush after a write failed");
+                        self.fail(&sqe, status::WRITE_FAULT);
+                    }
+                }
+            }
+            Step::Discard { left, failed } => {
+                let failed = failed.or_else(|| {
+                    c.result.as_ref().err().map(|e| {
+                        warn!(nsid = sqe.nsid.get(), error = %e, "deallocate failed");
+                        status::INTERNAL_ERROR
+                    })
+                });
+                if left > 1 {
+                    if let Some(r) = self.reqs.get_mut(idx) {
+                        r.step = Step::Discard {
+                            left: left - 1,
+                            failed,
+                        };
+                    }
+                    return;
+                }
+                match failed {
+                    Some(st) => {
+                        self.reqs.remove(idx);
+                        self.fail(&sqe, st);
+                    }
+                    None => self.after_write(idx),
+                }
+            }
+            Step::Barrier { left, failed, then } => {
+                let failed = failed || c.result.is_err();
+                if let Err(e) = &c.result {
+                    warn!(error = %e, "flush of a namespace failed");
+                }
+                if left > 1 {
+                    if let Some(r) = self.reqs.get_mut(idx) {
+                        r.step = Step::Barrier {
+                            left: left - 1,
+                            failed,
+                            then,
+                        };
+                    }
+                    return;
+                }
+                self.reqs.remove(idx);
+                self.barrier_done(then, failed);
+            }
+        }
+    }
+
+    /// The command's own operation finished at the device.
+    fn device_done(&mut self, idx: usize, c: Completion) {
+        let Some(req) = self.reqs.get_mut(idx) else {
+            return;
+        };
+        let sqe = req.sqe;
+        let ns = req.dev.as_ref().map_or(0, |(_, i)| *i);
+        let bytes = u64::from(sqe.dptr.length.get());
+        match (sqe.opcode, c.result) {
+            (io_opcode::READ, Ok(())) => {
+                let Some(req) = self.reqs.remove(idx) else {
+                    return;
+                };
+                let Some(buf) = c.buf else {
+                    return self.fail(&sqe, status::INTERNAL_ERROR);
+                };
+                self.count_read(ns, bytes);
+                self.send_buf(sqe.cid.get(), buf);
+                self.port
+                    .metrics()
+                    .read_latency
+                    .observe(req.started.elapsed());
+            }
+            (io_opcode::READ, Err(e)) => {
+                self.reqs.remove(idx);
+                warn!(nsid = sqe.nsid.get(), offset = sqe.slba(), error = %e, "read failed");
+                self.fail(&sqe, media_status(&e, status::UNRECOVERED_READ_ERROR));
+            }
+            (io_opcode::WRITE, Ok(())) => {
+                let nsm = self.ns_metrics(ns);
+                if let Some(nsm) = nsm {
+                    nsm.writes.fetch_add(1, Ordering::Relaxed);
+                    nsm.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+                }
+                self.port
+                    .metrics()
+                    .bytes_written
+                    .fetch_add(bytes, Ordering::Relaxed);
+                // The buffer goes back to the pool here.
+                drop(c.buf);
+                self.after_write(idx);
+            }
+            (io_opcode::WRITE_ZEROES, Ok(())) => self.after_write(idx),
+            (io_opcode::FLUSH, Ok(())) => {
+                if let Some(req) = self.reqs.remove(idx) {
+                    self.succeed(&req);
+                }
+            }
+            (op, Err(e)) => {
+                self.reqs.remove(idx);
+                warn!(nsid = sqe.nsid.get(), opcode = op, error = %e, "command failed at the device");
+                self.fail(&sqe, media_status(&e, status::WRITE_FAULT));
+            }
+            _ => {
+                self.reqs.remove(idx);
+                self.fail(&sqe, status::INTERNAL_ERROR);
+            }
+        }
+    }
+
+    /// A write-like command is done at the device: answer, or flush first when the cache
+    /// is off.
+    fn after_write(&mut self, idx: usize) {
+        let Some(req) = self.reqs.get_mut(idx) else {
+            return;
+        };
+        if !req.write_through {
+            if let Some(req) = self.reqs.remove(idx) {
+                self.succeed(&req);
+            }
+            return;
+        }
+        req.step = Step::Flush;
+        let Some((dev, _)) = req.dev.clone() else {
+            return;
+        };
+        dev.submit(Request::bare(Op::Flush, 0, 0, idx as u64), &self.sink);
+    }
+
+    fn succeed(&mut self, req: &IoReq) {
+        if matches!(req.sqe.opcode, io_opcode::WRITE) {
+            self.port
+                .metrics()
+                .write_latency
+                .observe(req.started.elapsed());
+        }
+        self.respond(req.sqe.cid.get(), status::SUCCESS, 0);
+    }
+
+    /// Flushes every namespace of the connection's subsystem, then does `then`.
+    pub(crate) fn flush_all(&mut self, then: Barrier) {
+        let Some(q) = &self.q else { return };
+        let port = Rc::clone(&self.port);
+        let devs: Vec<Rc<dyn BlockIo>> = port
+            .namespaces
+            .get(q.ctrl.subsys)
+            .into_iter()
+            .flatten()
+            .map(|ns| Rc::clone(&ns.dev))
+            .collect();
+        if devs.is_empty() {
+            return self.barrier_done(then, false);
+        }
+        let idx = self.reqs.insert(IoReq {
+            sqe: Sqe::default(),
+            started: Instant::now(),
+            step: Step::Barrier {
+                left: u32::try_from(devs.len()).unwrap_or(u32::MAX),
+                failed: false,
+                then,
+            },
+            dev: None,
+            write_through: false,
+        });
+        for d in devs {
+            d.submit(Request::bare(Op::Flush, 0, 0, idx as u64), &self.sink);
+        }
+    }
+
+    fn barrier_done(&mut self, then: Barrier, failed: bool) {
+        match then {
+            Barrier::Respond { cid } => {
+                let st = if failed {
+                    status::INTERNAL_ERROR
+                } else {
+                    status::SUCCESS
+                };
+                self.respond(cid, st, 0);
+            }
+            Barrier::Shutdown => {
+                if let Some(q) = &self.q {
+                    let csts = nvme_spec::regs::Csts(q.ctrl.csts.get());
+                    q.ctrl.csts.set(
+                        nvme_spec::regs::Csts::build(
+                            csts.rdy(),
+                            csts.cfs(),
+                            nvme_spec::regs::Csts::SHST_COMPLETE,
+                        )
+                        .0,
+                    );
+                }
+            }
+        }
+    }
+
+    fn ns_metrics(&self, index: usize) -> Option<&crate::metrics::NamespaceMetrics> {
+        let q = self.q.as_ref()?;
+        self.port
+            .target
+            .metrics()
+            .subsystems
+            .get(q.ctrl.subsys)?
+            .namespaces
+            .get(index)
+    }
+
+    fn count_read(&self, ns: usize, len: u64) {
+        self.port
+            .metrics()
+            .bytes_read
+            .fetch_add(len, Ordering::Relaxed);
+        if let Some(nsm) = self.ns_metrics(ns) {
+            nsm.reads.fetch_add(1, Ordering::Relaxed);
+            nsm.bytes_read.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a C2HData PDU whose data goes out straight from `buf`, then the response.
+    fn send_buf(&mut self, cid: u16, buf: IoBuf) {
+        let n = buf.len();
+        let h = self.c2h_header(cid, n);
+        codec::put_header(&mut self.out, h.as_bytes(), self.dg);
+        let crc = self.dg.data.then(|| codec::digest(buf.as_slice()));
+        let at = self.out.position();
+        self.pieces.push_back((at, Piece::Buf { buf, sent: 0 }));
+        if let Some(crc) = crc {
+            self.out.extend(&crc.to_le_bytes());
+        }
+        self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
+        self.respond(cid, status::SUCCESS, 0);
     }
 
     /// Queues a C2HData PDU whose data the kernel sends from the file pieces in
@@ -267,23 +530,17 @@ impl Conn {
         let h = self.c2h_header(cid, n);
         codec::put_header(&mut self.out, h.as_bytes(), self.dg);
         let at = self.out.position();
-        for e in self.extents.drain(..) {
-            self.files.push_back((at, e));
+        let extents: Vec<FileExtent> = self.extents.drain(..).collect();
+        for e in extents {
+            self.pieces.push_back((at, Piece::File(e)));
         }
         self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
         self.respond(cid, status::SUCCESS, 0);
     }
 
-    fn finish(&mut self, sqe: &Sqe, r: Result<(), Error>) {
-        match r {
-            Ok(()) => self.complete(sqe.cid.get(), Completion::success()),
-            Err(e) => self.fail(sqe, e),
-        }
-    }
-
     /// Completes an I/O command with an error, recording namespace and LBA in the error log.
-    fn fail(&mut self, sqe: &Sqe, e: Error) {
-        self.complete(sqe.cid.get(), e);
+    fn fail(&mut self, sqe: &Sqe, st: u16) {
+        self.respond(sqe.cid.get(), st, 0);
         if let Some(q) = &self.q {
             if let Some(e) = q.ctrl.errors.borrow_mut().entries.back_mut() {
                 e.nsid.set(sqe.nsid.get());
@@ -293,7 +550,10 @@ impl Conn {
     }
 }
 
-/// Makes a completed write durable when the controller's volatile write cache is disabled.
-fn durable(write_through: bool, dev: &dyn crate::BlockDevice) -> std::io::Result<()> {
-    if write_through { dev.flush() } else { Ok(()) }
+/// The NVMe status for a device failure: the device's own status when it gave one.
+fn media_status(e: &IoError, otherwise: u16) -> u16 {
+    match e {
+        IoError::Status { status, .. } => *status & 0x7ff,
+        _ => otherwise,
+    }
 }

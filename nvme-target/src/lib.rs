@@ -1,16 +1,16 @@
 //! NVMe/TCP target library: PDU codec, connection state machine, Fabrics, admin and I/O
-//! command handling against a [`BlockDevice`], a discovery controller, and a small NVMe/TCP
-//! host used by tests and benchmarks.
+//! command handling against the asynchronous block-I/O interface ([`bdev::BlockIo`]), a
+//! discovery controller, and a small NVMe/TCP host used by tests and benchmarks.
 //!
 //! Threading model: a [`Target`] is shared (`Arc`) by all threads; each controller thread
-//! owns a [`Port`] (not `Send`) whose connections run as local tasks and call the thread's
-//! own block devices synchronously, like a polled user-space driver would.
+//! owns a [`Port`] (not `Send`) whose connections run as local tasks, submit I/O to the
+//! thread's own device handles and go on serving while it is at the devices; completions
+//! come back on the same thread, in any order.
 #![forbid(unsafe_code)]
 
 mod abort;
 mod admin;
 pub mod auth;
-pub mod blockdev;
 pub mod buf;
 pub mod codec;
 mod completion;
@@ -25,7 +25,6 @@ mod port;
 mod r2t;
 mod target;
 
-pub use blockdev::BlockDevice;
 pub use config::{
     ConfigError, HostAuthConfig, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig,
 };

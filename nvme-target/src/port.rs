@@ -9,7 +9,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::blockdev::BlockDevice;
+use bdev::{BlockIo, BufPool, CompletionQueue, Op, Request, Sink};
+
 use crate::config::NamespaceConfig;
 use crate::conn::Conn;
 use crate::ctrl::Ctrl;
@@ -20,7 +21,7 @@ use crate::target::Target;
 /// counters' position.
 pub(crate) struct PortNamespace {
     pub cfg: NamespaceConfig,
-    pub dev: Rc<dyn BlockDevice>,
+    pub dev: Rc<dyn BlockIo>,
     pub index: usize,
 }
 
@@ -34,6 +35,8 @@ pub(crate) struct PortShared {
     pub discovery_only: bool,
     /// Per subsystem, its namespaces.
     pub namespaces: Vec<Vec<PortNamespace>>,
+    /// The controller thread's I/O buffers (device buffers for reads and writes).
+    pub pool: BufPool,
     /// Controllers of this port, for I/O queue Connects.
     pub controllers: RefCell<HashMap<(usize, u16), Weak<Ctrl>>>,
     drop_tx: watch::Sender<u64>,
@@ -67,12 +70,14 @@ impl std::fmt::Debug for Port {
 
 impl Port {
     /// A port with ID `port_id` (one of the configured ports) serving every subsystem with
-    /// the given devices: `(subsystem NQN, nsid, device)` created on this thread.
-    /// Namespaces without a device here are not visible through this port.
+    /// the given devices: `(subsystem NQN, nsid, device)` opened on this thread, whose data
+    /// moves in buffers from `pool` (the thread's). Namespaces without a device here are not
+    /// visible through this port.
     pub fn new(
         target: Arc<Target>,
         port_id: u16,
-        devices: Vec<(String, u32, Rc<dyn BlockDevice>)>,
+        devices: Vec<(String, u32, Rc<dyn BlockIo>)>,
+        pool: BufPool,
     ) -> Rc<Self> {
         let index = target
             .config()
@@ -101,7 +106,7 @@ impl Port {
                     .collect()
             })
             .collect();
-        Self::build(target, index, port_id, false, namespaces)
+        Self::build(target, index, port_id, false, namespaces, pool)
     }
 
     fn build(
@@ -110,6 +115,7 @@ impl Port {
         port_id: u16,
         discovery_only: bool,
         namespaces: Vec<Vec<PortNamespace>>,
+        pool: BufPool,
     ) -> Rc<Self> {
         let (drop_tx, _) = watch::channel(0);
         Rc::new(Self {
@@ -119,6 +125,7 @@ impl Port {
                 port_id,
                 discovery_only,
                 namespaces,
+                pool,
                 controllers: RefCell::new(HashMap::new()),
                 drop_tx,
             }),
@@ -155,9 +162,19 @@ impl Port {
         drop(listener);
         // Each connection's drain has a deadline (the send timeout), so this ends.
         while conns.join_next().await.is_some() {}
-        for ns in self.shared.namespaces.iter().flatten() {
-            if let Err(e) = ns.dev.flush() {
-                warn!(nsid = ns.cfg.nsid, error = %e, "flush at shutdown failed");
+        let cq = Rc::new(CompletionQueue::default());
+        let sink: Rc<dyn Sink> = cq.clone();
+        let mut out = 0;
+        for (i, ns) in self.shared.namespaces.iter().flatten().enumerate() {
+            ns.dev
+                .submit(Request::bare(Op::Flush, 0, 0, i as u64), &sink);
+            out += 1;
+        }
+        // Each device has its own command deadlines, so this ends too.
+        for _ in 0..out {
+            let c = cq.next().await;
+            if let Err(e) = c.result {
+                warn!(namespace = c.tag, error = %e, "flush at shutdown failed");
             }
         }
     }
@@ -181,6 +198,18 @@ pub async fn run_discovery(
     shutdown: watch::Receiver<bool>,
 ) {
     let index = target.config().ports.len();
-    let port = Port::build(target, index, 0, true, Vec::new());
+    // The discovery controller moves no block data: a few pages for Connect data sent
+    // after an R2T.
+    let pool = match BufPool::new(&[bdev::PoolClass {
+        size: 4096,
+        count: 16,
+    }]) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "discovery controller: no memory for its buffers");
+            return;
+        }
+    };
+    let port = Port::build(target, index, 0, true, Vec::new(), pool);
     port.run(listener, shutdown).await;
 }

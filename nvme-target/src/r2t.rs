@@ -1,12 +1,12 @@
 //! Commands whose data the host sends after an R2T: the slots that collect it, the
 //! per-connection R2T memory budget, and H2CData reassembly.
 //!
-//! Memory is taken only for data the target asked for and only when it arrives: a slot's
-//! buffer is sized to its command when the first H2CData PDU comes in, and the bytes of every
-//! R2T sent and not yet answered count against [`crate::TargetConfig::r2t_buffer_limit`]
-//! (commands past it wait, without an R2T, for earlier ones to finish). So a host that asks
-//! for many large writes and never sends the data pins nothing, and one that sends part of it
-//! pins at most the budget.
+//! The data lands in a device buffer from the controller thread's pool, taken when the R2T
+//! goes out, so the write reaches the device from where the host's bytes were put. The bytes
+//! of every R2T sent and not yet answered count against
+//! [`crate::TargetConfig::r2t_buffer_limit`], and a command waits (without an R2T) while the
+//! budget or the pool is exhausted. So a host that asks for many large writes and never sends
+//! the data pins at most the budget, until the idle timeout closes it.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -19,10 +19,6 @@ use crate::codec::{self, Fatal};
 use crate::completion::{Command, Error};
 use crate::conn::{Conn, Data};
 
-/// A slot buffer at most this large is kept for the slot's next command; larger ones are
-/// freed when their command completes, so a burst of large writes does not pin memory.
-pub(crate) const SLOT_KEEP: usize = 128 * 1024;
-
 /// A command whose data the host sends after an R2T.
 pub(crate) struct Slot {
     active: bool,
@@ -30,8 +26,10 @@ pub(crate) struct Slot {
     cmd: Option<Command>,
     /// Bytes the R2T asked for.
     len: usize,
-    /// Bytes received so far (`buf.len()` is the count).
-    buf: Vec<u8>,
+    /// Bytes received so far.
+    got: usize,
+    /// Where they go.
+    buf: Option<bdev::IoBuf>,
     failed: Option<Error>,
     started: Instant,
 }
@@ -44,7 +42,8 @@ impl Slot {
             sqe: Sqe::new_zeroed(),
             cmd: None,
             len: 0,
-            buf: Vec::new(),
+            got: 0,
+            buf: None,
             failed: None,
             started: Instant::now(),
         }
@@ -70,9 +69,16 @@ impl Conn {
         if len > cfg.max_transfer as usize {
             return self.complete(sqe.cid.get(), Error::TooLarge);
         }
-        if let Command::Io(c) = &cmd {
-            if let Err(e) = self.check_io(sqe, c) {
-                return self.complete(sqe.cid.get(), e);
+        if len > self.port.pool.max_size() {
+            // A configuration error (the pool must hold MDTS): never a wait forever.
+            return self.complete(
+                sqe.cid.get(),
+                Error::Internal("buffer pool smaller than MDTS"),
+            );
+        }
+        if let Command::Io(_) = &cmd {
+            if let Err(st) = self.check_io(sqe) {
+                return self.respond(sqe.cid.get(), st, 0);
             }
         }
         self.port
@@ -106,13 +112,17 @@ impl Conn {
         let Some(i) = self.slots.iter().position(|s| !s.active) else {
             return false;
         };
+        let Some(buf) = self.port.pool.get(len) else {
+            return false;
+        };
         self.r2t_reserved += len;
         let slot = &mut self.slots[i];
         slot.active = true;
         slot.sqe = *sqe;
         slot.cmd = Some(cmd);
         slot.len = len;
-        slot.buf.clear();
+        slot.got = 0;
+        slot.buf = Some(buf);
         slot.failed = None;
         slot.started = started;
         let mut r = R2t::default();
@@ -128,7 +138,7 @@ impl Conn {
     }
 
     /// Sends R2Ts for waiting commands while slots and budget allow.
-    fn start_waiting(&mut self) {
+    pub(crate) fn start_waiting(&mut self) {
         while let Some(&(sqe, cmd, started)) = self.waiting.front() {
             if !self.try_send_r2t(&sqe, cmd, started) {
                 return;
@@ -162,18 +172,16 @@ impl Conn {
                 fei: 0,
             });
         }
-        if datao != slot.buf.len() || datal > slot.len - slot.buf.len() {
+        if datao != slot.got || datal > slot.len - slot.got {
             return Err(Fatal {
                 fes: pdu::fes::DATA_OUT_OF_RANGE,
                 fei: 12,
             });
         }
-        if slot.buf.capacity() < slot.len {
-            // The first data of a command larger than the kept buffer: exactly its length,
-            // already counted against the R2T budget when the R2T went out.
-            slot.buf = Vec::with_capacity(slot.len);
+        if let Some(b) = slot.buf.as_mut() {
+            b.as_mut_slice()[datao..datao + datal].copy_from_slice(data);
         }
-        slot.buf.extend_from_slice(data);
+        slot.got += datal;
         if digest_error {
             self.port
                 .metrics()
@@ -182,8 +190,8 @@ impl Conn {
             slot.failed = Some(Error::DataDigest);
         }
         let last = h.ch.flags & flags::LAST_PDU != 0;
-        if slot.buf.len() == slot.len || last {
-            if slot.buf.len() != slot.len {
+        if slot.got == slot.len || last {
+            if slot.got != slot.len {
                 return Err(Fatal {
                     fes: pdu::fes::PDU_SEQUENCE_ERROR,
                     fei: 0,
@@ -203,7 +211,7 @@ impl Conn {
         let failed = slot.failed.take();
         let started = slot.started;
         let len = slot.len;
-        let mut buf = std::mem::take(&mut slot.buf);
+        let buf = slot.buf.take();
         self.r2t_reserved -= len;
         self.port
             .metrics()
@@ -215,15 +223,14 @@ impl Conn {
         } else {
             failed
         };
-        match (failed, cmd) {
-            (Some(e), _) => self.complete(sqe.cid.get(), e),
-            (None, Some(cmd)) => self.execute(&sqe, cmd, Data::Host(&buf[..len]), started),
-            // An active slot always holds its command.
-            (None, None) => self.complete(sqe.cid.get(), Error::Sequence),
-        }
-        if buf.capacity() <= SLOT_KEEP {
-            buf.clear();
-            self.slots[i].buf = buf;
+        match (failed, cmd, buf) {
+            (Some(e), _, _) => self.complete(sqe.cid.get(), e),
+            (None, Some(cmd), Some(buf)) => self.execute(&sqe, cmd, Data::Buf(buf), started),
+            // An active slot always holds its command and buffer.
+            _ => self.complete(
+                sqe.cid.get(),
+                Error::Internal("R2T slot without its command"),
+            ),
         }
         self.start_waiting();
     }
@@ -234,7 +241,7 @@ impl Conn {
         for i in 0..self.slots.len() {
             if self.slots[i].active {
                 self.slots[i].active = false;
-                self.slots[i].buf = Vec::new();
+                self.slots[i].buf = None;
                 let cid = self.slots[i].sqe.cid.get();
                 self.port
                     .metrics()

@@ -1,5 +1,5 @@
 //! Admin and I/O commands beyond the basics: identify bits, firmware slot and command
-//! effects logs, Error Recovery, controller lists, Compare, Verify, Abort of a command
+//! effects logs, Error Recovery, controller lists, Abort of a command
 //! waiting for its data, the anonymous (empty) host NQN, and the host library's MDTS.
 // An integration test crate: every function in it is a test, and test data may truncate.
 #![allow(clippy::tests_outside_test_module, clippy::cast_possible_truncation)]
@@ -48,14 +48,6 @@ fn admin_sqe(opcode: u8, cdw10: u32, cdw11: u32) -> Sqe {
     sqe
 }
 
-fn io_sqe(opcode: u8, ns: &Namespace, slba: u64, nlb: u32) -> Sqe {
-    let mut sqe = Sqe::new_zeroed();
-    sqe.opcode = opcode;
-    sqe.nsid.set(ns.nsid);
-    sqe.set_lba_range(slba, nlb);
-    sqe
-}
-
 #[test]
 fn identify_reports_ports_logs_firmware_and_optional_commands() {
     let h = Harness::start();
@@ -64,9 +56,6 @@ fn identify_reports_ports_logs_firmware_and_optional_commands() {
         let id = c.identify_controller().await.unwrap();
         // Two ports in the harness: multi-port (bit 0) and multi-controller (bit 1).
         assert_eq!(id.cmic & 0x3, 0x3, "CMIC");
-        let oncs = id.oncs.get();
-        assert_eq!(oncs & 1, 1, "ONCS Compare");
-        assert_eq!(oncs & (1 << 7), 1 << 7, "ONCS Verify");
         assert_eq!(id.lpa & 0x2, 0x2, "LPA commands supported and effects");
         assert_eq!(id.frmw, 0x3, "one read-only firmware slot");
 
@@ -95,7 +84,7 @@ fn identify_reports_ports_logs_firmware_and_optional_commands() {
         );
         assert_eq!(iocs(io_opcode::WRITE), effects::CSUPP | effects::LBCC);
         assert_eq!(iocs(io_opcode::READ), effects::CSUPP);
-        assert_eq!(iocs(io_opcode::VERIFY), effects::CSUPP);
+        assert_eq!(iocs(io_opcode::DSM), effects::CSUPP | effects::LBCC);
         assert_eq!(iocs(0x7e), 0);
     });
     h.stop();
@@ -162,46 +151,6 @@ fn controller_lists_name_the_subsystems_controllers() {
         sqe.nsid.set(99);
         let r = a.admin_command(sqe, None, 4096).await;
         assert_eq!(status_field(r) & 0x7ff, status::INVALID_NS);
-    });
-    h.stop();
-}
-
-#[test]
-fn compare_and_verify() {
-    let h = Harness::start();
-    rt().block_on(async {
-        let (_c, mut q, ns) = controller(&h).await;
-        let bs = ns.block_size as usize;
-        let d = pattern(16 * bs, 9);
-        q.write(&ns, 100, &d).await.unwrap();
-        let (cqe, _) = q
-            .execute(io_sqe(io_opcode::COMPARE, &ns, 100, 16), Some(&d), 0)
-            .await
-            .unwrap();
-        assert_eq!(cqe.status_field(), 0, "same data compares equal");
-        let mut other = d.clone();
-        other[5 * bs + 3] ^= 1;
-        let (cqe, _) = q
-            .execute(io_sqe(io_opcode::COMPARE, &ns, 100, 16), Some(&other), 0)
-            .await
-            .unwrap();
-        assert_eq!(
-            cqe.status_field(),
-            status::status(2, 0x85) | status::DNR,
-            "Compare Failure"
-        );
-        // Compare changes nothing.
-        assert!(q.read(&ns, 100, d.len()).await.unwrap() == d);
-        let (cqe, _) = q
-            .execute(io_sqe(io_opcode::VERIFY, &ns, 100, 16), None, 0)
-            .await
-            .unwrap();
-        assert_eq!(cqe.status_field(), 0, "Verify");
-        let (cqe, _) = q
-            .execute(io_sqe(io_opcode::VERIFY, &ns, ns.blocks - 1, 2), None, 0)
-            .await
-            .unwrap();
-        assert_eq!(cqe.status_field() & 0x7ff, status::LBA_OUT_OF_RANGE);
     });
     h.stop();
 }

@@ -39,7 +39,8 @@ fn default_dhgroup() -> String {
 impl HostConfig {
     /// The target's form of these settings; the error names the key (under `at`).
     pub fn to_target(&self, at: &str) -> Result<HostAuthConfig, (String, String)> {
-        let key_err = |key: &str, e: nvme_target::auth::SecretError| (format!("{at}.{key}"), e.to_string());
+        let key_err =
+            |key: &str, e: nvme_target::auth::SecretError| (format!("{at}.{key}"), e.to_string());
         let key = Secret::parse(&self.dhchap_key).map_err(|e| key_err("dhchap_key", e))?;
         let ctrl_key = self
             .dhchap_ctrl_key
@@ -56,7 +57,10 @@ impl HostConfig {
         let hash = HashFn::from_name(&self.dhchap_hash).ok_or_else(|| {
             (
                 format!("{at}.dhchap_hash"),
-                format!("unknown hash `{}` (sha256, sha384, sha512)", self.dhchap_hash),
+                format!(
+                    "unknown hash `{}` (sha256, sha384, sha512)",
+                    self.dhchap_hash
+                ),
             )
         })?;
         let dh_group = match self.dhchap_dhgroup.as_str() {
@@ -88,7 +92,10 @@ pub fn validate(hosts: &[HostConfig]) -> Result<Vec<HostAuthConfig>, (String, St
             let at = format!("nvme_tcp.hosts[{i}]");
             super::check_nqn(&h.nqn).map_err(|m| (format!("{at}.nqn"), m))?;
             if !seen.insert(h.nqn.as_str()) {
-                return Err((format!("{at}.nqn"), format!("host `{}` listed twice", h.nqn)));
+                return Err((
+                    format!("{at}.nqn"),
+                    format!("host `{}` listed twice", h.nqn),
+                ));
             }
             h.to_target(&at)
         })

@@ -892,7 +892,9 @@ fn check_name(name: &str) -> Result<(), String> {
 
 /// The target's DH-HMAC-CHAP settings of the host entries (the key path and message of
 /// the first bad one).
-pub fn hosts_auth(hosts: &[HostConfig]) -> Result<Vec<nvme_target::HostAuthConfig>, (String, String)> {
+pub fn hosts_auth(
+    hosts: &[HostConfig],
+) -> Result<Vec<nvme_target::HostAuthConfig>, (String, String)> {
     hosts::validate(hosts)
 }
 

@@ -266,7 +266,9 @@ fn dhchap_errors_name_the_key_and_line() {
             "    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"{KEY}\"\n{extra}"
         ))
     };
-    let bad_key = with_hosts("    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"DHHC-1:00:AAAA:\"\n");
+    let bad_key = with_hosts(
+        "    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"DHHC-1:00:AAAA:\"\n",
+    );
     let e = err(&bad_key);
     assert_eq!(e.path, "nvme_tcp.hosts[0].dhchap_key");
     assert_eq!(e.line, Some(4));
@@ -278,7 +280,10 @@ fn dhchap_errors_name_the_key_and_line() {
     )));
     assert_eq!(e.path, "nvme_tcp.hosts[0].dhchap_key");
     let e = err(&host("      dhchap_hash: md5\n"));
-    assert_eq!((e.path.as_str(), e.line), ("nvme_tcp.hosts[0].dhchap_hash", Some(5)));
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("nvme_tcp.hosts[0].dhchap_hash", Some(5))
+    );
     let e = err(&host("      dhchap_dhgroup: ffdhe1024\n"));
     assert_eq!(e.path, "nvme_tcp.hosts[0].dhchap_dhgroup");
     let e = err(&host(&format!("      dhchap_ctrl_key: \"{KEY}\"\n")));
@@ -287,7 +292,10 @@ fn dhchap_errors_name_the_key_and_line() {
         "{}    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"{KEY}\"\n",
         host("")
     ));
-    assert_eq!((e.path.as_str(), e.line), ("nvme_tcp.hosts[1].nqn", Some(5)));
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("nvme_tcp.hosts[1].nqn", Some(5))
+    );
     let e = err(&host("      secret: x\n"));
     assert!(e.path.starts_with("nvme_tcp.hosts[0]"), "{}", e.path);
 }

@@ -9,10 +9,10 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bdev::ram::{RamDevice, RamIo};
+use bdev::{BlockIo, BufPool, Geometry, Op, PoolClass, Request, Sink};
 use nvme_target::host::{HostController, HostOptions, Namespace, Queue};
-use nvme_target::{
-    BlockDevice, NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig,
-};
+use nvme_target::{NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig};
 use tokio::sync::{mpsc, watch};
 
 /// Subsystem any host may use.
@@ -23,20 +23,31 @@ pub const LOCKED_NQN: &str = "nqn.2026-11.io.baton:locked";
 pub const ALLOWED_HOST: &str =
     "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000aa";
 
-/// An in-memory device shared by every port thread (a mutex is fine in a test double).
+/// An in-memory device shared by every port thread. It counts flushes, and reads of one
+/// chosen offset can be held at the "device" until the test opens the gate (so a test can
+/// see the target answer other commands while one is still at the device, and complete
+/// out of order).
 #[derive(Clone)]
 pub struct MemDevice {
-    data: Arc<Mutex<Vec<u8>>>,
-    block_size: u32,
+    ram: RamDevice,
     flushes: Arc<AtomicUsize>,
+    gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    /// Byte offset whose reads wait, if any.
+    offset: Mutex<Option<u64>>,
+    open: tokio::sync::Notify,
+    held: AtomicUsize,
 }
 
 impl MemDevice {
     pub fn new(size: usize, block_size: u32) -> Self {
         Self {
-            data: Arc::new(Mutex::new(vec![0; size])),
-            block_size,
+            ram: RamDevice::new("test", size as u64, block_size).unwrap(),
             flushes: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::default(),
         }
     }
 
@@ -45,54 +56,74 @@ impl MemDevice {
         self.flushes.load(Ordering::SeqCst)
     }
 
-    fn range(&self, offset: u64, len: usize) -> std::io::Result<std::ops::Range<usize>> {
-        let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        let end = start
-            .checked_add(len)
-            .ok_or(std::io::ErrorKind::InvalidInput)?;
-        if end > self.data.lock().unwrap().len() {
-            return Err(std::io::ErrorKind::InvalidInput.into());
+    /// From now on, reads at byte `offset` wait at the device until [`MemDevice::open_gate`].
+    pub fn hold_reads_at(&self, offset: u64) {
+        *self.gate.offset.lock().unwrap() = Some(offset);
+    }
+
+    /// Reads waiting at the gate now.
+    pub fn held(&self) -> usize {
+        self.gate.held.load(Ordering::SeqCst)
+    }
+
+    /// Lets held reads (and later ones) go.
+    pub fn open_gate(&self) {
+        *self.gate.offset.lock().unwrap() = None;
+        self.gate.open.notify_waiters();
+    }
+
+    fn open(&self) -> MemIo {
+        MemIo {
+            inner: Rc::new(self.ram.open()),
+            dev: self.clone(),
         }
-        Ok(start..end)
     }
 }
 
-impl BlockDevice for MemDevice {
-    fn block_size(&self) -> u32 {
-        self.block_size
+/// One thread's handle on a [`MemDevice`].
+struct MemIo {
+    inner: Rc<RamIo>,
+    dev: MemDevice,
+}
+
+impl BlockIo for MemIo {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
     }
-    fn num_blocks(&self) -> u64 {
-        self.data.lock().unwrap().len() as u64 / u64::from(self.block_size)
+    fn submit(&self, req: Request, sink: &Rc<dyn Sink>) {
+        if req.op == Op::Flush {
+            self.dev.flushes.fetch_add(1, Ordering::SeqCst);
+        }
+        let gated = req.op == Op::Read && *self.dev.gate.offset.lock().unwrap() == Some(req.offset);
+        if !gated {
+            return self.inner.submit(req, sink);
+        }
+        let (inner, gate, sink) = (
+            Rc::clone(&self.inner),
+            Arc::clone(&self.dev.gate),
+            Rc::clone(sink),
+        );
+        let notified = Arc::clone(&gate);
+        tokio::task::spawn_local(async move {
+            let wait = notified.open.notified();
+            gate.held.fetch_add(1, Ordering::SeqCst);
+            if gate.offset.lock().unwrap().is_some() {
+                wait.await;
+            }
+            gate.held.fetch_sub(1, Ordering::SeqCst);
+            inner.submit(req, &sink);
+        });
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let r = self.range(offset, buf.len())?;
-        buf.copy_from_slice(&self.data.lock().unwrap()[r]);
-        Ok(())
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        let r = self.range(offset, buf.len())?;
-        self.data.lock().unwrap()[r].copy_from_slice(buf);
-        Ok(())
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.flushes.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        let r = self.range(offset, usize::try_from(len).unwrap())?;
-        self.data.lock().unwrap()[r].fill(0);
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.write_zeroes(offset, len)
+    fn in_flight(&self) -> usize {
+        self.dev.held()
     }
 }
 
-/// A file-backed device shared by every port thread; reads may go out with `sendfile`.
+/// A temporary file served by the file engine (io_uring where the kernel has it); reads may
+/// go out with `sendfile`.
 #[derive(Clone)]
 pub struct FileDevice {
-    file: Arc<std::fs::File>,
-    size: u64,
+    dev: bdev::file::FileDevice,
 }
 
 impl FileDevice {
@@ -100,46 +131,12 @@ impl FileDevice {
         let file = tempfile::tempfile().unwrap();
         file.set_len(size).unwrap();
         Self {
-            file: Arc::new(file),
-            size,
+            dev: bdev::file::FileDevice::new(file, size, 512, false),
         }
     }
-}
 
-impl BlockDevice for FileDevice {
-    fn block_size(&self) -> u32 {
-        512
-    }
-    fn num_blocks(&self) -> u64 {
-        self.size / 512
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(&*self.file, buf, offset)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&*self.file, buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.file.sync_data()
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.write_at(offset, &vec![0; usize::try_from(len).unwrap()])
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.write_zeroes(offset, len)
-    }
-    fn file_extents(
-        &self,
-        offset: u64,
-        len: u64,
-        out: &mut Vec<nvme_target::blockdev::FileExtent>,
-    ) -> bool {
-        out.push(nvme_target::blockdev::FileExtent {
-            file: Arc::clone(&self.file),
-            offset,
-            len: usize::try_from(len).unwrap(),
-        });
-        true
+    fn open(&self) -> bdev::file::FileIo {
+        self.dev.open(bdev::file::Engine::Auto, 64).unwrap()
     }
 }
 
@@ -165,13 +162,13 @@ fn nguid(n: u8) -> [u8; 16] {
     g
 }
 
-fn namespace(nsid: u32, dev: &dyn BlockDevice, n: u8) -> NamespaceConfig {
+fn namespace(nsid: u32, g: Geometry, n: u8) -> NamespaceConfig {
     NamespaceConfig {
         nsid,
         nguid: nguid(n),
         uuid: nguid(n + 100),
-        block_size: dev.block_size(),
-        num_blocks: dev.num_blocks(),
+        block_size: g.block_size,
+        num_blocks: g.size / u64::from(g.block_size),
         optimal_io_boundary: 128 * 1024,
         volatile_write_cache: true,
     }
@@ -195,7 +192,10 @@ impl Harness {
                 model: "Baton test".into(),
                 allow_any_host: true,
                 allowed_hosts: vec![],
-                namespaces: vec![namespace(1, &ns1, 1), namespace(2, &ns2, 2)],
+                namespaces: vec![
+                    namespace(1, ns1.dev.geometry(), 1),
+                    namespace(2, ns2.ram.geometry(), 2),
+                ],
             },
             SubsystemConfig {
                 nqn: LOCKED_NQN.into(),
@@ -203,7 +203,7 @@ impl Harness {
                 model: "Baton test".into(),
                 allow_any_host: false,
                 allowed_hosts: vec![ALLOWED_HOST.into()],
-                namespaces: vec![namespace(1, &locked, 3)],
+                namespaces: vec![namespace(1, locked.ram.geometry(), 3)],
             },
         ];
         let ports = vec![
@@ -246,12 +246,27 @@ impl Harness {
                         nvme_target::run_discovery(target, l, rx_shutdown).await;
                         return;
                     }
-                    let d: Vec<(String, u32, Rc<dyn BlockDevice>)> = vec![
-                        (OPEN_NQN.into(), 1, Rc::new(devs.0)),
-                        (OPEN_NQN.into(), 2, Rc::new(devs.1)),
-                        (LOCKED_NQN.into(), 1, Rc::new(devs.2)),
+                    let d: Vec<(String, u32, Rc<dyn BlockIo>)> = vec![
+                        (OPEN_NQN.into(), 1, Rc::new(devs.0.open())),
+                        (OPEN_NQN.into(), 2, Rc::new(devs.1.open())),
+                        (LOCKED_NQN.into(), 1, Rc::new(devs.2.open())),
                     ];
-                    let port = Port::new(target, u16::try_from(i + 1).unwrap(), d);
+                    let pool = BufPool::new(&[
+                        PoolClass {
+                            size: 4096,
+                            count: 128,
+                        },
+                        PoolClass {
+                            size: 128 << 10,
+                            count: 32,
+                        },
+                        PoolClass {
+                            size: 1 << 20,
+                            count: 8,
+                        },
+                    ])
+                    .unwrap();
+                    let port = Port::new(target, u16::try_from(i + 1).unwrap(), d, pool);
                     let p2 = Rc::clone(&port);
                     tokio::task::spawn_local(async move {
                         while let Some(Cmd::DropConnections) = rx.recv().await {
