@@ -54,7 +54,7 @@ impl Completion {
 
 /// Why a command failed. Each variant is one NVMe status; [`Completion::from`] is the only
 /// place that knows which.
-#[derive(Debug, Error)]
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub(crate) enum Error {
     /// The entry is not a command this queue runs.
     #[error("unparsable command")]
@@ -80,6 +80,18 @@ pub(crate) enum Error {
     /// In-capsule data at a non-zero offset.
     #[error("SGL offset invalid")]
     SglOffset,
+    /// The LBA range passes the namespace's end.
+    #[error("LBA out of range")]
+    LbaOutOfRange,
+    /// No device buffer for in-capsule data (the pool is exhausted for now).
+    #[error("no device buffer free")]
+    NoBuffer,
+    /// The device failed a read (with its own NVMe status, if it gave one).
+    #[error("read failed at the device")]
+    ReadFailed(Option<u16>),
+    /// The device failed a write, flush, write zeroes or deallocate (its status, if any).
+    #[error("write failed at the device")]
+    WriteFailed(Option<u16>),
     /// No such log page on this controller.
     #[error("invalid log page")]
     InvalidLogPage,
@@ -153,6 +165,11 @@ impl From<Error> for Completion {
             Error::SglLength => (dnr(status::SGL_LENGTH_INVALID), 0),
             Error::SglType => (dnr(status::SGL_TYPE_INVALID), 0),
             Error::SglOffset => (dnr(status::SGL_OFFSET_INVALID), 0),
+            Error::LbaOutOfRange => (dnr(status::LBA_OUT_OF_RANGE), 0),
+            // Retryable: buffers come back as other commands finish.
+            Error::NoBuffer => (status::NS_NOT_READY, 0),
+            Error::ReadFailed(st) => (st.unwrap_or(status::UNRECOVERED_READ_ERROR), 0),
+            Error::WriteFailed(st) => (st.unwrap_or(status::WRITE_FAULT), 0),
             Error::InvalidLogPage => (dnr(status::INVALID_LOG_PAGE), 0),
             Error::NotSaveable => (dnr(status::FEATURE_NOT_SAVEABLE), 0),
             Error::AerLimit => (dnr(status::AER_LIMIT_EXCEEDED), 0),
@@ -203,6 +220,24 @@ mod tests {
         assert_eq!(
             Completion::from(Error::ControllerBusy).status & status::DNR,
             0
+        );
+    }
+
+    #[test]
+    fn device_failures_keep_the_devices_status() {
+        assert_eq!(
+            Completion::from(Error::ReadFailed(None)).status,
+            status::UNRECOVERED_READ_ERROR
+        );
+        assert_eq!(
+            Completion::from(Error::WriteFailed(None)).status,
+            status::WRITE_FAULT
+        );
+        let lba = status::LBA_OUT_OF_RANGE;
+        assert_eq!(Completion::from(Error::WriteFailed(Some(lba))).status, lba);
+        assert_eq!(
+            Completion::from(Error::AuthRequired).status,
+            status::status(1, 0x91) | status::DNR
         );
     }
 }

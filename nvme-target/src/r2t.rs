@@ -77,8 +77,8 @@ impl Conn {
             );
         }
         if let Command::Io(_) = &cmd {
-            if let Err(st) = self.check_io(sqe) {
-                return self.respond(sqe.cid.get(), st, 0);
+            if let Err(e) = self.check_io(sqe) {
+                return self.complete(sqe.cid.get(), e);
             }
         }
         self.port
