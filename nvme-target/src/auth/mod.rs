@@ -422,3 +422,130 @@ impl Conn {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{Dhchap, HostExchange};
+    use proptest::prelude::*;
+
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:unit";
+    const SUB: &str = "nqn.2026-11.io.baton:unit";
+
+    fn key(fill: u8) -> Secret {
+        Secret::parse(&Secret::encode(&[fill; 32], None)).unwrap()
+    }
+
+    fn config(group: Option<Group>) -> Arc<HostAuthConfig> {
+        Arc::new(HostAuthConfig {
+            nqn: HOST.into(),
+            key: key(1),
+            ctrl_key: None,
+            hash: HashFn::Sha256,
+            dh_group: group,
+        })
+    }
+
+    fn receive(a: &mut QueueAuth) -> Vec<u8> {
+        let mut out = Vec::new();
+        a.on_receive(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_whole_exchange_without_sockets() {
+        let mut a = QueueAuth::new(Some(config(Group::from_id(dh_group::FFDHE2048))), HOST, SUB);
+        assert!(a.pending());
+        let d = Dhchap::new(key(1));
+        let mut x = HostExchange::new(&d, HOST, SUB, 9);
+        a.on_send(&x.negotiate());
+        let reply = x.reply(&receive(&mut a)).unwrap();
+        a.on_send(&reply);
+        assert_eq!(x.success1(&receive(&mut a)).unwrap(), None);
+        assert!(!a.pending());
+    }
+
+    #[test]
+    fn a_degenerate_dh_value_is_refused() {
+        let mut a = QueueAuth::new(Some(config(Group::from_id(dh_group::FFDHE2048))), HOST, SUB);
+        let d = Dhchap::new(key(1));
+        let mut x = HostExchange::new(&d, HOST, SUB, 2);
+        a.on_send(&x.negotiate());
+        let mut reply = x.reply(&receive(&mut a)).unwrap();
+        // The host's public value becomes 1: the shared secret would be known to anyone.
+        let dhv = reply.len() - 256;
+        reply[dhv..].fill(0);
+        reply[dhv + 255] = 1;
+        a.on_send(&reply);
+        assert_eq!(a.step, Step::Failure1(failure::DHGROUP_UNUSABLE));
+        let f = receive(&mut a);
+        assert_eq!((f[1], f[7]), (auth_id::FAILURE1, failure::DHGROUP_UNUSABLE));
+        assert!(a.pending());
+    }
+
+    #[test]
+    fn messages_out_of_step_fail() {
+        let mut a = QueueAuth::new(Some(config(None)), HOST, SUB);
+        let d = Dhchap::new(key(1));
+        let x = HostExchange::new(&d, HOST, SUB, 0);
+        // Success2 before anything.
+        let s2 = Success2 {
+            auth_type: auth_type::DHCHAP,
+            auth_id: auth_id::SUCCESS2,
+            ..Success2::default()
+        };
+        a.on_send(s2.as_bytes());
+        assert_eq!(a.step, Step::Failure1(failure::INCORRECT_PROTOCOL));
+        // A new negotiation starts over.
+        a.on_send(&x.negotiate());
+        assert_eq!(a.step, Step::Challenge);
+        assert!(a.pending());
+    }
+
+    /// A challenge for transaction 4 from a separate controller state.
+    fn receive_challenge_for(x: &mut HostExchange<'_>) -> Vec<u8> {
+        let mut b = QueueAuth::new(Some(config(None)), HOST, SUB);
+        b.on_send(&x.negotiate());
+        let c = receive(&mut b);
+        x.reply(&c).unwrap()
+    }
+
+    #[test]
+    fn a_reply_for_another_transaction_fails() {
+        let mut a = QueueAuth::new(Some(config(None)), HOST, SUB);
+        let d = Dhchap::new(key(1));
+        let x = HostExchange::new(&d, HOST, SUB, 3);
+        a.on_send(&x.negotiate());
+        receive(&mut a);
+        let mut other = HostExchange::new(&d, HOST, SUB, 4);
+        let reply = receive_challenge_for(&mut other);
+        a.on_send(&reply);
+        assert_eq!(a.step, Step::Failure1(failure::INCORRECT_PAYLOAD));
+        assert!(a.pending());
+    }
+
+    proptest! {
+        // Each case may run a 2048-bit exchange: fewer cases than the default keep it quick.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn hostile_messages_never_authenticate(
+            msgs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..320), 0..8),
+            negotiate_first in any::<bool>(),
+        ) {
+            let mut a = QueueAuth::new(Some(config(Group::from_id(dh_group::FFDHE2048))), HOST, SUB);
+            let d = Dhchap::new(key(1));
+            let x = HostExchange::new(&d, HOST, SUB, 0);
+            let mut out = Vec::new();
+            if negotiate_first {
+                a.on_send(&x.negotiate());
+                let _ = a.on_receive(&mut out);
+            }
+            for m in msgs {
+                a.on_send(&m);
+                let _ = a.on_receive(&mut out);
+                prop_assert!(a.pending());
+                prop_assert!(out.len() <= 16 + 64 + 1024);
+            }
+        }
+    }
+}
