@@ -71,6 +71,8 @@ pub mod feature {
     pub const ASYNC_EVENT: u8 = 0x0b;
     /// Keep Alive Timer.
     pub const KATO: u8 = 0x0f;
+    /// Host Identifier (the 128-bit one from Connect on fabrics).
+    pub const HOST_ID: u8 = 0x81;
 }
 
 /// Identify CNS values (Base 5.17).

@@ -65,6 +65,15 @@ impl Conn {
                     r => r.map(Reply::Done),
                 }
             }
+            AdminCmd::GetFeatures(f) if f.fid == feature::HOST_ID => {
+                // Fabrics hosts have the 128-bit identifier (EXHID) they gave in Connect.
+                if f.cdw11 & 1 == 0 {
+                    Err(Error::InvalidField)
+                } else {
+                    self.scratch(16).copy_from_slice(&ctrl.hostid.get());
+                    Ok(Reply::Scratch(to_host))
+                }
+            }
             AdminCmd::GetFeatures(f) => self.get_features(&ctrl, &f).map(Reply::Done),
             AdminCmd::KeepAlive => Ok(Reply::Done(Completion::success())),
             AdminCmd::AsyncEventRequest => {
@@ -348,6 +357,8 @@ impl Conn {
                 ctrl.kato.set(Duration::from_millis(u64::from(cdw11)));
                 0
             }
+            // Connect gave the host identifier; it does not change (as nvmet answers).
+            (feature::HOST_ID, _) => return Err(Error::Sequence),
             (feature::ERROR_RECOVERY, false) => {
                 // Deallocated or unwritten blocks read as zeroes, never as an error: DULBE
                 // (bit 16) cannot be enabled. Baton retries nothing, so any TLER holds.

@@ -42,6 +42,8 @@ pub struct Ctrl {
     pub aec: Cell<u32>,
     /// Volatile write cache enabled.
     pub vwc_enabled: Cell<bool>,
+    /// Host identifier from the Connect data.
+    pub hostid: Cell<[u8; 16]>,
     /// Error Recovery feature: TLER (bits 15:0).
     pub error_recovery: Cell<u32>,
     /// The abort boxes of the controller's I/O queues, by queue ID.
@@ -103,6 +105,7 @@ impl Ctrl {
             io_queues: Cell::new(0),
             aec: Cell::new(0),
             vwc_enabled: Cell::new(true),
+            hostid: Cell::new([0; 16]),
             error_recovery: Cell::new(0),
             queues: RefCell::new(HashMap::new()),
             aers: RefCell::new(Vec::with_capacity(AER_LIMIT)),

@@ -136,6 +136,7 @@ impl Conn {
             };
             let kato = Duration::from_millis(u64::from(cmd.kato_ms));
             let ctrl = Ctrl::new(cntlid, subsys, hostnqn.to_owned(), kato, cfg.max_io_queues);
+            ctrl.hostid.set(cd.hostid);
             self.port
                 .controllers
                 .borrow_mut()

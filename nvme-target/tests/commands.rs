@@ -113,6 +113,30 @@ fn error_recovery_feature_keeps_tler_and_refuses_dulbe() {
 }
 
 #[test]
+fn host_identifier_is_the_one_from_connect() {
+    let h = Harness::start();
+    rt().block_on(async {
+        let (mut c, _q, _ns) = controller(&h).await;
+        let fid = u32::from(feature::HOST_ID);
+        let (_, d) = c
+            .admin_command(admin_sqe(admin_opcode::GET_FEATURES, fid, 1), None, 16)
+            .await
+            .unwrap();
+        assert_eq!(d, HostOptions::new(OPEN_NQN).hostid.to_vec());
+        // Only the extended (128-bit) identifier exists on fabrics, and it cannot be set.
+        let r = c
+            .admin_command(admin_sqe(admin_opcode::GET_FEATURES, fid, 0), None, 16)
+            .await;
+        assert_eq!(status_field(r) & 0x7ff, status::INVALID_FIELD);
+        let r = c
+            .admin_command(admin_sqe(admin_opcode::SET_FEATURES, fid, 1), None, 0)
+            .await;
+        assert_eq!(status_field(r) & 0x7ff, status::COMMAND_SEQUENCE_ERROR);
+    });
+    h.stop();
+}
+
+#[test]
 fn controller_lists_name_the_subsystems_controllers() {
     let h = Harness::start();
     rt().block_on(async {
