@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use nvme_target::{
-    BlockDevice, NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig,
-};
+use bdev::{BlockIo, BufPool, PoolClass};
+use nvme_target::{NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -85,8 +84,11 @@ impl BlockService {
             let budget = budget.clone();
             let port_id = u16::try_from(h.index() + 1).unwrap_or(u16::MAX);
             let index = h.index();
+            let classes = buffer_classes(config);
             h.run(move || {
-                let result = start_port(target, port_id, &exported, listener, budget, shutdown);
+                let result = start_port(
+                    target, index, port_id, &exported, &classes, listener, budget, shutdown,
+                );
                 // start() waits for every answer; it is gone only if it already failed.
                 let _ = ready.send(result.map_err(|e| format!("controller {index}: {e}")));
             })
@@ -166,20 +168,48 @@ fn exported_volumes(config: &Config, backplane: &Backplane) -> Exported {
     out
 }
 
+/// The NVMe/TCP service's I/O buffers on each controller thread: small commands, the
+/// common 128 KiB, and whole maximum transfers (a fixed amount: a host's commands wait for a
+/// buffer rather than make the pool grow).
+pub fn buffer_classes(config: &Config) -> Vec<PoolClass> {
+    let mdts = usize::try_from(config.nvme_tcp.max_transfer.bytes()).unwrap_or(1 << 20);
+    let mut classes = vec![
+        PoolClass {
+            size: 4096,
+            count: 256,
+        },
+        PoolClass {
+            size: (128 << 10).min(mdts),
+            count: 128,
+        },
+    ];
+    if mdts > 128 << 10 {
+        classes.push(PoolClass {
+            size: mdts,
+            count: 16,
+        });
+    }
+    classes
+}
+
+#[allow(clippy::too_many_arguments)]
 fn start_port(
     target: Arc<Target>,
+    index: usize,
     port_id: u16,
     exported: &Exported,
+    classes: &[PoolClass],
     listener: std::net::TcpListener,
     budget: listener::Budget,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut devices: Vec<(String, u32, Rc<dyn BlockDevice>)> = Vec::with_capacity(exported.len());
+    let pool = BufPool::new(classes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut devices: Vec<(String, u32, Rc<dyn BlockIo>)> = Vec::with_capacity(exported.len());
     for (nqn, nsid, volume) in exported {
-        devices.push((nqn.clone(), *nsid, Rc::new(volume.open_handle()?)));
+        devices.push((nqn.clone(), *nsid, volume.open_io(index, &pool)?));
     }
     let limit = target.config().limits.max_connections;
-    let port = Port::new(target, port_id, devices);
+    let port = Port::new(target, port_id, devices, pool);
     PORT.with(|p| *p.borrow_mut() = Some(Rc::clone(&port)));
     let listener = listener::Listener::new(
         tokio::net::TcpListener::from_std(listener)?,
@@ -187,7 +217,12 @@ fn start_port(
         limit,
         budget,
     );
-    tokio::task::spawn_local(port.run(listener, shutdown));
+    tokio::task::spawn_local(async move {
+        port.run(listener, shutdown).await;
+        // The port and its device handles go now: their completion pollers end with them,
+        // so the controller thread can finish.
+        PORT.with(|p| p.borrow_mut().take());
+    });
     Ok(())
 }
 

@@ -22,6 +22,7 @@ mod fdops;
 mod io;
 pub mod slots;
 
+pub mod blocking;
 pub mod file;
 pub mod pcie;
 pub mod ram;

@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         metrics: Arc::default(),
     };
     let vol = Arc::new(Volume::new("fuzz", vec![entry], 64 * 1024, 512).unwrap());
-    let h = vol.open_handle().unwrap();
+    let h = vol.open_blocking("fuzz-store", 0).unwrap();
     h.write_at(0, &meta).unwrap();
     let Ok(mut store) = ContentStore::open(h, BLOCK, ENTRIES) else {
         return;

@@ -9,7 +9,6 @@
 //! * mode 3: after ICReq and a Connect to the discovery controller.
 #![no_main]
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,9 +19,7 @@ use nvme_spec::fabrics::{ConnectCmd, ConnectData, DISCOVERY_NQN, PropertyCmd, fc
 use nvme_spec::pdu::{CommonHeader, pdu_type};
 use nvme_spec::regs::offset;
 use nvme_spec::{FromBytes, FromZeros, IntoBytes, put_str};
-use nvme_target::{
-    BlockDevice, NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig,
-};
+use nvme_target::{NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,53 +27,6 @@ const NQN: &str = "nqn.2026-11.io.baton:fuzz";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:fuzz";
 /// Whole input, connection setup to teardown; the target's own deadlines end it sooner.
 const INPUT_DEADLINE: Duration = Duration::from_secs(5);
-
-/// A 1 MiB namespace in memory (one thread: no locking).
-struct Ram(RefCell<Vec<u8>>);
-
-impl Ram {
-    fn range(&self, offset: u64, len: usize) -> std::io::Result<std::ops::Range<usize>> {
-        let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        let end = start
-            .checked_add(len)
-            .ok_or(std::io::ErrorKind::InvalidInput)?;
-        if end > self.0.borrow().len() {
-            return Err(std::io::ErrorKind::InvalidInput.into());
-        }
-        Ok(start..end)
-    }
-}
-
-impl BlockDevice for Ram {
-    fn block_size(&self) -> u32 {
-        512
-    }
-    fn num_blocks(&self) -> u64 {
-        self.0.borrow().len() as u64 / 512
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let r = self.range(offset, buf.len())?;
-        buf.copy_from_slice(&self.0.borrow()[r]);
-        Ok(())
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        let r = self.range(offset, buf.len())?;
-        self.0.borrow_mut()[r].copy_from_slice(buf);
-        Ok(())
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        let len = usize::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        let r = self.range(offset, len)?;
-        self.0.borrow_mut()[r].fill(0);
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.write_zeroes(offset, len)
-    }
-}
 
 fn capsule(sqe: &[u8], data: &[u8]) -> Vec<u8> {
     let pdo = if data.is_empty() { 0 } else { 72 };
@@ -247,8 +197,11 @@ impl Rig {
                 )
             };
             let (port_l, disc_l) = (listen(std_port), listen(std_disc));
-            let dev: Rc<dyn BlockDevice> = Rc::new(Ram(RefCell::new(vec![0; 1 << 20])));
-            let p = Port::new(std::sync::Arc::clone(&t), 1, vec![(NQN.into(), 1, dev)]);
+            // A 1 MiB namespace in memory, through the RAM engine.
+            let ram = bdev::ram::RamDevice::new("fuzz", 1 << 20, 512).expect("memfd");
+            let dev: Rc<dyn bdev::BlockIo> = Rc::new(ram.open());
+            let pool = bdev::BufPool::small(8).expect("buffers");
+            let p = Port::new(std::sync::Arc::clone(&t), 1, vec![(NQN.into(), 1, dev)], pool);
             tokio::task::spawn_local(p.run(port_l, stop_rx.clone()));
             tokio::task::spawn_local(nvme_target::run_discovery(t, disc_l, stop_rx));
         });

@@ -1,33 +1,38 @@
-//! Devices reached through a file descriptor: `file` (a file or block device) and `ram`
-//! (a memfd). Every controller thread gets its own handle; positional I/O needs no locks.
+//! Devices reached through a file descriptor: `file` (a file or block device, served by the
+//! file engine: io_uring, or a thread pool where the kernel has none) and `ram` (a memfd,
+//! completed at once). Every controller thread gets its own handle; no locks per I/O.
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::rc::Rc;
 
-use memmap2::MmapMut;
-use nix::fcntl::{FallocateFlags, fallocate};
-use nix::sys::memfd::{MFdFlags, memfd_create};
+use bdev::file::{Engine, FileDevice};
+use bdev::ram::RamDevice;
+use bdev::throttle::Throttled;
+use bdev::{BlockIo, BufPool};
 
-use super::{Device, DeviceHandle};
+use super::Device;
 
-/// Bounce buffer size for O_DIRECT handles; larger transfers loop.
-const BOUNCE: usize = 1 << 20;
-/// O_DIRECT alignment of offsets and lengths (the logical sector).
-const DIRECT_ALIGN: u64 = 512;
+/// Requests in flight per thread on a file device's io_uring.
+const FILE_DEPTH: u32 = 128;
+/// Block size of file and RAM devices (O_DIRECT's logical sector).
+pub const FD_BLOCK: u32 = 512;
 
 /// A device backed by a file descriptor.
 #[derive(Debug)]
 pub struct FdDevice {
     name: String,
-    file: Arc<File>,
+    kind: Kind,
     size: u64,
-    direct: bool,
     read_rate: Option<u64>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Ram(RamDevice),
+    File(FileDevice),
 }
 
 impl FdDevice {
@@ -39,10 +44,13 @@ impl FdDevice {
 
     /// A RAM device of `size` bytes (an anonymous memfd; zero-filled, lost on exit).
     pub fn ram(name: &str, size: u64) -> io::Result<Self> {
-        let fd = memfd_create(format!("baton-{name}").as_str(), MFdFlags::MFD_CLOEXEC)?;
-        let file = File::from(fd);
-        file.set_len(size)?;
-        Ok(Self::new(name, file, size, false))
+        let ram = RamDevice::new(name, size, FD_BLOCK)?;
+        Ok(Self {
+            name: name.to_owned(),
+            size: ram.geometry().size,
+            kind: Kind::Ram(ram),
+            read_rate: None,
+        })
     }
 
     /// A file or block device at `path`; a missing regular file is created with `size`.
@@ -99,23 +107,19 @@ impl FdDevice {
             Some(want) => want,
             None => current,
         };
-        if size == 0 {
+        if size < u64::from(FD_BLOCK) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{} is empty; give the device a size", path.display()),
             ));
         }
-        Ok(Self::new(name, file, size, direct))
-    }
-
-    fn new(name: &str, file: File, size: u64, direct: bool) -> Self {
-        Self {
+        let dev = FileDevice::new(file, size, FD_BLOCK, direct);
+        Ok(Self {
             name: name.to_owned(),
-            file: Arc::new(file),
-            size,
-            direct,
+            size: dev.geometry().size,
+            kind: Kind::File(dev),
             read_rate: None,
-        }
+        })
     }
 }
 
@@ -135,157 +139,21 @@ impl Device for FdDevice {
         self.size
     }
 
-    fn open_handle(&self) -> io::Result<Box<dyn DeviceHandle>> {
-        let bounce = if self.direct {
-            Some(RefCell::new(MmapMut::map_anon(BOUNCE)?))
-        } else {
-            None
-        };
-        Ok(Box::new(FdHandle {
-            file: Arc::clone(&self.file),
-            bounce,
-            limit: self.read_rate.map(|rate| {
-                RefCell::new(RateLimit {
-                    rate,
-                    free_at: std::time::Instant::now(),
-                })
-            }),
-        }))
-    }
-}
-
-/// One controller thread's handle on an [`FdDevice`].
-struct FdHandle {
-    file: Arc<File>,
-    /// Page-aligned bounce buffer for O_DIRECT (callers' buffers need not be aligned).
-    bounce: Option<RefCell<MmapMut>>,
-    /// Read rate cap: the handle behaves like a device that reads `rate` bytes per second.
-    limit: Option<RefCell<RateLimit>>,
-}
-
-/// A serial device model: each read occupies the device for `len / rate` seconds.
-struct RateLimit {
-    rate: u64,
-    free_at: std::time::Instant,
-}
-
-impl FdHandle {
-    /// Blocks the calling controller thread as long as a device of the capped rate would.
-    fn throttle(&self, len: usize) {
-        let Some(limit) = &self.limit else { return };
-        let mut l = limit.borrow_mut();
-        let now = std::time::Instant::now();
-        let done =
-            l.free_at.max(now) + std::time::Duration::from_secs_f64(len as f64 / l.rate as f64);
-        l.free_at = done;
-        drop(l);
-        std::thread::sleep(done.saturating_duration_since(now));
-    }
-}
-
-fn check_direct(offset: u64, len: usize) -> io::Result<()> {
-    if offset % DIRECT_ALIGN != 0 || len as u64 % DIRECT_ALIGN != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "O_DIRECT I/O must be sector aligned",
-        ));
-    }
-    Ok(())
-}
-
-impl DeviceHandle for FdHandle {
-    fn file_extent(&self, offset: u64, len: u64) -> Option<nvme_target::blockdev::FileExtent> {
-        // O_DIRECT files must not be read through the page cache behind their back, and a
-        // rate-capped device must not be bypassed.
-        if self.bounce.is_some() || self.limit.is_some() {
-            return None;
-        }
-        Some(nvme_target::blockdev::FileExtent {
-            file: Arc::clone(&self.file),
-            offset,
-            len: usize::try_from(len).ok()?,
-        })
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.throttle(buf.len());
-        let Some(bounce) = &self.bounce else {
-            return self.file.read_exact_at(buf, offset);
-        };
-        check_direct(offset, buf.len())?;
-        let mut bounce = bounce.borrow_mut();
-        let mut done = 0;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(BOUNCE);
-            self.file
-                .read_exact_at(&mut bounce[..n], offset + done as u64)?;
-            buf[done..done + n].copy_from_slice(&bounce[..n]);
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        let Some(bounce) = &self.bounce else {
-            return self.file.write_all_at(buf, offset);
-        };
-        check_direct(offset, buf.len())?;
-        let mut bounce = bounce.borrow_mut();
-        let mut done = 0;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(BOUNCE);
-            bounce[..n].copy_from_slice(&buf[done..done + n]);
-            self.file.write_all_at(&bounce[..n], offset + done as u64)?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        for mode in [
-            keep | FallocateFlags::FALLOC_FL_ZERO_RANGE,
-            keep | FallocateFlags::FALLOC_FL_PUNCH_HOLE,
-        ] {
-            if self.fallocate(mode, offset, len).is_ok() {
-                return Ok(());
+    fn open_io(&self, _path: usize, _pool: &BufPool) -> io::Result<Rc<dyn BlockIo>> {
+        let rate = self.read_rate;
+        Ok(match &self.kind {
+            Kind::Ram(r) => match rate {
+                Some(rate) => Rc::new(Throttled::new(r.open(), rate)),
+                None => Rc::new(r.open()),
+            },
+            Kind::File(f) => {
+                let io = f.open(Engine::Auto, FILE_DEPTH)?;
+                match rate {
+                    Some(rate) => Rc::new(Throttled::new(io, rate)),
+                    None => Rc::new(io),
+                }
             }
-        }
-        self.write_zero_pages(offset, len)
-    }
-
-    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        let mode = FallocateFlags::FALLOC_FL_KEEP_SIZE | FallocateFlags::FALLOC_FL_PUNCH_HOLE;
-        // Deallocated blocks must read back as zeroes (DLFEAT); where holes are not
-        // supported, writing zeroes keeps that promise.
-        match self.fallocate(mode, offset, len) {
-            Ok(()) => Ok(()),
-            Err(_) => self.write_zeroes(offset, len),
-        }
-    }
-}
-
-impl FdHandle {
-    fn fallocate(&self, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
-        let offset = i64::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let len = i64::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-        fallocate(self.file.as_fd(), mode, offset, len).map_err(io::Error::from)
-    }
-
-    fn write_zero_pages(&self, offset: u64, len: u64) -> io::Result<()> {
-        let zeroes = MmapMut::map_anon(BOUNCE)?;
-        let mut done = 0u64;
-        while done < len {
-            let n = usize::try_from((len - done).min(BOUNCE as u64))
-                .map_err(|_| io::ErrorKind::InvalidInput)?;
-            self.file.write_all_at(&zeroes[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        })
     }
 }
 
@@ -337,22 +205,25 @@ pub fn check_file_path(path: &Path, size: Option<u64>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bdev::Op;
+    use bdev::testing::{local, read, run, write};
 
     fn roundtrip(dev: &FdDevice) {
-        let h = dev.open_handle().unwrap();
-        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
-        h.write_at(4096, &data).unwrap();
-        let mut back = vec![0u8; 8192];
-        h.read_at(4096, &mut back).unwrap();
-        assert_eq!(back, data);
-        h.discard(4096, 4096).unwrap();
-        h.read_at(4096, &mut back).unwrap();
-        assert!(back[..4096].iter().all(|&b| b == 0));
-        assert_eq!(&back[4096..], &data[4096..]);
-        h.write_zeroes(8192, 4096).unwrap();
-        h.read_at(8192, &mut back[..4096]).unwrap();
-        assert!(back[..4096].iter().all(|&b| b == 0));
-        h.flush().unwrap();
+        local(async {
+            let pool = BufPool::small(4).unwrap();
+            let h = dev.open_io(0, &pool).unwrap();
+            let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+            write(&*h, &pool, 4096, &data).await.unwrap();
+            assert_eq!(read(&*h, &pool, 4096, 8192).await.unwrap(), data);
+            run(&*h, Op::Discard, 4096, 4096).await.unwrap();
+            let back = read(&*h, &pool, 4096, 8192).await.unwrap();
+            assert!(back[..4096].iter().all(|&b| b == 0));
+            assert_eq!(&back[4096..], &data[4096..]);
+            run(&*h, Op::WriteZeroes, 8192, 4096).await.unwrap();
+            let back = read(&*h, &pool, 8192, 4096).await.unwrap();
+            assert!(back.iter().all(|&b| b == 0));
+            run(&*h, Op::Flush, 0, 0).await.unwrap();
+        });
     }
 
     #[test]
@@ -373,16 +244,11 @@ mod tests {
     }
 
     #[test]
-    fn direct_file_device_uses_bounce_buffer() {
+    fn direct_file_device_roundtrips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.img");
         match FdDevice::file("d", &path, Some(4 << 20), true) {
-            Ok(dev) => {
-                roundtrip(&dev);
-                let h = dev.open_handle().unwrap();
-                let mut odd = vec![0u8; 100];
-                assert!(h.read_at(3, &mut odd).is_err());
-            }
+            Ok(dev) => roundtrip(&dev),
             // tmpfs refuses O_DIRECT; nothing to test there.
             Err(e) => assert_eq!(e.raw_os_error(), Some(nix::libc::EINVAL), "{e}"),
         }

@@ -1,6 +1,13 @@
-//! Lock-free per-device counters, read by the metrics exporter.
+//! Lock-free per-device counters, read by the metrics exporter, and the handle wrapper that
+//! counts each request when it completes.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use bdev::slots::Slots;
+use bdev::{BlockIo, Completion, FileExtent, Geometry, Op, Request, Sink};
 
 /// Counters of one backplane device, summed over every controller's handle.
 #[derive(Debug, Default)]
@@ -19,23 +26,105 @@ pub struct DeviceMetrics {
     pub trims: AtomicU64,
     /// Operations that failed.
     pub errors: AtomicU64,
+    /// Requests submitted and not yet completed (all threads).
+    pub in_flight: AtomicU64,
 }
 
 impl DeviceMetrics {
-    /// Counts one operation's outcome.
-    pub(crate) fn count<T>(
-        &self,
-        ops: &AtomicU64,
-        bytes: Option<(&AtomicU64, u64)>,
-        result: &std::io::Result<T>,
-    ) {
-        if result.is_err() {
+    /// Counts one finished request.
+    fn count(&self, op: Op, len: u64, ok: bool) {
+        if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let (ops, bytes) = match op {
+            Op::Read => (&self.reads, Some(&self.read_bytes)),
+            Op::Write => (&self.writes, Some(&self.write_bytes)),
+            Op::Flush => (&self.flushes, None),
+            Op::WriteZeroes | Op::Discard => (&self.trims, None),
+        };
         ops.fetch_add(1, Ordering::Relaxed);
-        if let Some((counter, n)) = bytes {
-            counter.fetch_add(n, Ordering::Relaxed);
+        if let Some(b) = bytes {
+            b.fetch_add(len, Ordering::Relaxed);
         }
+    }
+}
+
+/// What a counted request was, while it is at the device.
+struct Out {
+    tag: u64,
+    sink: Rc<dyn Sink>,
+    op: Op,
+    len: u64,
+}
+
+struct Relay {
+    metrics: Arc<DeviceMetrics>,
+    out: RefCell<Slots<Out>>,
+}
+
+impl Sink for Relay {
+    fn complete(&self, mut c: Completion) {
+        let Some(o) = self
+            .out
+            .borrow_mut()
+            .remove(usize::try_from(c.tag).unwrap_or(usize::MAX))
+        else {
+            return;
+        };
+        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.count(o.op, o.len, c.result.is_ok());
+        c.tag = o.tag;
+        o.sink.complete(c);
+    }
+}
+
+/// A device handle whose requests are counted in the device's metrics when they complete.
+pub(crate) struct Counted {
+    inner: Rc<dyn BlockIo>,
+    relay: Rc<Relay>,
+}
+
+impl Counted {
+    pub fn new(inner: Rc<dyn BlockIo>, metrics: Arc<DeviceMetrics>) -> Self {
+        Self {
+            inner,
+            relay: Rc::new(Relay {
+                metrics,
+                out: RefCell::new(Slots::with_capacity(64)),
+            }),
+        }
+    }
+}
+
+impl BlockIo for Counted {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
+    }
+
+    fn submit(&self, mut req: Request, sink: &Rc<dyn Sink>) {
+        let idx = self.relay.out.borrow_mut().insert(Out {
+            tag: req.tag,
+            sink: Rc::clone(sink),
+            op: req.op,
+            len: req.len,
+        });
+        self.relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        req.tag = idx as u64;
+        let me: Rc<dyn Sink> = self.relay.clone();
+        self.inner.submit(req, &me);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+
+    fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
+        let ok = self.inner.file_extents(offset, len, out);
+        if ok {
+            // Sent by the kernel straight from the file: counted as a read now.
+            self.relay.metrics.count(Op::Read, len, true);
+        }
+        ok
     }
 }

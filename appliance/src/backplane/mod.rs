@@ -1,8 +1,8 @@
 //! The backplane: devices every controller reaches, and the striped volumes on them.
 //!
-//! A [`Device`] is shared by all controller threads; each thread opens its own
-//! [`DeviceHandle`] (a file descriptor clone, a bounce buffer, later a device queue pair), so
-//! the I/O path takes no locks.
+//! A [`Device`] is shared by all controller threads; each thread opens its own asynchronous
+//! handle ([`bdev::BlockIo`]: its own io_uring, its own NVMe queue pair), so the I/O path
+//! takes no locks.
 
 mod fd;
 mod metrics;
@@ -11,12 +11,15 @@ mod volume;
 
 use std::collections::HashMap;
 use std::io;
+use std::rc::Rc;
 use std::sync::Arc;
+
+use bdev::{BlockIo, BufPool};
 
 pub use fd::{FdDevice, check_file_path};
 pub use metrics::DeviceMetrics;
 pub use pcie::PcieDevice;
-pub use volume::{Volume, VolumeHandle};
+pub use volume::Volume;
 
 use crate::config::{Config, DeviceConfig};
 
@@ -26,33 +29,17 @@ pub trait Device: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// Capacity in bytes.
     fn size(&self) -> u64;
-    /// Opens a handle for the calling controller thread.
-    fn open_handle(&self) -> io::Result<Box<dyn DeviceHandle>>;
+    /// Logical block size in bytes.
+    fn block_size(&self) -> u32 {
+        fd::FD_BLOCK
+    }
+    /// Opens the calling controller thread's handle: `path` is the controller's index (it
+    /// picks the PCIe controller of an nvme-pcie device), `pool` the thread's I/O buffers.
+    fn open_io(&self, path: usize, pool: &BufPool) -> io::Result<Rc<dyn BlockIo>>;
     /// Hardware queue pairs the device's handles hold (nvme-pcie), if it has any.
     fn queue_pairs(&self) -> Option<u64> {
         None
     }
-}
-
-/// One controller thread's access to a device. Offsets and lengths are in bytes.
-pub trait DeviceHandle {
-    /// The file and offset holding `len` bytes at `offset`, if reads may bypass this
-    /// handle (zero-copy sends); `None` (the default) otherwise.
-    fn file_extent(&self, offset: u64, len: u64) -> Option<nvme_target::blockdev::FileExtent> {
-        let _ = (offset, len);
-        None
-    }
-
-    /// Reads `buf.len()` bytes at `offset`.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    /// Writes `buf` at `offset`.
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
-    /// Makes completed writes durable.
-    fn flush(&self) -> io::Result<()>;
-    /// Zeroes a range.
-    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
-    /// Deallocates a range; it reads back as zeroes.
-    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
 /// A device with its counters.

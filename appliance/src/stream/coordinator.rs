@@ -49,8 +49,11 @@ pub(super) fn spawn(
         .name("baton-stream".into())
         .spawn(move || {
             let cfg = &shared.cfg;
+            // The store's catalog and ingest I/O is synchronous: it runs on an I/O thread of
+            // its own, reaching nvme-pcie members through the last PCIe controller.
+            let path = shared.mailboxes.len().saturating_sub(1);
             let store = volume
-                .open_handle()
+                .open_blocking("baton-store-io", path)
                 .map_err(|e| e.to_string())
                 .and_then(|h| {
                     ContentStore::open(h, cfg.block_size.bytes(), cfg.catalog_entries)

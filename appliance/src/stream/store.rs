@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
-use crate::backplane::VolumeHandle;
+use bdev::blocking::Blocking;
 
 const MAGIC: &[u8; 8] = b"BATONCS\0";
 const VERSION: u32 = 1;
@@ -65,6 +65,9 @@ pub enum StoreError {
     /// Device I/O failed.
     #[error("content store I/O: {0}")]
     Io(#[from] io::Error),
+    /// The volume's device failed a request.
+    #[error("content store device: {0}")]
+    Device(#[from] bdev::IoError),
     /// The volume holds something else, or a different layout.
     #[error("content store: {0}")]
     Format(String),
@@ -142,7 +145,7 @@ pub struct CheckReport {
 
 /// The store, owned by the coordinator thread.
 pub struct ContentStore {
-    dev: VolumeHandle,
+    dev: Blocking,
     block_size: u64,
     entries: u32,
     data_offset: u64,
@@ -194,8 +197,8 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 
 impl ContentStore {
     /// Opens the store on `dev`, formatting an empty volume (all-zero superblock).
-    pub fn open(dev: VolumeHandle, block_size: u64, entries: u32) -> Result<Self, StoreError> {
-        let size = dev.volume().size();
+    pub fn open(dev: Blocking, block_size: u64, entries: u32) -> Result<Self, StoreError> {
+        let size = dev.geometry().size;
         if !(512..=1 << 30).contains(&block_size) || entries == 0 || entries > MAX_ENTRIES {
             return Err(StoreError::Format(format!(
                 "block size {block_size} (512 B to 1 GiB) or {entries} catalog entries (1 to {MAX_ENTRIES}) out of range"
@@ -253,7 +256,7 @@ impl ContentStore {
     }
 
     fn format(
-        dev: &VolumeHandle,
+        dev: &Blocking,
         block_size: u64,
         entries: u32,
         data_offset: u64,
@@ -680,13 +683,13 @@ mod tests {
     }
 
     fn store() -> ContentStore {
-        ContentStore::open(volume().open_handle().unwrap(), BS, 16).unwrap()
+        ContentStore::open(volume().open_blocking("test-store", 0).unwrap(), BS, 16).unwrap()
     }
 
     #[test]
     fn damaged_catalog_entries_are_ignored_not_trusted() {
         let vol = volume();
-        let s = ContentStore::open(vol.open_handle().unwrap(), BS, 16).unwrap();
+        let s = ContentStore::open(vol.open_blocking("test-store", 0).unwrap(), BS, 16).unwrap();
         let entry = |name: &str, first_block: u64, blocks: u64, size: u64, generation: u64| Item {
             name: name.into(),
             size,
@@ -716,7 +719,7 @@ mod tests {
                 .unwrap();
         }
         drop(s);
-        let s = ContentStore::open(vol.open_handle().unwrap(), BS, 16).unwrap();
+        let s = ContentStore::open(vol.open_blocking("test-store", 0).unwrap(), BS, 16).unwrap();
         let names: Vec<&str> = s.list().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["new"]);
         let report = s.check().unwrap();

@@ -1,6 +1,12 @@
 //! A controller's stream worker: reads blocks on `DataRequest`, sends them on `Sync` and
 //! passes both messages on. Runs on the controller thread; its state is thread-local, so no
 //! locks are taken per block.
+//!
+//! Reads are asynchronous: a `DataRequest` submits its block's read and returns, so a
+//! read-ahead window of W blocks is W reads at the device, and a slow device never holds up
+//! anything else on the thread (NVMe/TCP connections, other sessions). Blocks are read into
+//! the worker's own fixed buffer pool (whole device blocks, trimmed to the bytes the
+//! session wants) and sent to the client straight from there.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,20 +24,41 @@ use super::proto::{ATTACH_LEN, Attach, FrameHeader};
 use super::{
     DataRequest, Delivery, Event, Failure, NONE, Phase, Shared, StreamMsg, Sync, write_within,
 };
-use crate::backplane::{Volume, VolumeHandle};
+use bdev::slots::Slots;
+use bdev::span::Span;
+use bdev::{BlockIo, BufPool, CompletionQueue, IoBuf, PoolClass, Request, Sink};
+
+use crate::backplane::Volume;
+
+/// A block of a session, at this controller.
+enum Block {
+    /// Its read is at the device.
+    Reading,
+    /// Read: the buffer, its window set to the bytes the session sends.
+    Ready(IoBuf),
+    /// The read failed.
+    Failed,
+}
 
 struct Worker {
     index: usize,
     shared: Arc<Shared>,
-    vol: VolumeHandle,
-    /// Free block buffers.
-    pool: Vec<Vec<u8>>,
-    /// Buffers in existence (pooled, read ahead, or being sent).
-    buffers: usize,
-    /// Read-ahead buffers allowed in existence; batons may exceed it by one buffer each.
-    max_buffers: usize,
-    /// Blocks read ahead: (session, block) -> (buffer, bytes read).
-    ready: HashMap<(u64, u64), (Vec<u8>, usize)>,
+    vol: Rc<dyn BlockIo>,
+    /// The worker's block buffers (a fixed number).
+    pool: BufPool,
+    /// Buffers read-ahead may not take: they are the batons' (a baton whose block was not
+    /// read ahead always finds one once another baton has sent its block).
+    reserve: usize,
+    /// Blocks read or being read: (session, block).
+    ready: HashMap<(u64, u64), Block>,
+    /// Reads at the device: tag -> (session, block, what to keep of the read).
+    reads: Slots<(u64, u64, Span, usize)>,
+    /// Where the device posts read completions.
+    sink: Rc<dyn Sink>,
+    /// Woken when a read completes or a buffer comes back.
+    progress: Rc<tokio::sync::Notify>,
+    /// The task taking read completions; it ends with the worker.
+    poller: Option<tokio::task::JoinHandle<()>>,
     /// Data channels attached to this controller, by session, with their places under the
     /// data listener's limits.
     channels: HashMap<u64, Rc<Channel>>,
@@ -46,6 +73,10 @@ struct Channel {
     _slot: listener::Slot,
 }
 
+/// Most sessions' batons a controller keeps a buffer ready for (the send budget, at most
+/// this): read-ahead for other blocks uses the rest of the pool.
+const BATON_BUFFERS: usize = 32;
+
 /// Starts the worker on the calling controller thread.
 pub(super) fn start(
     index: usize,
@@ -55,7 +86,20 @@ pub(super) fn start(
     listener: std::net::TcpListener,
     shutdown: watch::Receiver<bool>,
 ) {
-    let vol = match volume.open_handle() {
+    let window = shared.cfg.window as usize;
+    let budget = shared.cfg.send_budget as usize;
+    let block = usize::try_from(shared.cfg.block_size.bytes()).unwrap_or(1 << 20);
+    // A block read covers whole device blocks: one device block more than the stream block
+    // for a session that starts off a block boundary.
+    let reserve = budget.clamp(2, BATON_BUFFERS);
+    let classes = [PoolClass {
+        size: block + 4096,
+        count: reserve * (window + 1),
+    }];
+    let opened = BufPool::new(&classes)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|pool| Ok((volume.open_io(index, &pool)?, pool)));
+    let (vol, pool) = match opened {
         Ok(v) => v,
         Err(e) => {
             warn!(controller = index, error = %e, "stream worker cannot open the content volume");
@@ -63,19 +107,25 @@ pub(super) fn start(
             return;
         }
     };
-    let window = shared.cfg.window as usize;
-    let budget = shared.cfg.send_budget as usize;
+    let cq = Rc::new(CompletionQueue::default());
+    let sink: Rc<dyn Sink> = cq.clone();
+    let progress = Rc::new(tokio::sync::Notify::new());
     let state = Rc::new(RefCell::new(Worker {
         index,
-        max_buffers: (budget * (window + 1)).clamp(8, 4096),
         shared,
         vol,
-        pool: Vec::new(),
-        buffers: 0,
+        pool,
+        reserve,
         ready: HashMap::new(),
+        reads: Slots::with_capacity(reserve * window),
+        sink,
+        progress,
         channels: HashMap::new(),
         stopped: false,
+        poller: None,
     }));
+    let poller = tokio::task::spawn_local(completion_loop(Rc::downgrade(&state), cq));
+    state.borrow_mut().poller = Some(poller);
     let l = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -107,10 +157,13 @@ async fn mailbox_loop(
                 w.channels.remove(&id);
                 let keys: Vec<_> = w.ready.keys().filter(|(s, _)| *s == id).copied().collect();
                 for k in keys {
-                    if let Some((buf, _)) = w.ready.remove(&k) {
-                        w.pool.push(buf);
+                    // Read blocks give their buffers back; reads still at the device are
+                    // dropped when they complete (the session is gone by then).
+                    if !matches!(w.ready.get(&k), Some(Block::Reading)) {
+                        w.ready.remove(&k);
                     }
                 }
+                w.progress.notify_waiters();
             }
             Some(StreamMsg::Stop) | None => {
                 let mut w = state.borrow_mut();
@@ -198,28 +251,121 @@ async fn attach(
     }
 }
 
-impl Worker {
-    fn take_buffer(&mut self, force: bool) -> Option<Vec<u8>> {
-        if let Some(b) = self.pool.pop() {
-            return Some(b);
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(p) = self.poller.take() {
+            p.abort();
         }
-        if self.buffers < self.max_buffers || force {
-            self.buffers += 1;
-            return Some(vec![
-                0;
-                usize::try_from(self.shared.cfg.block_size.bytes())
-                    .unwrap_or(0)
-            ]);
-        }
-        None
     }
+}
 
-    fn give_back(&mut self, buf: Vec<u8>) {
-        if self.buffers > self.max_buffers {
-            self.buffers -= 1;
-        } else {
-            self.pool.push(buf);
+impl Worker {
+    /// Starts the read of block `k` of session `s` into a pool buffer, unless it is read or
+    /// being read. Read-ahead leaves the batons' reserve alone; a baton may take it. Returns
+    /// false if no buffer was free.
+    fn start_read(&mut self, s: &super::Session, k: u64, baton: bool) -> bool {
+        if self.ready.contains_key(&(s.id, k)) {
+            return true;
         }
+        if !baton && self.pool.free() <= self.reserve {
+            return false;
+        }
+        let (off, len, skip) = s.block_range(k);
+        let bs = self.vol.geometry().block_size;
+        let Some(span) = Span::cover(off, len, bs) else {
+            return false;
+        };
+        let Some(buf) = self
+            .pool
+            .get(usize::try_from(span.len).unwrap_or(usize::MAX))
+        else {
+            return false;
+        };
+        let tag = self.reads.insert((s.id, k, span, skip));
+        self.ready.insert((s.id, k), Block::Reading);
+        self.vol.submit(
+            Request::read(span.offset, span.len, buf, tag as u64),
+            &self.sink,
+        );
+        true
+    }
+}
+
+/// Takes read completions: the block becomes ready (or failed) for its baton, unless its
+/// session ended meanwhile.
+async fn completion_loop(state: std::rc::Weak<RefCell<Worker>>, cq: Rc<CompletionQueue>) {
+    loop {
+        cq.ready().await;
+        let Some(state) = state.upgrade() else { return };
+        let mut w = state.borrow_mut();
+        while let Some(c) = cq.pop() {
+            let Some((sid, k, span, skip)) =
+                w.reads.remove(usize::try_from(c.tag).unwrap_or(usize::MAX))
+            else {
+                continue;
+            };
+            let live = w
+                .shared
+                .session(sid)
+                .is_some_and(|s| s.phase() <= Phase::Streaming);
+            if !live || w.stopped {
+                w.ready.remove(&(sid, k));
+                continue;
+            }
+            let block = match (c.result, c.buf) {
+                (Ok(()), Some(mut buf)) => {
+                    buf.set_window(span.head + skip, span.want - skip);
+                    Block::Ready(buf)
+                }
+                (r, _) => {
+                    if let Err(e) = r {
+                        warn!(session = sid, block = k, controller = w.index, error = %e, "block read failed");
+                    }
+                    // Counted as a read error when its baton fails the session.
+                    Block::Failed
+                }
+            };
+            w.ready.insert((sid, k), block);
+        }
+        w.progress.notify_waiters();
+    }
+}
+
+/// Waits until block `k` of session `s` is read (starting its read if no read-ahead did)
+/// and takes it; `None` if the read failed or the worker stopped.
+async fn take_block(state: &State, s: &super::Session, k: u64) -> Option<IoBuf> {
+    let mut stalled = false;
+    loop {
+        let progress = Rc::clone(&state.borrow().progress);
+        let notified = progress.notified();
+        {
+            let mut w = state.borrow_mut();
+            if w.stopped {
+                return None;
+            }
+            match w.ready.get(&(s.id, k)) {
+                Some(Block::Ready(_)) => {
+                    let Some(Block::Ready(buf)) = w.ready.remove(&(s.id, k)) else {
+                        unreachable!("just seen")
+                    };
+                    return Some(buf);
+                }
+                Some(Block::Failed) => {
+                    w.ready.remove(&(s.id, k));
+                    return None;
+                }
+                Some(Block::Reading) => {}
+                None => {
+                    if !stalled {
+                        stalled = true;
+                        w.shared.metrics.send_stalls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // No buffer free: one comes back when another baton has sent.
+                    w.start_read(s, k, true);
+                }
+            }
+        }
+        notified.await;
     }
 }
 
@@ -274,22 +420,8 @@ fn on_data_request(state: &State, dr: DataRequest) {
             }
         }
     }
-    let mut w = state.borrow_mut();
-    if w.ready.contains_key(&(s.id, dr.block)) {
-        return;
-    }
-    if let Some(mut buf) = w.take_buffer(false) {
-        let (off, len, _) = s.block_range(dr.block);
-        match w.vol.read_at(off, &mut buf[..len]) {
-            Ok(()) => {
-                w.ready.insert((s.id, dr.block), (buf, len));
-            }
-            Err(e) => {
-                warn!(session = s.id, block = dr.block, error = %e, "read-ahead failed");
-                w.give_back(buf);
-            }
-        }
-    }
+    // Without a free buffer the block is read when its baton comes.
+    state.borrow_mut().start_read(s, dr.block, false);
 }
 
 /// Whether the baton may still act: its plan is current and this worker runs. Checked
@@ -313,7 +445,6 @@ async fn on_sync(state: State, mut sync: Sync) {
         return;
     }
     let k = sync.block;
-    let (off, len, skip) = s.block_range(k);
     // Pacing: block k may not leave before t0 + (bytes before it) / rate.
     if let Some(rate) = s.rate.filter(|&r| r > 0) {
         let t0 = *s
@@ -342,29 +473,13 @@ async fn on_sync(state: State, mut sync: Sync) {
             return;
         }
     }
-    let read = {
-        let mut w = state.borrow_mut();
-        match w.ready.remove(&(s.id, k)) {
-            Some((buf, _)) => Ok(buf),
-            None => {
-                m.send_stalls.fetch_add(1, Ordering::Relaxed);
-                // One buffer per baton beyond the pool: a session has one baton, so this is
-                // bounded by the sessions the controller serves.
-                let mut buf = w.take_buffer(true).unwrap_or_default();
-                match w.vol.read_at(off, &mut buf[..len]) {
-                    Ok(()) => Ok(buf),
-                    Err(e) => {
-                        warn!(session = s.id, block = k, controller = index, error = %e, "block read failed");
-                        w.give_back(buf);
-                        Err(e)
-                    }
-                }
-            }
-        }
-    };
+    let read = take_block(&state, &s, k).await;
+    if !live(&state, &s, &plan) {
+        return;
+    }
     let buf = match read {
-        Ok(buf) => buf,
-        Err(_) => {
+        Some(buf) => buf,
+        None => {
             let f = Failure::ReadError { block: k };
             if s.delivery == Delivery::Framed {
                 // The client sees the failure on the channel it is reading.
@@ -381,7 +496,7 @@ async fn on_sync(state: State, mut sync: Sync) {
             return;
         }
     };
-    let payload = &buf[skip..len];
+    let payload = buf.as_slice();
     let payload_len = payload.len() as u64;
     let send_timeout = shared.limits.send_timeout;
     let sent: Result<(), Failure> = match s.delivery {
@@ -407,14 +522,14 @@ async fn on_sync(state: State, mut sync: Sync) {
                         r
                     } else {
                         drop(wr);
-                        state.borrow_mut().give_back(buf);
+                        give_back(&state, buf);
                         return;
                     }
                 }
                 None => {
                     // This controller lost the channel (stopped and restarted, or never
                     // attached): the watchdog re-plans.
-                    state.borrow_mut().give_back(buf);
+                    give_back(&state, buf);
                     return;
                 }
             }
@@ -434,7 +549,7 @@ async fn on_sync(state: State, mut sync: Sync) {
             _ => Err(Failure::ClientGone),
         },
     };
-    state.borrow_mut().give_back(buf);
+    give_back(&state, buf);
     if let Err(f) = sent {
         // The client went away or stopped reading: the session ends, its socket with it.
         drop(sync.socket.take());
@@ -490,6 +605,12 @@ async fn on_sync(state: State, mut sync: Sync) {
             socket: sync.socket.take(),
         }),
     );
+}
+
+/// Returns a sent block's buffer to the pool and wakes batons waiting for one.
+fn give_back(state: &State, buf: IoBuf) {
+    drop(buf);
+    state.borrow().progress.notify_waiters();
 }
 
 /// Fault injection for tests: with `BATON_STREAM_TEST_JITTER_MS=N` in the environment, every

@@ -189,7 +189,7 @@ impl Baton {
         let st = config.stream.as_ref().unwrap();
         let vol = backplane.volume(&st.volume).unwrap();
         let store = baton::stream::store::ContentStore::open(
-            vol.open_handle().unwrap(),
+            vol.open_blocking("check-store", 0).unwrap(),
             st.block_size.bytes(),
             st.catalog_entries,
         )
