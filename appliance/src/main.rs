@@ -120,17 +120,17 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Benchmark the user-space NVMe driver: 4 KiB random reads at a queue depth on one
-    /// PCIe function bound to vfio-pci.
+    /// Benchmark the nvme-pcie engine (the user-space driver as the appliance uses it):
+    /// 4 KiB random reads at each queue depth on one PCIe function bound to vfio-pci.
     BenchPcie {
         /// PCI address.
         device: String,
         /// Namespace ID.
         #[arg(long, default_value_t = 1)]
         nsid: u32,
-        /// Commands in flight.
-        #[arg(long, default_value_t = 32)]
-        qd: u16,
+        /// Commands in flight: one run per depth (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+        qd: Vec<u16>,
         /// Seconds.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
@@ -240,17 +240,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
         } => {
             let dev = std::sync::Arc::new(ffi::vfio::VfioPci::open(&device)?);
-            let mut c = nvme_driver::Controller::new(dev)?;
-            let ns = c.namespace(nsid)?;
-            let mut q = c.create_io_queue_pair(qd.saturating_add(1).max(64))?;
-            let span = ns.blocks.min((64u64 << 20) / u64::from(ns.block_size));
-            let (ops, errors, t) =
-                q.randread_4k(&ns, qd, span, std::time::Duration::from_secs(seconds))?;
-            println!(
-                "user-space driver {device}: 4KiB random read QD {qd}: {:.0} IOPS ({errors} errors) over {:.1} s",
-                ops as f64 / t.as_secs_f64(),
-                t.as_secs_f64()
-            );
+            let depth = qd.iter().copied().max().unwrap_or(1).saturating_add(1);
+            let ns = bdev::pcie::PcieNamespace::new(
+                vec![dev],
+                nsid,
+                depth,
+                std::time::Duration::from_secs(10),
+            )?;
+            let each = std::time::Duration::from_secs(seconds);
+            for r in baton::bench::pcie::sweep(&ns, &qd, each, 64 << 20)? {
+                println!(
+                    "user-space driver {device}: 4KiB random read QD {}: {:.0} IOPS ({} errors) over {:.1} s",
+                    r.qd, r.iops, r.errors, r.seconds
+                );
+            }
             Ok(())
         }
         Command::SetupPci {

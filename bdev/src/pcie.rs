@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ffi::PciDevice;
-use nvme_driver::{Controller, DriverError, IoCommand, IoQueue, SubmitError};
+use nvme_driver::{Controller, DriverError, IoCommand, IoQueue, NamespaceInfo, SubmitError};
 
 use crate::io::{check, finish};
 use crate::slots::Slots;
@@ -125,10 +125,11 @@ impl<D: PciDevice> PcieNamespace<D> {
             map.push((slab.vaddr(), slab.len(), iova));
         }
         let ctrl = p.ctrl.as_mut().expect("brought up above");
-        let q = ctrl.create_io_queue(self.nsid, self.depth, self.timeout)?;
+        let ns = ctrl.namespace(self.nsid)?;
+        let q = ctrl.create_io_queue(self.depth, self.timeout)?;
         drop(p);
         self.queue_pairs.fetch_add(1, Ordering::Relaxed);
-        Ok(PcieIo::new(q, map, self.geometry))
+        Ok(PcieIo::new(q, ns, map, self.geometry))
     }
 }
 
@@ -149,6 +150,7 @@ struct Parent {
 
 struct Inner<D: PciDevice> {
     q: RefCell<IoQueue<D>>,
+    ns: NamespaceInfo,
     /// (slab address, length, device address) of the mapped pool slabs.
     map: Vec<(u64, usize, u64)>,
     geometry: Geometry,
@@ -167,10 +169,16 @@ pub struct PcieIo<D: PciDevice + 'static> {
 }
 
 impl<D: PciDevice + 'static> PcieIo<D> {
-    fn new(q: IoQueue<D>, map: Vec<(u64, usize, u64)>, geometry: Geometry) -> Self {
+    fn new(
+        q: IoQueue<D>,
+        ns: NamespaceInfo,
+        map: Vec<(u64, usize, u64)>,
+        geometry: Geometry,
+    ) -> Self {
         let cap = q.capacity();
         let inner = Rc::new(Inner {
             q: RefCell::new(q),
+            ns,
             map,
             geometry,
             reqs: RefCell::new(Slots::with_capacity(cap)),
@@ -262,7 +270,7 @@ impl<D: PciDevice> Inner<D> {
                 .get_mut(idx)
                 .expect("issuing requests are in the table");
             let (cmd, bytes) = self.next_command(p);
-            let r = self.q.borrow_mut().submit(cmd, idx as u64);
+            let r = self.q.borrow_mut().submit(&self.ns, cmd, idx as u64);
             match r {
                 Ok(()) => {
                     p.out += 1;

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ffi::{DmaRegion, PciDevice};
-use nvme_spec::command::{DsmRange, Sqe, admin_opcode, cns, feature, io_opcode};
+use nvme_spec::command::{Sqe, admin_opcode, cns, feature};
 use nvme_spec::identify::{IdentifyController, IdentifyNamespace};
 use nvme_spec::regs::{Cap, Cc, Csts, offset};
-use nvme_spec::{FromBytes, FromZeros, IntoBytes};
+use nvme_spec::{FromBytes, FromZeros};
 
-use crate::io_queue::IoQueue;
+use crate::io_queue::{IoCommand, IoQueue, SubmitError};
 use crate::queue::QueuePair;
-use crate::{DriverError, PAGE, prp};
+use crate::{DriverError, PAGE};
 
 const ADMIN_DEPTH: u16 = 32;
 /// Admin and I/O command timeout.
@@ -186,38 +186,13 @@ impl<D: PciDevice> Controller<D> {
         Ok(u16::try_from((r & 0xffff).min(r >> 16) + 1).unwrap_or(1))
     }
 
-    /// Creates an I/O completion and submission queue pair of `depth` entries, with a bounce
-    /// buffer of one maximum transfer, to be owned by one thread.
-    pub fn create_io_queue_pair(&mut self, depth: u16) -> Result<IoQueuePair<D>, DriverError> {
-        let depth = depth.clamp(2, self.cap.mqes().saturating_add(1));
-        // One allocation for the rings, the PRP list page and the bounce buffer: hugepages
-        // are 2 MiB, so separate allocations would pin four of them per queue pair.
-        let (sq_len, cq_len) = ring_lens(depth);
-        let mem = self.dev.alloc_dma(sq_len + cq_len + PAGE + self.mdts)?;
-        let (sq, cq) = (mem.sub(0, sq_len), mem.sub(sq_len, cq_len));
-        sq.zero();
-        cq.zero();
-        let qid = self.create_queues(depth, &sq, &cq)?;
-        let list = mem.sub(sq_len + cq_len, PAGE);
-        let bounce = mem.sub(sq_len + cq_len + PAGE, self.mdts);
-        Ok(IoQueuePair {
-            dev: Arc::clone(&self.dev),
-            qp: QueuePair::new(qid, depth, sq, cq, self.cap.dstrd()),
-            bounce,
-            list,
-            mdts: self.mdts,
-        })
-    }
-
-    /// Creates an I/O queue pair of `depth` entries for commands to namespace `nsid`, with
-    /// many commands in flight (see [`IoQueue`]); each command fails after `timeout`.
+    /// Creates an I/O queue pair of `depth` entries with many commands in flight (see
+    /// [`IoQueue`]); each command fails after `timeout`.
     pub fn create_io_queue(
         &mut self,
-        nsid: u32,
         depth: u16,
         timeout: Duration,
     ) -> Result<IoQueue<D>, DriverError> {
-        let ns = self.namespace(nsid)?;
         let depth = depth.clamp(2, self.cap.mqes().saturating_add(1));
         let (sq_len, cq_len) = ring_lens(depth);
         // Rings and one PRP list page per CID in one allocation.
@@ -233,7 +208,6 @@ impl<D: PciDevice> Controller<D> {
         Ok(IoQueue::new(
             Arc::clone(&self.dev),
             qp,
-            ns,
             lists,
             self.mdts,
             timeout,
@@ -264,9 +238,17 @@ impl<D: PciDevice> Controller<D> {
         Ok(qid)
     }
 
+    /// Creates a synchronous I/O queue pair of `depth` entries with a bounce buffer of one
+    /// maximum transfer (see [`IoQueuePair`]).
+    pub fn create_io_queue_pair(&mut self, depth: u16) -> Result<IoQueuePair<D>, DriverError> {
+        let q = self.create_io_queue(depth, COMMAND_TIMEOUT)?;
+        let bounce = self.dev.alloc_dma(self.mdts)?;
+        Ok(IoQueuePair { q, bounce })
+    }
+
     /// Deletes an I/O queue pair (SQ first, then its CQ).
     pub fn delete_io_queue_pair(&mut self, qp: IoQueuePair<D>) -> Result<(), DriverError> {
-        let qid = u32::from(qp.qp.qid);
+        let qid = u32::from(qp.q.qid());
         for opcode in [admin_opcode::DELETE_SQ, admin_opcode::DELETE_CQ] {
             let mut sqe = Sqe::new_zeroed();
             sqe.opcode = opcode;
@@ -315,112 +297,49 @@ pub(crate) fn set_prp(sqe: &mut Sqe, prp1: u64, prp2: u64) {
     sqe.dptr.kind = b[7];
 }
 
-/// An I/O queue pair owned by one thread: synchronous, polled commands through a bounce
-/// buffer.
+/// A synchronous client of an [`IoQueue`], for tools and hardware checks: one command at a
+/// time through a bounce buffer, each waited for (the appliance's data path uses the queue
+/// itself, with many commands in flight and no copies).
 #[derive(Debug)]
 pub struct IoQueuePair<D: PciDevice> {
-    dev: Arc<D>,
-    qp: QueuePair,
+    q: IoQueue<D>,
     bounce: DmaRegion,
-    list: DmaRegion,
-    mdts: usize,
 }
 
 impl<D: PciDevice> IoQueuePair<D> {
     /// Queue ID.
     pub fn qid(&self) -> u16 {
-        self.qp.qid
+        self.q.qid()
     }
 
-    fn rw(
-        &mut self,
-        opcode: u8,
-        ns: &NamespaceInfo,
-        slba: u64,
-        len: usize,
-    ) -> Result<(), DriverError> {
+    /// Runs one command and waits for it (the queue's deadline bounds the wait).
+    fn run(&mut self, ns: &NamespaceInfo, cmd: IoCommand) -> Result<(), DriverError> {
+        match self.q.submit(ns, cmd, 0) {
+            Ok(()) => {}
+            Err(SubmitError::Invalid(e) | SubmitError::Broken(e)) => return Err(e),
+            Err(SubmitError::Full) => {
+                return Err(DriverError::Invalid("the queue is full".into()));
+            }
+        }
+        loop {
+            let mut done = None;
+            self.q.poll(|_, r| done = Some(r));
+            if let Some(r) = done {
+                return r;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn blocks(&self, ns: &NamespaceInfo, len: usize) -> Result<u32, DriverError> {
         let bs = ns.block_size as usize;
-        if len == 0 || len % bs != 0 || len > self.mdts {
+        if len == 0 || len % bs != 0 || len > self.bounce.len() {
             return Err(DriverError::Invalid(format!(
                 "{len} bytes is not 1..=MDTS ({}) whole blocks of {bs}",
-                self.mdts
+                self.bounce.len()
             )));
         }
-        let nlb =
-            u32::try_from(len / bs).map_err(|_| DriverError::Invalid("too many blocks".into()))?;
-        let mut sqe = Sqe::new_zeroed();
-        sqe.opcode = opcode;
-        sqe.nsid.set(ns.nsid);
-        sqe.set_lba_range(slba, nlb);
-        let (p1, p2) = prp::build(&self.bounce, 0, len, &self.list)?;
-        set_prp(&mut sqe, p1, p2);
-        self.qp
-            .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
-            .map(|_| ())
-    }
-
-    /// Benchmark: 4 KiB random reads over the first `span_blocks` blocks with `qd` commands in
-    /// flight for `duration`; returns (commands completed, errors, elapsed). Uses its own
-    /// DMA pages, one per command slot, so nothing is copied.
-    pub fn randread_4k(
-        &mut self,
-        ns: &NamespaceInfo,
-        qd: u16,
-        span_blocks: u64,
-        duration: Duration,
-    ) -> Result<(u64, u64, Duration), DriverError> {
-        let qd = qd.clamp(1, self.qp.depth - 1);
-        let bufs = self.dev.alloc_dma(usize::from(qd) * PAGE)?;
-        let per = (PAGE / ns.block_size as usize).max(1) as u64;
-        let slots = (span_blocks / per).max(1);
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut slot_of = vec![0usize; usize::from(self.qp.depth)];
-        let bar = self.dev.bar0();
-        let submit = |qp: &mut QueuePair, slot_of: &mut Vec<usize>, slot: usize, x: &mut u64| {
-            *x ^= *x << 13;
-            *x ^= *x >> 7;
-            *x ^= *x << 17;
-            let mut sqe = Sqe::new_zeroed();
-            sqe.opcode = io_opcode::READ;
-            sqe.nsid.set(ns.nsid);
-            sqe.set_lba_range((*x % slots) * per, u32::try_from(per).unwrap_or(8));
-            set_prp(&mut sqe, bufs.iova() + (slot * PAGE) as u64, 0);
-            let cid = qp.submit(bar, sqe);
-            slot_of[usize::from(cid)] = slot;
-        };
-        for slot in 0..usize::from(qd) {
-            submit(&mut self.qp, &mut slot_of, slot, &mut x);
-        }
-        let t = Instant::now();
-        let (mut done, mut errors) = (0u64, 0u64);
-        let mut last = Instant::now();
-        while t.elapsed() < duration {
-            match self.qp.poll(bar) {
-                Some(c) => {
-                    last = Instant::now();
-                    done += 1;
-                    if c.status_field() & 0x7ff != 0 {
-                        errors += 1;
-                    }
-                    let slot = slot_of[usize::from(c.cid.get()) % slot_of.len()];
-                    submit(&mut self.qp, &mut slot_of, slot, &mut x);
-                }
-                None if last.elapsed() > COMMAND_TIMEOUT => {
-                    return Err(DriverError::Timeout("benchmark completions"));
-                }
-                None => std::hint::spin_loop(),
-            }
-        }
-        let elapsed = t.elapsed();
-        // Drain what is in flight.
-        let mut left = u64::from(qd);
-        let drain = Instant::now();
-        while left > 0 && drain.elapsed() < COMMAND_TIMEOUT {
-            if self.qp.poll(bar).is_some() {
-                left -= 1;
-            }
-        }
-        Ok((done, errors, elapsed))
+        u32::try_from(len / bs).map_err(|_| DriverError::Invalid("too many blocks".into()))
     }
 
     /// Reads `buf.len()` bytes at block `slba`.
@@ -430,27 +349,24 @@ impl<D: PciDevice> IoQueuePair<D> {
         slba: u64,
         buf: &mut [u8],
     ) -> Result<(), DriverError> {
-        self.rw(io_opcode::READ, ns, slba, buf.len())?;
+        let nlb = self.blocks(ns, buf.len())?;
+        let iova = self.bounce.iova();
+        self.run(ns, IoCommand::Read { slba, nlb, iova })?;
         self.bounce.read(0, buf);
         Ok(())
     }
 
     /// Writes `buf` at block `slba`.
     pub fn write(&mut self, ns: &NamespaceInfo, slba: u64, buf: &[u8]) -> Result<(), DriverError> {
-        if buf.len() <= self.bounce.len() {
-            self.bounce.write(0, buf);
-        }
-        self.rw(io_opcode::WRITE, ns, slba, buf.len())
+        let nlb = self.blocks(ns, buf.len())?;
+        self.bounce.write(0, buf);
+        let iova = self.bounce.iova();
+        self.run(ns, IoCommand::Write { slba, nlb, iova })
     }
 
     /// Flush.
     pub fn flush(&mut self, ns: &NamespaceInfo) -> Result<(), DriverError> {
-        let mut sqe = Sqe::new_zeroed();
-        sqe.opcode = io_opcode::FLUSH;
-        sqe.nsid.set(ns.nsid);
-        self.qp
-            .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
-            .map(|_| ())
+        self.run(ns, IoCommand::Flush)
     }
 
     /// Write Zeroes over `nlb` blocks.
@@ -460,21 +376,10 @@ impl<D: PciDevice> IoQueuePair<D> {
         slba: u64,
         nlb: u32,
     ) -> Result<(), DriverError> {
-        if !(1..=65536).contains(&nlb) {
-            return Err(DriverError::Invalid(format!(
-                "Write Zeroes of {nlb} blocks: one command covers 1..=65536"
-            )));
-        }
-        let mut sqe = Sqe::new_zeroed();
-        sqe.opcode = io_opcode::WRITE_ZEROES;
-        sqe.nsid.set(ns.nsid);
-        sqe.set_lba_range(slba, nlb);
-        self.qp
-            .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
-            .map(|_| ())
+        self.run(ns, IoCommand::WriteZeroes { slba, nlb })
     }
 
-    /// Dataset Management (deallocate) of `(slba, nlb)` ranges.
+    /// Dataset Management (deallocate) of `(slba, nlb)` ranges, one command per range.
     pub fn deallocate(
         &mut self,
         ns: &NamespaceInfo,
@@ -483,26 +388,9 @@ impl<D: PciDevice> IoQueuePair<D> {
         if ranges.is_empty() || ranges.len() > 256 {
             return Err(DriverError::Invalid("1..=256 ranges".into()));
         }
-        if ranges.iter().any(|&(_, nlb)| nlb == 0) {
-            return Err(DriverError::Invalid(
-                "a deallocate range of 0 blocks".into(),
-            ));
+        for &(slba, nlb) in ranges {
+            self.run(ns, IoCommand::Deallocate { slba, nlb })?;
         }
-        for (i, &(slba, nlb)) in ranges.iter().enumerate() {
-            let mut r = DsmRange::new_zeroed();
-            r.slba.set(slba);
-            r.nlb.set(nlb);
-            self.bounce.write(i * 16, r.as_bytes());
-        }
-        let mut sqe = Sqe::new_zeroed();
-        sqe.opcode = io_opcode::DSM;
-        sqe.nsid.set(ns.nsid);
-        sqe.cdw10.set(u32::try_from(ranges.len() - 1).unwrap_or(0));
-        sqe.cdw11.set(nvme_spec::command::DSM_ATTR_DEALLOCATE);
-        let (p1, p2) = prp::build(&self.bounce, 0, ranges.len() * 16, &self.list)?;
-        set_prp(&mut sqe, p1, p2);
-        self.qp
-            .run(self.dev.bar0(), sqe, COMMAND_TIMEOUT)
-            .map(|_| ())
+        Ok(())
     }
 }

@@ -84,7 +84,6 @@ struct Slot {
 pub struct IoQueue<D: PciDevice> {
     dev: Arc<D>,
     qp: QueuePair,
-    ns: NamespaceInfo,
     lists: DmaRegion,
     slots: Vec<Option<Slot>>,
     free: Vec<u16>,
@@ -98,7 +97,6 @@ impl<D: PciDevice> IoQueue<D> {
     pub(crate) fn new(
         dev: Arc<D>,
         qp: QueuePair,
-        ns: NamespaceInfo,
         lists: DmaRegion,
         mdts: usize,
         timeout: Duration,
@@ -108,7 +106,6 @@ impl<D: PciDevice> IoQueue<D> {
         Self {
             dev,
             qp,
-            ns,
             lists,
             slots: vec![None; usize::from(cids)],
             free: (0..cids).rev().collect(),
@@ -122,11 +119,6 @@ impl<D: PciDevice> IoQueue<D> {
     /// Queue ID.
     pub fn qid(&self) -> u16 {
         self.qp.qid
-    }
-
-    /// The namespace the queue's commands go to.
-    pub fn namespace(&self) -> NamespaceInfo {
-        self.ns
     }
 
     /// Largest transfer of one command, in bytes (MDTS).
@@ -154,8 +146,13 @@ impl<D: PciDevice> IoQueue<D> {
         self.broken
     }
 
-    /// Submits `cmd`; its completion carries `tag`.
-    pub fn submit(&mut self, cmd: IoCommand, tag: u64) -> Result<(), SubmitError> {
+    /// Submits `cmd` to namespace `ns`; its completion carries `tag`.
+    pub fn submit(
+        &mut self,
+        ns: &NamespaceInfo,
+        cmd: IoCommand,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
         if self.broken {
             return Err(SubmitError::Broken(if self.fatal {
                 DriverError::Fatal
@@ -167,9 +164,9 @@ impl<D: PciDevice> IoQueue<D> {
             return Err(SubmitError::Full);
         };
         let list = self.lists.sub(usize::from(cid) * PAGE, PAGE);
-        let bs = self.ns.block_size as usize;
+        let bs = ns.block_size as usize;
         let mut sqe = Sqe::new_zeroed();
-        sqe.nsid.set(self.ns.nsid);
+        sqe.nsid.set(ns.nsid);
         match cmd {
             IoCommand::Read { slba, nlb, iova } | IoCommand::Write { slba, nlb, iova } => {
                 let len = nlb as usize * bs;
@@ -179,8 +176,7 @@ impl<D: PciDevice> IoQueue<D> {
                         self.mdts
                     ))));
                 }
-                self.check_range(slba, nlb)?;
-                let (p1, p2) = prp::build_at(iova, len, &list).map_err(SubmitError::Invalid)?;
+                let (p1, p2) = prp::build(iova, len, &list).map_err(SubmitError::Invalid)?;
                 set_prp(&mut sqe, p1, p2);
                 sqe.opcode = if matches!(cmd, IoCommand::Read { .. }) {
                     io_opcode::READ
@@ -196,7 +192,6 @@ impl<D: PciDevice> IoQueue<D> {
                         "Write Zeroes of {nlb} blocks: one command covers 1..=65536"
                     ))));
                 }
-                self.check_range(slba, nlb)?;
                 sqe.opcode = io_opcode::WRITE_ZEROES;
                 sqe.set_lba_range(slba, nlb);
             }
@@ -206,7 +201,6 @@ impl<D: PciDevice> IoQueue<D> {
                         "a deallocate range of 0 blocks".into(),
                     )));
                 }
-                self.check_range(slba, nlb)?;
                 let mut r = DsmRange::new_zeroed();
                 r.slba.set(slba);
                 r.nlb.set(nlb);
@@ -223,19 +217,6 @@ impl<D: PciDevice> IoQueue<D> {
             deadline: Instant::now() + self.timeout,
         });
         self.qp.submit_cid(self.dev.bar0(), sqe, cid);
-        Ok(())
-    }
-
-    fn check_range(&self, slba: u64, nlb: u32) -> Result<(), SubmitError> {
-        if slba
-            .checked_add(u64::from(nlb))
-            .is_none_or(|e| e > self.ns.blocks)
-        {
-            return Err(SubmitError::Invalid(DriverError::Invalid(format!(
-                "blocks {slba}+{nlb} are past the namespace's {}",
-                self.ns.blocks
-            ))));
-        }
         Ok(())
     }
 
@@ -306,12 +287,20 @@ mod tests {
     use crate::Controller;
     use crate::sim::SimNvme;
 
-    fn queue(depth: u16, timeout: Duration) -> (Arc<SimNvme>, IoQueue<SimNvme>, DmaRegion) {
+    struct Rig {
+        dev: Arc<SimNvme>,
+        q: IoQueue<SimNvme>,
+        ns: NamespaceInfo,
+        data: DmaRegion,
+    }
+
+    fn queue(depth: u16, timeout: Duration) -> Rig {
         let dev = Arc::new(SimNvme::new(1, 4096, 5));
         let mut c = Controller::new(Arc::clone(&dev)).unwrap();
-        let q = c.create_io_queue(1, depth, timeout).unwrap();
+        let ns = c.namespace(1).unwrap();
+        let q = c.create_io_queue(depth, timeout).unwrap();
         let data = dev.alloc_dma(64 * PAGE).unwrap();
-        (dev, q, data)
+        Rig { dev, q, ns, data }
     }
 
     fn drain(q: &mut IoQueue<SimNvme>) -> Vec<(u64, bool)> {
@@ -325,7 +314,12 @@ mod tests {
 
     #[test]
     fn commands_in_flight_complete_out_of_order_by_cid() {
-        let (dev, mut q, data) = queue(8, Duration::from_secs(10));
+        let Rig {
+            dev,
+            mut q,
+            ns,
+            data,
+        } = queue(8, Duration::from_secs(10));
         for i in 0..4u64 {
             data.write(
                 usize::try_from(i).unwrap() * PAGE,
@@ -339,7 +333,7 @@ mod tests {
                 nlb: 8,
                 iova: data.iova() + i * PAGE as u64,
             };
-            q.submit(cmd, 100 + i).unwrap();
+            q.submit(&ns, cmd, 100 + i).unwrap();
         }
         assert_eq!((q.in_flight(), dev.held()), (4, 4));
         assert!(
@@ -364,7 +358,12 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_until_a_completion() {
-        let (dev, mut q, data) = queue(4, Duration::from_secs(10));
+        let Rig {
+            dev,
+            mut q,
+            ns,
+            data,
+        } = queue(4, Duration::from_secs(10));
         dev.hold_io(true);
         let read = |i: u64| IoCommand::Read {
             slba: i,
@@ -372,29 +371,34 @@ mod tests {
             iova: data.iova() + i * PAGE as u64,
         };
         for i in 0..3 {
-            q.submit(read(i), i).unwrap();
+            q.submit(&ns, read(i), i).unwrap();
         }
-        assert!(matches!(q.submit(read(3), 3), Err(SubmitError::Full)));
+        assert!(matches!(q.submit(&ns, read(3), 3), Err(SubmitError::Full)));
         assert!(!q.has_room());
         dev.release(false);
         assert_eq!(drain(&mut q).len(), 3);
-        q.submit(read(3), 3).unwrap();
+        q.submit(&ns, read(3), 3).unwrap();
         assert_eq!(drain(&mut q), vec![(3, true)]);
     }
 
     #[test]
     fn a_late_command_times_out_and_breaks_the_queue() {
-        let (dev, mut q, data) = queue(8, Duration::from_millis(50));
+        let Rig {
+            dev,
+            mut q,
+            ns,
+            data,
+        } = queue(8, Duration::from_millis(50));
         dev.hold_io(true);
         let cmd = IoCommand::Read {
             slba: 0,
             nlb: 8,
             iova: data.iova(),
         };
-        q.submit(cmd, 7).unwrap();
+        q.submit(&ns, cmd, 7).unwrap();
         assert_eq!(drain(&mut q), vec![(7, false)]);
         assert!(q.is_broken());
-        assert!(matches!(q.submit(cmd, 8), Err(SubmitError::Broken(_))));
+        assert!(matches!(q.submit(&ns, cmd, 8), Err(SubmitError::Broken(_))));
         // The late completion arrives and matches nothing.
         dev.release(false);
         assert!(drain_once(&mut q).is_empty());
@@ -402,27 +406,39 @@ mod tests {
 
     #[test]
     fn device_errors_and_bad_commands() {
-        let (_dev, mut q, data) = queue(8, Duration::from_secs(10));
+        let Rig {
+            mut q, ns, data, ..
+        } = queue(8, Duration::from_secs(10));
         let past = IoCommand::Read {
             slba: 4095,
             nlb: 2,
             iova: data.iova(),
         };
-        assert!(matches!(q.submit(past, 1), Err(SubmitError::Invalid(_))));
+        // The controller checks the range: its status comes back with the completion.
+        q.submit(&ns, past, 1).unwrap();
+        let mut got = Vec::new();
+        let t = Instant::now();
+        while got.is_empty() && t.elapsed() < Duration::from_secs(10) {
+            q.poll(|tag, r| got.push((tag, r)));
+        }
+        assert!(
+            matches!(got[..], [(1, Err(DriverError::Status { sc: 0x80, .. }))]),
+            "{got:?}"
+        );
         let big = IoCommand::Read {
             slba: 0,
             nlb: 512,
             iova: data.iova(),
         };
         assert!(
-            matches!(q.submit(big, 1), Err(SubmitError::Invalid(_))),
+            matches!(q.submit(&ns, big, 1), Err(SubmitError::Invalid(_))),
             "past MDTS"
         );
-        q.submit(IoCommand::Deallocate { slba: 0, nlb: 8 }, 2)
+        q.submit(&ns, IoCommand::Deallocate { slba: 0, nlb: 8 }, 2)
             .unwrap();
-        q.submit(IoCommand::WriteZeroes { slba: 8, nlb: 8 }, 3)
+        q.submit(&ns, IoCommand::WriteZeroes { slba: 8, nlb: 8 }, 3)
             .unwrap();
-        q.submit(IoCommand::Flush, 4).unwrap();
+        q.submit(&ns, IoCommand::Flush, 4).unwrap();
         let mut done = drain(&mut q);
         done.sort_unstable();
         assert_eq!(done, vec![(2, true), (3, true), (4, true)]);

@@ -138,26 +138,6 @@ fn a_silent_controller_times_out_and_shutdown_completes() {
 }
 
 #[test]
-fn pipelined_random_reads_keep_the_queue_full() {
-    let (dev, mut c) = bring_up(5);
-    let ns = c.namespace(1).unwrap();
-    let mut q = c.create_io_queue_pair(64).unwrap();
-    let before = dev.commands();
-    let (ops, errors, _) = q
-        .randread_4k(&ns, 32, 4096, std::time::Duration::from_millis(200))
-        .unwrap();
-    assert!(ops > 100, "{ops} reads completed");
-    assert_eq!(errors, 0);
-    assert!(
-        dev.commands() - before >= ops + 32 - 1,
-        "the queue was kept full"
-    );
-    // The queue is usable afterwards.
-    let mut b = vec![0u8; 512];
-    q.read(&ns, 0, &mut b).unwrap();
-}
-
-#[test]
 fn queues_are_deleted_and_a_fatal_controller_is_reset() {
     let (dev, mut c) = bring_up(5);
     let ns = c.namespace(1).unwrap();

@@ -6,6 +6,7 @@
 //! reference come from the same machine in the same run.
 
 mod nvme;
+pub mod pcie;
 pub mod stream;
 mod tcp;
 

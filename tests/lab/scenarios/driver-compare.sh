@@ -1,5 +1,6 @@
-# Benchmark: 4 KiB random reads at QD 32 on the same emulated controller, first with the
-# user-space driver (vfio-pci), then with the kernel's nvme driver and fio (libaio, direct).
+# Benchmark: 4 KiB random reads on the same emulated controller, first through the
+# appliance's nvme-pcie engine (user-space driver, vfio-pci) at QD 1, 8, 32 and 128, then
+# with the kernel's nvme driver and fio (libaio, direct) at QD 32.
 # Prints LAB-RESULT lines; no pass/fail on numbers.
 . /lab/lib.sh
 SECS=${LAB_COMPARE_SECONDS:-5}
@@ -7,7 +8,11 @@ set -- $(for d in /sys/bus/pci/devices/*; do [ "$(cat "$d/class")" = 0x010802 ] 
 A=$1
 B=$2
 check setup-pci baton setup-pci "$A" "$B" --hugepages 128
-check user-space-bench sh -c "baton bench-pcie $A --qd 32 --seconds $SECS > /tmp/ud.txt 2>&1 || { cat /tmp/ud.txt; false; }"
+check user-space-bench sh -c "baton bench-pcie $A --qd 1,8,32,128 --seconds $SECS > /tmp/ud.txt 2>&1 || { cat /tmp/ud.txt; false; }"
+for qd in 1 8 32 128; do
+  n=$(sed -n "s/.*QD $qd: \([0-9]*\) IOPS.*/\1/p" /tmp/ud.txt)
+  echo "LAB-RESULT pcie userspace qd=$qd iops=${n:-0}"
+done
 ud=$(sed -n 's/.*QD 32: \([0-9]*\) IOPS.*/\1/p' /tmp/ud.txt)
 echo "LAB-RESULT pcie userspace iops=${ud:-0}"
 check reset-pci baton setup-pci --reset "$A" "$B"
