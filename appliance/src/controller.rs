@@ -3,7 +3,10 @@
 //! thread, so the I/O path needs no locks.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -17,11 +20,53 @@ enum Msg {
     Stop,
 }
 
+/// How often a controller's reactor proves it still turns.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A controller reactor's liveness: the reactor stores the time of its last turn, so a
+/// stopped or stuck reactor (a task that blocks the thread) shows as a growing age.
+#[derive(Debug)]
+pub struct Heartbeat {
+    origin: Instant,
+    /// Microseconds from `origin` to the last beat.
+    last_us: AtomicU64,
+    /// Beats so far.
+    beats: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_us: AtomicU64::new(0),
+            beats: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let us = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_us.store(us, Ordering::Relaxed);
+        self.beats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Time since the reactor last turned (since start if it never did).
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_micros(self.last_us.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+
+    /// Beats so far.
+    pub fn beats(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed)
+    }
+}
+
 /// A controller's mailbox; cheap to clone and send anywhere.
 #[derive(Clone, Debug)]
 pub struct ControllerHandle {
     index: usize,
     tx: mpsc::UnboundedSender<Msg>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -47,6 +92,11 @@ impl ControllerHandle {
     /// Whether the controller thread is still taking jobs.
     pub fn is_alive(&self) -> bool {
         !self.tx.is_closed()
+    }
+
+    /// The reactor's liveness signal.
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
     }
 
     /// Runs `job` on the controller thread.
@@ -77,10 +127,16 @@ impl Controllers {
                 .enable_all()
                 .build()?;
             let core = pin.then_some(index % cores);
+            let heartbeat = Arc::new(Heartbeat::new());
+            let hb = Arc::clone(&heartbeat);
             let thread = std::thread::Builder::new()
                 .name(format!("baton-ctrl-{index}"))
-                .spawn(move || run_controller(index, core, runtime, rx))?;
-            handles.push(ControllerHandle { index, tx });
+                .spawn(move || run_controller(index, core, runtime, rx, &hb))?;
+            handles.push(ControllerHandle {
+                index,
+                tx,
+                heartbeat,
+            });
             threads.push(thread);
         }
         Ok(Self { handles, threads })
@@ -121,6 +177,7 @@ fn run_controller(
     core: Option<usize>,
     runtime: tokio::runtime::Runtime,
     mut rx: mpsc::UnboundedReceiver<Msg>,
+    heartbeat: &Heartbeat,
 ) {
     if let Some(core) = core {
         if let Err(e) = pin_to(core) {
@@ -130,8 +187,18 @@ fn run_controller(
     info!(controller = index, ?core, "controller started");
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        while let Some(Msg::Run(job)) = rx.recv().await {
-            job();
+        // The beat is a turn of this loop, which shares the thread with every task the
+        // controller runs: a task that blocks the thread stops the heartbeat too.
+        let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Run(job)) => job(),
+                    Some(Msg::Stop) | None => break,
+                },
+                _ = beat.tick() => heartbeat.beat(),
+            }
         }
     });
     // Let every spawned task (connections, streams) run to its end.
@@ -178,6 +245,35 @@ mod tests {
                 (1, Some("baton-ctrl-1".to_owned()))
             ]
         );
+    }
+
+    #[test]
+    fn a_blocked_reactor_stops_its_heartbeat() {
+        let controllers = Controllers::start(1, false).unwrap();
+        let handle = controllers.handles()[0].clone();
+        let hb = handle.heartbeat();
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !f() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(HEARTBEAT_INTERVAL / 2);
+            }
+        };
+        wait_for("the reactor beats", &|| hb.beats() >= 2);
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        handle
+            .run(move || {
+                // A job that blocks the thread, as a stuck reactor would.
+                let _ = blocked.recv();
+            })
+            .unwrap();
+        wait_for("the age grows past four beats", &|| {
+            hb.age() > HEARTBEAT_INTERVAL * 4
+        });
+        let beats = hb.beats();
+        release.send(()).unwrap();
+        wait_for("the reactor beats again", &|| hb.beats() > beats);
+        controllers.join();
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Operations: every metric the dashboard and alert rules query is exported by a running
-//! appliance; a real Prometheus server scrapes it and sees non-zero block and stream series;
-//! promtool accepts the shipped configuration and rules.
+//! appliance (`monitoring.rs` evaluates them through a real Prometheus); status, admin
+//! actions, signals and readiness.
 // An integration test crate: every function in it is a test.
 #![allow(clippy::tests_outside_test_module)]
 
@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use baton::stream::client::StreamClient;
 use nvme_target::host::{HostController, HostOptions};
@@ -22,16 +22,6 @@ const NQN: &str = "nqn.2026-11.io.baton:ops";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Baton {
@@ -177,122 +167,6 @@ fn every_dashboard_and_alert_query_names_an_exported_metric() {
     assert!(!metrics.contains("hostnqn=") && !metrics.contains("peer="));
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-#[test]
-#[ignore = "needs Debian's prometheus package (tests/run installs it and runs ignored tests)"]
-fn a_real_prometheus_scrapes_block_and_stream_series() {
-    let promtool = |args: &[&str]| {
-        let out = Command::new("promtool")
-            .args(args)
-            .output()
-            .expect("promtool installed");
-        assert!(
-            out.status.success(),
-            "promtool {args:?}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    };
-    let cfg_dir = repo().join("config/prometheus");
-    promtool(&[
-        "check",
-        "config",
-        cfg_dir.join("prometheus.yml").to_str().unwrap(),
-    ]);
-    promtool(&[
-        "check",
-        "rules",
-        cfg_dir.join("alerts.yml").to_str().unwrap(),
-    ]);
-
-    let b = start_baton();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(cfg_dir.join("alerts.yml"), dir.path().join("alerts.yml")).unwrap();
-    let shipped = std::fs::read_to_string(cfg_dir.join("prometheus.yml")).unwrap();
-    let cfg = shipped
-        .replace("127.0.0.1:9440", &b.admin.to_string())
-        .replace("scrape_interval: 5s", "scrape_interval: 1s");
-    std::fs::write(dir.path().join("prometheus.yml"), cfg).unwrap();
-    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _prom = Proc(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus installed"),
-    );
-    drive(&b);
-    let queries = [
-        "sum(baton_nvme_bytes_total)",
-        "sum(baton_nvme_commands_total{kind=\"read\"})",
-        "sum(baton_nvme_latency_seconds_count)",
-        "sum(baton_namespace_bytes_total)",
-        "sum(baton_stream_bytes_total)",
-        "sum(baton_stream_syncs_total)",
-        "sum(baton_stream_data_requests_total)",
-        "baton_stream_sessions_completed_total",
-        "sum(baton_controller_up)",
-        "baton_content_store_used_bytes",
-        "sum(baton_device_reads_total)",
-    ];
-    let t = Instant::now();
-    let mut pending: Vec<&str> = queries.to_vec();
-    while !pending.is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "no non-zero value from Prometheus for {pending:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        pending.retain(|q| {
-            let enc: String = q
-                .bytes()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == b'_' {
-                        (c as char).to_string()
-                    } else {
-                        format!("%{c:02X}")
-                    }
-                })
-                .collect();
-            let body = match std::panic::catch_unwind(|| {
-                http_get(web, &format!("/api/v1/query?query={enc}"))
-            }) {
-                Ok(b) => b,
-                Err(_) => return true,
-            };
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let value = v["data"]["result"][0]["value"][1]
-                .as_str()
-                .and_then(|s| s.parse::<f64>().ok());
-            !value.is_some_and(|x| x > 0.0)
-        });
-    }
-    // The alert rules loaded and evaluate (none fires on a healthy appliance).
-    let rules = http_get(web, "/api/v1/rules");
-    assert!(rules.contains("BatonControllerDown"), "{rules}");
-}
-
 /// Status line and body of one raw HTTP/1.1 request.
 fn raw_http(addr: SocketAddr, request: &str) -> (String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -361,6 +235,95 @@ fn admin_actions_need_the_token_and_refuse_foreign_pages() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn status_shows_liveness_stream_ports_store_usage_and_host_paths() {
+    use baton::admin::status::{Liveness, WorkerState};
+    let b = start_baton();
+    drive(&b);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let st = baton::admin::fetch_status(b.admin).unwrap();
+    let port1: SocketAddr = st.controllers[1].nvme_tcp.parse().unwrap();
+    // A host path through controller 1, kept while the status is read.
+    let _host = rt.block_on(async {
+        let mut c = HostController::connect(port1, HostOptions::new(NQN))
+            .await
+            .unwrap();
+        c.keep_alive().await.unwrap();
+        c
+    });
+    let token = baton::admin::auth::read_token_file(&b._dir.path().join("admin.token")).unwrap();
+    baton::admin::call_with_token(
+        b.admin,
+        hyper::Method::POST,
+        "/api/v1/controllers/1/stop-streams",
+        Some(&token),
+    )
+    .unwrap();
+    let st = baton::admin::fetch_status(b.admin).unwrap();
+    assert_eq!(st.controllers.len(), 2);
+    for c in &st.controllers {
+        assert_eq!(c.reactor, Liveness::Up, "{c:?}");
+    }
+    assert_eq!(st.controllers[0].stream_worker, WorkerState::Up);
+    assert_eq!(st.controllers[1].stream_worker, WorkerState::Stopped);
+    let stream = st.stream.as_ref().expect("stream service status");
+    assert_eq!(stream.control, b.control.to_string());
+    assert_eq!(stream.data_ports.len(), 2);
+    assert!(stream.data_ports.iter().all(|&p| p != 0));
+    assert!(stream.store_used >= 300_000, "{stream:?}");
+    assert_eq!(stream.store_free, stream.store_capacity - stream.store_used);
+    let hosts = &st.subsystems[0].hosts;
+    let path = hosts
+        .iter()
+        .find(|h| h.controller == 1)
+        .expect("the host path through controller 1");
+    assert_eq!(path.path, port1.to_string());
+    // The CLI shows the same, as a table and as JSON.
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
+        cmd.args(["status", "--admin", &b.admin.to_string()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run(false);
+    for needle in [
+        "STOPPED".to_owned(),
+        stream.data_ports[1].to_string(),
+        b.control.to_string(),
+        port1.to_string(),
+        "free ".to_owned(),
+    ] {
+        assert!(table.contains(&needle), "{needle} missing in\n{table}");
+    }
+    let json: baton::admin::status::Status = serde_json::from_str(&run(true)).unwrap();
+    assert_eq!(json.controllers[1].stream_worker, WorkerState::Stopped);
+    assert_eq!(json.stream.unwrap().data_ports, stream.data_ports);
+    // The exporter agrees.
+    let metrics = String::from_utf8(
+        baton::admin::call(b.admin, hyper::Method::GET, "/metrics")
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(metrics.contains("baton_stream_worker_up{controller=\"1\"} 0"));
+    assert!(metrics.contains("baton_stream_worker_up{controller=\"0\"} 1"));
+    let paths = format!("baton_subsystem_host_paths{{subsystem=\"{NQN}\",controller=\"1\"}} ");
+    let n: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&paths))
+        .expect("host paths of controller 1")
+        .parse()
+        .unwrap();
+    assert!(n >= 1, "the kept host connection is a path");
 }
 
 #[test]

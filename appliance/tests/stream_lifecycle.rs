@@ -212,6 +212,14 @@ fn opens_never_attached_are_freed_at_the_handshake_timeout() {
     }
     let (_, refused) = open_raw(b.control, "o.bin", None);
     assert_eq!(refused["code"], 503, "{refused}");
+    // Counted as a capacity refusal, the one reason BatonStreamsRefused alerts on.
+    let reason = |r: &str| {
+        b.metric(&format!(
+            "baton_stream_sessions_refused_total{{reason=\"{r}\"}}"
+        ))
+    };
+    assert_eq!(reason("capacity"), 1);
+    assert_eq!(reason("not_found"), 0);
     assert!(
         b.eventually(5, || b.sessions() == 0),
         "freed at the handshake timeout"

@@ -95,7 +95,7 @@ impl Conn {
             self.aborts.data_done(cid);
             self.port
                 .metrics()
-                .in_flight
+                .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
             self.complete(cid, Error::AbortRequested);
         }

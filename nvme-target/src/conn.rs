@@ -119,6 +119,11 @@ pub(crate) struct Conn {
     pub cq: Rc<CompletionQueue>,
     /// `cq`, as the devices see it.
     pub sink: Rc<dyn Sink>,
+    /// Reads whose data is still queued: (stream position of their pieces, when the
+    /// command arrived). They complete when their last piece is handed to the socket.
+    pub(crate) piece_reads: VecDeque<(u64, Instant)>,
+    /// I/O-queue commands of this connection counted in the port's `in_flight`.
+    pub(crate) io_in_flight: u32,
 }
 
 /// Read data waiting in the output stream.
@@ -182,6 +187,8 @@ impl Conn {
             buffer_wait: VecDeque::new(),
             cq,
             sink,
+            piece_reads: VecDeque::new(),
+            io_in_flight: 0,
         }
     }
 
@@ -289,7 +296,10 @@ impl Conn {
                 () = tokio::time::sleep(BUFFER_RETRY), if buffer_wait => {}
                 r = send(wr.as_ref(), &mut self.out, &mut self.pieces), if !idle => match r {
                     Ok(0) => {}
-                    Ok(_) => last_output = Instant::now(),
+                    Ok(_) => {
+                        last_output = Instant::now();
+                        self.reads_sent();
+                    }
                     Err(_) => break None,
                 },
                 r = rd.read(self.inb.spare(need)), if can_read => match r {
@@ -440,6 +450,10 @@ impl Conn {
             }
             pdu_type::CAPSULE_CMD => {
                 let (cmd, _) = CapsuleCmd::read_from_prefix(bytes).map_err(|_| Fatal::field(4))?;
+                // In flight from here until its response (every capsule gets exactly one).
+                if self.q.as_ref().is_some_and(|q| q.qid != 0) {
+                    self.started_io();
+                }
                 if f.data_digest_error {
                     self.port
                         .metrics()
@@ -643,6 +657,7 @@ impl Conn {
         }
         r.cqe.sqhd.set(self.sqhd);
         codec::put_header(&mut self.out, r.as_bytes(), self.dg);
+        self.completed_io();
         let m = self.port.metrics();
         m.pdus_tx.fetch_add(1, Ordering::Relaxed);
         if st != status::SUCCESS {
@@ -725,10 +740,13 @@ impl Conn {
         // Commands that never got their data are no longer in flight.
         let owed = self.slots.iter().filter(|s| s.is_active()).count() + self.waiting.len();
         self.aborts.clear();
-        self.port
-            .metrics()
-            .in_flight
+        let m = self.port.metrics();
+        m.awaiting_data
             .fetch_sub(i64::try_from(owed).unwrap_or(i64::MAX), Ordering::Relaxed);
+        m.in_flight
+            .fetch_sub(i64::from(self.io_in_flight), Ordering::Relaxed);
+        self.io_in_flight = 0;
+        self.piece_reads.clear();
         let Some(q) = self.q.take() else { return };
         let target = &self.port.target;
         self.port
@@ -752,10 +770,13 @@ impl Conn {
     }
 }
 
-/// Sends queued bytes up to the next data piece together with that piece if it is a device
-/// buffer (one vectored write), or the file piece at the front with `sendfile`, once the
-/// socket takes more; returns how many bytes went out (0 if the socket was not ready after
-/// all).
+/// Most slices one vectored write gathers (output between pieces, and device buffers).
+const GATHER: usize = 64;
+
+/// Sends what is queued, once the socket takes more: the output bytes and the device
+/// buffers at their places, gathered into one vectored write up to the next file piece, or
+/// that file piece with `sendfile` when it is next. Returns how many bytes went out (0 if the
+/// socket was not ready after all).
 async fn send(
     stream: &TcpStream,
     out: &mut OutBuf,
@@ -763,12 +784,10 @@ async fn send(
 ) -> std::io::Result<usize> {
     stream.writable().await?;
     let r = stream.try_io(Interest::WRITABLE, || {
-        let head = pieces.front().map_or(out.len(), |(at, _)| {
-            usize::try_from(*at - out.consumed()).unwrap_or(usize::MAX)
-        });
-        let head = head.min(out.len());
-        match pieces.front_mut() {
-            Some((_, Piece::File(e))) if head == 0 => {
+        let consumed = out.consumed();
+        let rel = |at: u64| usize::try_from(at - consumed).unwrap_or(usize::MAX);
+        if let Some((at, Piece::File(e))) = pieces.front_mut() {
+            if *at == consumed {
                 let mut off =
                     i64::try_from(e.offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
                 let n = nix::sys::sendfile::sendfile64(stream, &*e.file, Some(&mut off), e.len)?;
@@ -781,36 +800,73 @@ async fn send(
                 if e.len == 0 {
                     pieces.pop_front();
                 }
-                Ok(n)
+                return Ok(n);
             }
-            Some((_, Piece::Buf { buf, sent })) => {
-                let bufs = [
-                    std::io::IoSlice::new(&out.pending()[..head]),
-                    std::io::IoSlice::new(&buf.as_slice()[*sent..]),
-                ];
-                let n = stream.try_write_vectored(&bufs)?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let pending = out.pending();
+        let mut iov = [std::io::IoSlice::new(&[]); GATHER];
+        let mut n = 0;
+        let mut cursor = 0;
+        let mut to_end = true;
+        for (at, piece) in pieces.iter() {
+            if n + 2 > GATHER {
+                to_end = false;
+                break;
+            }
+            let at = rel(*at).min(pending.len());
+            if at > cursor {
+                iov[n] = std::io::IoSlice::new(&pending[cursor..at]);
+                n += 1;
+                cursor = at;
+            }
+            match piece {
+                Piece::Buf { buf, sent } => {
+                    iov[n] = std::io::IoSlice::new(&buf.as_slice()[*sent..]);
+                    n += 1;
                 }
-                out.consume(n.min(head));
-                if n > head {
-                    *sent += n - head;
+                Piece::File(_) => {
+                    to_end = false;
+                    break;
+                }
+            }
+        }
+        if to_end && cursor < pending.len() && n < GATHER {
+            iov[n] = std::io::IoSlice::new(&pending[cursor..]);
+            n += 1;
+        }
+        let written = stream.try_write_vectored(&iov[..n])?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Account the bytes in the order they were gathered.
+        let mut left = written;
+        while left > 0 {
+            let head = pieces
+                .front()
+                .map_or(out.len(), |(at, _)| {
+                    usize::try_from(*at - out.consumed()).unwrap_or(usize::MAX)
+                })
+                .min(out.len());
+            if head > 0 {
+                let k = left.min(head);
+                out.consume(k);
+                left -= k;
+                continue;
+            }
+            match pieces.front_mut() {
+                Some((_, Piece::Buf { buf, sent })) => {
+                    let k = left.min(buf.len() - *sent);
+                    *sent += k;
+                    left -= k;
                     if *sent == buf.len() {
                         // The buffer goes back to the pool.
                         pieces.pop_front();
                     }
                 }
-                Ok(n)
-            }
-            _ => {
-                let n = stream.try_write(&out.pending()[..head])?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                out.consume(n);
-                Ok(n)
+                _ => break,
             }
         }
+        Ok(written)
     });
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),

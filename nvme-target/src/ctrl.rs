@@ -135,20 +135,22 @@ impl Ctrl {
     }
 }
 
-/// Runs the keep-alive timer of a controller until it expires (tearing the controller down)
-/// or the controller goes away.
-pub async fn keep_alive_timer(ctrl: Weak<Ctrl>) {
+/// Runs the keep-alive timer of a controller until it expires (tearing the controller down:
+/// returns true) or the controller goes away (false).
+pub async fn keep_alive_timer(ctrl: Weak<Ctrl>) -> bool {
     // Hosts send Keep Alive at KATO/2 or less; allow one more second for scheduling.
     const GRACE: Duration = Duration::from_secs(1);
     // The timer ends as soon as the controller is torn down, not a KATO later: the
     // controller thread's shutdown waits for every task it runs.
     let Some(mut torn_down) = ctrl.upgrade().map(|c| c.subscribe()) else {
-        return;
+        return false;
     };
     loop {
-        let Some(c) = ctrl.upgrade() else { return };
+        let Some(c) = ctrl.upgrade() else {
+            return false;
+        };
         if c.is_dead() {
-            return;
+            return false;
         }
         let kato = c.kato.get();
         let wait = if kato.is_zero() {
@@ -158,7 +160,7 @@ pub async fn keep_alive_timer(ctrl: Weak<Ctrl>) {
             if idle > kato + GRACE {
                 info!(cntlid = c.cntlid, host = %c.hostnqn, ?idle, "keep-alive timeout: controller torn down");
                 c.kill();
-                return;
+                return true;
             }
             kato + GRACE - idle
         };
@@ -166,7 +168,7 @@ pub async fn keep_alive_timer(ctrl: Weak<Ctrl>) {
         tokio::select! {
             () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
             // Torn down, or the controller is gone (its sender dropped): either way, done.
-            _ = torn_down.wait_for(|k| *k) => return,
+            _ = torn_down.wait_for(|k| *k) => return false,
         }
     }
 }

@@ -141,7 +141,16 @@ impl Conn {
                 .controllers
                 .borrow_mut()
                 .insert((subsys, cntlid), Rc::downgrade(&ctrl));
-            tokio::task::spawn_local(keep_alive_timer(Rc::downgrade(&ctrl)));
+            let (port, timer) = (
+                Rc::clone(&self.port),
+                keep_alive_timer(Rc::downgrade(&ctrl)),
+            );
+            tokio::task::spawn_local(async move {
+                if timer.await {
+                    let m = port.metrics();
+                    m.keep_alive_expiries.fetch_add(1, Ordering::Relaxed);
+                }
+            });
             info!(
                 cntlid,
                 subnqn,

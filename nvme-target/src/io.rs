@@ -151,8 +151,8 @@ impl Conn {
                     self.extents.clear();
                     if dev.file_extents(offset, len, &mut self.extents) {
                         self.count_read(ns.index, len);
-                        self.send_extents(sqe.cid.get(), n);
-                        self.port.metrics().read_latency.observe(started.elapsed());
+                        // Its latency is observed when its last byte is handed to the socket.
+                        self.send_extents(sqe.cid.get(), n, started);
                         return;
                     }
                 }
@@ -361,11 +361,8 @@ impl Conn {
                     return self.fail(&sqe, Error::Internal("read completed without its buffer"));
                 };
                 self.count_read(ns, bytes);
-                self.send_buf(sqe.cid.get(), buf);
-                self.port
-                    .metrics()
-                    .read_latency
-                    .observe(req.started.elapsed());
+                // Its latency is observed when its last byte is handed to the socket.
+                self.send_buf(sqe.cid.get(), buf, req.started);
             }
             (io_opcode::READ, Err(e)) => {
                 self.reqs.remove(idx);
@@ -510,14 +507,16 @@ impl Conn {
         }
     }
 
-    /// Queues a C2HData PDU whose data goes out straight from `buf`, then the response.
-    fn send_buf(&mut self, cid: u16, buf: IoBuf) {
+    /// Queues a C2HData PDU whose data goes out straight from `buf`, then the response. The
+    /// command stays in flight until [`Conn::reads_sent`] sees the buffer go.
+    fn send_buf(&mut self, cid: u16, buf: IoBuf, started: Instant) {
         let n = buf.len();
         let h = self.c2h_header(cid, n);
         codec::put_header(&mut self.out, h.as_bytes(), self.dg);
         let crc = self.dg.data.then(|| codec::digest(buf.as_slice()));
         let at = self.out.position();
         self.pieces.push_back((at, Piece::Buf { buf, sent: 0 }));
+        self.read_queued(at, started);
         if let Some(crc) = crc {
             self.out.extend(&crc.to_le_bytes());
         }
@@ -526,8 +525,9 @@ impl Conn {
     }
 
     /// Queues a C2HData PDU whose data the kernel sends from the file pieces in
-    /// `self.extents`, then the response.
-    fn send_extents(&mut self, cid: u16, n: usize) {
+    /// `self.extents`, then the response. The command stays in flight until
+    /// [`Conn::reads_sent`] sees its last piece go.
+    fn send_extents(&mut self, cid: u16, n: usize, started: Instant) {
         let h = self.c2h_header(cid, n);
         codec::put_header(&mut self.out, h.as_bytes(), self.dg);
         let at = self.out.position();
@@ -535,8 +535,50 @@ impl Conn {
         for e in extents {
             self.pieces.push_back((at, Piece::File(e)));
         }
+        self.read_queued(at, started);
         self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
         self.complete(cid, Done::success());
+    }
+
+    /// Keeps a read whose data pieces were just queued at `at` in flight until they are sent.
+    fn read_queued(&mut self, at: u64, started: Instant) {
+        self.piece_reads.push_back((at, started));
+        // Counted once more: its response completes one count, its last byte the other.
+        self.started_io();
+    }
+
+    /// Completes the reads whose data pieces have all been handed to the socket: their
+    /// latency runs from arrival to here.
+    pub(crate) fn reads_sent(&mut self) {
+        while let Some(&(at, started)) = self.piece_reads.front() {
+            // Pieces are queued in stream order; a read's pieces share its position.
+            if self.pieces.front().is_some_and(|(p, _)| *p <= at) {
+                return;
+            }
+            self.piece_reads.pop_front();
+            self.port.metrics().read_latency.observe(started.elapsed());
+            self.completed_io();
+        }
+    }
+
+    /// Counts an I/O-queue command in flight.
+    pub(crate) fn started_io(&mut self) {
+        self.io_in_flight += 1;
+        self.port
+            .metrics()
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completes one counted command (responses on other queues count nothing).
+    pub(crate) fn completed_io(&mut self) {
+        if self.io_in_flight > 0 {
+            self.io_in_flight -= 1;
+            self.port
+                .metrics()
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Completes an I/O command with an error, recording namespace and LBA in the error log.

@@ -108,12 +108,18 @@ pub struct PortMetrics {
     pub bytes_read: AtomicU64,
     /// Bytes written by hosts.
     pub bytes_written: AtomicU64,
-    /// Read latency (command received to response queued).
+    /// Read latency: command received to completion, when its last data byte is handed to
+    /// the socket (from a device buffer or, zero-copy, from a file).
     pub read_latency: Histogram,
-    /// Write latency (all data received to response queued... from command received).
+    /// Write latency: command received (before its R2T) to response queued.
     pub write_latency: Histogram,
-    /// Commands received and not yet answered.
+    /// I/O-queue commands of every kind received and not yet completed (a read completes
+    /// when its last data byte is handed to the socket): the queue depth.
     pub in_flight: AtomicI64,
+    /// Of those, commands waiting for host data after (or before) their R2T.
+    pub awaiting_data: AtomicI64,
+    /// Host controllers torn down because their keep-alive timer expired.
+    pub keep_alive_expiries: AtomicU64,
     /// Connected queues (admin and I/O).
     pub queue_pairs: AtomicI64,
     /// PDUs received.

@@ -83,7 +83,7 @@ impl Conn {
         }
         self.port
             .metrics()
-            .in_flight
+            .awaiting_data
             .fetch_add(1, Ordering::Relaxed);
         // Keep the host's order: nothing overtakes a command already waiting.
         if self.waiting.is_empty() && self.try_send_r2t(sqe, cmd, started) {
@@ -94,7 +94,7 @@ impl Conn {
         if self.waiting.len() >= depth {
             self.port
                 .metrics()
-                .in_flight
+                .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
             return self.complete(sqe.cid.get(), Error::QueueFull);
         }
@@ -215,7 +215,7 @@ impl Conn {
         self.r2t_reserved -= len;
         self.port
             .metrics()
-            .in_flight
+            .awaiting_data
             .fetch_sub(1, Ordering::Relaxed);
         // An Abort that came while the data did wins: the command does not run.
         let failed = if self.aborts.data_done(sqe.cid.get()) {
@@ -245,7 +245,7 @@ impl Conn {
                 let cid = self.slots[i].sqe.cid.get();
                 self.port
                     .metrics()
-                    .in_flight
+                    .awaiting_data
                     .fetch_sub(1, Ordering::Relaxed);
                 self.complete(cid, Error::SqDeletion);
             }
@@ -254,7 +254,7 @@ impl Conn {
         while let Some((sqe, _, _)) = self.waiting.pop_front() {
             self.port
                 .metrics()
-                .in_flight
+                .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
             self.complete(sqe.cid.get(), Error::SqDeletion);
         }

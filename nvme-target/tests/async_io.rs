@@ -126,6 +126,10 @@ fn a_full_queue_of_reads_is_at_the_device_at_once() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The queue depth the exporter shows is the reads at the device.
+    let port = &h.target.metrics().ports[0];
+    let in_flight = || port.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(in_flight(), 31);
     h.ns2.open_gate();
     let mut answered = Vec::new();
     while answered.len() < 31 {
@@ -137,5 +141,9 @@ fn a_full_queue_of_reads_is_at_the_device_at_once() {
     }
     answered.sort_unstable();
     assert_eq!(answered, (0..31).collect::<Vec<_>>());
+    // A read completes when its data has gone, before its response.
+    assert_eq!(in_flight(), 0);
+    let reads = port.read_latency.counts().iter().sum::<u64>();
+    assert_eq!(reads, 31);
     h.stop();
 }

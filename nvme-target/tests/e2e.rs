@@ -366,6 +366,45 @@ fn keep_alive_expiry_tears_the_controller_down() {
         assert!(c.keep_alive().await.is_err(), "admin queue must be gone");
         assert!(q.read(&ns, 0, 512).await.is_err(), "I/O queues go with it");
         assert!(h.target.status().subsystems[0].controllers.is_empty());
+        let expiries = &h.target.metrics().ports[0].keep_alive_expiries;
+        assert_eq!(expiries.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }));
+    h.stop();
+}
+
+#[test]
+fn every_command_is_in_flight_until_it_completes_and_its_latency_is_observed() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        let (_c, mut q, ns) = connect(h.ports[0], HostOptions::new(OPEN_NQN)).await;
+        // Namespace 1 is file-backed: 64 KiB reads go out with sendfile.
+        let data = pattern(64 << 10, 3);
+        for i in 0..4 {
+            q.submit_write(&ns, i * 128, &data).unwrap();
+        }
+        for i in 0..8 {
+            q.submit_read(&ns, (i % 4) * 128, 64 << 10).unwrap();
+        }
+        for _ in 0..12 {
+            let done = q.next().await.unwrap();
+            assert_eq!(done.status(), 0);
+            q.release(done.cid);
+        }
+        let port = &h.target.metrics().ports[0];
+        let count = |h: &nvme_target::metrics::Histogram| h.counts().iter().sum::<u64>();
+        assert_eq!(
+            count(&port.read_latency),
+            8,
+            "zero-copy reads observed when sent"
+        );
+        assert_eq!(count(&port.write_latency), 4);
+        assert_eq!(
+            port.in_flight.load(Relaxed),
+            0,
+            "every answered command left"
+        );
+        assert_eq!(port.awaiting_data.load(Relaxed), 0);
     }));
     h.stop();
 }

@@ -222,6 +222,11 @@ fn r2t_memory_is_bounded_per_connection() {
         ));
     }
     assert_eq!(tags.len(), 4, "R2Ts within the 4 MiB budget: {tags:?}");
+    // Every write is in flight (queue depth), and all of them wait for data.
+    let port = &h.target.metrics().ports[0];
+    let gauge = |g: &std::sync::atomic::AtomicI64| g.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(gauge(&port.in_flight), 16);
+    assert_eq!(gauge(&port.awaiting_data), 16);
     // Answering the first lets the fifth write have its R2T.
     let (cid, ttag) = tags[0];
     let data = pattern(1 << 20, 9);
@@ -246,6 +251,8 @@ fn r2t_memory_is_bounded_per_connection() {
     let [r, next] = two;
     assert_eq!(r[0], pdu_type::CAPSULE_RESP);
     assert_eq!(status_of(&r), 0, "the first write completes");
+    assert_eq!(gauge(&port.in_flight), 15);
+    assert_eq!(gauge(&port.awaiting_data), 15);
     assert_eq!(next[0], pdu_type::R2T);
     assert_eq!(u16::from_le_bytes([next[8], next[9]]), 4, "the fifth write");
     others_unaffected(&h);
@@ -367,6 +374,34 @@ fn stalled_reader(h: &Harness) -> Raw {
         raw.send(&capsule(sqe.as_bytes(), 0));
     }
     raw
+}
+
+#[test]
+fn zero_copy_reads_stay_in_flight_until_their_last_byte_is_sent() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let h = Harness::start();
+    let raw = stalled_reader(&h);
+    let port = &h.target.metrics().ports[0];
+    let reads = &port.commands[nvme_target::CommandKind::Read as usize];
+    let sent = || port.read_latency.counts().iter().sum::<u64>();
+    // Wait (bounded) until all 64 reads arrived and the socket took what it can hold.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = (u64::MAX, i64::MAX);
+    loop {
+        let now = (sent(), port.in_flight.load(Relaxed));
+        if reads.load(Relaxed) == 64 && now == last {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reads never settled");
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (completed, in_flight) = last;
+    // 64 MiB do not fit in loopback socket buffers: most reads are still being sent.
+    assert!(in_flight > 0, "reads waiting for the socket are in flight");
+    assert_eq!(u64::try_from(in_flight).unwrap() + completed, 64);
+    drop(raw);
+    h.stop();
 }
 
 #[test]

@@ -75,6 +75,22 @@ impl<'a> Families<'a> {
         Ok(())
     }
 
+    /// A gauge family of fractional values (ages in seconds).
+    pub fn gauge_f64(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels, f64)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, value) in samples {
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
     /// A histogram family.
     pub fn histogram(
         &mut self,

@@ -112,10 +112,43 @@ impl Admin {
                 errors: load(&d.metrics.errors),
             })
             .collect();
+        let mut controllers = nvme::controllers(&self.block);
+        let workers = self.stream.as_ref().map(|s| s.workers_up());
+        for c in &mut controllers {
+            if let Some(h) = self.controllers.get(c.index) {
+                let age = h.heartbeat().age();
+                c.heartbeat_age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                c.reactor = if !h.is_alive() {
+                    status::Liveness::Stopped
+                } else if c.heartbeat_age_ms > status::STUCK_AFTER_MS {
+                    status::Liveness::Stuck
+                } else {
+                    status::Liveness::Up
+                };
+            }
+            c.stream_worker = match workers.as_ref().and_then(|w| w.get(c.index)) {
+                None => status::WorkerState::None,
+                Some(true) => status::WorkerState::Up,
+                Some(false) => status::WorkerState::Stopped,
+            };
+        }
+        let stream = self.stream.as_ref().map(|s| {
+            let m = s.metrics();
+            let used = load(&m.store_used);
+            let capacity = load(&m.store_capacity);
+            status::StreamStatus {
+                control: s.control().to_string(),
+                http: s.http().map(|a| a.to_string()),
+                data_ports: s.data_ports().to_vec(),
+                store_used: used,
+                store_capacity: capacity,
+                store_free: capacity.saturating_sub(used),
+            }
+        });
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
-            controllers: nvme::controllers(&self.block),
+            controllers,
             subsystems: nvme::subsystems(&self.config, &self.block),
             volumes,
             devices,
@@ -137,6 +170,7 @@ impl Admin {
                         .collect()
                 })
                 .unwrap_or_default(),
+            stream,
         }
     }
 
@@ -262,7 +296,7 @@ impl Collector for Admin {
         )?;
         f.gauge(
             "controller_up",
-            "1 while the controller thread runs.",
+            "1 while the controller thread takes work (see the heartbeat for a stuck one).",
             self.controllers.iter().map(|h| {
                 (
                     labels([("controller", h.index().to_string())]),
@@ -270,10 +304,20 @@ impl Collector for Admin {
                 )
             }),
         )?;
+        f.gauge_f64(
+            "controller_heartbeat_age_seconds",
+            "Seconds since the controller's reactor last turned (it beats every 0.25 s).",
+            self.controllers.iter().map(|h| {
+                (
+                    labels([("controller", h.index().to_string())]),
+                    h.heartbeat().age().as_secs_f64(),
+                )
+            }),
+        )?;
         self.encode_devices(&mut f)?;
         nvme::encode(&self.config, &self.block, &mut f)?;
         if let Some(s) = &self.stream {
-            stream_metrics::encode(s.metrics(), &mut f)?;
+            stream_metrics::encode(s, &mut f)?;
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ pub(super) fn controllers(block: &BlockService) -> Vec<ControllerStatus> {
             nvme_tcp: addr.to_string(),
             queue_pairs: u64::try_from(gauge(&m.ports[i].queue_pairs)).unwrap_or(0),
             in_flight: u64::try_from(gauge(&m.ports[i].in_flight)).unwrap_or(0),
+            ..ControllerStatus::default()
         })
         .collect()
 }
@@ -37,6 +38,7 @@ pub(super) fn controllers(block: &BlockService) -> Vec<ControllerStatus> {
 /// Subsystems with their namespaces and connected hosts.
 pub(super) fn subsystems(config: &Config, block: &BlockService) -> Vec<SubsystemStatus> {
     let st = block.target().status();
+    let ports = block.ports();
     config
         .subsystems
         .iter()
@@ -51,11 +53,18 @@ pub(super) fn subsystems(config: &Config, block: &BlockService) -> Vec<Subsystem
             hosts: s
                 .controllers
                 .into_iter()
-                .map(|c| HostStatus {
-                    hostnqn: c.hostnqn,
-                    cntlid: c.cntlid,
-                    controller: usize::from(c.port_id.saturating_sub(1)),
-                    queues: 1 + usize::from(c.io_queues),
+                .map(|c| {
+                    let controller = usize::from(c.port_id.saturating_sub(1));
+                    HostStatus {
+                        hostnqn: c.hostnqn,
+                        cntlid: c.cntlid,
+                        controller,
+                        queues: 1 + usize::from(c.io_queues),
+                        path: ports
+                            .get(controller)
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    }
                 })
                 .collect(),
         })
@@ -132,8 +141,13 @@ pub(super) fn encode(
     )?;
     f.gauge(
         "nvme_in_flight",
-        "Commands received and not yet answered (queue depth).",
+        "I/O commands of every kind received and not yet completed (queue depth).",
         ports().map(|(i, p)| (ctl(i), gauge(&p.in_flight))),
+    )?;
+    f.gauge(
+        "nvme_awaiting_data",
+        "In-flight write commands waiting for host data (R2T).",
+        ports().map(|(i, p)| (ctl(i), gauge(&p.awaiting_data))),
     )?;
     f.gauge(
         "nvme_queue_pairs",
@@ -141,7 +155,12 @@ pub(super) fn encode(
         ports().map(|(i, p)| (ctl(i), gauge(&p.queue_pairs))),
     )?;
     type Pick = fn(&nvme_target::metrics::PortMetrics) -> &AtomicU64;
-    let per_port: [(&str, &str, Pick); 5] = [
+    let per_port: [(&str, &str, Pick); 6] = [
+        (
+            "nvme_keep_alive_expiries",
+            "Host controllers torn down because their keep-alive timer expired.",
+            |p| &p.keep_alive_expiries,
+        ),
         ("nvme_connections", "NVMe/TCP connections accepted.", |p| {
             &p.connections
         }),
@@ -173,6 +192,30 @@ pub(super) fn encode(
                 gauge(&sm.controllers),
             )
         }),
+    )?;
+    // Host paths: host controllers of a subsystem, by the Baton controller (port) they
+    // connected through.
+    let status = target.status();
+    f.gauge(
+        "subsystem_host_paths",
+        "Host controllers (paths) connected to a subsystem through a Baton controller.",
+        config
+            .subsystems
+            .iter()
+            .zip(&status.subsystems)
+            .flat_map(|(s, st)| {
+                (0..n).map(move |i| {
+                    let paths = st
+                        .controllers
+                        .iter()
+                        .filter(|c| usize::from(c.port_id.saturating_sub(1)) == i)
+                        .count();
+                    (
+                        labels([("subsystem", s.nqn.clone()), ("controller", i.to_string())]),
+                        i64::try_from(paths).unwrap_or(i64::MAX),
+                    )
+                })
+            }),
     )?;
     f.counter(
         "subsystem_refused_hosts",

@@ -21,6 +21,55 @@ pub struct Status {
     pub devices: Vec<DeviceStatus>,
     /// Active stream sessions.
     pub sessions: Vec<SessionStatus>,
+    /// The stream service, when configured.
+    #[serde(default)]
+    pub stream: Option<StreamStatus>,
+}
+
+/// A controller reactor's liveness.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// Running and turning.
+    #[default]
+    Up,
+    /// Running but its reactor has not turned for [`STUCK_AFTER_MS`].
+    Stuck,
+    /// Its thread has stopped.
+    Stopped,
+}
+
+/// A reactor whose heartbeat is older than this is reported stuck (eight missed beats).
+pub const STUCK_AFTER_MS: u64 = 2000;
+
+/// A stream worker's state.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// No stream service is configured.
+    #[default]
+    None,
+    /// Running and taking sessions.
+    Up,
+    /// Stopped (failure injection, or it could not open the content volume).
+    Stopped,
+}
+
+/// The stream service: its ports and its content store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StreamStatus {
+    /// Control port address.
+    pub control: String,
+    /// HTTP face address, if enabled.
+    pub http: Option<String>,
+    /// Data port of each controller, by controller index.
+    pub data_ports: Vec<u16>,
+    /// Content store bytes in use.
+    pub store_used: u64,
+    /// Content store data capacity.
+    pub store_capacity: u64,
+    /// Content store bytes free.
+    pub store_free: u64,
 }
 
 /// One controller thread.
@@ -34,6 +83,15 @@ pub struct ControllerStatus {
     pub queue_pairs: u64,
     /// Commands in flight.
     pub in_flight: u64,
+    /// Milliseconds since its reactor last turned.
+    #[serde(default)]
+    pub heartbeat_age_ms: u64,
+    /// Reactor liveness.
+    #[serde(default)]
+    pub reactor: Liveness,
+    /// Its stream worker.
+    #[serde(default)]
+    pub stream_worker: WorkerState,
 }
 
 /// One NVMe subsystem.
@@ -58,6 +116,9 @@ pub struct HostStatus {
     pub controller: usize,
     /// Queues (admin + I/O).
     pub queues: usize,
+    /// The Baton controller's NVMe/TCP address this path reaches.
+    #[serde(default)]
+    pub path: String,
 }
 
 /// One volume.
@@ -122,18 +183,30 @@ impl Status {
         writeln!(out, "Baton {}  up {}s", self.version, self.uptime_secs)?;
         writeln!(
             out,
-            "\nCONTROLLER  NVME/TCP               QPAIRS  IN-FLIGHT"
+            "\nCONTROLLER  NVME/TCP               QPAIRS  IN-FLIGHT  REACTOR          STREAM   DATA PORT"
         )?;
         for c in &self.controllers {
+            let reactor = format!("{} ({}ms)", liveness(c.reactor), c.heartbeat_age_ms);
+            let port = self
+                .stream
+                .as_ref()
+                .and_then(|s| s.data_ports.get(c.index))
+                .map_or_else(|| "-".to_owned(), ToString::to_string);
             writeln!(
                 out,
-                "{:<10}  {:<21}  {:>6}  {:>9}",
-                c.index, c.nvme_tcp, c.queue_pairs, c.in_flight
+                "{:<10}  {:<21}  {:>6}  {:>9}  {:<15}  {:<7}  {}",
+                c.index,
+                c.nvme_tcp,
+                c.queue_pairs,
+                c.in_flight,
+                reactor,
+                worker(c.stream_worker),
+                port
             )?;
         }
         writeln!(
             out,
-            "\nSUBSYSTEM / HOST                                      CNTLID  CTRL  QUEUES"
+            "\nSUBSYSTEM / HOST                                      CNTLID  CTRL  QUEUES  PATH"
         )?;
         for s in &self.subsystems {
             let ns: Vec<String> = s
@@ -148,8 +221,8 @@ impl Status {
             for h in &s.hosts {
                 writeln!(
                     out,
-                    "  {:<50}  {:>6}  {:>4}  {:>6}",
-                    h.hostnqn, h.cntlid, h.controller, h.queues
+                    "  {:<50}  {:>6}  {:>4}  {:>6}  {}",
+                    h.hostnqn, h.cntlid, h.controller, h.queues, h.path
                 )?;
             }
         }
@@ -185,6 +258,30 @@ impl Status {
                 d.errors
             )?;
         }
+        match &self.stream {
+            None => writeln!(out, "\nSTREAM SERVICE  (not configured)")?,
+            Some(s) => {
+                let size = |b: u64| crate::config::ByteSize(b).to_string();
+                writeln!(
+                    out,
+                    "\nSTREAM SERVICE  control {}  http {}  data ports {}",
+                    s.control,
+                    s.http.as_deref().unwrap_or("-"),
+                    s.data_ports
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )?;
+                writeln!(
+                    out,
+                    "CONTENT STORE   used {}  free {}  of {}",
+                    size(s.store_used),
+                    size(s.store_free),
+                    size(s.store_capacity)
+                )?;
+            }
+        }
         writeln!(
             out,
             "\nSESSION     CONTENT                 CONTROLLERS   PROGRESS"
@@ -208,6 +305,22 @@ impl Status {
     }
 }
 
+fn liveness(l: Liveness) -> &'static str {
+    match l {
+        Liveness::Up => "up",
+        Liveness::Stuck => "STUCK",
+        Liveness::Stopped => "STOPPED",
+    }
+}
+
+fn worker(w: WorkerState) -> &'static str {
+    match w {
+        WorkerState::None => "-",
+        WorkerState::Up => "up",
+        WorkerState::Stopped => "STOPPED",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +335,9 @@ mod tests {
                 nvme_tcp: "127.0.0.1:4420".into(),
                 queue_pairs: 3,
                 in_flight: 1,
+                heartbeat_age_ms: 2500,
+                reactor: Liveness::Stuck,
+                stream_worker: WorkerState::Stopped,
             }],
             subsystems: vec![SubsystemStatus {
                 nqn: "nqn.x:y".into(),
@@ -231,6 +347,7 @@ mod tests {
                     cntlid: 7,
                     controller: 0,
                     queues: 3,
+                    path: "127.0.0.1:4420".into(),
                 }],
             }],
             volumes: vec![VolumeStatus {
@@ -248,6 +365,14 @@ mod tests {
                 ..Default::default()
             }],
             sessions: vec![],
+            stream: Some(StreamStatus {
+                control: "127.0.0.1:9000".into(),
+                http: None,
+                data_ports: vec![9100],
+                store_used: 1 << 20,
+                store_capacity: 4 << 20,
+                store_free: 3 << 20,
+            }),
         };
         let table = status.to_table();
         for needle in [
@@ -257,6 +382,11 @@ mod tests {
             "128KiB",
             "d0",
             "no active",
+            "STUCK (2500ms)",
+            "STOPPED",
+            "9100",
+            "127.0.0.1:9000",
+            "free 3MiB",
         ] {
             assert!(table.contains(needle), "{needle} missing in\n{table}");
         }

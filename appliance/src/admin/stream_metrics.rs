@@ -3,29 +3,59 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::exporter::{Families, gauge_value, labels};
-use crate::stream::{ControllerStreamMetrics, StreamMetrics};
+use crate::stream::{ControllerStreamMetrics, RefusalReason, StreamService};
 
 fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
 /// Every stream metric family.
-pub(super) fn encode(m: &StreamMetrics, f: &mut Families<'_>) -> Result<(), std::fmt::Error> {
+pub(super) fn encode(svc: &StreamService, f: &mut Families<'_>) -> Result<(), std::fmt::Error> {
+    let m = svc.metrics();
     f.gauge(
         "stream_sessions_active",
-        "Stream sessions running now.",
+        "Stream sessions admitted and not ended (opened minus ended).",
         [(labels([]), m.sessions_active.load(Ordering::Relaxed))],
+    )?;
+    let summary = svc.session_summary();
+    f.gauge(
+        "stream_sessions",
+        "Sessions in the session table, by phase.",
+        [
+            ("opened", summary.opened),
+            ("attached", summary.attached),
+            ("streaming", summary.streaming),
+        ]
+        .map(|(phase, n)| (labels([("phase", phase.to_owned())]), gauge_value(n))),
+    )?;
+    f.gauge_f64(
+        "stream_session_max_idle_seconds",
+        "Longest time a session in the table has gone without delivering a block.",
+        [(labels([]), summary.max_idle.as_secs_f64())],
+    )?;
+    f.counter(
+        "stream_sessions_refused",
+        "Stream sessions refused, by reason (capacity: every controller at its send budget).",
+        RefusalReason::ALL.map(|r| {
+            (
+                labels([("reason", r.name().to_owned())]),
+                get(&m.sessions_refused[r as usize]),
+            )
+        }),
+    )?;
+    f.gauge(
+        "stream_worker_up",
+        "1 while a controller's stream worker runs and takes sessions.",
+        svc.workers_up()
+            .into_iter()
+            .enumerate()
+            .map(|(i, up)| (labels([("controller", i.to_string())]), i64::from(up))),
     )?;
     for (name, help, c) in [
         (
             "stream_sessions_opened",
             "Stream sessions opened.",
             &m.sessions_opened,
-        ),
-        (
-            "stream_sessions_refused",
-            "Stream sessions refused (no capacity, unknown content, bad range).",
-            &m.sessions_refused,
         ),
         (
             "stream_sessions_failed",

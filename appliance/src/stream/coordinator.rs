@@ -17,7 +17,10 @@ use tracing::{info, warn};
 use super::proto::{ItemInfo, LIST_PAGE, MAX_LINE, Plan, Reply, Request, SessionInfo, hex};
 use super::store::{ContentStore, StoreError};
 use super::watchdog::Face;
-use super::{DataRequest, Delivery, Event, Failure, NONE, Phase, Session, Shared, StreamMsg, Sync};
+use super::{
+    DataRequest, Delivery, Event, Failure, NONE, Phase, RefusalReason, Session, Shared, StreamMsg,
+    Sync,
+};
 
 /// Coordinator state (on its own thread).
 pub(super) struct Coord {
@@ -449,6 +452,7 @@ impl Coord {
                     u64::from(self.shared.cfg.window)
                 },
                 created: Instant::now(),
+                progress_us: AtomicU64::new(0),
                 t0: std::sync::Mutex::new(None),
                 epoch: AtomicU32::new(1),
                 sent: AtomicU64::new(0),
@@ -478,11 +482,9 @@ impl Coord {
             m.sessions_active.fetch_add(1, Ordering::Relaxed);
             Ok((session, plan))
         })();
-        if r.is_err() {
-            self.shared
-                .metrics
-                .sessions_refused
-                .fetch_add(1, Ordering::Relaxed);
+        if let Err((code, _)) = &r {
+            let reason = RefusalReason::from_code(*code);
+            self.shared.metrics.sessions_refused[reason as usize].fetch_add(1, Ordering::Relaxed);
         }
         r
     }

@@ -46,6 +46,56 @@ pub struct ControllerStreamMetrics {
     pub data_requests: AtomicU64,
     /// `Sync` messages (batons) handled.
     pub syncs: AtomicU64,
+    /// The worker is running (set when it starts, cleared when it stops).
+    pub worker_up: AtomicBool,
+}
+
+/// Why a stream session was refused: the label of `stream_sessions_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// Every live controller is at its send budget (or none is live).
+    Capacity = 0,
+    /// No such content.
+    NotFound,
+    /// The range lies outside the content.
+    BadRange,
+    /// A malformed name or request.
+    BadRequest,
+    /// An internal error (store, randomness).
+    Internal,
+}
+
+impl RefusalReason {
+    /// Every reason, in index order.
+    pub const ALL: [Self; 5] = [
+        Self::Capacity,
+        Self::NotFound,
+        Self::BadRange,
+        Self::BadRequest,
+        Self::Internal,
+    ];
+
+    /// Label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Capacity => "capacity",
+            Self::NotFound => "not_found",
+            Self::BadRange => "bad_range",
+            Self::BadRequest => "bad_request",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The reason behind a refusal's HTTP-like code.
+    pub fn from_code(code: u16) -> Self {
+        match code {
+            503 => Self::Capacity,
+            404 => Self::NotFound,
+            416 => Self::BadRange,
+            400..=499 => Self::BadRequest,
+            _ => Self::Internal,
+        }
+    }
 }
 
 /// Lock-free counters of the stream service.
@@ -55,8 +105,8 @@ pub struct StreamMetrics {
     pub sessions_active: AtomicI64,
     /// Sessions opened.
     pub sessions_opened: AtomicU64,
-    /// Sessions refused (no capacity, bad request, unknown content).
-    pub sessions_refused: AtomicU64,
+    /// Sessions refused, by [`RefusalReason`].
+    pub sessions_refused: [AtomicU64; RefusalReason::ALL.len()],
     /// Sessions that ended before delivering everything.
     pub sessions_failed: AtomicU64,
     /// Sessions that delivered everything.
@@ -181,6 +231,8 @@ pub(crate) struct Session {
     pub rate: Option<u64>,
     pub window: u64,
     pub created: Instant,
+    /// Microseconds from `created` to the last block delivered (0: none yet).
+    pub progress_us: AtomicU64,
     /// Pacing origin (set when the first block is sent).
     pub t0: Mutex<Option<Instant>>,
     pub epoch: AtomicU32,
@@ -233,6 +285,18 @@ impl Session {
 
     pub fn phase(&self) -> Phase {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Records that a block was delivered now.
+    pub fn progressed(&self) {
+        let us = u64::try_from(self.created.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.progress_us.fetch_max(us.max(1), Ordering::Relaxed);
+    }
+
+    /// Time since the last block was delivered (since creation if none was).
+    pub fn idle(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_micros(self.progress_us.load(Ordering::Relaxed));
+        self.created.elapsed().saturating_sub(last)
     }
 
     /// Moves to `to` unless the session already ended; false if it had.
@@ -318,6 +382,19 @@ impl Event {
             }
         }
     }
+}
+
+/// The session table at a glance (see [`StreamService::session_summary`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SessionSummary {
+    /// Admitted, data channels not attached yet.
+    pub opened: u64,
+    /// Attached, baton not started.
+    pub attached: u64,
+    /// The baton is moving.
+    pub streaming: u64,
+    /// Longest time a live session has gone without delivering a block.
+    pub max_idle: std::time::Duration,
 }
 
 /// State shared by the coordinator and the workers.
@@ -525,6 +602,39 @@ impl StreamService {
             .collect();
         v.sort_by_key(|x| x.0);
         v
+    }
+
+    /// Whether each controller's stream worker runs and takes new sessions.
+    pub fn workers_up(&self) -> Vec<bool> {
+        self.shared
+            .metrics
+            .controllers
+            .iter()
+            .zip(&self.shared.live)
+            .map(|(m, live)| m.worker_up.load(Ordering::Acquire) && live.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Sessions in the session table by phase (opened, attached, streaming) and the longest
+    /// time any of them has gone without delivering a block.
+    pub fn session_summary(&self) -> SessionSummary {
+        let s = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = SessionSummary::default();
+        for x in s.values() {
+            match x.phase() {
+                Phase::Opened => out.opened += 1,
+                Phase::Attached => out.attached += 1,
+                Phase::Streaming => out.streaming += 1,
+                // Ending: on its way out of the table.
+                Phase::Finished | Phase::Failed => continue,
+            }
+            out.max_idle = out.max_idle.max(x.idle());
+        }
+        out
     }
 
     /// Stops controller `index`'s stream worker (its sessions are re-planned).

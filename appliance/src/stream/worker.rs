@@ -134,6 +134,9 @@ pub(super) fn start(
         }
     };
     tokio::task::spawn_local(accept_loop(Rc::clone(&state), l, shutdown.clone()));
+    state.borrow().shared.metrics.controllers[index]
+        .worker_up
+        .store(true, Ordering::Release);
     tokio::task::spawn_local(mailbox_loop(state, rx, shutdown));
 }
 
@@ -168,6 +171,9 @@ async fn mailbox_loop(
             Some(StreamMsg::Stop) | None => {
                 let mut w = state.borrow_mut();
                 w.stopped = true;
+                w.shared.metrics.controllers[w.index]
+                    .worker_up
+                    .store(false, Ordering::Release);
                 w.channels.clear();
                 w.ready.clear();
                 debug!(controller = w.index, "stream worker stopped");
@@ -559,6 +565,7 @@ async fn on_sync(state: State, mut sync: Sync) {
     let cm = &m.controllers[index];
     cm.blocks_sent.fetch_add(1, Ordering::Relaxed);
     cm.bytes.fetch_add(payload_len, Ordering::Relaxed);
+    s.progressed();
     match s.delivery {
         // The socket's writer is the only one (the socket travels with one baton), so the
         // bytes it wrote count even if a re-plan happened meanwhile: the next plan starts

@@ -20,6 +20,9 @@ check two-live-paths wait_for 15 paths_are 2
 dev=$(ns_dev)
 check fio-verify-4k fio_verify pcie-4k "$dev" 4k
 check fio-verify-64k fio_verify pcie-64k "$dev" 64k
+# Real queue depth end to end: 4 jobs at QD 32 with mixed sizes, verified.
+check fio-verify-qd32-4jobs-mixed fio_verify pcie-mixed "$dev" 4k --numjobs=4 --bsrange=4k-128k \
+  --size=8M --offset_increment=8M
 check disconnect nvme disconnect -n $NQN
 check baton-stops-cleanly stop_baton
 check reset-pci baton setup-pci --reset "$1" "$2"
