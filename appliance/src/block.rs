@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::backplane::{Backplane, Volume};
 use crate::config::Config;
 use crate::controller::Controllers;
 use crate::serve::{ServeError, io_err};
+use backplane::{Backplane, Volume};
 
 thread_local! {
     /// The NVMe/TCP port served by this controller thread, for admin actions.

@@ -1,7 +1,7 @@
 //! The Baton appliance: configuration, backplane, volumes, controllers and services.
 
 pub mod admin;
-pub mod backplane;
+pub use ::backplane;
 pub mod bench;
 pub mod block;
 pub mod config;

@@ -199,7 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
-            let bad = baton::backplane::check_device_paths(&config);
+            let bad = config.check_device_paths();
             if !bad.is_empty() {
                 let text = std::fs::read_to_string(&file).unwrap_or_default();
                 for (path, message) in &bad {

@@ -8,10 +8,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminRouter};
-use crate::backplane::{Backplane, BackplaneError};
 use crate::block::BlockService;
 use crate::config::Config;
 use crate::controller::Controllers;
+use backplane::{Backplane, BackplaneError};
 
 /// Why the appliance could not run.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ impl Appliance {
     pub fn start(config: Config) -> Result<Self, ServeError> {
         let config = Arc::new(config);
         let budget = descriptor_budget(&config)?;
-        let backplane = Arc::new(Backplane::open(&config)?);
+        let backplane = Arc::new(config.open_backplane()?);
         let controllers = Controllers::start(config.controller_count(), config.controllers.pin)
             .map_err(io_err("starting controller threads"))?;
         let (shutdown, _) = watch::channel(false);

@@ -16,10 +16,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-use crate::backplane::Backplane;
 use crate::block::BlockService;
 use crate::config::{Config, DeviceConfig};
 use crate::controller::ControllerHandle;
+use backplane::Backplane;
 use exporter::{Families, labels};
 use http::{Body, Router};
 use status::{DeviceStatus, Status, VolumeStatus};
@@ -204,7 +204,7 @@ impl Admin {
 
     fn encode_devices(&self, f: &mut Families<'_>) -> Result<(), std::fmt::Error> {
         let devs = self.backplane.devices();
-        let per = |pick: fn(&crate::backplane::DeviceMetrics) -> &std::sync::atomic::AtomicU64| {
+        let per = |pick: fn(&backplane::DeviceMetrics) -> &std::sync::atomic::AtomicU64| {
             devs.iter().map(move |d| {
                 (
                     labels([("device", d.device.name().to_owned())]),

@@ -588,6 +588,75 @@ impl Config {
         }
     }
 
+    /// The devices to open, paths resolved against `data_dir`.
+    pub fn device_specs(&self) -> Vec<backplane::DeviceSpec> {
+        self.devices
+            .iter()
+            .map(|d| match d {
+                DeviceConfig::Ram {
+                    name,
+                    size,
+                    read_rate,
+                } => backplane::DeviceSpec::Ram {
+                    name: name.clone(),
+                    size: size.bytes(),
+                    read_rate: read_rate.map(|r| r.bytes()),
+                },
+                DeviceConfig::File {
+                    name,
+                    path,
+                    read_rate,
+                    size,
+                    direct,
+                } => backplane::DeviceSpec::File {
+                    name: name.clone(),
+                    path: self.resolve(path),
+                    size: size.map(|s| s.bytes()),
+                    direct: *direct,
+                    read_rate: read_rate.map(|r| r.bytes()),
+                },
+                DeviceConfig::NvmePcie {
+                    name,
+                    controllers,
+                    nsid,
+                    queue_depth,
+                } => backplane::DeviceSpec::NvmePcie {
+                    name: name.clone(),
+                    controllers: controllers.clone(),
+                    nsid: *nsid,
+                    queue_depth: *queue_depth,
+                },
+            })
+            .collect()
+    }
+
+    /// The volumes to assemble.
+    pub fn volume_specs(&self) -> Vec<backplane::VolumeSpec> {
+        self.volumes
+            .iter()
+            .map(|v| backplane::VolumeSpec {
+                name: v.name.clone(),
+                devices: v.devices.clone(),
+                stripe: v.stripe_size.bytes(),
+                block_size: v.block_size,
+            })
+            .collect()
+    }
+
+    /// File devices whose paths cannot be opened as configured, as (key path, message):
+    /// `check-config` reports them without opening or creating anything.
+    pub fn check_device_paths(&self) -> Vec<(String, String)> {
+        backplane::check_device_paths(&self.device_specs())
+            .into_iter()
+            .map(|(i, m)| (format!("devices[{i}].path"), m))
+            .collect()
+    }
+
+    /// Opens the backplane the configuration describes.
+    pub fn open_backplane(&self) -> Result<backplane::Backplane, backplane::BackplaneError> {
+        backplane::Backplane::open(&self.device_specs(), &self.volume_specs())
+    }
+
     /// A file device's path, resolved against `data_dir`.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {

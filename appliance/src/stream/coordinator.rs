@@ -38,7 +38,7 @@ pub(super) type CoordRef = Rc<Coord>;
 /// through `ready` before anything is served).
 pub(super) fn spawn(
     shared: Arc<Shared>,
-    volume: Arc<crate::backplane::Volume>,
+    volume: Arc<backplane::Volume>,
     control: std::net::TcpListener,
     http: Option<std::net::TcpListener>,
     events: mpsc::UnboundedReceiver<Event>,

@@ -29,10 +29,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
-use crate::backplane::Backplane;
 use crate::config::{Config, StreamConfig};
 use crate::controller::Controllers;
 use crate::serve::{ServeError, io_err};
+use backplane::Backplane;
 pub use proto::Plan;
 
 /// Counters of one controller's stream worker.

@@ -670,7 +670,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::backplane::{DeviceEntry, FdDevice, Volume};
+    use backplane::{DeviceEntry, FdDevice, Volume};
 
     const BS: u64 = 4096;
 

@@ -28,7 +28,7 @@ use bdev::slots::Slots;
 use bdev::span::Span;
 use bdev::{BlockIo, BufPool, CompletionQueue, IoBuf, PoolClass, Request, Sink};
 
-use crate::backplane::Volume;
+use backplane::Volume;
 
 /// A block of a session, at this controller.
 enum Block {

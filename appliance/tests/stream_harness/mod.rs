@@ -185,7 +185,7 @@ impl Baton {
     /// it: disjoint extents inside the data area, every item's data matching its CRC.
     pub fn check_store(&self) -> baton::stream::store::CheckReport {
         let config = baton::config::Config::load(&self.cfg).unwrap();
-        let backplane = baton::backplane::Backplane::open(&config).unwrap();
+        let backplane = config.open_backplane().unwrap();
         let st = config.stream.as_ref().unwrap();
         let vol = backplane.volume(&st.volume).unwrap();
         let store = baton::stream::store::ContentStore::open(

@@ -137,7 +137,7 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backplane::FdDevice;
+    use crate::FdDevice;
     use bdev::Op;
     use bdev::testing::{local, read, run, write};
     use std::sync::atomic::{AtomicU64, Ordering};
