@@ -32,6 +32,14 @@ pub enum BlockError {
     /// The target's configuration is inconsistent.
     #[error("NVMe/TCP target")]
     Target(#[from] nvme_target::ConfigError),
+    /// A host's authentication settings are unusable.
+    #[error("{key}: {reason}")]
+    Hosts {
+        /// The configuration key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// A controller thread could not start its port.
     #[error("controller {index}: {reason}")]
     Controller {
@@ -101,7 +109,7 @@ impl BlockService {
             .map_err(io_err("listener address"))?;
 
         let exported = exported_volumes(config, backplane);
-        let target = Target::new(target_config(config, &exported, &ports, discovery))?;
+        let target = Target::new(target_config(config, &exported, &ports, discovery)?)?;
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (h, listener) in controllers.handles().iter().zip(listeners) {
@@ -274,7 +282,7 @@ fn target_config(
     exported: &Exported,
     ports: &[SocketAddr],
     discovery: Option<SocketAddr>,
-) -> TargetConfig {
+) -> Result<TargetConfig, BlockError> {
     let nvme = &config.nvme_tcp;
     let subsystems = config
         .subsystems
@@ -307,7 +315,9 @@ fn target_config(
     cfg.max_queue_entries = nvme.queue_entries;
     cfg.max_io_queues = nvme.io_queues;
     cfg.limits = config.limits.nvme_tcp();
-    cfg
+    cfg.hosts = crate::config::hosts_auth(&nvme.hosts)
+        .map_err(|(key, reason)| BlockError::Hosts { key, reason })?;
+    Ok(cfg)
 }
 
 fn namespace_config(nqn: &str, nsid: u32, v: &Volume) -> NamespaceConfig {

@@ -39,10 +39,14 @@ pub mod io_opcode {
     pub const WRITE: u8 = 0x01;
     /// Read.
     pub const READ: u8 = 0x02;
+    /// Compare.
+    pub const COMPARE: u8 = 0x05;
     /// Write Zeroes.
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
     pub const DSM: u8 = 0x09;
+    /// Verify.
+    pub const VERIFY: u8 = 0x0c;
 }
 
 /// Feature identifiers (Base 5.27.1).
@@ -53,6 +57,8 @@ pub mod feature {
     pub const POWER_MGMT: u8 = 0x02;
     /// Temperature Threshold.
     pub const TEMP_THRESHOLD: u8 = 0x04;
+    /// Error Recovery (time-limited error recovery, DULBE).
+    pub const ERROR_RECOVERY: u8 = 0x05;
     /// Volatile Write Cache.
     pub const VOLATILE_WC: u8 = 0x06;
     /// Number of Queues.
@@ -65,6 +71,8 @@ pub mod feature {
     pub const ASYNC_EVENT: u8 = 0x0b;
     /// Keep Alive Timer.
     pub const KATO: u8 = 0x0f;
+    /// Host Identifier (the 128-bit one from Connect on fabrics).
+    pub const HOST_ID: u8 = 0x81;
 }
 
 /// Identify CNS values (Base 5.17).
@@ -77,6 +85,10 @@ pub mod cns {
     pub const ACTIVE_NS_LIST: u8 = 0x02;
     /// Namespace Identification Descriptor list.
     pub const NS_DESC_LIST: u8 = 0x03;
+    /// Controllers in the NVM subsystem that attach the namespace.
+    pub const NS_CTRL_LIST: u8 = 0x12;
+    /// Controllers in the NVM subsystem.
+    pub const CTRL_LIST: u8 = 0x13;
 }
 
 /// SGL descriptor (Base 4.3.2), as carried in DPTR by NVMe/TCP.

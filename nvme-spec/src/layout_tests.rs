@@ -2,6 +2,7 @@
 
 use core::mem::offset_of;
 
+use crate::auth::*;
 use crate::command::*;
 use crate::fabrics::*;
 use crate::identify::*;
@@ -135,3 +136,13 @@ fn expected_header_lengths() {
     assert_eq!(expected_hlen(0x08), None);
     assert_eq!(expected_hlen(0xff), None);
 }
+offsets!(firmware_slot_fields, FirmwareSlotLog, { afi => 0, frs => 8, rsvd64 => 64 });
+offsets!(command_effects_fields, CommandEffectsLog, { acs => 0, iocs => 1024, rsvd2048 => 2048 });
+offsets!(negotiate_fields, NegotiateHeader, { auth_type => 0, auth_id => 1, t_id => 4, sc_c => 6, napd => 7 });
+offsets!(protocol_descriptor_fields, ProtocolDescriptor, { authid => 0, halen => 2, dhlen => 3, idlist => 4 });
+offsets!(challenge_fields, ChallengeHeader, {
+    t_id => 4, hl => 6, hashid => 8, dhgid => 9, dhvlen => 10, seqnum => 12,
+});
+offsets!(reply_fields, ReplyHeader, { t_id => 4, hl => 6, cvalid => 8, dhvlen => 10, seqnum => 12 });
+offsets!(success1_fields, Success1Header, { t_id => 4, hl => 6, rvalid => 8 });
+offsets!(failure_fields, Failure, { t_id => 4, rescode => 6, rescode_exp => 7 });

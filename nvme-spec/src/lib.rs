@@ -6,6 +6,8 @@
 //! ("Fabrics") and the NVMe/TCP Transport Specification 1.0 ("TCP").
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod cmds;
 pub mod command;
 pub mod fabrics;
 pub mod identify;

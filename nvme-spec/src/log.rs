@@ -155,6 +155,48 @@ impl Default for SmartLog {
     }
 }
 
+/// Firmware Slot Information log page (Base 5.16.1.4): 512 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct FirmwareSlotLog {
+    /// Active firmware info: bits 2:0 the active slot, bits 6:4 the slot for the next reset.
+    pub afi: u8,
+    /// Reserved.
+    pub rsvd1: [u8; 7],
+    /// Firmware revision in slots 1 to 7 (ASCII, space padded; zeroes for an empty slot).
+    pub frs: [[u8; 8]; 7],
+    /// Reserved.
+    pub rsvd64: [u8; 448],
+}
+const _: () = assert!(size_of::<FirmwareSlotLog>() == 512);
+
+/// Commands Supported and Effects log page (Base 5.16.1.6): 4096 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct CommandEffectsLog {
+    /// Admin command effects, indexed by opcode.
+    pub acs: [U32; 256],
+    /// I/O command effects, indexed by opcode.
+    pub iocs: [U32; 256],
+    /// Reserved.
+    pub rsvd2048: [u8; 2048],
+}
+const _: () = assert!(size_of::<CommandEffectsLog>() == 4096);
+
+/// Bits of a Commands Supported and Effects entry (Base 5.16.1.6, figure 211).
+pub mod effects {
+    /// Command Supported.
+    pub const CSUPP: u32 = 1 << 0;
+    /// Logical Block Content Change.
+    pub const LBCC: u32 = 1 << 1;
+    /// Namespace Capability Change.
+    pub const NCC: u32 = 1 << 2;
+    /// Namespace Inventory Change.
+    pub const NIC: u32 = 1 << 3;
+    /// Controller Capability Change.
+    pub const CCC: u32 = 1 << 4;
+}
+
 /// Discovery log page header (Base figure 262): 1024 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -6,12 +6,17 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nvme_spec::command::{Sqe, admin_opcode, cns, feature};
+use nvme_spec::cmds::{AdminCmd, FeatureSelect, GetFeatures, Identify, SetFeatures};
+use nvme_spec::command::{Sqe, admin_opcode, cns, feature, io_opcode};
 use nvme_spec::identify::{IdentifyController, IdentifyNamespace, cntrltype, write_ns_descriptors};
-use nvme_spec::log::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPage, SmartLog, disc, lid};
+use nvme_spec::log::{
+    CommandEffectsLog, DiscoveryLogEntry, DiscoveryLogHeader, FirmwareSlotLog, GetLogPage,
+    SmartLog, disc, effects, lid,
+};
 use nvme_spec::regs::VERSION_1_3;
-use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str, status};
+use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str};
 
+use crate::completion::{Completion, Error};
 use crate::conn::{Conn, Data};
 use crate::ctrl::{AER_LIMIT, Ctrl, ERROR_LOG_ENTRIES};
 
@@ -23,88 +28,114 @@ const FIRMWARE: &str = concat!(
     env!("CARGO_PKG_VERSION_MINOR")
 );
 
+/// What an admin handler leaves to send.
+pub(crate) enum Reply {
+    /// A completion without data.
+    Done(Completion),
+    /// The first bytes of the scratch buffer, then success.
+    Scratch(usize),
+    /// No completion yet: an Asynchronous Event Request waits for its event, a write cache
+    /// switch for its flushes.
+    Held,
+}
+
 impl Conn {
-    pub(crate) fn admin(&mut self, sqe: &Sqe, data: Data<'_>) {
+    pub(crate) fn admin(&mut self, sqe: &Sqe, cmd: AdminCmd, data: Data<'_>) {
         let cid = sqe.cid.get();
         let Some(ctrl) = self.q.as_ref().map(|q| Rc::clone(&q.ctrl)) else {
             return;
         };
-        let discovery = ctrl.subsys == self.port.target.discovery_index();
         let to_host = match data {
             Data::ToHost(n) => n,
             _ => 0,
         };
-        match sqe.opcode {
-            admin_opcode::IDENTIFY => self.identify(&ctrl, sqe, to_host),
-            admin_opcode::GET_LOG_PAGE => self.get_log_page(&ctrl, sqe, to_host),
-            admin_opcode::SET_FEATURES => {
-                // Turning the volatile write cache off makes what it holds durable first.
-                let disabling_cache = (sqe.cdw10.get() & 0xff) as u8 == feature::VOLATILE_WC
-                    && sqe.cdw11.get() & 1 == 0
-                    && ctrl.vwc_enabled.get();
-                match self.set_features(&ctrl, sqe) {
+        let r = match cmd {
+            AdminCmd::Identify(id) => self.identify(&ctrl, &id, to_host),
+            AdminCmd::GetLogPage(g) => self.get_log_page(&ctrl, &g, to_host),
+            AdminCmd::SetFeatures(f) => {
+                // Turning the volatile write cache off makes what it holds durable first:
+                // the completion comes when the flushes have.
+                let disabling_cache =
+                    f.fid == feature::VOLATILE_WC && f.cdw11 & 1 == 0 && ctrl.vwc_enabled.get();
+                match self.set_features(&ctrl, &f) {
                     Ok(_) if disabling_cache => {
                         self.flush_all(crate::io::Barrier::Respond { cid });
+                        Ok(Reply::Held)
                     }
-                    r => self.answer(cid, r),
+                    r => r.map(Reply::Done),
                 }
             }
-            admin_opcode::GET_FEATURES => {
-                let r = self.get_features(&ctrl, sqe);
-                self.answer(cid, r);
+            AdminCmd::GetFeatures(f) if f.fid == feature::HOST_ID => {
+                // Fabrics hosts have the 128-bit identifier (EXHID) they gave in Connect.
+                if f.cdw11 & 1 == 0 {
+                    Err(Error::InvalidField)
+                } else {
+                    self.scratch(16).copy_from_slice(&ctrl.hostid.get());
+                    Ok(Reply::Scratch(to_host))
+                }
             }
-            admin_opcode::KEEP_ALIVE => self.respond(cid, status::SUCCESS, 0),
-            admin_opcode::ASYNC_EVENT => {
+            AdminCmd::GetFeatures(f) => self.get_features(&ctrl, &f).map(Reply::Done),
+            AdminCmd::KeepAlive => Ok(Reply::Done(Completion::success())),
+            AdminCmd::AsyncEventRequest => {
                 let mut aers = ctrl.aers.borrow_mut();
                 if aers.len() >= AER_LIMIT {
-                    drop(aers);
-                    self.respond(cid, status::AER_LIMIT_EXCEEDED | status::DNR, 0);
+                    Err(Error::AerLimit)
                 } else {
                     // Held until an event; Baton's namespaces do not change at run time.
                     aers.push(cid);
+                    Ok(Reply::Held)
                 }
             }
-            // Commands complete as soon as they arrive: nothing is left to abort (bit 0 set).
-            admin_opcode::ABORT => self.respond(cid, status::SUCCESS, 1),
-            admin_opcode::CREATE_SQ
-            | admin_opcode::CREATE_CQ
-            | admin_opcode::DELETE_SQ
-            | admin_opcode::DELETE_CQ => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
-            _ if discovery => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
-            _ => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
-        }
-    }
-
-    fn answer(&mut self, cid: u16, r: Result<u32, u16>) {
+            AdminCmd::Abort(a) => Ok(Reply::Done(self.abort(&ctrl, &a))),
+        };
         match r {
-            Ok(v) => self.respond(cid, status::SUCCESS, u64::from(v)),
-            Err(st) => self.respond(cid, st, 0),
+            Ok(Reply::Done(c)) => self.complete(cid, c),
+            Ok(Reply::Scratch(n)) => self.reply_scratch(cid, n),
+            Ok(Reply::Held) => {}
+            Err(e) => self.complete(cid, e),
         }
     }
 
-    fn identify(&mut self, ctrl: &Ctrl, sqe: &Sqe, len: usize) {
-        let cid = sqe.cid.get();
-        let c = (sqe.cdw10.get() & 0xff) as u8;
-        let nsid = sqe.nsid.get();
+    fn identify(&mut self, ctrl: &Ctrl, cmd: &Identify, len: usize) -> Result<Reply, Error> {
+        let nsid = cmd.nsid;
         let discovery = ctrl.subsys == self.port.target.discovery_index();
-        match c {
+        match cmd.cns {
             cns::CONTROLLER => {
                 let id = self.identify_controller(ctrl);
                 self.scratch(4096).copy_from_slice(id.as_bytes());
-                self.reply_scratch(cid, len);
             }
             cns::NAMESPACE | cns::NS_DESC_LIST if !discovery => {
                 let Some(ns) = self.port.namespace(ctrl.subsys, nsid) else {
-                    return self.respond(cid, status::INVALID_NS | status::DNR, 0);
+                    return Err(Error::InvalidNamespace);
                 };
                 let cfg = ns.cfg.clone();
-                if c == cns::NAMESPACE {
+                if cmd.cns == cns::NAMESPACE {
                     let id = identify_namespace(&cfg);
                     self.scratch(4096).copy_from_slice(id.as_bytes());
                 } else {
                     write_ns_descriptors(self.scratch(4096), &cfg.nguid, &cfg.uuid);
                 }
-                self.reply_scratch(cid, len);
+            }
+            // Every controller of the subsystem attaches every namespace.
+            cns::CTRL_LIST | cns::NS_CTRL_LIST if !discovery => {
+                if cmd.cns == cns::NS_CTRL_LIST && self.port.namespace(ctrl.subsys, nsid).is_none()
+                {
+                    return Err(Error::InvalidNamespace);
+                }
+                let ids: Vec<u16> = self
+                    .port
+                    .target
+                    .cntlids(ctrl.subsys)
+                    .into_iter()
+                    .filter(|&id| id >= cmd.cntid)
+                    .take(2047)
+                    .collect();
+                let out = self.scratch(4096);
+                let n = u16::try_from(ids.len()).unwrap_or(2047);
+                out[0..2].copy_from_slice(&n.to_le_bytes());
+                for (i, id) in ids.iter().enumerate() {
+                    out[2 + i * 2..4 + i * 2].copy_from_slice(&id.to_le_bytes());
+                }
             }
             cns::ACTIVE_NS_LIST if !discovery => {
                 let mut ids: Vec<u32> = self
@@ -121,10 +152,10 @@ impl Conn {
                 for (i, id) in ids.iter().take(1024).enumerate() {
                     out[i * 4..i * 4 + 4].copy_from_slice(&id.to_le_bytes());
                 }
-                self.reply_scratch(cid, len);
             }
-            _ => self.respond(cid, status::INVALID_FIELD | status::DNR, 0),
+            _ => return Err(Error::InvalidField),
         }
+        Ok(Reply::Scratch(len))
     }
 
     fn identify_controller(&self, ctrl: &Ctrl) -> IdentifyController {
@@ -137,8 +168,10 @@ impl Conn {
         id.ver.set(VERSION_1_3);
         id.aerl = u8::try_from(AER_LIMIT - 1).unwrap_or(0);
         id.elpe = u8::try_from(ERROR_LOG_ENTRIES - 1).unwrap_or(0);
-        // Extended data for Get Log Page: offsets are supported.
-        id.lpa = 1 << 2;
+        // Commands Supported and Effects log (bit 1), extended Get Log Page data (bit 2).
+        id.lpa = (1 << 1) | (1 << 2);
+        // One firmware slot, read-only: the firmware is the Baton binary.
+        id.frmw = 1 | (1 << 1);
         // Keep alive granularity 100 ms.
         id.kas.set(1);
         id.sgls.set(0x0010_0001);
@@ -156,8 +189,9 @@ impl Conn {
                 put_ascii(&mut id.mn, &s.model);
                 put_str(&mut id.subnqn, &s.nqn);
                 id.cntrltype = cntrltype::IO;
-                // Several controllers (one per port) may attach the same namespaces.
-                id.cmic = 1 << 1;
+                // Several controllers (one per port) may attach the same namespaces (bit 1),
+                // through more than one port when the target has several (bit 0).
+                id.cmic = (1 << 1) | u8::from(cfg.ports.len() > 1);
                 id.oaes.set(1 << 8);
                 id.sqes = 0x66;
                 id.cqes = 0x44;
@@ -179,12 +213,10 @@ impl Conn {
         id
     }
 
-    fn get_log_page(&mut self, ctrl: &Ctrl, sqe: &Sqe, len: usize) {
-        let cid = sqe.cid.get();
-        let g = GetLogPage::from_sqe(sqe);
+    fn get_log_page(&mut self, ctrl: &Ctrl, g: &GetLogPage, len: usize) -> Result<Reply, Error> {
         let discovery = ctrl.subsys == self.port.target.discovery_index();
         if u64::try_from(len).is_ok_and(|l| l != g.len) && len != 0 {
-            return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
+            return Err(Error::SglLength);
         }
         let page_len = match (g.lid, discovery) {
             (lid::DISCOVERY, true) => self.discovery_log(),
@@ -209,13 +241,26 @@ impl Conn {
                 self.scratch(4096);
                 4096
             }
-            _ => return self.respond(cid, status::INVALID_LOG_PAGE | status::DNR, 0),
+            (lid::FW_SLOT, false) => {
+                let mut fw = FirmwareSlotLog::new_zeroed();
+                // Slot 1 is active and stays active at the next reset.
+                fw.afi = 1;
+                put_ascii(&mut fw.frs[0], FIRMWARE);
+                self.scratch(512).copy_from_slice(fw.as_bytes());
+                512
+            }
+            (lid::CMD_EFFECTS, _) => {
+                let log = command_effects(discovery);
+                self.scratch(4096).copy_from_slice(log.as_bytes());
+                4096
+            }
+            _ => return Err(Error::InvalidLogPage),
         };
         let Ok(off) = usize::try_from(g.offset) else {
-            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+            return Err(Error::InvalidField);
         };
         if off > page_len || off % 4 != 0 {
-            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+            return Err(Error::InvalidField);
         }
         // Reads may run past the page's end into zeroes, but no further than the page's
         // last 4 KiB: the reply is bounded by the page, not by the host's NUMD.
@@ -223,18 +268,13 @@ impl Conn {
             .checked_add(len)
             .is_none_or(|end| end > page_len.next_multiple_of(4096))
         {
-            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+            return Err(Error::InvalidField);
         }
-        // Bytes past the end of the page read as zeroes.
-        let scratch = std::mem::take(&mut self.scratch);
-        self.reply_data(cid, len, |buf| {
-            let avail = &scratch[off..page_len];
-            let n = avail.len().min(buf.len());
-            buf[..n].copy_from_slice(&avail[..n]);
-            buf[n..].fill(0);
-            Ok(())
-        });
-        self.scratch = scratch;
+        // The reply starts at the offset; bytes past the end of the page read as zeroes.
+        self.scratch.truncate(page_len);
+        self.scratch.drain(..off);
+        self.scratch.resize(len, 0);
+        Ok(Reply::Scratch(len))
     }
 
     fn smart_log(&self, ctrl: &Ctrl) -> SmartLog {
@@ -287,77 +327,115 @@ impl Conn {
         at
     }
 
-    fn set_features(&mut self, ctrl: &Ctrl, sqe: &Sqe) -> Result<u32, u16> {
-        let cdw10 = sqe.cdw10.get();
-        let cdw11 = sqe.cdw11.get();
-        if cdw10 & (1 << 31) != 0 {
-            return Err(status::FEATURE_NOT_SAVEABLE | status::DNR);
+    fn set_features(&mut self, ctrl: &Ctrl, f: &SetFeatures) -> Result<Completion, Error> {
+        let cdw11 = f.cdw11;
+        if f.save {
+            return Err(Error::NotSaveable);
         }
         let discovery = ctrl.subsys == self.port.target.discovery_index();
-        match ((cdw10 & 0xff) as u8, discovery) {
+        let v = match (f.fid, discovery) {
             (feature::NUM_QUEUES, false) => {
                 if ctrl.io_queues.get() != 0 {
-                    return Err(status::COMMAND_SEQUENCE_ERROR | status::DNR);
+                    return Err(Error::Sequence);
                 }
                 let nsq = (cdw11 & 0xffff) + 1;
                 let ncq = (cdw11 >> 16) + 1;
                 if nsq == 0x10000 || ncq == 0x10000 {
-                    return Err(status::INVALID_FIELD | status::DNR);
+                    return Err(Error::InvalidField);
                 }
                 let max = u32::from(self.port.target.config().max_io_queues);
                 let granted = nsq.min(ncq).min(max);
                 ctrl.io_queues_granted
                     .set(u16::try_from(granted).unwrap_or(1));
-                Ok((granted - 1) | ((granted - 1) << 16))
+                (granted - 1) | ((granted - 1) << 16)
             }
             (feature::ASYNC_EVENT, _) => {
                 ctrl.aec.set(cdw11);
-                Ok(0)
+                0
             }
             (feature::KATO, _) => {
                 ctrl.kato.set(Duration::from_millis(u64::from(cdw11)));
-                Ok(0)
+                0
+            }
+            // Connect gave the host identifier; it does not change (as nvmet answers).
+            (feature::HOST_ID, _) => return Err(Error::Sequence),
+            (feature::ERROR_RECOVERY, false) => {
+                // Deallocated or unwritten blocks read as zeroes, never as an error: DULBE
+                // (bit 16) cannot be enabled. Baton retries nothing, so any TLER holds.
+                if cdw11 & (1 << 16) != 0 {
+                    return Err(Error::InvalidField);
+                }
+                ctrl.error_recovery.set(cdw11 & 0xffff);
+                0
             }
             (feature::VOLATILE_WC, false) => {
                 // From here on each write is flushed before it completes (see `io`); what
                 // the cache held is flushed before this command completes (see `admin`).
                 let enable = cdw11 & 1 != 0;
                 ctrl.vwc_enabled.set(enable);
-                Ok(0)
+                0
             }
-            _ => Err(status::INVALID_FIELD | status::DNR),
-        }
+            _ => return Err(Error::InvalidField),
+        };
+        Ok(Completion::ok(u64::from(v)))
     }
 
-    fn get_features(&mut self, ctrl: &Ctrl, sqe: &Sqe) -> Result<u32, u16> {
-        let cdw10 = sqe.cdw10.get();
-        let sel = (cdw10 >> 8) & 0x7;
-        if sel == 3 {
+    fn get_features(&mut self, ctrl: &Ctrl, f: &GetFeatures) -> Result<Completion, Error> {
+        if f.sel == FeatureSelect::Supported {
             // Supported capabilities: changeable, not saveable.
-            return Ok(1 << 2);
+            return Ok(Completion::ok(1 << 2));
         }
         let discovery = ctrl.subsys == self.port.target.discovery_index();
-        match ((cdw10 & 0xff) as u8, discovery) {
+        let v = match (f.fid, discovery) {
             (feature::NUM_QUEUES, false) => {
                 let n = u32::from(ctrl.io_queues_granted.get()) - 1;
-                Ok(n | (n << 16))
+                n | (n << 16)
             }
-            (feature::ASYNC_EVENT, _) => Ok(ctrl.aec.get()),
-            (feature::KATO, _) => {
-                Ok(u32::try_from(ctrl.kato.get().as_millis()).unwrap_or(u32::MAX))
-            }
-            (feature::VOLATILE_WC, false) => Ok(u32::from(ctrl.vwc_enabled.get())),
+            (feature::ASYNC_EVENT, _) => ctrl.aec.get(),
+            (feature::KATO, _) => u32::try_from(ctrl.kato.get().as_millis()).unwrap_or(u32::MAX),
+            (feature::VOLATILE_WC, false) => u32::from(ctrl.vwc_enabled.get()),
+            (feature::ERROR_RECOVERY, false) => ctrl.error_recovery.get(),
             (
                 feature::ARBITRATION
                 | feature::POWER_MGMT
                 | feature::WRITE_ATOMICITY
                 | feature::IRQ_COALESCE,
                 false,
-            ) => Ok(0),
-            (feature::TEMP_THRESHOLD, false) => Ok(343),
-            _ => Err(status::INVALID_FIELD | status::DNR),
+            ) => 0,
+            (feature::TEMP_THRESHOLD, false) => 343,
+            _ => return Err(Error::InvalidField),
+        };
+        Ok(Completion::ok(u64::from(v)))
+    }
+}
+
+/// The Commands Supported and Effects log: what this controller runs, and which commands
+/// change logical block content.
+fn command_effects(discovery: bool) -> CommandEffectsLog {
+    let mut log = CommandEffectsLog::new_zeroed();
+    for op in [
+        admin_opcode::GET_LOG_PAGE,
+        admin_opcode::IDENTIFY,
+        admin_opcode::ABORT,
+        admin_opcode::SET_FEATURES,
+        admin_opcode::GET_FEATURES,
+        admin_opcode::ASYNC_EVENT,
+        admin_opcode::KEEP_ALIVE,
+    ] {
+        log.acs[usize::from(op)].set(effects::CSUPP);
+    }
+    if !discovery {
+        for (op, e) in [
+            (io_opcode::FLUSH, 0),
+            (io_opcode::WRITE, effects::LBCC),
+            (io_opcode::READ, 0),
+            (io_opcode::WRITE_ZEROES, effects::LBCC),
+            (io_opcode::DSM, effects::LBCC),
+        ] {
+            log.iocs[usize::from(op)].set(effects::CSUPP | e);
         }
     }
+    log
 }
 
 /// Identify Namespace for a namespace configuration.

@@ -34,6 +34,25 @@ pub struct TargetConfig {
     /// keep-alive (or owing R2T data), the send timeout for hosts that stop reading (also the
     /// deadline of the drain at shutdown).
     pub limits: listener::Limits,
+    /// Hosts that authenticate with DH-HMAC-CHAP (to every NVM subsystem; the discovery
+    /// controller does not ask).
+    pub hosts: Vec<HostAuthConfig>,
+}
+
+/// A host's DH-HMAC-CHAP secrets and the parameters the controller selects for it.
+#[derive(Clone, Debug)]
+pub struct HostAuthConfig {
+    /// Host NQN.
+    pub nqn: String,
+    /// The host's secret: the host proves it knows it.
+    pub key: crate::auth::Secret,
+    /// The controller's secret, for hosts that ask the controller to authenticate too.
+    pub ctrl_key: Option<crate::auth::Secret>,
+    /// The hash the controller selects; a host that does not offer it is refused.
+    pub hash: crate::auth::HashFn,
+    /// The DH group the controller selects (`None`: no DH exchange); a host that does not
+    /// offer it is refused.
+    pub dh_group: Option<crate::auth::Group>,
 }
 
 impl TargetConfig {
@@ -51,6 +70,7 @@ impl TargetConfig {
             max_r2t_in_flight: 16,
             max_r2t_buffer: 4 << 20,
             limits: listener::Limits::default(),
+            hosts: Vec::new(),
         }
     }
 
@@ -148,6 +168,9 @@ pub enum ConfigError {
     /// Two ports with the same ID.
     #[error("duplicate port ID {0}")]
     DuplicatePort(u16),
+    /// A host with authentication secrets listed twice, or without an NQN.
+    #[error("host {0:?} has DH-HMAC-CHAP secrets twice, or no NQN")]
+    DuplicateHost(String),
     /// A limit out of range.
     #[error("{0}")]
     Limit(String),
@@ -191,6 +214,12 @@ impl TargetConfig {
         for p in &self.ports {
             if !ports.insert(p.id) {
                 return Err(ConfigError::DuplicatePort(p.id));
+            }
+        }
+        let mut hosts = std::collections::HashSet::new();
+        for h in &self.hosts {
+            if h.nqn.is_empty() || !hosts.insert(h.nqn.as_str()) {
+                return Err(ConfigError::DuplicateHost(h.nqn.clone()));
             }
         }
         Limits::check(self).map_err(|e| ConfigError::Limit(e.to_string()))?;

@@ -31,8 +31,8 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use nvme_spec::command::{Cqe, SglDescriptor, Sqe, admin_opcode};
-use nvme_spec::fabrics::fctype;
+use nvme_spec::cmds::{AdminCmd, FabricsCmd, IoCmd, is_fabrics};
+use nvme_spec::command::{Cqe, SglDescriptor, Sqe};
 use nvme_spec::pdu::{
     self, CapsuleCmd, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, dgst, flags, pdu_type,
 };
@@ -46,8 +46,11 @@ use tracing::{debug, info, warn};
 use bdev::slots::Slots;
 use bdev::{CompletionQueue, FileExtent, IoBuf, Sink};
 
+use crate::abort::AbortBox;
+use crate::auth::QueueAuth;
 use crate::buf::{InBuf, OutBuf};
 use crate::codec::{self, Digests, Fatal, Frame};
+use crate::completion::{Command, Completion, Error};
 use crate::ctrl::Ctrl;
 use crate::io::IoReq;
 use crate::metrics::CommandKind;
@@ -92,7 +95,11 @@ pub(crate) struct Conn {
     /// R2T slots (see [`crate::r2t`]).
     pub(crate) slots: Vec<Slot>,
     /// Commands with host data waiting for a slot or R2T budget.
-    pub(crate) waiting: VecDeque<(Sqe, Instant)>,
+    pub(crate) waiting: VecDeque<(Sqe, Command, Instant)>,
+    /// DH-HMAC-CHAP state of the queue.
+    pub(crate) auth: QueueAuth,
+    /// Commands waiting for data, as the admin queue's Abort sees them.
+    pub(crate) aborts: Rc<AbortBox>,
     /// Bytes requested by R2Ts not yet fully answered.
     pub(crate) r2t_reserved: usize,
     pub scratch: Vec<u8>,
@@ -167,6 +174,8 @@ impl Conn {
             inb: InBuf::with_capacity(0),
             slots,
             waiting: VecDeque::new(),
+            aborts: Rc::new(AbortBox::default()),
+            auth: QueueAuth::default(),
             r2t_reserved: 0,
             scratch: Vec::new(),
             sqhd: 0,
@@ -208,6 +217,7 @@ impl Conn {
         let timer = tokio::time::sleep_until(accepted.into());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let aborts = Rc::clone(&self.aborts);
         let cq = Rc::clone(&self.cq);
         let reason = loop {
             let draining = drain_until.is_some();
@@ -219,6 +229,7 @@ impl Conn {
                 self.start_waiting();
             }
             if !draining && !self.closing {
+                self.take_aborts();
                 if let Err(f) = self.process() {
                     self.fatal(f);
                 }
@@ -275,6 +286,8 @@ impl Conn {
                     }
                 }
                 _ = drop_rx.changed() => break None,
+                // An Abort on the admin queue named a command of this queue.
+                () = aborts.wake.notified() => {}
                 _ = killed(&mut kill_rx) => break None,
                 // Wakes the loop, which checks the deadline afresh.
                 () = &mut timer, if deadline.is_some() => {}
@@ -335,6 +348,10 @@ impl Conn {
         match &self.q {
             // ICReq and Connect, both within the handshake timeout of the accept.
             None => consider(accepted + limits.handshake_timeout, Deadline::Handshake),
+            // Authentication is part of the handshake.
+            Some(_) if self.auth.pending() => {
+                consider(accepted + limits.handshake_timeout, Deadline::Handshake);
+            }
             Some(q) => {
                 // A host owing R2T data must keep sending it; a queue without keep-alive
                 // and with nothing to answer must not stay open forever.
@@ -442,7 +459,7 @@ impl Conn {
                         .metrics()
                         .digest_errors
                         .fetch_add(1, Ordering::Relaxed);
-                    self.respond(cmd.sqe.cid.get(), status::TRANSIENT_TRANSPORT_ERROR, 0);
+                    self.complete(cmd.sqe.cid.get(), Error::DataDigest);
                     return Ok(());
                 }
                 let data = &bytes[f.data.clone()];
@@ -488,118 +505,136 @@ impl Conn {
         Ok(())
     }
 
-    /// Routes a command by queue and opcode, after checking where its data is.
+    /// Parses a command for its queue, checks where its data is, and routes it.
     fn on_command(&mut self, sqe: &Sqe, incap: &[u8]) {
         let started = Instant::now();
         let cid = sqe.cid.get();
         if let Some(q) = &self.q {
             q.ctrl.last_seen.set(started);
         }
-        if sqe.flags & 0x03 != 0 {
-            // Fused operations are not supported.
-            return self.respond(cid, status::INVALID_FIELD | status::DNR, 0);
+        let cmd = match self.parse(sqe) {
+            Ok(c) => c,
+            Err(e) => return self.complete(cid, e),
+        };
+        // A queue that must authenticate runs nothing else until it has.
+        let auth_cmd = matches!(
+            cmd,
+            Command::Fabrics(FabricsCmd::AuthSend(_) | FabricsCmd::AuthReceive(_))
+        );
+        if self.auth.pending() && !auth_cmd {
+            return self.complete(cid, Error::AuthRequired);
         }
         let sgl = sqe.dptr;
         let len = sgl.length.get() as usize;
-        let host_data = self.needs_host_data(sqe);
+        let host_data = cmd.host_data();
         // Every length the host chose is checked before anything is allocated or an R2T
         // goes out; I/O commands get theirs checked against MDTS and the LBA range in
         // `check_io`.
-        if let Err(st) = self.check_admin_length(sqe, len) {
-            return self.respond(cid, st, 0);
+        if let Err(e) = self.check_admin_length(&cmd, len) {
+            return self.complete(cid, e);
         }
         let data = match sgl.kind {
             _ if len == 0 && incap.is_empty() => Data::None,
             SglDescriptor::DATA_BLOCK_OFFSET => {
                 if sgl.addr.get() != 0 {
-                    return self.respond(cid, status::SGL_OFFSET_INVALID | status::DNR, 0);
+                    return self.complete(cid, Error::SglOffset);
                 }
-                let limit = if self.q.as_ref().is_some_and(|q| q.qid != 0) && !is_fabrics(sqe) {
+                let limit = if matches!(cmd, Command::Io(_)) {
                     self.port.target.config().in_capsule_data as usize
                 } else {
                     ADMIN_IN_CAPSULE
                 };
                 if len != incap.len() || len > limit.max(ADMIN_IN_CAPSULE) || !host_data {
-                    return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
+                    return self.complete(cid, Error::SglLength);
                 }
                 Data::Host(incap)
             }
             SglDescriptor::TRANSPORT_DATA_BLOCK => {
                 if !incap.is_empty() {
-                    return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
+                    return self.complete(cid, Error::SglLength);
                 }
                 if host_data {
-                    return self.start_r2t(sqe, started);
+                    return self.start_r2t(sqe, cmd, started);
                 } else {
                     Data::ToHost(len)
                 }
             }
-            _ => return self.respond(cid, status::SGL_TYPE_INVALID | status::DNR, 0),
+            _ => return self.complete(cid, Error::SglType),
         };
-        self.execute(sqe, data, started);
+        self.execute(sqe, cmd, data, started);
+    }
+
+    /// Parses an entry as the command its queue runs: Fabrics anywhere, admin commands on
+    /// the admin queue, I/O commands on I/O queues. Failures are counted like the commands
+    /// they were meant to be.
+    fn parse(&self, sqe: &Sqe) -> Result<Command, Error> {
+        let m = self.port.metrics();
+        if is_fabrics(sqe) {
+            return FabricsCmd::try_from(sqe)
+                .map(Command::Fabrics)
+                .map_err(|e| {
+                    m.command(CommandKind::Fabrics);
+                    e.into()
+                });
+        }
+        match &self.q {
+            None => Err(Error::Sequence),
+            Some(q) if q.qid == 0 => AdminCmd::try_from(sqe).map(Command::Admin).map_err(|e| {
+                m.command(CommandKind::Admin);
+                e.into()
+            }),
+            Some(_) => IoCmd::try_from(sqe).map(Command::Io).map_err(|e| {
+                m.command(CommandKind::Other);
+                e.into()
+            }),
+        }
     }
 
     /// Bounds the data length of Fabrics and admin commands by what the command can carry:
     /// Connect data is exactly 1,024 bytes, Identify returns 4 KiB, and nothing moves more
     /// than MDTS (Get Log Page checks its own page size before replying).
-    fn check_admin_length(&self, sqe: &Sqe, len: usize) -> Result<(), u16> {
-        let io_queue = self.q.as_ref().is_some_and(|q| q.qid != 0);
-        if is_fabrics(sqe) {
-            if sqe.nsid.get() & 0xff == u32::from(fctype::CONNECT) && len != CONNECT_DATA_LEN {
-                return Err(status::SGL_LENGTH_INVALID | status::DNR);
+    fn check_admin_length(&self, cmd: &Command, len: usize) -> Result<(), Error> {
+        match cmd {
+            Command::Fabrics(FabricsCmd::Connect(_)) if len != CONNECT_DATA_LEN => {
+                return Err(Error::SglLength);
             }
-        } else if io_queue {
-            return Ok(());
+            Command::Io(_) => return Ok(()),
+            _ => {}
         }
         if len > self.port.target.config().max_transfer as usize {
-            return Err(status::INVALID_FIELD | status::DNR);
+            return Err(Error::TooLarge);
         }
-        if sqe.opcode == admin_opcode::IDENTIFY && !is_fabrics(sqe) && len > IDENTIFY_LEN {
-            return Err(status::SGL_LENGTH_INVALID | status::DNR);
+        if matches!(cmd, Command::Admin(AdminCmd::Identify(_))) && len > IDENTIFY_LEN {
+            return Err(Error::SglLength);
         }
         Ok(())
     }
 
-    /// Whether the command moves data from the host to the controller.
-    fn needs_host_data(&self, sqe: &Sqe) -> bool {
-        if is_fabrics(sqe) {
-            return sqe.nsid.get() & 0xff == u32::from(fctype::CONNECT);
+    /// Executes a command whose data (if any) is at hand.
+    pub(crate) fn execute(&mut self, sqe: &Sqe, cmd: Command, data: Data<'_>, started: Instant) {
+        if !matches!(cmd, Command::Io(_)) {
+            // Admin and Fabrics data gathered by R2T (Connect data) is read in place.
+            if let Data::Buf(b) = data {
+                return self.execute(sqe, cmd, Data::Host(b.as_slice()), started);
+            }
         }
-        match &self.q {
-            Some(q) if q.qid != 0 => matches!(
-                sqe.opcode,
-                nvme_spec::command::io_opcode::WRITE | nvme_spec::command::io_opcode::DSM
-            ),
-            _ => false,
+        match cmd {
+            Command::Fabrics(f) => {
+                self.port.metrics().command(CommandKind::Fabrics);
+                self.fabrics(sqe, f, data);
+            }
+            Command::Admin(a) => {
+                self.port.metrics().command(CommandKind::Admin);
+                self.admin(sqe, a, data);
+            }
+            Command::Io(_) => self.io(sqe, data, started),
         }
     }
 
-    /// Executes a command whose data (if any) is at hand.
-    pub(crate) fn execute(&mut self, sqe: &Sqe, data: Data<'_>, started: Instant) {
-        let io_queue = self.q.as_ref().is_some_and(|q| q.qid != 0);
-        if is_fabrics(sqe) || !io_queue {
-            // Admin and Fabrics data gathered by R2T (Connect data) is read in place.
-            if let Data::Buf(b) = data {
-                return self.execute(sqe, Data::Host(b.as_slice()), started);
-            }
-        }
-        if is_fabrics(sqe) {
-            self.port.metrics().command(CommandKind::Fabrics);
-            return self.fabrics(sqe, data);
-        }
-        let Some(q) = &self.q else {
-            return self.respond(
-                sqe.cid.get(),
-                status::COMMAND_SEQUENCE_ERROR | status::DNR,
-                0,
-            );
-        };
-        if q.qid == 0 {
-            self.port.metrics().command(CommandKind::Admin);
-            self.admin(sqe, data);
-        } else {
-            self.io(sqe, data, started);
-        }
+    /// Appends the response capsule of a completed (or failed) command.
+    pub(crate) fn complete(&mut self, cid: u16, c: impl Into<Completion>) {
+        let c = c.into();
+        self.respond(cid, c.status, c.result);
     }
 
     /// Appends a response capsule.
@@ -639,11 +674,13 @@ impl Conn {
         &mut self,
         cid: u16,
         len: usize,
-        fill: impl FnOnce(&mut [u8]) -> Result<(), u16>,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
     ) {
         if len == 0 {
-            let st = fill(&mut []).err().unwrap_or(status::SUCCESS);
-            return self.respond(cid, st, 0);
+            return match fill(&mut []) {
+                Ok(()) => self.respond(cid, status::SUCCESS, 0),
+                Err(e) => self.complete(cid, e),
+            };
         }
         let mark = self.out.mark();
         let h = self.c2h_header(cid, len);
@@ -654,9 +691,9 @@ impl Conn {
                 self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
                 self.respond(cid, status::SUCCESS, 0);
             }
-            Err(st) => {
+            Err(e) => {
                 self.out.truncate(mark);
-                self.respond(cid, st, 0);
+                self.complete(cid, e);
             }
         }
     }
@@ -702,6 +739,7 @@ impl Conn {
     fn teardown(&mut self) {
         // Commands that never got their data are no longer in flight.
         let owed = self.slots.iter().filter(|s| s.is_active()).count() + self.waiting.len();
+        self.aborts.clear();
         let m = self.port.metrics();
         m.awaiting_data
             .fetch_sub(i64::try_from(owed).unwrap_or(i64::MAX), Ordering::Relaxed);
@@ -724,6 +762,7 @@ impl Conn {
             target.unregister(q.ctrl.subsys, q.ctrl.cntlid);
             debug!(cntlid = q.ctrl.cntlid, "controller gone");
         } else {
+            q.ctrl.queues.borrow_mut().remove(&q.qid);
             let bit = 1u128 << (q.qid - 1);
             q.ctrl.io_queues.set(q.ctrl.io_queues.get() & !bit);
             target.set_io_queues(q.ctrl.subsys, q.ctrl.cntlid, q.ctrl.io_queue_count());
@@ -833,10 +872,6 @@ async fn send(
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         r => r,
     }
-}
-
-pub(crate) fn is_fabrics(sqe: &Sqe) -> bool {
-    sqe.opcode == admin_opcode::FABRICS
 }
 
 async fn killed(rx: &mut Option<watch::Receiver<bool>>) {

@@ -1,12 +1,15 @@
 //! Per-association controller state, owned by the port (thread) the host connected to.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use nvme_spec::log::ErrorLogEntry;
 use tokio::sync::watch;
 use tracing::info;
+
+use crate::abort::AbortBox;
 
 /// Error log entries kept (ELPE + 1).
 pub const ERROR_LOG_ENTRIES: usize = 64;
@@ -39,6 +42,12 @@ pub struct Ctrl {
     pub aec: Cell<u32>,
     /// Volatile write cache enabled.
     pub vwc_enabled: Cell<bool>,
+    /// Host identifier from the Connect data.
+    pub hostid: Cell<[u8; 16]>,
+    /// Error Recovery feature: TLER (bits 15:0).
+    pub error_recovery: Cell<u32>,
+    /// The abort boxes of the controller's I/O queues, by queue ID.
+    pub queues: RefCell<HashMap<u16, Weak<AbortBox>>>,
     /// Held Asynchronous Event Request command IDs.
     pub aers: RefCell<Vec<u16>>,
     /// Error information log, newest last.
@@ -96,6 +105,9 @@ impl Ctrl {
             io_queues: Cell::new(0),
             aec: Cell::new(0),
             vwc_enabled: Cell::new(true),
+            hostid: Cell::new([0; 16]),
+            error_recovery: Cell::new(0),
+            queues: RefCell::new(HashMap::new()),
             aers: RefCell::new(Vec::with_capacity(AER_LIMIT)),
             errors: RefCell::new(ErrorLog::default()),
             kill,

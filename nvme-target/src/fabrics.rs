@@ -4,14 +4,16 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use nvme_spec::auth::CONNECT_AUTHREQ_ATR;
+use nvme_spec::cmds::{Connect, FabricsCmd, Property};
 use nvme_spec::command::Sqe;
-use nvme_spec::fabrics::{
-    ConnectCmd, ConnectData, DISCOVERY_NQN, PropertyCmd, connect_status, fctype,
-};
+use nvme_spec::fabrics::{ConnectData, DISCOVERY_NQN};
 use nvme_spec::regs::{Cap, Cc, Csts, VERSION_1_3, offset};
-use nvme_spec::{FromBytes, IntoBytes, get_str, status};
+use nvme_spec::{FromBytes, get_str};
 use tracing::{info, warn};
 
+use crate::auth::QueueAuth;
+use crate::completion::{Completion, Error};
 use crate::conn::{Conn, Data, Queue};
 use crate::ctrl::{Ctrl, keep_alive_timer};
 
@@ -23,62 +25,73 @@ const CMD_QID: u16 = 42;
 const CMD_SQSIZE: u16 = 44;
 
 impl Conn {
-    pub(crate) fn fabrics(&mut self, sqe: &Sqe, data: Data<'_>) {
+    pub(crate) fn fabrics(&mut self, sqe: &Sqe, cmd: FabricsCmd, data: Data<'_>) {
         let cid = sqe.cid.get();
-        let fct = (sqe.nsid.get() & 0xff) as u8;
-        match fct {
-            fctype::CONNECT => {
+        let r = match cmd {
+            FabricsCmd::Connect(c) => {
                 if self.q.is_some() {
-                    return self.respond(cid, status::COMMAND_SEQUENCE_ERROR | status::DNR, 0);
-                }
-                let Data::Host(d) = data else {
-                    return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
-                };
-                self.connect(sqe, d);
-            }
-            fctype::PROPERTY_GET | fctype::PROPERTY_SET => {
-                let Some(q) = self.q.as_ref().filter(|q| q.qid == 0) else {
-                    return self.respond(cid, status::COMMAND_SEQUENCE_ERROR | status::DNR, 0);
-                };
-                let ctrl = Rc::clone(&q.ctrl);
-                let Ok(cmd) = PropertyCmd::read_from_bytes(sqe.as_bytes()) else {
-                    return self.respond(cid, status::INTERNAL_ERROR, 0);
-                };
-                if fct == fctype::PROPERTY_GET {
-                    match self.property_get(&ctrl, &cmd) {
-                        Ok(v) => self.respond(cid, status::SUCCESS, v),
-                        Err(st) => self.respond(cid, st, 0),
-                    }
+                    Err(Error::Sequence)
+                } else if let Data::Host(d) = data {
+                    self.connect(&c, d)
                 } else {
-                    let st = self.property_set(&ctrl, &cmd);
-                    self.respond(cid, st, 0);
-                    if Csts(ctrl.csts.get()).shst() == Csts::SHST_OCCURRING {
-                        self.flush_all(crate::io::Barrier::Shutdown);
-                    }
+                    Err(Error::SglLength)
                 }
             }
-            fctype::DISCONNECT => {
-                self.respond(cid, status::SUCCESS, 0);
-                self.closing = true;
+            FabricsCmd::PropertyGet(p) => self
+                .admin_ctrl()
+                .and_then(|ctrl| self.property_get(&ctrl, &p))
+                .map(Completion::ok),
+            FabricsCmd::PropertySet(p, value) => {
+                let set = self
+                    .admin_ctrl()
+                    .and_then(|ctrl| self.property_set(&ctrl, &p, value).map(|()| ctrl));
+                match set {
+                    Ok(ctrl) => {
+                        self.complete(cid, Completion::success());
+                        // A shutdown completes (CSTS.SHST) once every namespace is flushed.
+                        if Csts(ctrl.csts.get()).shst() == Csts::SHST_OCCURRING {
+                            self.flush_all(crate::io::Barrier::Shutdown);
+                        }
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
             }
-            _ => self.respond(cid, status::INVALID_OPCODE | status::DNR, 0),
+            FabricsCmd::Disconnect => {
+                self.closing = true;
+                Ok(Completion::success())
+            }
+            FabricsCmd::AuthSend(t) => self.auth_send(&t, data).map(|()| Completion::success()),
+            FabricsCmd::AuthReceive(t) => match self.auth_receive(&t, data) {
+                Ok(n) => return self.reply_scratch(cid, n),
+                Err(e) => Err(e),
+            },
+        };
+        match r {
+            Ok(c) => self.complete(cid, c),
+            Err(e) => self.complete(cid, e),
         }
     }
 
-    fn connect(&mut self, sqe: &Sqe, d: &[u8]) {
-        let cid = sqe.cid.get();
+    /// The controller of this connection, if it is an admin queue (properties live there).
+    fn admin_ctrl(&self) -> Result<Rc<Ctrl>, Error> {
+        self.q
+            .as_ref()
+            .filter(|q| q.qid == 0)
+            .map(|q| Rc::clone(&q.ctrl))
+            .ok_or(Error::Sequence)
+    }
+
+    fn connect(&mut self, cmd: &Connect, d: &[u8]) -> Result<Completion, Error> {
         let target = std::sync::Arc::clone(&self.port.target);
         let cfg = target.config();
-        let Ok(cmd) = ConnectCmd::read_from_bytes(sqe.as_bytes()) else {
-            return self.respond(cid, status::INTERNAL_ERROR, 0);
-        };
         let Ok((cd, _)) = ConnectData::read_from_prefix(d) else {
-            return self.respond(cid, status::SGL_LENGTH_INVALID | status::DNR, 0);
+            return Err(Error::SglLength);
         };
-        if cmd.recfmt.get() != 0 {
-            return self.respond(cid, status::CONNECT_INCOMPATIBLE_FORMAT | status::DNR, 0);
+        if cmd.recfmt != 0 {
+            return Err(Error::ConnectFormat);
         }
-        let invalid = |in_data, off| u64::from(connect_status::invalid_param_result(in_data, off));
+        let invalid = |in_data, offset| Error::ConnectParam { in_data, offset };
         let subnqn = get_str(&cd.subnqn);
         let hostnqn = get_str(&cd.hostnqn);
         let subsys = if subnqn == DISCOVERY_NQN {
@@ -88,58 +101,42 @@ impl Conn {
                 Some(i) if !self.port.discovery_only => i,
                 _ => {
                     warn!(subnqn, hostnqn, "connect to an unknown subsystem");
-                    return self.respond(
-                        cid,
-                        status::CONNECT_INVALID_PARAM | status::DNR,
-                        invalid(true, DATA_SUBNQN),
-                    );
+                    return Err(invalid(true, DATA_SUBNQN));
                 }
             }
         };
-        if hostnqn.is_empty() {
-            return self.respond(
-                cid,
-                status::CONNECT_INVALID_PARAM | status::DNR,
-                invalid(true, DATA_HOSTNQN),
-            );
+        // NQNs are NUL-terminated within their 256 bytes (Fabrics figure 20).
+        if !cd.hostnqn.contains(&0) {
+            return Err(invalid(true, DATA_HOSTNQN));
         }
+        // An empty host NQN (SPDK's tools send one unless given a name) is an anonymous
+        // host: admitted where any host is, never by an allow-list, which names hosts.
         if let Some(s) = cfg.subsystems.get(subsys) {
-            if !s.allow_any_host && !s.allowed_hosts.iter().any(|h| h == hostnqn) {
+            let listed = !hostnqn.is_empty() && s.allowed_hosts.iter().any(|h| h == hostnqn);
+            if !s.allow_any_host && !listed {
                 warn!(subnqn, hostnqn, "host not allowed");
                 target.metrics().subsystems[subsys]
                     .refused_hosts
                     .fetch_add(1, Ordering::Relaxed);
-                self.respond(
-                    cid,
-                    status::CONNECT_INVALID_HOST | status::DNR,
-                    invalid(true, DATA_HOSTNQN),
-                );
                 self.closing = true;
-                return;
+                return Err(Error::ConnectHost);
             }
         }
-        let sqsize = cmd.sqsize.get();
+        let sqsize = cmd.sqsize;
         if sqsize == 0 || sqsize >= cfg.max_queue_entries {
-            return self.respond(
-                cid,
-                status::CONNECT_INVALID_PARAM | status::DNR,
-                invalid(false, CMD_SQSIZE),
-            );
+            return Err(invalid(false, CMD_SQSIZE));
         }
-        let qid = cmd.qid.get();
+        let qid = cmd.qid;
         if qid == 0 {
             if cd.cntlid.get() != 0xffff {
-                return self.respond(
-                    cid,
-                    status::CONNECT_INVALID_PARAM | status::DNR,
-                    invalid(true, DATA_CNTLID),
-                );
+                return Err(invalid(true, DATA_CNTLID));
             }
             let Some(cntlid) = target.register(subsys, hostnqn, self.port.port_id) else {
-                return self.respond(cid, status::CONNECT_CTRL_BUSY, 0);
+                return Err(Error::ControllerBusy);
             };
-            let kato = Duration::from_millis(u64::from(cmd.kato.get()));
+            let kato = Duration::from_millis(u64::from(cmd.kato_ms));
             let ctrl = Ctrl::new(cntlid, subsys, hostnqn.to_owned(), kato, cfg.max_io_queues);
+            ctrl.hostid.set(cd.hostid);
             self.port
                 .controllers
                 .borrow_mut()
@@ -170,14 +167,12 @@ impl Conn {
                 .metrics()
                 .queue_pairs
                 .fetch_add(1, Ordering::Relaxed);
-            return self.respond(cid, status::SUCCESS, u64::from(cntlid));
+            return Ok(Completion::ok(
+                self.start_auth(subsys, hostnqn, subnqn, cntlid),
+            ));
         }
         if subsys == target.discovery_index() {
-            return self.respond(
-                cid,
-                status::CONNECT_INVALID_PARAM | status::DNR,
-                invalid(false, CMD_QID),
-            );
+            return Err(invalid(false, CMD_QID));
         }
         let cntlid = cd.cntlid.get();
         let found = self
@@ -187,40 +182,48 @@ impl Conn {
             .get(&(subsys, cntlid))
             .and_then(std::rc::Weak::upgrade);
         let Some(ctrl) = found.filter(|c| !c.is_dead() && c.hostnqn == hostnqn) else {
-            return self.respond(
-                cid,
-                status::CONNECT_INVALID_PARAM | status::DNR,
-                invalid(true, DATA_CNTLID),
-            );
+            return Err(invalid(true, DATA_CNTLID));
         };
         if !Csts(ctrl.csts.get()).rdy() {
-            return self.respond(
-                cid,
-                status::CONNECT_INVALID_PARAM | status::DNR,
-                invalid(true, DATA_CNTLID),
-            );
+            return Err(invalid(true, DATA_CNTLID));
         }
         let bit = 1u128.checked_shl(u32::from(qid - 1)).unwrap_or(0);
         if qid > ctrl.io_queues_granted.get() || bit == 0 || ctrl.io_queues.get() & bit != 0 {
-            return self.respond(
-                cid,
-                status::CONNECT_INVALID_PARAM | status::DNR,
-                invalid(false, CMD_QID),
-            );
+            return Err(invalid(false, CMD_QID));
         }
         ctrl.io_queues.set(ctrl.io_queues.get() | bit);
+        self.publish_aborts(&ctrl, qid);
         target.set_io_queues(subsys, cntlid, ctrl.io_queue_count());
         self.q = Some(Queue { ctrl, qid, sqsize });
         self.port
             .metrics()
             .queue_pairs
             .fetch_add(1, Ordering::Relaxed);
-        self.respond(cid, status::SUCCESS, u64::from(cntlid));
+        Ok(Completion::ok(
+            self.start_auth(subsys, hostnqn, subnqn, cntlid),
+        ))
     }
 
-    fn property_get(&self, ctrl: &Ctrl, cmd: &PropertyCmd) -> Result<u64, u16> {
+    /// Sets the new queue's authentication up; returns the Connect result (the CNTLID, and
+    /// AUTHREQ.ATR if the host has secrets: every queue of an NVM subsystem authenticates).
+    fn start_auth(&mut self, subsys: usize, hostnqn: &str, subnqn: &str, cntlid: u16) -> u64 {
+        let target = std::sync::Arc::clone(&self.port.target);
+        let host = (subsys != target.discovery_index())
+            .then(|| target.config().hosts.iter().find(|h| h.nqn == hostnqn))
+            .flatten()
+            .map(|h| std::sync::Arc::new(h.clone()));
+        let atr = if host.is_some() {
+            CONNECT_AUTHREQ_ATR
+        } else {
+            0
+        };
+        self.auth = QueueAuth::new(host, hostnqn, subnqn);
+        u64::from(u32::from(cntlid) | atr)
+    }
+
+    fn property_get(&self, ctrl: &Ctrl, cmd: &Property) -> Result<u64, Error> {
         let cfg = self.port.target.config();
-        let off = cmd.offset.get();
+        let off = cmd.offset;
         let v = match off {
             offset::CAP => {
                 // MQES, CQR, TO = 7.5 s, CSS = NVM, MPSMIN = MPSMAX = 4 KiB.
@@ -229,20 +232,20 @@ impl Conn {
             offset::VS => u64::from(VERSION_1_3),
             offset::CC => u64::from(ctrl.cc.get()),
             offset::CSTS => u64::from(ctrl.csts.get()),
-            _ => return Err(status::INVALID_FIELD | status::DNR),
+            _ => return Err(Error::InvalidField),
         };
-        if off == offset::CAP && cmd.size() != 8 {
-            return Err(status::INVALID_FIELD | status::DNR);
+        if off == offset::CAP && cmd.size != 8 {
+            return Err(Error::InvalidField);
         }
         Ok(v)
     }
 
-    fn property_set(&self, ctrl: &Ctrl, cmd: &PropertyCmd) -> u16 {
-        if cmd.offset.get() != offset::CC {
-            return status::INVALID_FIELD | status::DNR;
+    fn property_set(&self, ctrl: &Ctrl, cmd: &Property, value: u64) -> Result<(), Error> {
+        if cmd.offset != offset::CC {
+            return Err(Error::InvalidField);
         }
         let old = Cc(ctrl.cc.get());
-        let new = Cc((cmd.value.get() & 0xffff_ffff) as u32);
+        let new = Cc((value & 0xffff_ffff) as u32);
         ctrl.cc.set(new.0);
         let mut csts = Csts(ctrl.csts.get());
         let discovery = ctrl.subsys == self.port.target.discovery_index();
@@ -260,6 +263,6 @@ impl Conn {
             csts = Csts::build(csts.rdy(), csts.cfs(), 0);
         }
         ctrl.csts.set(csts.0);
-        status::SUCCESS
+        Ok(())
     }
 }

@@ -14,11 +14,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bdev::{BlockIo, Completion, FileExtent, IoBuf, IoError, Op, Request};
+use nvme_spec::cmds::ParseError;
 use nvme_spec::command::{DSM_ATTR_DEALLOCATE, DsmRange, Sqe, io_opcode};
-use nvme_spec::{FromBytes, IntoBytes, status};
+use nvme_spec::{FromBytes, IntoBytes};
 use tracing::warn;
 
 use crate::codec;
+use crate::completion::{Completion as Done, Error};
 use crate::conn::{Conn, Data, Piece};
 use crate::metrics::CommandKind;
 
@@ -36,7 +38,7 @@ pub(crate) enum Step {
     /// The flush after a write (or write zeroes, or deallocate) with the cache off.
     Flush,
     /// Deallocate requests still out, and the first failure.
-    Discard { left: u32, failed: Option<u16> },
+    Discard { left: u32, failed: Option<Error> },
     /// Flushes of every namespace (see [`Barrier`]) still out.
     Barrier {
         left: u32,
@@ -66,12 +68,12 @@ pub(crate) struct IoReq {
 
 impl Conn {
     /// Checks a command's namespace, LBA range and transfer length before any data moves.
-    pub(crate) fn check_io(&self, sqe: &Sqe) -> Result<(), u16> {
+    pub(crate) fn check_io(&self, sqe: &Sqe) -> Result<(), Error> {
         let Some(q) = &self.q else {
-            return Err(status::COMMAND_SEQUENCE_ERROR | status::DNR);
+            return Err(Error::Sequence);
         };
         let Some(ns) = self.port.namespace(q.ctrl.subsys, sqe.nsid.get()) else {
-            return Err(status::INVALID_NS | status::DNR);
+            return Err(Error::InvalidNamespace);
         };
         match sqe.opcode {
             io_opcode::READ | io_opcode::WRITE | io_opcode::WRITE_ZEROES => {
@@ -80,15 +82,15 @@ impl Conn {
                     .checked_add(nlb)
                     .is_none_or(|end| end > ns.cfg.num_blocks)
                 {
-                    return Err(status::LBA_OUT_OF_RANGE | status::DNR);
+                    return Err(Error::LbaOutOfRange);
                 }
                 if sqe.opcode != io_opcode::WRITE_ZEROES {
                     let len = nlb * u64::from(ns.cfg.block_size);
                     if len > u64::from(self.port.target.config().max_transfer) {
-                        return Err(status::INVALID_FIELD | status::DNR);
+                        return Err(Error::TooLarge);
                     }
                     if u64::from(sqe.dptr.length.get()) != len {
-                        return Err(status::SGL_LENGTH_INVALID | status::DNR);
+                        return Err(Error::SglLength);
                     }
                 }
                 Ok(())
@@ -98,12 +100,12 @@ impl Conn {
                 let nr = (sqe.cdw10.get() & 0xff) as usize + 1;
                 let len = sqe.dptr.length.get() as usize;
                 if len < nr * 16 || len > DSM_MAX_LEN {
-                    return Err(status::SGL_LENGTH_INVALID | status::DNR);
+                    return Err(Error::SglLength);
                 }
                 Ok(())
             }
             io_opcode::FLUSH => Ok(()),
-            _ => Err(status::INVALID_OPCODE | status::DNR),
+            op => Err(Error::Parse(ParseError::Opcode(op))),
         }
     }
 
@@ -127,7 +129,7 @@ impl Conn {
         let write_through = !q.ctrl.vwc_enabled.get();
         let port = Rc::clone(&self.port);
         let Some(ns) = port.namespace(q.ctrl.subsys, sqe.nsid.get()) else {
-            return self.fail(sqe, status::INVALID_NS | status::DNR);
+            return self.fail(sqe, Error::InvalidNamespace);
         };
         let bs = u64::from(ns.cfg.block_size);
         let offset = sqe.slba() * bs;
@@ -143,7 +145,7 @@ impl Conn {
         match sqe.opcode {
             io_opcode::READ => {
                 let Data::ToHost(n) = data else {
-                    return self.fail(sqe, status::SGL_TYPE_INVALID | status::DNR);
+                    return self.fail(sqe, Error::SglType);
                 };
                 if !self.dg.data && n >= ZERO_COPY_MIN {
                     self.extents.clear();
@@ -156,7 +158,7 @@ impl Conn {
                 }
                 if n > self.port.pool.max_size() {
                     // A configuration error (the pool must hold MDTS): never a wait forever.
-                    return self.fail(sqe, status::INTERNAL_ERROR);
+                    return self.fail(sqe, Error::Internal("buffer pool smaller than MDTS"));
                 }
                 let Some(buf) = self.port.pool.get(n) else {
                     return self.wait_for_buffer(*sqe, started);
@@ -170,12 +172,12 @@ impl Conn {
                     Data::Host(d) => {
                         // In-capsule data: into a device buffer once.
                         let Some(mut b) = self.port.pool.get(d.len()) else {
-                            return self.fail(sqe, status::NS_NOT_READY);
+                            return self.fail(sqe, Error::NoBuffer);
                         };
                         b.as_mut_slice().copy_from_slice(d);
                         b
                     }
-                    _ => return self.fail(sqe, status::SGL_LENGTH_INVALID | status::DNR),
+                    _ => return self.fail(sqe, Error::SglLength),
                 };
                 let tag = self.reqs.insert(req) as u64;
                 dev.submit(Request::write(offset, len, buf, tag), &self.sink);
@@ -189,7 +191,7 @@ impl Conn {
                 dev.submit(Request::bare(Op::WriteZeroes, offset, len, tag), &self.sink);
             }
             io_opcode::DSM => self.dsm(req, data, ns.cfg.num_blocks, bs),
-            _ => self.fail(sqe, status::INVALID_OPCODE | status::DNR),
+            op => self.fail(sqe, Error::Parse(ParseError::Opcode(op))),
         }
     }
 
@@ -199,7 +201,7 @@ impl Conn {
         let bytes: &[u8] = match &data {
             Data::Host(d) => d,
             Data::Buf(b) => b.as_slice(),
-            _ => return self.fail(&sqe, status::SGL_LENGTH_INVALID | status::DNR),
+            _ => return self.fail(&sqe, Error::SglLength),
         };
         let nr = (sqe.cdw10.get() & 0xff) as usize + 1;
         let ranges = || {
@@ -214,7 +216,7 @@ impl Conn {
                 .checked_add(u64::from(r.nlb.get()))
                 .is_none_or(|e| e > blocks)
         }) {
-            return self.fail(&sqe, status::LBA_OUT_OF_RANGE | status::DNR);
+            return self.fail(&sqe, Error::LbaOutOfRange);
         }
         let todo: Vec<(u64, u64)> = if sqe.cdw11.get() & DSM_ATTR_DEALLOCATE != 0 {
             ranges()
@@ -226,7 +228,7 @@ impl Conn {
         };
         drop(data);
         if todo.is_empty() {
-            return self.respond(sqe.cid.get(), status::SUCCESS, 0);
+            return self.complete(sqe.cid.get(), Done::success());
         }
         let Some((dev, _)) = req.dev.clone() else {
             return;
@@ -293,7 +295,7 @@ impl Conn {
                     Ok(()) => self.succeed(&req),
                     Err(e) => {
                         warn!(nsid = sqe.nsid.get(), error = %e, "flush after a write failed");
-                        self.fail(&sqe, status::WRITE_FAULT);
+                        self.fail(&sqe, Error::WriteFailed(None));
                     }
                 }
             }
@@ -301,7 +303,7 @@ impl Conn {
                 let failed = failed.or_else(|| {
                     c.result.as_ref().err().map(|e| {
                         warn!(nsid = sqe.nsid.get(), error = %e, "deallocate failed");
-                        status::INTERNAL_ERROR
+                        Error::Internal("deallocate failed")
                     })
                 });
                 if left > 1 {
@@ -356,7 +358,7 @@ impl Conn {
                     return;
                 };
                 let Some(buf) = c.buf else {
-                    return self.fail(&sqe, status::INTERNAL_ERROR);
+                    return self.fail(&sqe, Error::Internal("read completed without its buffer"));
                 };
                 self.count_read(ns, bytes);
                 // Its latency is observed when its last byte is handed to the socket.
@@ -365,7 +367,7 @@ impl Conn {
             (io_opcode::READ, Err(e)) => {
                 self.reqs.remove(idx);
                 warn!(nsid = sqe.nsid.get(), offset = sqe.slba(), error = %e, "read failed");
-                self.fail(&sqe, media_status(&e, status::UNRECOVERED_READ_ERROR));
+                self.fail(&sqe, Error::ReadFailed(device_status(&e)));
             }
             (io_opcode::WRITE, Ok(())) => {
                 let nsm = self.ns_metrics(ns);
@@ -390,11 +392,11 @@ impl Conn {
             (op, Err(e)) => {
                 self.reqs.remove(idx);
                 warn!(nsid = sqe.nsid.get(), opcode = op, error = %e, "command failed at the device");
-                self.fail(&sqe, media_status(&e, status::WRITE_FAULT));
+                self.fail(&sqe, Error::WriteFailed(device_status(&e)));
             }
             _ => {
                 self.reqs.remove(idx);
-                self.fail(&sqe, status::INTERNAL_ERROR);
+                self.fail(&sqe, Error::Internal("unexpected completion"));
             }
         }
     }
@@ -425,7 +427,7 @@ impl Conn {
                 .write_latency
                 .observe(req.started.elapsed());
         }
-        self.respond(req.sqe.cid.get(), status::SUCCESS, 0);
+        self.complete(req.sqe.cid.get(), Done::success());
     }
 
     /// Flushes every namespace of the connection's subsystem, then does `then`.
@@ -461,12 +463,11 @@ impl Conn {
     fn barrier_done(&mut self, then: Barrier, failed: bool) {
         match then {
             Barrier::Respond { cid } => {
-                let st = if failed {
-                    status::INTERNAL_ERROR
+                if failed {
+                    self.complete(cid, Error::Internal("flush of a namespace failed"));
                 } else {
-                    status::SUCCESS
-                };
-                self.respond(cid, st, 0);
+                    self.complete(cid, Done::success());
+                }
             }
             Barrier::Shutdown => {
                 if let Some(q) = &self.q {
@@ -520,7 +521,7 @@ impl Conn {
             self.out.extend(&crc.to_le_bytes());
         }
         self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
-        self.respond(cid, status::SUCCESS, 0);
+        self.complete(cid, Done::success());
     }
 
     /// Queues a C2HData PDU whose data the kernel sends from the file pieces in
@@ -536,7 +537,7 @@ impl Conn {
         }
         self.read_queued(at, started);
         self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
-        self.respond(cid, status::SUCCESS, 0);
+        self.complete(cid, Done::success());
     }
 
     /// Keeps a read whose data pieces were just queued at `at` in flight until they are sent.
@@ -581,8 +582,8 @@ impl Conn {
     }
 
     /// Completes an I/O command with an error, recording namespace and LBA in the error log.
-    fn fail(&mut self, sqe: &Sqe, st: u16) {
-        self.respond(sqe.cid.get(), st, 0);
+    fn fail(&mut self, sqe: &Sqe, e: Error) {
+        self.complete(sqe.cid.get(), e);
         if let Some(q) = &self.q {
             if let Some(e) = q.ctrl.errors.borrow_mut().entries.back_mut() {
                 e.nsid.set(sqe.nsid.get());
@@ -592,10 +593,10 @@ impl Conn {
     }
 }
 
-/// The NVMe status for a device failure: the device's own status when it gave one.
-fn media_status(e: &IoError, otherwise: u16) -> u16 {
+/// The device's own NVMe status for a failure, when it gave one.
+fn device_status(e: &IoError) -> Option<u16> {
     match e {
-        IoError::Status { status, .. } => *status & 0x7ff,
-        _ => otherwise,
+        IoError::Status { status, .. } => Some(*status & 0x7ff),
+        _ => None,
     }
 }

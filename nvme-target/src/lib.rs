@@ -8,9 +8,12 @@
 //! come back on the same thread, in any order.
 #![forbid(unsafe_code)]
 
+mod abort;
 mod admin;
+pub mod auth;
 pub mod buf;
 pub mod codec;
+mod completion;
 pub mod config;
 mod conn;
 mod ctrl;
@@ -22,7 +25,9 @@ mod port;
 mod r2t;
 mod target;
 
-pub use config::{ConfigError, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig};
+pub use config::{
+    ConfigError, HostAuthConfig, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig,
+};
 pub use metrics::{CommandKind, TargetMetrics};
 pub use port::{Port, run_discovery};
 pub use target::{ControllerInfo, SubsystemStatus, Target, TargetStatus};

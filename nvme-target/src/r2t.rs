@@ -13,22 +13,24 @@ use std::time::Instant;
 
 use nvme_spec::command::Sqe;
 use nvme_spec::pdu::{self, CommonHeader, DataHeader, R2t, flags, pdu_type};
-use nvme_spec::{FromZeros, IntoBytes, status};
+use nvme_spec::{FromZeros, IntoBytes};
 
 use crate::codec::{self, Fatal};
+use crate::completion::{Command, Error};
 use crate::conn::{Conn, Data};
 
 /// A command whose data the host sends after an R2T.
 pub(crate) struct Slot {
     active: bool,
     sqe: Sqe,
+    cmd: Option<Command>,
     /// Bytes the R2T asked for.
     len: usize,
     /// Bytes received so far.
     got: usize,
     /// Where they go.
     buf: Option<bdev::IoBuf>,
-    failed: Option<u16>,
+    failed: Option<Error>,
     started: Instant,
 }
 
@@ -38,6 +40,7 @@ impl Slot {
         Self {
             active: false,
             sqe: Sqe::new_zeroed(),
+            cmd: None,
             len: 0,
             got: 0,
             buf: None,
@@ -60,21 +63,22 @@ impl Conn {
 
     /// Asks the host for a command's data, or queues the command until a slot and R2T
     /// budget free up. The caller has checked the length against the command's limit.
-    pub(crate) fn start_r2t(&mut self, sqe: &Sqe, started: Instant) {
+    pub(crate) fn start_r2t(&mut self, sqe: &Sqe, cmd: Command, started: Instant) {
         let cfg = self.port.target.config();
         let len = sqe.dptr.length.get() as usize;
         if len > cfg.max_transfer as usize {
-            return self.respond(sqe.cid.get(), status::INVALID_FIELD | status::DNR, 0);
+            return self.complete(sqe.cid.get(), Error::TooLarge);
         }
         if len > self.port.pool.max_size() {
             // A configuration error (the pool must hold MDTS): never a wait forever.
-            return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
+            return self.complete(
+                sqe.cid.get(),
+                Error::Internal("buffer pool smaller than MDTS"),
+            );
         }
-        if let Some(q) = &self.q {
-            if q.qid != 0 {
-                if let Err(st) = self.check_io(sqe) {
-                    return self.respond(sqe.cid.get(), st, 0);
-                }
+        if let Command::Io(_) = &cmd {
+            if let Err(e) = self.check_io(sqe) {
+                return self.complete(sqe.cid.get(), e);
             }
         }
         self.port
@@ -82,7 +86,8 @@ impl Conn {
             .awaiting_data
             .fetch_add(1, Ordering::Relaxed);
         // Keep the host's order: nothing overtakes a command already waiting.
-        if self.waiting.is_empty() && self.try_send_r2t(sqe, started) {
+        if self.waiting.is_empty() && self.try_send_r2t(sqe, cmd, started) {
+            self.aborts.waiting_for_data(sqe.cid.get());
             return;
         }
         let depth = self.q.as_ref().map_or(1, |q| usize::from(q.sqsize) + 1);
@@ -91,13 +96,14 @@ impl Conn {
                 .metrics()
                 .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
-            return self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0);
+            return self.complete(sqe.cid.get(), Error::QueueFull);
         }
-        self.waiting.push_back((*sqe, started));
+        self.waiting.push_back((*sqe, cmd, started));
+        self.aborts.waiting_for_data(sqe.cid.get());
     }
 
     /// Sends the R2T for `sqe` if a slot is free and its length fits the budget.
-    fn try_send_r2t(&mut self, sqe: &Sqe, started: Instant) -> bool {
+    fn try_send_r2t(&mut self, sqe: &Sqe, cmd: Command, started: Instant) -> bool {
         let len = sqe.dptr.length.get() as usize;
         let limit = self.port.target.config().r2t_buffer_limit();
         if self.r2t_reserved + len > limit {
@@ -113,6 +119,7 @@ impl Conn {
         let slot = &mut self.slots[i];
         slot.active = true;
         slot.sqe = *sqe;
+        slot.cmd = Some(cmd);
         slot.len = len;
         slot.got = 0;
         slot.buf = Some(buf);
@@ -132,8 +139,8 @@ impl Conn {
 
     /// Sends R2Ts for waiting commands while slots and budget allow.
     pub(crate) fn start_waiting(&mut self) {
-        while let Some(&(sqe, started)) = self.waiting.front() {
-            if !self.try_send_r2t(&sqe, started) {
+        while let Some(&(sqe, cmd, started)) = self.waiting.front() {
+            if !self.try_send_r2t(&sqe, cmd, started) {
                 return;
             }
             self.waiting.pop_front();
@@ -180,7 +187,7 @@ impl Conn {
                 .metrics()
                 .digest_errors
                 .fetch_add(1, Ordering::Relaxed);
-            slot.failed = Some(status::TRANSIENT_TRANSPORT_ERROR);
+            slot.failed = Some(Error::DataDigest);
         }
         let last = h.ch.flags & flags::LAST_PDU != 0;
         if slot.got == slot.len || last {
@@ -200,7 +207,8 @@ impl Conn {
         let slot = &mut self.slots[i];
         slot.active = false;
         let sqe = slot.sqe;
-        let failed = slot.failed;
+        let cmd = slot.cmd.take();
+        let failed = slot.failed.take();
         let started = slot.started;
         let len = slot.len;
         let buf = slot.buf.take();
@@ -209,16 +217,27 @@ impl Conn {
             .metrics()
             .awaiting_data
             .fetch_sub(1, Ordering::Relaxed);
-        match (failed, buf) {
-            (Some(st), _) => self.respond(sqe.cid.get(), st, 0),
-            (None, Some(buf)) => self.execute(&sqe, Data::Buf(buf), started),
-            (None, None) => self.respond(sqe.cid.get(), status::INTERNAL_ERROR, 0),
+        // An Abort that came while the data did wins: the command does not run.
+        let failed = if self.aborts.data_done(sqe.cid.get()) {
+            Some(Error::AbortRequested)
+        } else {
+            failed
+        };
+        match (failed, cmd, buf) {
+            (Some(e), _, _) => self.complete(sqe.cid.get(), e),
+            (None, Some(cmd), Some(buf)) => self.execute(&sqe, cmd, Data::Buf(buf), started),
+            // An active slot always holds its command and buffer.
+            _ => self.complete(
+                sqe.cid.get(),
+                Error::Internal("R2T slot without its command"),
+            ),
         }
         self.start_waiting();
     }
 
     /// Fails commands still waiting for data (shutdown) and frees their buffers.
     pub(crate) fn abort_pending(&mut self) {
+        self.aborts.clear();
         for i in 0..self.slots.len() {
             if self.slots[i].active {
                 self.slots[i].active = false;
@@ -228,16 +247,16 @@ impl Conn {
                     .metrics()
                     .awaiting_data
                     .fetch_sub(1, Ordering::Relaxed);
-                self.respond(cid, status::ABORTED_SQ_DELETION, 0);
+                self.complete(cid, Error::SqDeletion);
             }
         }
         self.r2t_reserved = 0;
-        while let Some((sqe, _)) = self.waiting.pop_front() {
+        while let Some((sqe, _, _)) = self.waiting.pop_front() {
             self.port
                 .metrics()
                 .awaiting_data
                 .fetch_sub(1, Ordering::Relaxed);
-            self.respond(sqe.cid.get(), status::ABORTED_SQ_DELETION, 0);
+            self.complete(sqe.cid.get(), Error::SqDeletion);
         }
     }
 }

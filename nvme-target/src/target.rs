@@ -191,6 +191,19 @@ impl Target {
         None
     }
 
+    /// The IDs of the subsystem's controllers, ascending.
+    pub(crate) fn cntlids(&self, subsys: usize) -> Vec<u16> {
+        let mut ids: Vec<u16> = self
+            .lock()
+            .controllers
+            .iter()
+            .filter(|(s, _)| *s == subsys)
+            .map(|(_, c)| c.cntlid)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Forgets a controller.
     pub(crate) fn unregister(&self, subsys: usize, cntlid: u16) {
         let mut reg = self.lock();

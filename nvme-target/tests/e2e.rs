@@ -265,9 +265,15 @@ fn range_and_length_errors_are_nvme_statuses() {
         assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::LBA_OUT_OF_RANGE));
         let err = q.write(&ns, u64::MAX - 1, &[0; 1024]).await.unwrap_err();
         assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::LBA_OUT_OF_RANGE));
-        // More than MDTS.
-        let err = q.read(&ns, 0, 2 << 20).await.unwrap_err();
-        assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::INVALID_FIELD));
+        // More than MDTS, in one raw command (the library's own reads split at MDTS).
+        let mut sqe = nvme_spec::command::Sqe {
+            opcode: nvme_spec::command::io_opcode::READ,
+            ..Default::default()
+        };
+        sqe.nsid.set(ns.nsid);
+        sqe.set_lba_range(0, (2 << 20) / ns.block_size);
+        let (cqe, _) = q.execute(sqe, None, 2 << 20).await.unwrap();
+        assert_eq!(cqe.status_field() & 0x7ff, status::INVALID_FIELD);
         let err = q.deallocate(&ns, &[(ns.blocks, 8)]).await.unwrap_err();
         assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::LBA_OUT_OF_RANGE));
         // The queue still works, and the error log recorded the failures, newest first.

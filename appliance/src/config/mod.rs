@@ -3,6 +3,7 @@
 //! Parsing uses `serde_norway` (a maintained fork of `serde_yaml` with the same API) through
 //! `serde_path_to_error`, so every error names the key path; unknown keys are errors.
 
+mod hosts;
 mod limits;
 mod locate;
 mod size;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use hosts::HostConfig;
 pub use limits::LimitsConfig;
 use locate::LineIndex;
 pub use size::ByteSize;
@@ -202,6 +204,9 @@ pub struct NvmeTcpConfig {
     /// I/O queues per host controller.
     #[serde(default = "default_io_queues")]
     pub io_queues: u16,
+    /// Hosts that authenticate with DH-HMAC-CHAP.
+    #[serde(default)]
+    pub hosts: Vec<HostConfig>,
 }
 
 impl Default for NvmeTcpConfig {
@@ -214,6 +219,7 @@ impl Default for NvmeTcpConfig {
             max_transfer: default_max_transfer(),
             queue_entries: default_queue_entries(),
             io_queues: default_io_queues(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -784,6 +790,7 @@ impl Config {
             }
         }
         let nvme = &self.nvme_tcp;
+        hosts::validate(&nvme.hosts)?;
         // The target's own limits, so check-config and serve agree.
         let mut target = nvme_target::config::TargetConfig::new(Vec::new(), Vec::new());
         target.max_h2c_data = u32::try_from(nvme.max_h2c_data.bytes()).unwrap_or(u32::MAX);
@@ -950,6 +957,14 @@ fn check_name(name: &str) -> Result<(), String> {
             "`{name}`: names are 1..=64 characters of letters, digits, '-', '_', '.'"
         ))
     }
+}
+
+/// The target's DH-HMAC-CHAP settings of the host entries (the key path and message of
+/// the first bad one).
+pub fn hosts_auth(
+    hosts: &[HostConfig],
+) -> Result<Vec<nvme_target::HostAuthConfig>, (String, String)> {
+    hosts::validate(hosts)
 }
 
 fn check_nqn(nqn: &str) -> Result<(), String> {

@@ -234,3 +234,68 @@ fn admin_token_settings() {
     let (_, w) = Config::parse_with_warnings("", "t").unwrap();
     assert!(w.is_empty(), "the loopback default warns of nothing");
 }
+
+/// Keys as `nvme gen-dhchap-key -n HOSTNQN` prints them (none and SHA-256 transformation).
+const KEY: &str = "DHHC-1:00:+i8he+u4frQ6re8iiOLzxPi2JhdoRRAqhfb9rO6Jm4SRqbWy:";
+const CTRL_KEY: &str = "DHHC-1:01:FavwTE3hcZcb6D04KYSyd2qq6AndgJIv+7zOU8jy14NRyDzw:";
+
+fn with_hosts(hosts: &str) -> String {
+    format!("nvme_tcp:\n  hosts:\n{hosts}")
+}
+
+#[test]
+fn dhchap_hosts_parse_and_reach_the_target() {
+    let text = with_hosts(&format!(
+        "    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"{KEY}\"\n      dhchap_ctrl_key: \"{CTRL_KEY}\"\n      dhchap_hash: sha384\n      dhchap_dhgroup: ffdhe4096\n    - nqn: nqn.2014-08.org.nvmexpress:uuid:b\n      dhchap_key: \"{KEY}\"\n"
+    ));
+    let config = Config::parse(&text, "test.yaml").unwrap();
+    let hosts = hosts_auth(&config.nvme_tcp.hosts).unwrap();
+    assert_eq!(hosts.len(), 2);
+    assert_eq!(hosts[0].hash, nvme_target::auth::HashFn::Sha384);
+    assert_eq!(hosts[0].dh_group.map(|g| g.bits), Some(4096));
+    assert!(hosts[0].ctrl_key.is_some());
+    // Defaults: SHA-256, no DH exchange, no controller key.
+    assert_eq!(hosts[1].hash, nvme_target::auth::HashFn::Sha256);
+    assert!(hosts[1].dh_group.is_none() && hosts[1].ctrl_key.is_none());
+}
+
+#[test]
+fn dhchap_errors_name_the_key_and_line() {
+    let host = |extra: &str| {
+        with_hosts(&format!(
+            "    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"{KEY}\"\n{extra}"
+        ))
+    };
+    let bad_key = with_hosts(
+        "    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"DHHC-1:00:AAAA:\"\n",
+    );
+    let e = err(&bad_key);
+    assert_eq!(e.path, "nvme_tcp.hosts[0].dhchap_key");
+    assert_eq!(e.line, Some(4));
+    assert!(e.message.contains("byte key"), "{}", e.message);
+    // One character changed: the CRC no longer matches.
+    let typo = KEY.replacen('+', "-", 1).replacen("-i8", "+i9", 1);
+    let e = err(&with_hosts(&format!(
+        "    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"{typo}\"\n"
+    )));
+    assert_eq!(e.path, "nvme_tcp.hosts[0].dhchap_key");
+    let e = err(&host("      dhchap_hash: md5\n"));
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("nvme_tcp.hosts[0].dhchap_hash", Some(5))
+    );
+    let e = err(&host("      dhchap_dhgroup: ffdhe1024\n"));
+    assert_eq!(e.path, "nvme_tcp.hosts[0].dhchap_dhgroup");
+    let e = err(&host(&format!("      dhchap_ctrl_key: \"{KEY}\"\n")));
+    assert_eq!(e.path, "nvme_tcp.hosts[0].dhchap_ctrl_key");
+    let e = err(&format!(
+        "{}    - nqn: nqn.2014-08.org.nvmexpress:uuid:a\n      dhchap_key: \"{KEY}\"\n",
+        host("")
+    ));
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("nvme_tcp.hosts[1].nqn", Some(5))
+    );
+    let e = err(&host("      secret: x\n"));
+    assert!(e.path.starts_with("nvme_tcp.hosts[0]"), "{}", e.path);
+}

@@ -6,6 +6,7 @@
 //! pipelined interface (`submit_*` / [`Queue::next`] / [`Queue::release`]) that keeps many
 //! commands in flight without allocating per command.
 
+mod auth;
 mod queue;
 
 use std::net::SocketAddr;
@@ -15,9 +16,10 @@ use nvme_spec::command::{Cqe, DsmRange, Sqe, admin_opcode, cns, feature, io_opco
 use nvme_spec::fabrics::{ConnectCmd, ConnectData, DISCOVERY_NQN, PropertyCmd, fctype};
 use nvme_spec::identify::{IdentifyController, IdentifyNamespace};
 use nvme_spec::log::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPage, lid};
-use nvme_spec::regs::{Cc, Csts, offset};
+use nvme_spec::regs::{Cap, Cc, Csts, offset};
 use nvme_spec::{FromBytes, FromZeros, IntoBytes, put_str};
 
+pub use self::auth::{Dhchap, HostExchange};
 pub use self::queue::{Completion, Queue};
 pub use crate::codec::Digests;
 
@@ -52,6 +54,27 @@ pub enum HostError {
     /// Every command slot is in use.
     #[error("queue full")]
     QueueFull,
+    /// One command would move more than the controller's MDTS allows.
+    #[error("{len} bytes in one command is more than the controller's limit of {max}")]
+    TooLarge {
+        /// Bytes asked for.
+        len: usize,
+        /// The controller's maximum data transfer size in bytes.
+        max: usize,
+    },
+    /// The controller refused the host's authentication (AUTH_Failure1 and its reason
+    /// code explanation).
+    #[error("authentication failed (explanation {explanation:#x})")]
+    AuthFailed {
+        /// Reason code explanation.
+        explanation: u8,
+    },
+    /// The controller asks for authentication and the host has no secret.
+    #[error("the controller requires authentication and no DH-HMAC-CHAP secret is set")]
+    AuthRequired,
+    /// The controller's response did not verify with the controller secret.
+    #[error("the controller failed to authenticate")]
+    CtrlAuthFailed,
     /// The controller did not become ready.
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -72,6 +95,8 @@ pub struct HostOptions {
     pub kato_ms: u32,
     /// Entries per I/O queue.
     pub queue_size: u16,
+    /// DH-HMAC-CHAP secrets, used when the controller asks for authentication.
+    pub dhchap: Option<Dhchap>,
 }
 
 impl HostOptions {
@@ -84,6 +109,7 @@ impl HostOptions {
             digests: Digests::default(),
             kato_ms: 5000,
             queue_size: 128,
+            dhchap: None,
         }
     }
 
@@ -106,6 +132,9 @@ pub struct Namespace {
     pub block_size: u32,
     /// Size in blocks.
     pub blocks: u64,
+    /// Most bytes one command may move: the controller's MDTS (`usize::MAX` if it sets
+    /// none), rounded down to whole blocks.
+    pub max_transfer: usize,
 }
 
 /// A connected controller (its admin queue).
@@ -116,6 +145,8 @@ pub struct HostController {
     opts: HostOptions,
     cntlid: u16,
     in_capsule: usize,
+    /// MDTS in bytes (`usize::MAX`: no limit).
+    max_transfer: usize,
 }
 
 /// Fails unless the completion succeeded.
@@ -129,13 +160,14 @@ pub fn check(cqe: &Cqe) -> Result<(), HostError> {
     }
 }
 
-async fn fabrics_connect(
+/// Fabrics Connect; returns dword 0 of the response (CNTLID and AUTHREQ).
+async fn connect_command(
     q: &mut Queue,
     opts: &HostOptions,
     qid: u16,
     sqsize: u16,
     cntlid: u16,
-) -> Result<u16, HostError> {
+) -> Result<u32, HostError> {
     let mut cmd = ConnectCmd::new_zeroed();
     cmd.opcode = admin_opcode::FABRICS;
     cmd.fctype = fctype::CONNECT;
@@ -153,7 +185,35 @@ async fn fabrics_connect(
         .map_err(|_| HostError::Protocol("SQE layout".into()))?;
     let (cqe, _) = q.execute(sqe, Some(data.as_bytes()), 0).await?;
     check(&cqe)?;
-    Ok((cqe.result.get() & 0xffff) as u16)
+    Ok(cqe.result.get())
+}
+
+/// Fabrics Connect, then DH-HMAC-CHAP if the controller asks for it; returns the CNTLID.
+async fn fabrics_connect(
+    q: &mut Queue,
+    opts: &HostOptions,
+    qid: u16,
+    sqsize: u16,
+    cntlid: u16,
+) -> Result<u16, HostError> {
+    let result = connect_command(q, opts, qid, sqsize, cntlid).await?;
+    if result & nvme_spec::auth::CONNECT_AUTHREQ_ATR != 0 {
+        let d = opts.dhchap.as_ref().ok_or(HostError::AuthRequired)?;
+        q.authenticate(d, &opts.hostnqn, &opts.subnqn, qid).await?;
+    }
+    Ok((result & 0xffff) as u16)
+}
+
+/// Opens an admin queue and sends Connect, nothing else (no authentication, no enable):
+/// returns the queue and dword 0 of the Connect response. For tests that drive the
+/// exchange that follows themselves.
+pub async fn open_admin_queue(
+    addr: SocketAddr,
+    opts: &HostOptions,
+) -> Result<(Queue, u32), HostError> {
+    let mut q = Queue::open(addr, opts.digests, 32, 8192).await?;
+    let r = connect_command(&mut q, opts, 0, 32, 0xffff).await?;
+    Ok((q, r))
 }
 
 impl HostController {
@@ -167,8 +227,9 @@ impl HostController {
             opts,
             cntlid,
             in_capsule: 0,
+            max_transfer: usize::MAX,
         };
-        c.property_get(offset::CAP, true).await?;
+        let cap = Cap(c.property_get(offset::CAP, true).await?);
         let cc = Cc::build(true, 0, 0, 0, 6, 4);
         c.property_set(offset::CC, u64::from(cc.0)).await?;
         let mut ready = false;
@@ -191,6 +252,14 @@ impl HostController {
         if c.opts.subnqn != DISCOVERY_NQN {
             let id = c.identify_controller().await?;
             c.in_capsule = (id.ioccsz.get() as usize * 16).saturating_sub(64);
+            // MDTS is a power of two in units of the minimum memory page size.
+            if id.mdts != 0 {
+                let page = 4096usize << cap.mpsmin().min(15);
+                c.max_transfer = page
+                    .checked_shl(u32::from(id.mdts))
+                    .filter(|&m| m >= page)
+                    .unwrap_or(usize::MAX);
+            }
         }
         Ok(c)
     }
@@ -282,10 +351,13 @@ impl HostController {
     pub async fn namespace(&mut self, nsid: u32) -> Result<Namespace, HostError> {
         let id = self.identify_namespace(nsid).await?;
         let lbaf = id.lbaf[usize::from(id.flbas & 0xf)];
+        let block_size = 1u32 << lbaf.lbads.min(31);
+        let bs = block_size as usize;
         Ok(Namespace {
             nsid,
-            block_size: 1u32 << lbaf.lbads.min(31),
+            block_size,
             blocks: id.nsze.get(),
+            max_transfer: (self.max_transfer / bs * bs).max(bs),
         })
     }
 
@@ -373,6 +445,13 @@ impl HostController {
         Err(HostError::Timeout("CSTS.SHST"))
     }
 
+    /// Authenticates the admin queue again (a new DH-HMAC-CHAP transaction).
+    pub async fn reauthenticate(&mut self, t_id: u16) -> Result<(), HostError> {
+        let d = self.opts.dhchap.clone().ok_or(HostError::AuthRequired)?;
+        let (host, sub) = (self.opts.hostnqn.clone(), self.opts.subnqn.clone());
+        self.admin.authenticate(&d, &host, &sub, t_id).await
+    }
+
     /// Opens I/O queue `qid` (a new TCP connection to the same port).
     pub async fn connect_io_queue(&self, qid: u16) -> Result<Queue, HostError> {
         let mut q = Queue::open(self.addr, self.opts.digests, self.opts.queue_size, 8192).await?;
@@ -391,23 +470,53 @@ impl Queue {
         sqe
     }
 
-    fn blocks(ns: &Namespace, len: usize) -> Result<u32, HostError> {
+    /// Refuses a length that is not a non-zero number of whole blocks.
+    fn whole_blocks(ns: &Namespace, len: usize) -> Result<(), HostError> {
         let bs = ns.block_size as usize;
-        if len == 0 || len % bs != 0 || len / bs > 65536 {
+        if len == 0 || bs == 0 || len % bs != 0 {
             return Err(HostError::Protocol(format!(
-                "length {len} is not 1..=65536 blocks of {bs}"
+                "length {len} is not a whole number of {bs}-byte blocks"
             )));
+        }
+        Ok(())
+    }
+
+    /// The block count of one command moving `len` bytes; refuses more than MDTS.
+    fn blocks(ns: &Namespace, len: usize) -> Result<u32, HostError> {
+        Self::whole_blocks(ns, len)?;
+        let bs = ns.block_size as usize;
+        if len / bs > 65536 {
+            return Err(HostError::Protocol(format!(
+                "length {len} is more than 65536 blocks of {bs}"
+            )));
+        }
+        if len > ns.max_transfer {
+            return Err(HostError::TooLarge {
+                len,
+                max: ns.max_transfer,
+            });
         }
         Ok(u32::try_from(len / bs).unwrap_or(1))
     }
 
-    /// Queues a read of `len` bytes at block `slba`.
+    /// The pieces (block offset, byte range) a transfer of `len` bytes splits into so that
+    /// no command passes MDTS.
+    fn pieces(ns: &Namespace, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
+        let bs = ns.block_size.max(1) as usize;
+        // Whole blocks, and at most 65536 of them (the NLB field).
+        let step = ns.max_transfer.min(65536 * bs).max(bs) / bs * bs;
+        (0..len)
+            .step_by(step)
+            .map(move |at| ((at / bs) as u64, at..len.min(at + step)))
+    }
+
+    /// Queues a read of `len` bytes at block `slba` (one command: at most MDTS).
     pub fn submit_read(&mut self, ns: &Namespace, slba: u64, len: usize) -> Result<u16, HostError> {
         let nlb = Self::blocks(ns, len)?;
         self.submit(Self::io_sqe(io_opcode::READ, ns, slba, nlb), None, len)
     }
 
-    /// Queues a write of `data` at block `slba`.
+    /// Queues a write of `data` at block `slba` (one command: at most MDTS).
     pub fn submit_write(
         &mut self,
         ns: &Namespace,
@@ -418,28 +527,50 @@ impl Queue {
         self.submit(Self::io_sqe(io_opcode::WRITE, ns, slba, nlb), Some(data), 0)
     }
 
-    /// Reads `len` bytes at block `slba`.
+    /// Reads `len` bytes at block `slba`, in as many commands as MDTS needs.
     pub async fn read(
         &mut self,
         ns: &Namespace,
         slba: u64,
         len: usize,
     ) -> Result<Vec<u8>, HostError> {
-        let nlb = Self::blocks(ns, len)?;
-        let (cqe, data) = self
-            .execute(Self::io_sqe(io_opcode::READ, ns, slba, nlb), None, len)
-            .await?;
-        check(&cqe)?;
-        Ok(data)
+        if len <= ns.max_transfer {
+            let nlb = Self::blocks(ns, len)?;
+            let (cqe, data) = self
+                .execute(Self::io_sqe(io_opcode::READ, ns, slba, nlb), None, len)
+                .await?;
+            check(&cqe)?;
+            return Ok(data);
+        }
+        Self::whole_blocks(ns, len)?;
+        let mut out = Vec::with_capacity(len);
+        for (lba, r) in Self::pieces(ns, len) {
+            let nlb = Self::blocks(ns, r.len())?;
+            let (cqe, data) = self
+                .execute(
+                    Self::io_sqe(io_opcode::READ, ns, slba + lba, nlb),
+                    None,
+                    r.len(),
+                )
+                .await?;
+            check(&cqe)?;
+            out.extend_from_slice(&data);
+        }
+        Ok(out)
     }
 
-    /// Writes `data` at block `slba`.
+    /// Writes `data` at block `slba`, in as many commands as MDTS needs.
     pub async fn write(&mut self, ns: &Namespace, slba: u64, data: &[u8]) -> Result<(), HostError> {
-        let nlb = Self::blocks(ns, data.len())?;
-        let (cqe, _) = self
-            .execute(Self::io_sqe(io_opcode::WRITE, ns, slba, nlb), Some(data), 0)
-            .await?;
-        check(&cqe)
+        // The whole length is checked before the first piece goes out.
+        Self::whole_blocks(ns, data.len())?;
+        for (lba, r) in Self::pieces(ns, data.len()) {
+            let piece = &data[r];
+            let nlb = Self::blocks(ns, piece.len())?;
+            let sqe = Self::io_sqe(io_opcode::WRITE, ns, slba + lba, nlb);
+            let (cqe, _) = self.execute(sqe, Some(piece), 0).await?;
+            check(&cqe)?;
+        }
+        Ok(())
     }
 
     /// Flush.

@@ -141,6 +141,11 @@ pub fn raw_io_queue(h: &Harness, dgst: u8) -> Raw {
     let cntlid = c.cntlid();
     std::mem::forget(c);
     std::mem::forget(rt);
+    join_io_queue(h, dgst, cntlid, &opts.hostnqn)
+}
+
+/// A raw connection that joins controller `cntlid` (of `hostnqn`) as I/O queue 1.
+pub fn join_io_queue(h: &Harness, dgst: u8, cntlid: u16, hostnqn: &str) -> Raw {
     let mut raw = Raw::open(h);
     raw.ic(dgst);
     let mut cmd = ConnectCmd::new_zeroed();
@@ -153,7 +158,7 @@ pub fn raw_io_queue(h: &Harness, dgst: u8) -> Raw {
     let mut d = ConnectData::new_zeroed();
     d.cntlid.set(cntlid);
     put_str(&mut d.subnqn, OPEN_NQN);
-    put_str(&mut d.hostnqn, &opts.hostnqn);
+    put_str(&mut d.hostnqn, hostnqn);
     let mut pdu = if dgst & 1 != 0 {
         let ch = CommonHeader::new(
             pdu_type::CAPSULE_CMD,

@@ -1,0 +1,110 @@
+//! Abort (Base 5.1): a command still waiting for its data (queued for an R2T, or with its
+//! R2T answered only in part) is aborted; anything else has already completed, since
+//! commands execute as soon as their data is at hand, and is reported as not aborted.
+//!
+//! The Abort arrives on the admin queue's connection, the command waits on an I/O queue's
+//! (same thread). Each I/O queue publishes the commands it is waiting on in an
+//! [`AbortBox`] the controller can reach; the admin side records the request and wakes the
+//! I/O connection, which completes a queued command at once with Command Abort Requested,
+//! and one whose R2T is out when its data has arrived (the host must send what it was
+//! asked for), without executing either.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use nvme_spec::cmds::Abort;
+use tokio::sync::Notify;
+
+use crate::completion::{Completion, Error};
+use crate::conn::Conn;
+use crate::ctrl::Ctrl;
+
+/// Abort dword 0 bit 0: the command was not aborted.
+const NOT_ABORTED: u64 = 1;
+
+/// One I/O queue's commands that wait for data, and the aborts asked for them.
+#[derive(Debug, Default)]
+pub(crate) struct AbortBox {
+    /// Command IDs waiting for host data (an R2T queued or sent).
+    awaiting: RefCell<Vec<u16>>,
+    /// Command IDs an Abort asked for, not yet completed.
+    requested: RefCell<Vec<u16>>,
+    /// Wakes the queue's connection when an abort is requested.
+    pub wake: Notify,
+}
+
+impl AbortBox {
+    /// Records that command `cid` waits for its data.
+    pub fn waiting_for_data(&self, cid: u16) {
+        self.awaiting.borrow_mut().push(cid);
+    }
+
+    /// Records that command `cid` no longer waits; returns whether an abort was asked for it.
+    pub fn data_done(&self, cid: u16) -> bool {
+        self.awaiting.borrow_mut().retain(|&c| c != cid);
+        let mut req = self.requested.borrow_mut();
+        let before = req.len();
+        req.retain(|&c| c != cid);
+        req.len() != before
+    }
+
+    /// Forgets every command (the queue is going away).
+    pub fn clear(&self) {
+        self.awaiting.borrow_mut().clear();
+        self.requested.borrow_mut().clear();
+    }
+
+    /// Asks for command `cid` to be aborted; false if it is not waiting for data.
+    fn request(&self, cid: u16) -> bool {
+        if !self.awaiting.borrow().contains(&cid) || self.requested.borrow().contains(&cid) {
+            return false;
+        }
+        self.requested.borrow_mut().push(cid);
+        self.wake.notify_one();
+        true
+    }
+}
+
+impl Conn {
+    /// Abort on the admin queue: asks the named queue to abort the command.
+    pub(crate) fn abort(&self, ctrl: &Ctrl, a: &Abort) -> Completion {
+        let queue = ctrl
+            .queues
+            .borrow()
+            .get(&a.sqid)
+            .and_then(std::rc::Weak::upgrade);
+        match queue {
+            Some(q) if q.request(a.cid) => {
+                tracing::debug!(sqid = a.sqid, cid = a.cid, "command aborted");
+                Completion::success()
+            }
+            _ => Completion::ok(NOT_ABORTED),
+        }
+    }
+
+    /// On the I/O queue: completes the aborted commands that are still queued for an R2T.
+    /// (Those whose R2T went out complete when their data arrives, in [`crate::r2t`].)
+    pub(crate) fn take_aborts(&mut self) {
+        let requested: Vec<u16> = self.aborts.requested.borrow().clone();
+        for cid in requested {
+            let Some(i) = self.waiting.iter().position(|(s, _, _)| s.cid.get() == cid) else {
+                continue;
+            };
+            self.waiting.remove(i);
+            self.aborts.data_done(cid);
+            self.port
+                .metrics()
+                .awaiting_data
+                .fetch_sub(1, Ordering::Relaxed);
+            self.complete(cid, Error::AbortRequested);
+        }
+    }
+
+    /// Makes this connection's waiting commands abortable through its controller.
+    pub(crate) fn publish_aborts(&self, ctrl: &Ctrl, qid: u16) {
+        ctrl.queues
+            .borrow_mut()
+            .insert(qid, Rc::downgrade(&self.aborts));
+    }
+}
