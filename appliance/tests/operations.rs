@@ -283,6 +283,12 @@ fn status_shows_liveness_stream_ports_store_usage_and_host_paths() {
         .find(|h| h.controller == 1)
         .expect("the host path through controller 1");
     assert_eq!(path.path, port1.to_string());
+    // The host's own end of that path: this test's connection, from an ephemeral port.
+    let host: SocketAddr = path.host_address.parse().expect("a host address");
+    assert!(
+        host.ip().is_loopback() && host.port() != 0 && host != port1,
+        "{host}"
+    );
     // The CLI shows the same, as a table and as JSON.
     let run = |json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));

@@ -87,6 +87,8 @@ pub(crate) enum Data<'a> {
 
 pub(crate) struct Conn {
     pub port: Rc<PortShared>,
+    /// The host's address (TCP peer).
+    pub peer: Option<std::net::SocketAddr>,
     pub dg: Digests,
     ic_done: bool,
     pub q: Option<Queue>,
@@ -166,6 +168,7 @@ impl Conn {
         let sink: Rc<dyn Sink> = cq.clone();
         Self {
             port,
+            peer: None,
             dg: Digests::default(),
             ic_done: false,
             q: None,
@@ -203,6 +206,7 @@ impl Conn {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let _slot = slot;
+        self.peer = stream.peer_addr().ok();
         let limits = self.port.target.config().limits;
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);

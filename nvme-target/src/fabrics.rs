@@ -131,7 +131,8 @@ impl Conn {
             if cd.cntlid.get() != 0xffff {
                 return Err(invalid(true, DATA_CNTLID));
             }
-            let Some(cntlid) = target.register(subsys, hostnqn, self.port.port_id) else {
+            let Some(cntlid) = target.register(subsys, hostnqn, self.port.port_id, self.peer)
+            else {
                 return Err(Error::ControllerBusy);
             };
             let kato = Duration::from_millis(u64::from(cmd.kato_ms));

@@ -17,6 +17,8 @@ pub struct ControllerInfo {
     pub hostnqn: String,
     /// Port ID the controller is connected through.
     pub port_id: u16,
+    /// The host's address (its admin queue's TCP peer).
+    pub host_address: Option<std::net::SocketAddr>,
     /// I/O queues connected.
     pub io_queues: u16,
 }
@@ -152,7 +154,13 @@ impl Target {
     }
 
     /// Allocates a controller ID unique within the subsystem and records the association.
-    pub(crate) fn register(&self, subsys: usize, hostnqn: &str, port_id: u16) -> Option<u16> {
+    pub(crate) fn register(
+        &self,
+        subsys: usize,
+        hostnqn: &str,
+        port_id: u16,
+        host_address: Option<std::net::SocketAddr>,
+    ) -> Option<u16> {
         let nqn = self
             .cfg
             .subsystems
@@ -178,6 +186,7 @@ impl Target {
                         cntlid: id,
                         hostnqn: hostnqn.to_owned(),
                         port_id,
+                        host_address,
                         io_queues: 0,
                     },
                 ));

@@ -64,6 +64,7 @@ pub(super) fn subsystems(config: &Config, block: &BlockService) -> Vec<Subsystem
                             .get(controller)
                             .map(ToString::to_string)
                             .unwrap_or_default(),
+                        host_address: c.host_address.map(|a| a.to_string()).unwrap_or_default(),
                     }
                 })
                 .collect(),

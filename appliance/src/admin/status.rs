@@ -119,6 +119,9 @@ pub struct HostStatus {
     /// The Baton controller's NVMe/TCP address this path reaches.
     #[serde(default)]
     pub path: String,
+    /// The host's address (its admin queue's TCP peer).
+    #[serde(default)]
+    pub host_address: String,
 }
 
 /// One volume.
@@ -206,7 +209,7 @@ impl Status {
         }
         writeln!(
             out,
-            "\nSUBSYSTEM / HOST                                      CNTLID  CTRL  QUEUES  PATH"
+            "\nSUBSYSTEM / HOST                                      CNTLID  CTRL  QUEUES  PATH <- HOST ADDRESS"
         )?;
         for s in &self.subsystems {
             let ns: Vec<String> = s
@@ -221,8 +224,8 @@ impl Status {
             for h in &s.hosts {
                 writeln!(
                     out,
-                    "  {:<50}  {:>6}  {:>4}  {:>6}  {}",
-                    h.hostnqn, h.cntlid, h.controller, h.queues, h.path
+                    "  {:<50}  {:>6}  {:>4}  {:>6}  {} <- {}",
+                    h.hostnqn, h.cntlid, h.controller, h.queues, h.path, h.host_address
                 )?;
             }
         }
@@ -348,6 +351,7 @@ mod tests {
                     controller: 0,
                     queues: 3,
                     path: "127.0.0.1:4420".into(),
+                    host_address: "127.0.0.1:50123".into(),
                 }],
             }],
             volumes: vec![VolumeStatus {
