@@ -393,6 +393,13 @@ fn every_command_is_in_flight_until_it_completes_and_its_latency_is_observed() {
         }
         let port = &h.target.metrics().ports[0];
         let count = |h: &nvme_target::metrics::Histogram| h.counts().iter().sum::<u64>();
+        // A read is counted done right after the write that handed its last byte to the
+        // socket, which this host may see first: wait (bounded) for the target's count.
+        let t = std::time::Instant::now();
+        while count(&port.read_latency) < 8 || port.in_flight.load(Relaxed) != 0 {
+            assert!(t.elapsed() < Duration::from_secs(20), "reads never counted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(
             count(&port.read_latency),
             8,
