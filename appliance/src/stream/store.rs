@@ -26,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
+use bdev::IoError;
 use bdev::blocking::Blocking;
 
 const MAGIC: &[u8; 8] = b"BATONCS\0";
@@ -67,7 +68,7 @@ pub enum StoreError {
     Io(#[from] io::Error),
     /// The volume's device failed a request.
     #[error("content store device: {0}")]
-    Device(#[from] bdev::IoError),
+    Device(#[from] IoError),
     /// The volume holds something else, or a different layout.
     #[error("content store: {0}")]
     Format(String),
@@ -144,8 +145,8 @@ pub struct CheckReport {
 }
 
 /// The store, owned by the coordinator thread.
-pub struct ContentStore {
-    dev: Blocking,
+pub struct ContentStore<D: StoreDevice = Blocking> {
+    dev: D,
     block_size: u64,
     entries: u32,
     data_offset: u64,
@@ -195,10 +196,38 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl ContentStore {
+/// What the content store needs of its volume: synchronous reads and writes of any range
+/// (the appliance's is [`Blocking`], a volume handle on an I/O thread of its own).
+pub trait StoreDevice {
+    /// Capacity in bytes.
+    fn size(&self) -> u64;
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError>;
+    /// Writes `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError>;
+    /// Makes completed writes durable.
+    fn flush(&self) -> Result<(), IoError>;
+}
+
+impl StoreDevice for Blocking {
+    fn size(&self) -> u64 {
+        self.geometry().size
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        Blocking::read_at(self, offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        Blocking::write_at(self, offset, data)
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        Blocking::flush(self)
+    }
+}
+
+impl<D: StoreDevice> ContentStore<D> {
     /// Opens the store on `dev`, formatting an empty volume (all-zero superblock).
-    pub fn open(dev: Blocking, block_size: u64, entries: u32) -> Result<Self, StoreError> {
-        let size = dev.geometry().size;
+    pub fn open(dev: D, block_size: u64, entries: u32) -> Result<Self, StoreError> {
+        let size = dev.size();
         if !(512..=1 << 30).contains(&block_size) || entries == 0 || entries > MAX_ENTRIES {
             return Err(StoreError::Format(format!(
                 "block size {block_size} (512 B to 1 GiB) or {entries} catalog entries (1 to {MAX_ENTRIES}) out of range"
@@ -256,7 +285,7 @@ impl ContentStore {
     }
 
     fn format(
-        dev: &Blocking,
+        dev: &D,
         block_size: u64,
         entries: u32,
         data_offset: u64,
