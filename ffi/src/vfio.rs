@@ -71,6 +71,47 @@ struct Container {
     _group: File,
 }
 
+impl Container {
+    /// Maps `size` bytes of this process's memory at `vaddr` for the device at `iova`.
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay mapped in the process until [`Container::unmap`] of the same
+    /// range succeeds (the kernel pins it; freeing it first would hand the device memory
+    /// the process may reuse).
+    unsafe fn map(&self, vaddr: u64, iova: u64, size: u64) -> std::io::Result<()> {
+        let mut map = sys::vfio_iommu_type1_dma_map {
+            argsz: argsz::<sys::vfio_iommu_type1_dma_map>(),
+            flags: sys::VFIO_DMA_MAP_FLAG_READ | sys::VFIO_DMA_MAP_FLAG_WRITE,
+            vaddr,
+            iova,
+            size,
+        };
+        // SAFETY: a pointer to a live vfio_iommu_type1_dma_map; the memory it describes
+        // outlives the mapping (the caller's contract).
+        unsafe { ioctl(&self.fd, IOMMU_MAP_DMA, &raw mut map as nix::libc::c_ulong) }.map(drop)
+    }
+
+    /// Removes the mapping of `size` bytes at `iova`.
+    fn unmap(&self, iova: u64, size: u64) -> std::io::Result<()> {
+        let mut unmap = sys::vfio_iommu_type1_dma_unmap {
+            argsz: argsz::<sys::vfio_iommu_type1_dma_unmap>(),
+            iova,
+            size,
+            ..Default::default()
+        };
+        // SAFETY: a pointer to a live unmap request; removing a mapping touches no memory.
+        unsafe {
+            ioctl(
+                &self.fd,
+                IOMMU_UNMAP_DMA,
+                &raw mut unmap as nix::libc::c_ulong,
+            )
+        }
+        .map(drop)
+    }
+}
+
 /// Hugepages mapped into the container's IOMMU at `iova`; unmapped from the IOMMU when the
 /// last [`DmaRegion`] on them is dropped, before the pages themselves are released.
 #[derive(Debug)]
@@ -100,21 +141,7 @@ impl DmaBacking for IommuMapped {
 
 impl Drop for IommuMapped {
     fn drop(&mut self) {
-        let mut unmap = sys::vfio_iommu_type1_dma_unmap {
-            argsz: argsz::<sys::vfio_iommu_type1_dma_unmap>(),
-            iova: self.iova,
-            size: self.pages.len() as u64,
-            ..Default::default()
-        };
-        // SAFETY: a pointer to a live unmap request for the mapping this value made.
-        let r = unsafe {
-            ioctl(
-                &self.vfio.fd,
-                IOMMU_UNMAP_DMA,
-                &raw mut unmap as nix::libc::c_ulong,
-            )
-        };
-        match r {
+        match self.vfio.unmap(self.iova, self.pages.len() as u64) {
             // SAFETY: the IOMMU no longer maps the pages and this is the only drop of them.
             Ok(_) => unsafe { std::mem::ManuallyDrop::drop(&mut self.pages) },
             // The device may still reach the pages: keep them rather than free them.
@@ -137,21 +164,7 @@ struct SlabMapped {
 
 impl Drop for SlabMapped {
     fn drop(&mut self) {
-        let mut unmap = sys::vfio_iommu_type1_dma_unmap {
-            argsz: argsz::<sys::vfio_iommu_type1_dma_unmap>(),
-            iova: self.iova,
-            size: self.slab.len() as u64,
-            ..Default::default()
-        };
-        // SAFETY: a pointer to a live unmap request for the mapping this value made.
-        let r = unsafe {
-            ioctl(
-                &self.vfio.fd,
-                IOMMU_UNMAP_DMA,
-                &raw mut unmap as nix::libc::c_ulong,
-            )
-        };
-        if let Err(e) = r {
+        if let Err(e) = self.vfio.unmap(self.iova, self.slab.len() as u64) {
             tracing::error!(
                 iova = self.iova,
                 "VFIO_IOMMU_UNMAP_DMA failed, keeping the I/O memory: {e}"
@@ -384,6 +397,19 @@ fn region(device: &File, index: u32) -> Result<sys::vfio_region_info, Error> {
     Ok(r)
 }
 
+impl VfioPci {
+    /// The next free device address range of `size` bytes (hugepage aligned).
+    fn next_iova(&self, size: u64) -> u64 {
+        let mut next = self
+            .next_iova
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let iova = *next;
+        *next += size.div_ceil(HUGEPAGE as u64) * HUGEPAGE as u64;
+        iova
+    }
+}
+
 impl PciDevice for VfioPci {
     fn bar0(&self) -> &dyn Mmio {
         &self.bar0
@@ -392,32 +418,10 @@ impl PciDevice for VfioPci {
     fn alloc_dma(&self, len: usize) -> Result<DmaRegion, Error> {
         let pages = HugePages::new(len.max(1))?;
         let size = pages.len() as u64;
-        let iova = {
-            let mut next = self
-                .next_iova
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let iova = *next;
-            *next += size.div_ceil(HUGEPAGE as u64) * HUGEPAGE as u64;
-            iova
-        };
-        let mut map = sys::vfio_iommu_type1_dma_map {
-            argsz: argsz::<sys::vfio_iommu_type1_dma_map>(),
-            flags: sys::VFIO_DMA_MAP_FLAG_READ | sys::VFIO_DMA_MAP_FLAG_WRITE,
-            vaddr: pages.vaddr(),
-            iova,
-            size,
-        };
-        // SAFETY: a pointer to a live vfio_iommu_type1_dma_map describing memory this
-        // process owns (the hugepages stay mapped until IommuMapped has unmapped them).
-        unsafe {
-            ioctl(
-                &self.vfio.fd,
-                IOMMU_MAP_DMA,
-                &raw mut map as nix::libc::c_ulong,
-            )
-        }
-        .map_err(Error::sys("VFIO_IOMMU_MAP_DMA"))?;
+        let iova = self.next_iova(size);
+        // SAFETY: the hugepages stay mapped until IommuMapped has unmapped them.
+        unsafe { self.vfio.map(pages.vaddr(), iova, size) }
+            .map_err(Error::sys("VFIO_IOMMU_MAP_DMA"))?;
         let mapped = Arc::new(IommuMapped {
             pages: std::mem::ManuallyDrop::new(pages),
             iova,
@@ -428,32 +432,10 @@ impl PciDevice for VfioPci {
 
     fn map_slab(&self, slab: &IoSlab) -> Result<u64, Error> {
         let size = slab.len() as u64;
-        let iova = {
-            let mut next = self
-                .next_iova
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let iova = *next;
-            *next += size.div_ceil(HUGEPAGE as u64) * HUGEPAGE as u64;
-            iova
-        };
-        let mut map = sys::vfio_iommu_type1_dma_map {
-            argsz: argsz::<sys::vfio_iommu_type1_dma_map>(),
-            flags: sys::VFIO_DMA_MAP_FLAG_READ | sys::VFIO_DMA_MAP_FLAG_WRITE,
-            vaddr: slab.vaddr(),
-            iova,
-            size,
-        };
-        // SAFETY: a pointer to a live vfio_iommu_type1_dma_map describing memory this
-        // process owns; the SlabMapped record keeps it alive until it is unmapped.
-        unsafe {
-            ioctl(
-                &self.vfio.fd,
-                IOMMU_MAP_DMA,
-                &raw mut map as nix::libc::c_ulong,
-            )
-        }
-        .map_err(Error::sys("VFIO_IOMMU_MAP_DMA of I/O memory"))?;
+        let iova = self.next_iova(size);
+        // SAFETY: the SlabMapped record below keeps the slab alive until it is unmapped.
+        unsafe { self.vfio.map(slab.vaddr(), iova, size) }
+            .map_err(Error::sys("VFIO_IOMMU_MAP_DMA of I/O memory"))?;
         self.slabs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
