@@ -154,6 +154,31 @@ pub struct FileExtent {
     pub len: usize,
 }
 
+impl FileExtent {
+    /// The `len` bytes at `offset` of a device that is `file` itself (`size` bytes of it),
+    /// appended to `out`; false (nothing appended) if the range is outside the device.
+    pub(crate) fn whole_file(
+        file: &Arc<std::fs::File>,
+        size: u64,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<FileExtent>,
+    ) -> bool {
+        let Ok(n) = usize::try_from(len) else {
+            return false;
+        };
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return false;
+        }
+        out.push(FileExtent {
+            file: Arc::clone(file),
+            offset,
+            len: n,
+        });
+        true
+    }
+}
+
 /// One controller thread's handle on a device. Not `Send`: it belongs to its thread, like
 /// an SPDK I/O channel; the engines behind it keep per-thread queues and need no locks.
 pub trait BlockIo {

@@ -81,21 +81,7 @@ impl BlockIo for RamIo {
     }
 
     fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
-        if offset
-            .checked_add(len)
-            .is_none_or(|e| e > self.dev.geometry.size)
-        {
-            return false;
-        }
-        let Ok(len) = usize::try_from(len) else {
-            return false;
-        };
-        out.push(FileExtent {
-            file: Arc::clone(&self.dev.file),
-            offset,
-            len,
-        });
-        true
+        FileExtent::whole_file(&self.dev.file, self.dev.geometry.size, offset, len, out)
     }
 }
 

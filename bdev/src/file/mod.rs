@@ -131,22 +131,8 @@ impl BlockIo for FileIo {
 
     fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
         // O_DIRECT files must not be read through the page cache behind their back.
-        if self.dev.direct
-            || offset
-                .checked_add(len)
-                .is_none_or(|e| e > self.dev.geometry.size)
-        {
-            return false;
-        }
-        let Ok(len) = usize::try_from(len) else {
-            return false;
-        };
-        out.push(FileExtent {
-            file: Arc::clone(&self.dev.file),
-            offset,
-            len,
-        });
-        true
+        !self.dev.direct
+            && FileExtent::whole_file(&self.dev.file, self.dev.geometry.size, offset, len, out)
     }
 }
 
