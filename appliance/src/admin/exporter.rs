@@ -4,7 +4,9 @@
 
 use std::borrow::Cow;
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -59,28 +61,12 @@ impl<'a> Families<'a> {
         Ok(())
     }
 
-    /// A gauge family.
-    pub fn gauge(
+    /// A gauge family (integer values, or fractional ones such as ages in seconds).
+    pub fn gauge<N: EncodeGaugeValue>(
         &mut self,
         name: &str,
         help: &str,
-        samples: impl IntoIterator<Item = (Labels, i64)>,
-    ) -> Result<(), std::fmt::Error> {
-        let mut family = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, value) in samples {
-            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-
-    /// A gauge family of fractional values (ages in seconds).
-    pub fn gauge_f64(
-        &mut self,
-        name: &str,
-        help: &str,
-        samples: impl IntoIterator<Item = (Labels, f64)>,
+        samples: impl IntoIterator<Item = (Labels, N)>,
     ) -> Result<(), std::fmt::Error> {
         let mut family = self
             .encoder

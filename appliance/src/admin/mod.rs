@@ -304,7 +304,7 @@ impl Collector for Admin {
                 )
             }),
         )?;
-        f.gauge_f64(
+        f.gauge(
             "controller_heartbeat_age_seconds",
             "Seconds since the controller's reactor last turned (it beats every 0.25 s).",
             self.controllers.iter().map(|h| {

@@ -28,7 +28,7 @@ pub(super) fn encode(svc: &StreamService, f: &mut Families<'_>) -> Result<(), st
         ]
         .map(|(phase, n)| (labels([("phase", phase.to_owned())]), gauge_value(n))),
     )?;
-    f.gauge_f64(
+    f.gauge(
         "stream_session_max_idle_seconds",
         "Longest time a session in the table has gone without delivering a block.",
         [(labels([]), summary.max_idle.as_secs_f64())],
