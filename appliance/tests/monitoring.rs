@@ -296,12 +296,7 @@ fn assert_series(web: SocketAddr, what: &str, expr: &str, labels: &BTreeSet<Stri
 /// streams (framed and HTTP) until `stop` is set; keeps the host connections open.
 fn load(a: &Appliance, stop: &std::sync::atomic::AtomicBool) {
     use std::sync::atomic::Ordering;
-    let st = baton::admin::fetch_status(a.admin).unwrap();
-    let ports: Vec<SocketAddr> = st
-        .controllers
-        .iter()
-        .map(|c| c.nvme_tcp.parse().unwrap())
-        .collect();
+    let ports = common::nvme_ports(a.admin);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -58,12 +58,7 @@ fn start_baton() -> Baton {
 
 /// Some NVMe/TCP I/O through both controllers and one stream.
 fn drive(b: &Baton) {
-    let st = baton::admin::fetch_status(b.admin).unwrap();
-    let ports: Vec<SocketAddr> = st
-        .controllers
-        .iter()
-        .map(|c| c.nvme_tcp.parse().unwrap())
-        .collect();
+    let ports = common::nvme_ports(b.admin);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -70,3 +70,13 @@ impl Drop for Serve {
         let _ = self.0.wait();
     }
 }
+
+/// Each controller's NVMe/TCP address, from the running appliance's status.
+pub fn nvme_ports(admin: SocketAddr) -> Vec<SocketAddr> {
+    baton::admin::fetch_status(admin)
+        .unwrap()
+        .controllers
+        .iter()
+        .map(|c| c.nvme_tcp.parse().unwrap())
+        .collect()
+}
