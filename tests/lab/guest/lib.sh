@@ -130,3 +130,44 @@ fio_verify() {
   rc=$?
   [ $rc -eq 0 ] && grep -q 'err= 0' /tmp/fio-"$name".txt || { tail -n 20 /tmp/fio-"$name".txt; return 1; }
 }
+
+# The kernel's block device of namespace $2 of subsystem NQN $1 (e.g. the backplane's).
+kernel_ns() {
+  s=$(subsys_dir "$1") || return 1
+  for n in "$s"/nvme*n*; do
+    [ "$(cat "$n/nsid" 2>/dev/null)" = "$2" ] && { basename "$n"; return 0; }
+  done
+  return 1
+}
+
+# compare_rounds SCENARIO BATON_DEV NVMET_DEV: the same fio jobs (4 KiB random read QD 32,
+# 128 KiB sequential read QD 8, $SECS seconds each) against both devices, taking turns for
+# $ROUNDS rounds so a busy host slows both alike; prints every round as a LAB-NOTE and each
+# target's best round as `LAB-RESULT SCENARIO JOB TARGET iops=N mbps=M`.
+compare_rounds() {
+  local scenario=$1 r=1 job
+  : > /tmp/"$scenario".txt
+  while [ $r -le "$ROUNDS" ]; do
+    for job in randread4k seqread128k; do
+      check "round$r-$job-baton" compare_job "$scenario" $job baton "$2"
+      check "round$r-$job-nvmet" compare_job "$scenario" $job nvmet "$3"
+    done
+    r=$((r + 1))
+  done
+  sed "s/^/LAB-NOTE $scenario round: /" /tmp/"$scenario".txt
+  sort -k1,1 -k2,2 -k3,3n /tmp/"$scenario".txt | awk -v s="$scenario" '{best[$1 " " $2] = $0}
+    END {for (k in best) {split(best[k], f, " "); printf "LAB-RESULT %s %s %s iops=%d mbps=%.1f\n", s, f[1], f[2], f[3], f[4] * 1024 / 1e6}}'
+}
+
+# compare_job SCENARIO JOB LABEL DEVICE: one fio run; appends "JOB LABEL IOPS KiB/s".
+compare_job() {
+  case $2 in
+    randread4k) args="--rw=randread --bs=4k --iodepth=32" ;;
+    seqread128k) args="--rw=read --bs=128k --iodepth=8" ;;
+  esac
+  # shellcheck disable=SC2086
+  fio --eta=never --name="$2" --filename="/dev/$4" --ioengine=libaio --direct=1 $args \
+    --size=64M --time_based --runtime="$SECS" --minimal > /tmp/fio-"$1-$2-$3".txt 2>&1 || return 1
+  # Terse v3: field 7 read KiB/s, field 8 read IOPS.
+  awk -F';' -v j="$2" -v l="$3" 'NF > 8 {print j, l, $8, $7}' /tmp/fio-"$1-$2-$3".txt >> /tmp/"$1".txt
+}

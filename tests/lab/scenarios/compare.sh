@@ -41,31 +41,7 @@ check nvmet-connect nvme connect -t tcp -a 127.0.0.1 -s 4440 -n $K
 check nvmet-namespace wait_for 10 ns_dev $K
 baton_dev=$(ns_dev)
 nvmet_dev=$(ns_dev $K)
-# One fio run; appends "<job> <label> <iops> <KiB/s>" to /tmp/compare.txt.
-run_job() {
-  case $1 in
-    randread4k) args="--rw=randread --bs=4k --iodepth=32" ;;
-    seqread128k) args="--rw=read --bs=128k --iodepth=8" ;;
-  esac
-  # shellcheck disable=SC2086
-  fio --eta=never --name="$1" --filename="/dev/$3" --ioengine=libaio --direct=1 $args \
-    --size=64M --time_based --runtime="$SECS" --minimal > /tmp/fio-"$1-$2".txt 2>&1 || return 1
-  # Terse v3: field 7 read KiB/s, field 8 read IOPS.
-  awk -F';' -v j="$1" -v l="$2" 'NF > 8 {print j, l, $8, $7}' /tmp/fio-"$1-$2".txt >> /tmp/compare.txt
-}
-: > /tmp/compare.txt
-r=1
-while [ $r -le "$ROUNDS" ]; do
-  for job in randread4k seqread128k; do
-    check "round$r-$job-baton" run_job $job baton "$baton_dev"
-    check "round$r-$job-nvmet" run_job $job nvmet "$nvmet_dev"
-  done
-  r=$((r + 1))
-done
-sed 's/^/LAB-NOTE compare round: /' /tmp/compare.txt
-# Best round per job and target.
-sort -k1,1 -k2,2 -k3,3n /tmp/compare.txt | awk '{best[$1 " " $2] = $0}
-  END {for (k in best) {split(best[k], f, " "); printf "LAB-RESULT compare %s %s iops=%d mbps=%.1f\n", f[1], f[2], f[3], f[4] * 1024 / 1e6}}'
+compare_rounds compare "$baton_dev" "$nvmet_dev"
 check baton-disconnect nvme disconnect -n $NQN
 check nvmet-disconnect nvme disconnect -n $K
 check nvmet-teardown teardown_nvmet

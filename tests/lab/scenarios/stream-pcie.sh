@@ -28,15 +28,8 @@ YAML
 # Namespace 1 holds what earlier scenarios wrote (the driver's hardware tests): clear the
 # start of it through the kernel's driver, so the store formats itself.
 BP=nqn.2019-08.org.qemu:baton-backplane
-kernel_ns1() {
-  s=$(subsys_dir $BP) || return 1
-  for n in "$s"/nvme*n*; do
-    [ "$(cat "$n/nsid" 2>/dev/null)" = 1 ] && { basename "$n"; return 0; }
-  done
-  return 1
-}
-check kernel-namespace-1 wait_for 20 kernel_ns1
-check clear-store-area dd if=/dev/zero of="/dev/$(kernel_ns1)" bs=1M count=1 oflag=direct
+check kernel-namespace-1 wait_for 20 kernel_ns $BP 1
+check clear-store-area dd if=/dev/zero of="/dev/$(kernel_ns $BP 1)" bs=1M count=1 oflag=direct
 check setup-pci baton setup-pci "$1" "$2" --hugepages 128
 check baton-starts start_baton /tmp/stream-pcie.yaml || { tail -n 5 /tmp/baton.log; exit 1; }
 mkdir -p /tmp/sp
