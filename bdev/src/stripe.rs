@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::io::{check, finish};
+use crate::slots::Slots;
 use crate::{BlockIo, Completion, FileExtent, Geometry, IoBuf, IoError, Op, Request, Sink};
 
 /// One request in pieces.
@@ -26,8 +27,7 @@ struct Inner {
     members: Vec<Rc<dyn BlockIo>>,
     unit: u64,
     geometry: Geometry,
-    parents: RefCell<Vec<Option<Parent>>>,
-    free: RefCell<Vec<usize>>,
+    parents: RefCell<Slots<Parent>>,
 }
 
 /// A striped handle.
@@ -96,8 +96,7 @@ impl Stripe {
                 members,
                 unit: per_unit,
                 geometry,
-                parents: RefCell::new(Vec::new()),
-                free: RefCell::new(Vec::new()),
+                parents: RefCell::new(Slots::with_capacity(16)),
             }),
         })
     }
@@ -109,13 +108,7 @@ impl Stripe {
 
 impl Inner {
     fn slot(&self, p: Parent) -> usize {
-        if let Some(i) = self.free.borrow_mut().pop() {
-            self.parents.borrow_mut()[i] = Some(p);
-            return i;
-        }
-        let mut ps = self.parents.borrow_mut();
-        ps.push(Some(p));
-        ps.len() - 1
+        self.parents.borrow_mut().insert(p)
     }
 }
 
@@ -127,7 +120,7 @@ impl Sink for Inner {
         );
         let done = {
             let mut ps = self.parents.borrow_mut();
-            let Some(Some(p)) = ps.get_mut(i) else { return };
+            let Some(p) = ps.get_mut(i) else { return };
             if let Err(e) = c.result {
                 p.error.get_or_insert(e);
             }
@@ -140,9 +133,8 @@ impl Sink for Inner {
             if p.left > 0 {
                 return;
             }
-            ps[i].take()
+            ps.remove(i)
         };
-        self.free.borrow_mut().push(i);
         let Some(mut p) = done else { return };
         // Join the parts back into the caller's buffer, unless one may still be written by a
         // device (then none of it is reused).
@@ -239,12 +231,7 @@ impl BlockIo for Stripe {
     }
 
     fn in_flight(&self) -> usize {
-        self.inner
-            .parents
-            .borrow()
-            .iter()
-            .filter(|p| p.is_some())
-            .count()
+        self.inner.parents.borrow().len()
     }
 
     fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
