@@ -171,3 +171,24 @@ compare_job() {
   # Terse v3: field 7 read KiB/s, field 8 read IOPS.
   awk -F';' -v j="$2" -v l="$3" 'NF > 8 {print j, l, $8, $7}' /tmp/fio-"$1-$2-$3".txt >> /tmp/"$1".txt
 }
+
+# nvmet_export NQN DEVICE PORT TRSVCID: the kernel's nvmet-tcp serves DEVICE (a file or block
+# device) as namespace 1 of NQN to any host, on 127.0.0.1:TRSVCID (configfs port PORT).
+nvmet_export() {
+  local c=/sys/kernel/config/nvmet
+  mkdir "$c/subsystems/$1" && echo 1 > "$c/subsystems/$1/attr_allow_any_host" &&
+    mkdir "$c/subsystems/$1/namespaces/1" &&
+    echo "$2" > "$c/subsystems/$1/namespaces/1/device_path" &&
+    echo 1 > "$c/subsystems/$1/namespaces/1/enable" && mkdir "$c/ports/$3" &&
+    echo 127.0.0.1 > "$c/ports/$3/addr_traddr" && echo tcp > "$c/ports/$3/addr_trtype" &&
+    echo "$4" > "$c/ports/$3/addr_trsvcid" && echo ipv4 > "$c/ports/$3/addr_adrfam" &&
+    ln -s "$c/subsystems/$1" "$c/ports/$3/subsystems/$1"
+}
+
+# nvmet_unexport NQN PORT: undoes nvmet_export.
+nvmet_unexport() {
+  local c=/sys/kernel/config/nvmet
+  rm "$c/ports/$2/subsystems/$1" && rmdir "$c/ports/$2" &&
+    echo 0 > "$c/subsystems/$1/namespaces/1/enable" &&
+    rmdir "$c/subsystems/$1/namespaces/1" "$c/subsystems/$1"
+}

@@ -4,7 +4,6 @@
 # best round is reported. Prints LAB-RESULT lines; no pass/fail on numbers.
 . /lab/lib.sh
 K=nqn.2026-11.io.baton:nvmet
-C=/sys/kernel/config/nvmet
 truncate -s 256M /data/compare.img
 dd if=/dev/urandom of=/data/compare.img bs=1M count=64 conv=notrunc 2>/dev/null
 cat > /tmp/compare.yaml <<YAML
@@ -19,24 +18,10 @@ logging: {level: warn}
 YAML
 SECS=${LAB_COMPARE_SECONDS:-4}
 ROUNDS=${LAB_COMPARE_ROUNDS:-3}
-setup_nvmet() {
-  mkdir $C/subsystems/$K && echo 1 > $C/subsystems/$K/attr_allow_any_host &&
-  mkdir $C/subsystems/$K/namespaces/1 &&
-  echo /data/compare.img > $C/subsystems/$K/namespaces/1/device_path &&
-  echo 1 > $C/subsystems/$K/namespaces/1/enable && mkdir $C/ports/8 &&
-  echo 127.0.0.1 > $C/ports/8/addr_traddr && echo tcp > $C/ports/8/addr_trtype &&
-  echo 4440 > $C/ports/8/addr_trsvcid && echo ipv4 > $C/ports/8/addr_adrfam &&
-  ln -s $C/subsystems/$K $C/ports/8/subsystems/$K
-}
-teardown_nvmet() {
-  rm $C/ports/8/subsystems/$K && rmdir $C/ports/8 &&
-  echo 0 > $C/subsystems/$K/namespaces/1/enable &&
-  rmdir $C/subsystems/$K/namespaces/1 $C/subsystems/$K
-}
 check baton-starts start_baton /tmp/compare.yaml || exit 1
 check baton-connect nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $NQN
 check baton-namespace wait_for 10 ns_dev
-check nvmet-configfs setup_nvmet
+check nvmet-configfs nvmet_export $K /data/compare.img 8 4440
 check nvmet-connect nvme connect -t tcp -a 127.0.0.1 -s 4440 -n $K
 check nvmet-namespace wait_for 10 ns_dev $K
 baton_dev=$(ns_dev)
@@ -44,5 +29,5 @@ nvmet_dev=$(ns_dev $K)
 compare_rounds compare "$baton_dev" "$nvmet_dev"
 check baton-disconnect nvme disconnect -n $NQN
 check nvmet-disconnect nvme disconnect -n $K
-check nvmet-teardown teardown_nvmet
+check nvmet-teardown nvmet_unexport $K 8
 check baton-stops stop_baton

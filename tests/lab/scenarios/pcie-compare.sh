@@ -8,7 +8,6 @@ set -- $(for d in /sys/bus/pci/devices/*; do [ "$(cat "$d/class")" = 0x010802 ] 
 A=$1
 K=nqn.2026-11.io.baton:nvmet-pcie
 BP=nqn.2019-08.org.qemu:baton-backplane
-C=/sys/kernel/config/nvmet
 SECS=${LAB_COMPARE_SECONDS:-4}
 ROUNDS=${LAB_COMPARE_ROUNDS:-3}
 cat > /tmp/pcie-compare.yaml <<YAML
@@ -21,27 +20,13 @@ volumes: [{name: v0, devices: [bp], block_size: 512}]
 subsystems: [{nqn: $NQN, allow_any_host: true, namespaces: [{nsid: 1, volume: v0}]}]
 logging: {level: warn}
 YAML
-setup_nvmet() {
-  mkdir $C/subsystems/$K && echo 1 > $C/subsystems/$K/attr_allow_any_host &&
-  mkdir $C/subsystems/$K/namespaces/1 &&
-  echo "/dev/$1" > $C/subsystems/$K/namespaces/1/device_path &&
-  echo 1 > $C/subsystems/$K/namespaces/1/enable && mkdir $C/ports/9 &&
-  echo 127.0.0.1 > $C/ports/9/addr_traddr && echo tcp > $C/ports/9/addr_trtype &&
-  echo 4441 > $C/ports/9/addr_trsvcid && echo ipv4 > $C/ports/9/addr_adrfam &&
-  ln -s $C/subsystems/$K $C/ports/9/subsystems/$K
-}
-teardown_nvmet() {
-  rm $C/ports/9/subsystems/$K && rmdir $C/ports/9 &&
-  echo 0 > $C/subsystems/$K/namespaces/1/enable &&
-  rmdir $C/subsystems/$K/namespaces/1 $C/subsystems/$K
-}
 check setup-pci-a baton setup-pci "$A" --hugepages 128
 check kernel-namespace-via-b wait_for 20 kernel_ns $BP 2
 kdev=$(kernel_ns $BP 2)
 check baton-starts start_baton /tmp/pcie-compare.yaml || { tail -n 5 /tmp/baton.log; exit 1; }
 check baton-connect nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $NQN
 check baton-namespace wait_for 10 ns_dev
-check nvmet-configfs setup_nvmet "$kdev"
+check nvmet-configfs nvmet_export $K "/dev/$kdev" 9 4441
 check nvmet-connect nvme connect -t tcp -a 127.0.0.1 -s 4441 -n $K
 check nvmet-namespace wait_for 10 ns_dev $K
 baton_dev=$(ns_dev)
@@ -49,6 +34,6 @@ nvmet_dev=$(ns_dev $K)
 compare_rounds pcie-compare "$baton_dev" "$nvmet_dev"
 check baton-disconnect nvme disconnect -n $NQN
 check nvmet-disconnect nvme disconnect -n $K
-check nvmet-teardown teardown_nvmet
+check nvmet-teardown nvmet_unexport $K 9
 check baton-stops stop_baton
 check reset-pci baton setup-pci --reset "$A"
