@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::controller::Controllers;
 use backplane::{Backplane, Volume};
+use controller::Controllers;
 
 /// Why the block service could not start.
 #[derive(Debug, thiserror::Error)]

@@ -580,6 +580,24 @@ impl Config {
         v
     }
 
+    /// The stream service's settings, if it is configured.
+    pub fn stream_settings(&self) -> Option<stream::Settings> {
+        let s = self.stream.as_ref()?;
+        Some(stream::Settings {
+            volume: s.volume.clone(),
+            address: s.address,
+            control_port: s.control_port,
+            http_port: s.http_port,
+            data_port_base: s.data_port_base,
+            block_size: s.block_size.bytes(),
+            window: s.window,
+            send_budget: s.send_budget,
+            catalog_entries: s.catalog_entries,
+            sync_timeout: std::time::Duration::from_millis(s.sync_timeout_ms),
+            limits: self.limits.stream(),
+        })
+    }
+
     /// Number of controller threads to run.
     pub fn controller_count(&self) -> usize {
         match self.controllers.count {
