@@ -207,6 +207,11 @@ pub struct NvmeTcpConfig {
     /// Hosts that authenticate with DH-HMAC-CHAP.
     #[serde(default)]
     pub hosts: Vec<HostConfig>,
+    /// Deal every port's connections (its hosts' queues) round-robin over all controller
+    /// threads, like SPDK's poll groups, so one host association uses every core; false
+    /// keeps a port's connections on its own controller thread.
+    #[serde(default = "default_true")]
+    pub spread_queues: bool,
 }
 
 impl Default for NvmeTcpConfig {
@@ -220,10 +225,14 @@ impl Default for NvmeTcpConfig {
             queue_entries: default_queue_entries(),
             io_queues: default_io_queues(),
             hosts: Vec::new(),
+            spread_queues: true,
         }
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn loopback() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
