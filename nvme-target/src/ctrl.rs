@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::abort::AbortBox;
+use crate::resv::notices::CtrlNotices;
 
 /// Error log entries kept (ELPE + 1).
 pub const ERROR_LOG_ENTRIES: usize = 64;
@@ -52,6 +53,8 @@ pub struct Ctrl {
     pub aers: RefCell<Vec<u16>>,
     /// Error information log, newest last.
     pub errors: RefCell<ErrorLog>,
+    /// Reservation notifications, posted from any thread.
+    pub(crate) notices: std::sync::Arc<CtrlNotices>,
     kill: watch::Sender<bool>,
 }
 
@@ -110,6 +113,7 @@ impl Ctrl {
             queues: RefCell::new(HashMap::new()),
             aers: RefCell::new(Vec::with_capacity(AER_LIMIT)),
             errors: RefCell::new(ErrorLog::default()),
+            notices: std::sync::Arc::default(),
             kill,
         })
     }

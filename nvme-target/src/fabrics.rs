@@ -138,6 +138,12 @@ impl Conn {
             let kato = Duration::from_millis(u64::from(cmd.kato_ms));
             let ctrl = Ctrl::new(cntlid, subsys, hostnqn.to_owned(), kato, cfg.max_io_queues);
             ctrl.hostid.set(cd.hostid);
+            target.notices().attach(
+                subsys,
+                cntlid,
+                cd.hostid,
+                std::sync::Arc::clone(&ctrl.notices),
+            );
             self.port
                 .controllers
                 .borrow_mut()

@@ -13,6 +13,7 @@ mod admin;
 pub mod auth;
 pub mod buf;
 pub mod codec;
+mod compare;
 mod completion;
 pub mod config;
 mod conn;
@@ -20,9 +21,12 @@ mod ctrl;
 mod fabrics;
 pub mod host;
 mod io;
+mod locks;
 pub mod metrics;
+mod nsstate;
 mod port;
 mod r2t;
+mod resv;
 mod target;
 
 pub use config::{
