@@ -137,15 +137,17 @@ impl CtrlNotices {
     }
 }
 
-/// The target's controllers that can receive notices: subsystem index, CNTLID, host
-/// identifier.
+/// A controller that can receive notices: subsystem index, CNTLID, host identifier.
+type Entry = (usize, u16, HostId, Arc<CtrlNotices>);
+
+/// The target's controllers that can receive notices.
 #[derive(Debug, Default)]
 pub(crate) struct NoticeBoard {
-    ctrls: Mutex<Vec<(usize, u16, HostId, Arc<CtrlNotices>)>>,
+    ctrls: Mutex<Vec<Entry>>,
 }
 
 impl NoticeBoard {
-    fn lock(&self) -> MutexGuard<'_, Vec<(usize, u16, HostId, Arc<CtrlNotices>)>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
         self.ctrls.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
