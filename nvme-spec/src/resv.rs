@@ -265,3 +265,21 @@ pub const RESCAP_ALL_TYPES_IEKEY: u8 = 0b1111_1110;
 
 /// Asynchronous event: I/O command specific status, Reservation Log Page Available.
 pub const AEN_TYPE_IO_SPECIFIC: u8 = 6;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_round_trip_and_classify() {
+        for v in 1..=6 {
+            let t = ResvType::from_rtype(v).unwrap();
+            assert_eq!(t.rtype(), v);
+            assert_eq!(t.all_registrants(), v >= 5);
+            assert_eq!(t.registrants_have_access(), v >= 3);
+            assert_eq!(t.exclusive_access(), v % 2 == 0);
+        }
+        assert_eq!(ResvType::from_rtype(0), None);
+        assert_eq!(ResvType::from_rtype(7), None);
+    }
+}

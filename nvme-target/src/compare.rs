@@ -15,6 +15,7 @@
 //!   of a pair fails on its own, the other is aborted as failed.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -352,24 +353,28 @@ impl Conn {
     /// Writes (and write zeroes) go to the device at once while no fused operation is active
     /// on their namespace; otherwise they take their range in the lock table, or wait.
     pub(crate) fn submit_write(&mut self, mut req: IoReq, mut request: Request) {
-        let Some(locks) = self.locks_of(&req) else {
+        let (Some(q), Some((dev, index))) = (&self.q, &req.dev) else {
+            return self.fail(&req.sqe, Error::Internal("write without a namespace"));
+        };
+        let Some(state) = self.port.target.ns_state(q.ctrl.subsys, *index) else {
             return self.fail(&req.sqe, Error::InvalidNamespace);
         };
-        let Some((dev, _)) = req.dev.clone() else {
-            return;
-        };
+        let dev = Rc::clone(dev);
         let (s, e) = blocks(&req.sqe);
-        match locks.write_begin(s, e) {
+        match state.locks.write_begin(s, e) {
             Some(g) => {
                 req.guard = Some(g);
                 request.tag = self.reqs.insert(req) as u64;
                 dev.submit(request, &self.sink);
             }
-            None => self.fused.lock_wait.push_back(LockWait::Write {
-                req,
-                request,
-                locks,
-            }),
+            None => {
+                let locks = Arc::clone(&state.locks);
+                self.fused.lock_wait.push_back(LockWait::Write {
+                    req,
+                    request,
+                    locks,
+                });
+            }
         }
     }
 

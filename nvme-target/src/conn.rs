@@ -534,12 +534,6 @@ impl Conn {
             Ok(c) => c,
             Err(e) => return self.complete(cid, e),
         };
-        // Fused commands pair by arrival: the second must be the very next capsule.
-        if let Command::Io(c) = &cmd {
-            if let Err(e) = self.fuse_arrival(sqe, c) {
-                return self.complete(cid, e);
-            }
-        }
         // A queue that must authenticate runs nothing else until it has.
         let auth_cmd = matches!(
             cmd,
@@ -547,6 +541,12 @@ impl Conn {
         );
         if self.auth.pending() && !auth_cmd {
             return self.complete(cid, Error::AuthRequired);
+        }
+        // Fused commands pair by arrival: the second must be the very next capsule.
+        if let Command::Io(c) = &cmd {
+            if let Err(e) = self.fuse_arrival(sqe, c) {
+                return self.complete(cid, e);
+            }
         }
         let sgl = sqe.dptr;
         let len = sgl.length.get() as usize;
