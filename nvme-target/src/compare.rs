@@ -98,6 +98,11 @@ impl FusedState {
         !self.pairs.is_empty()
     }
 
+    /// Whether nothing fused is pending (the connection may move to another thread).
+    pub fn is_idle(&self) -> bool {
+        self.pairs.is_empty() && self.lock_wait.is_empty() && self.expect_second.is_none()
+    }
+
     fn pair_of_first(&self, cid: u16) -> Option<usize> {
         self.pairs.iter().position(|p| p.first.cid.get() == cid)
     }

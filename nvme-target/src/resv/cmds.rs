@@ -68,7 +68,7 @@ impl Conn {
         };
         let ctrl = Arc::clone(&q.ctrl.notices);
         let cid = {
-            let mut aers = q.ctrl.aers.borrow_mut();
+            let mut aers = crate::cell::lock(&q.ctrl.aers);
             if aers.is_empty() {
                 return;
             }
