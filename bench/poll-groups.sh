@@ -55,7 +55,7 @@ YAML
 # measure: one line per workload, "label value" (IOPS for 4 KiB, MB/s for 128 KiB).
 measure() {
   "$BATON" bench --target "127.0.0.1:$port" --jobs 2 --qd 32 --seconds "$secs" \
-    --workload randread4k,seqread128k --no-reference |
+    --workload randread4k,seqread128k --no-reference 2>/dev/null |
     awk '/^randread 4KiB/ {print "randread4k", $3} /^seqread 128KiB/ {print "seqread128k", $4}'
 }
 
