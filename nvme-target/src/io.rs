@@ -163,8 +163,9 @@ impl Conn {
         let Some(state) = port.target.ns_state(q.ctrl.subsys, ns.index) else {
             return self.fail(sqe, Error::InvalidNamespace);
         };
-        // One atomic load while nobody is registered with the namespace.
-        if state.resv.check(&q.ctrl.hostid.get(), &cmd).is_err() {
+        // One atomic load while nobody is registered with the namespace (the host ID is
+        // behind a lock: read only when it matters).
+        if state.resv.active() && state.resv.check(&q.ctrl.hostid.get(), &cmd).is_err() {
             return self.fail(sqe, Error::ResvConflict);
         }
         let req = IoReq {

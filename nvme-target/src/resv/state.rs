@@ -157,6 +157,12 @@ impl Reservations {
             .store(!st.registrants.is_empty(), Ordering::Release);
     }
 
+    /// Whether anyone is registered (one atomic load: the I/O path's whole cost while
+    /// nobody is).
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
     /// Whether host `h` may run `cmd` on the namespace (Base 8.19.7, figure 418).
     pub fn check(&self, h: &HostId, cmd: &IoCmd) -> Result<(), ResvError> {
         if !self.active.load(Ordering::Acquire) {
