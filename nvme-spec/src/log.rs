@@ -20,6 +20,8 @@ pub mod lid {
     pub const CMD_EFFECTS: u8 = 0x05;
     /// Discovery.
     pub const DISCOVERY: u8 = 0x70;
+    /// Reservation Notification.
+    pub const RESV_NOTIFICATION: u8 = 0x80;
 }
 
 /// The fields of a Get Log Page command (Base 5.16, figures 195-198).

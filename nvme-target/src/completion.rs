@@ -139,6 +139,22 @@ pub(crate) enum Error {
     /// Aborted because its queue went away.
     #[error("aborted: queue deleted")]
     SqDeletion,
+    /// Compare found data that differs from the host's.
+    #[error("compare failure")]
+    CompareFailure,
+    /// The other command of a fused operation failed.
+    #[error("aborted: the fused command failed")]
+    FusedFailed,
+    /// A fused command without its partner next to it on the queue.
+    #[error("aborted: missing fused command")]
+    FusedMissing,
+    /// A reservation forbids the command to this host (or a key did not match).
+    #[error("reservation conflict")]
+    ResvConflict,
+    /// A 64-bit host identifier structure asked of a controller whose hosts have 128-bit
+    /// ones (Reservation Report without EDS on fabrics).
+    #[error("host identifier inconsistent format")]
+    HostIdFormat,
 }
 
 /// Authentication Required (command specific, Base 2.0 figure 103).
@@ -190,6 +206,11 @@ impl From<Error> for Completion {
             Error::Random | Error::Internal(_) => (status::INTERNAL_ERROR, 0),
             Error::AbortRequested => (status::ABORT_REQUESTED, 0),
             Error::SqDeletion => (status::ABORTED_SQ_DELETION, 0),
+            Error::CompareFailure => (dnr(status::COMPARE_FAILURE), 0),
+            Error::FusedFailed => (status::ABORTED_FAILED_FUSED, 0),
+            Error::FusedMissing => (dnr(status::ABORTED_MISSING_FUSED), 0),
+            Error::ResvConflict => (dnr(status::RESERVATION_CONFLICT), 0),
+            Error::HostIdFormat => (dnr(status::HOST_ID_INCONSISTENT), 0),
         };
         Self { status: st, result }
     }

@@ -129,6 +129,8 @@ pub(crate) struct Conn {
     pub(crate) piece_reads: VecDeque<(u64, Instant)>,
     /// I/O-queue commands of this connection counted in the port's `in_flight`.
     pub(crate) io_in_flight: u32,
+    /// Fused command pairs and writes waiting for a range lock (see [`crate::compare`]).
+    pub(crate) fused: crate::compare::FusedState,
     /// When the connection was accepted (the handshake deadline runs from here).
     accepted: Instant,
     /// The member of the port's group this connection moves to after its Connect.
@@ -201,6 +203,7 @@ impl Conn {
             sink,
             piece_reads: VecDeque::new(),
             io_in_flight: 0,
+            fused: crate::compare::FusedState::default(),
             accepted: Instant::now(),
             place: None,
             keep_alive_pending: false,
@@ -241,6 +244,7 @@ impl Conn {
             && self.buffer_wait.is_empty()
             && self.pieces.is_empty()
             && self.slots.iter().all(|s| !s.is_active())
+            && self.fused.is_idle()
     }
 
     fn carry(&mut self) -> Option<Carried> {
@@ -324,6 +328,7 @@ impl Conn {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         let aborts = Arc::clone(&self.aborts);
+        let mut notices = None;
         let cq = Rc::clone(&self.cq);
         let reason = loop {
             let draining = drain_until.is_some();
@@ -333,6 +338,9 @@ impl Conn {
             }
             if !self.waiting.is_empty() {
                 self.start_waiting();
+            }
+            if self.fused.has_waiters() {
+                self.retry_lock_waits();
             }
             if !draining && !self.closing {
                 self.take_aborts();
@@ -350,6 +358,9 @@ impl Conn {
             }
             if kill_rx.is_none() {
                 kill_rx = self.q.as_ref().map(|q| q.ctrl.subscribe());
+            }
+            if notices.is_none() {
+                notices = self.admin_notices();
             }
             let idle = self.out.is_empty() && self.pieces.is_empty();
             // A drain waits for the commands at the devices (they have deadlines of their
@@ -388,7 +399,9 @@ impl Conn {
                 && !self.closing
                 && self.out.len() < OUT_HIGH_WATER
                 && self.pieces.len() < MAX_QUEUED_PIECES;
-            let buffer_wait = !self.buffer_wait.is_empty() || !self.waiting.is_empty();
+            let buffer_wait = !self.buffer_wait.is_empty()
+                || !self.waiting.is_empty()
+                || self.fused.has_waiters();
             let need = self.next_len();
             tokio::select! {
                 biased;
@@ -403,6 +416,8 @@ impl Conn {
                 // An Abort on the admin queue named a command of this queue.
                 () = aborts.wake.notified() => {}
                 _ = killed(&mut kill_rx) => break None,
+                // A reservation notice for this controller (its admin queue).
+                () = crate::resv::notified(notices.as_ref()) => self.deliver_events(),
                 // Wakes the loop, which checks the deadline afresh.
                 () = &mut timer, if deadline.is_some() => {}
                 // Completions are taken at the top of the loop.
@@ -654,6 +669,12 @@ impl Conn {
         if self.auth.pending() && !auth_cmd {
             return self.complete(cid, Error::AuthRequired);
         }
+        // Fused commands pair by arrival: the second must be the very next capsule.
+        if let Command::Io(c) = &cmd {
+            if let Err(e) = self.fuse_arrival(sqe, c) {
+                return self.complete(cid, e);
+            }
+        }
         let sgl = sqe.dptr;
         let len = sgl.length.get() as usize;
         let host_data = cmd.host_data();
@@ -757,7 +778,7 @@ impl Conn {
                 self.port.metrics().command(CommandKind::Admin);
                 self.admin(sqe, a, data);
             }
-            Command::Io(_) => self.io(sqe, data, started),
+            Command::Io(c) => self.io(sqe, c, data, started),
         }
     }
 
@@ -794,6 +815,10 @@ impl Conn {
             m.command_errors.fetch_add(1, Ordering::Relaxed);
             if let Some(q) = &self.q {
                 lock(&q.ctrl.errors).record(q.qid, cid, st, 0, 0);
+            }
+            // The partner of a fused command that failed is aborted with it.
+            if self.fused.has_pairs() {
+                self.fused_failed(cid);
             }
         }
     }

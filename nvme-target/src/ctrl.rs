@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::abort::AbortBox;
 use crate::cell::{Locked, Word, lock};
+use crate::resv::notices::CtrlNotices;
 
 /// Error log entries kept (ELPE + 1).
 pub const ERROR_LOG_ENTRIES: usize = 64;
@@ -57,6 +58,8 @@ pub struct Ctrl {
     pub aers: Mutex<Vec<u16>>,
     /// Error information log, newest last.
     pub errors: Mutex<ErrorLog>,
+    /// Reservation notifications, posted from any thread.
+    pub(crate) notices: Arc<CtrlNotices>,
     kill: watch::Sender<bool>,
 }
 
@@ -117,6 +120,7 @@ impl Ctrl {
             queues: Mutex::new(HashMap::new()),
             aers: Mutex::new(Vec::with_capacity(AER_LIMIT)),
             errors: Mutex::new(ErrorLog::default()),
+            notices: Arc::default(),
             kill,
         })
     }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod buf;
 mod cell;
 pub mod codec;
+mod compare;
 mod completion;
 pub mod config;
 mod conn;
@@ -24,9 +25,12 @@ mod fabrics;
 mod group;
 pub mod host;
 mod io;
+mod locks;
 pub mod metrics;
+mod nsstate;
 mod port;
 mod r2t;
+mod resv;
 mod target;
 
 pub use config::{
