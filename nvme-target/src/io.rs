@@ -292,6 +292,8 @@ impl Conn {
     /// A read that found the buffer pool empty waits (in order) for buffers to come back.
     fn wait_for_buffer(&mut self, sqe: Sqe, started: Instant) {
         self.buffer_wait.push_back((sqe, started));
+        // Not started yet: an Abort takes it back (see `take_aborts`).
+        self.aborts.waiting_for_data(sqe.cid.get());
     }
 
     /// Retries reads that waited for a buffer, oldest first, while buffers are free.
@@ -302,6 +304,10 @@ impl Conn {
                 return;
             }
             self.buffer_wait.pop_front();
+            if self.aborts.data_done(sqe.cid.get()) {
+                self.complete(sqe.cid.get(), Error::AbortRequested);
+                continue;
+            }
             let before = self.buffer_wait.len();
             // Counted once already, when it arrived.
             self.port.metrics().commands[CommandKind::Read as usize]
