@@ -171,10 +171,7 @@ fn abort_takes_back_a_read_waiting_for_a_buffer() {
     use nvme_spec::command::admin_opcode;
     use nvme_target::host::{HostController, HostOptions};
     let h = Harness::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::rt();
     let opts = HostOptions {
         kato_ms: 120_000,
         ..HostOptions::new(common::OPEN_NQN)

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::rt;
+
 use std::sync::atomic::Ordering;
 
 use common::raw::{Raw, capsule, status_of};
@@ -46,13 +48,6 @@ fn harness(nqn: &str, hash: HashFn, group: Option<Group>) -> Harness {
             dh_group: group,
         });
     })
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn opts(key: Secret, ctrl_key: Option<Secret>) -> HostOptions {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::rt;
+
 use common::{Harness, OPEN_NQN, pattern};
 use nvme_spec::command::{Sqe, admin_opcode, feature, io_opcode};
 use nvme_spec::log::lid;
@@ -23,13 +25,6 @@ struct Host {
     q: Queue,
     ns: Namespace,
     id: [u8; 16],
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Host `n` (1, 2, 3...) with its own NQN and host ID, on port `port`.
