@@ -364,8 +364,10 @@ impl Conn {
             }
             let idle = self.out.is_empty() && self.pieces.is_empty();
             // A drain waits for the commands at the devices (they have deadlines of their
-            // own); a connection closed for an error does not.
-            if (self.closing || draining) && idle && (self.closing || self.reqs.is_empty()) {
+            // own) and for the writes waiting for a range lock that those commands hold; a
+            // connection closed for an error does not.
+            let settled = self.reqs.is_empty() && !self.fused.has_waiters();
+            if (self.closing || draining) && idle && (self.closing || settled) {
                 break None;
             }
             // The send clock runs from when output became pending, or last moved.

@@ -142,6 +142,12 @@ impl Conn {
             io_opcode::FLUSH => CommandKind::Flush,
             io_opcode::WRITE_ZEROES => CommandKind::WriteZeroes,
             io_opcode::DSM => CommandKind::Dsm,
+            io_opcode::COMPARE => CommandKind::Compare,
+            io_opcode::VERIFY => CommandKind::Verify,
+            io_opcode::RESV_REGISTER
+            | io_opcode::RESV_REPORT
+            | io_opcode::RESV_ACQUIRE
+            | io_opcode::RESV_RELEASE => CommandKind::Reservation,
             _ => CommandKind::Other,
         };
         self.port.metrics().command(kind);

@@ -19,6 +19,12 @@ pub enum CommandKind {
     WriteZeroes,
     /// Dataset Management.
     Dsm,
+    /// Compare (alone or as the first half of a fused Compare and Write).
+    Compare,
+    /// Verify.
+    Verify,
+    /// Reservation Register, Acquire, Release and Report.
+    Reservation,
     /// Admin commands.
     Admin,
     /// Fabrics commands.
@@ -29,12 +35,15 @@ pub enum CommandKind {
 
 impl CommandKind {
     /// Every kind, in index order.
-    pub const ALL: [CommandKind; 8] = [
+    pub const ALL: [CommandKind; 11] = [
         Self::Read,
         Self::Write,
         Self::Flush,
         Self::WriteZeroes,
         Self::Dsm,
+        Self::Compare,
+        Self::Verify,
+        Self::Reservation,
         Self::Admin,
         Self::Fabrics,
         Self::Other,
@@ -48,6 +57,9 @@ impl CommandKind {
             Self::Flush => "flush",
             Self::WriteZeroes => "write_zeroes",
             Self::Dsm => "dsm",
+            Self::Compare => "compare",
+            Self::Verify => "verify",
+            Self::Reservation => "reservation",
             Self::Admin => "admin",
             Self::Fabrics => "fabrics",
             Self::Other => "other",
@@ -101,7 +113,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct PortMetrics {
     /// Commands by [`CommandKind`].
-    pub commands: [AtomicU64; 8],
+    pub commands: [AtomicU64; CommandKind::ALL.len()],
     /// Commands completed with an error status.
     pub command_errors: AtomicU64,
     /// Bytes read by hosts.

@@ -12,6 +12,8 @@ use nvme_spec::command::{SglDescriptor, Sqe, io_opcode};
 use nvme_spec::pdu::{CommonHeader, DataHeader, pdu_type};
 use nvme_spec::status;
 use nvme_spec::{FromZeros, IntoBytes};
+use nvme_target::CommandKind;
+use std::sync::atomic::Ordering;
 
 /// Namespace 2 of the open subsystem: 4 KiB blocks, in memory, with the read gate.
 const NS2: u32 = 2;
@@ -145,6 +147,11 @@ fn compare_matches_and_mismatches() {
         response(&mut raw),
         (6, status::SGL_LENGTH_INVALID | status::DNR)
     );
+    // Counted as compares, not as "other" commands.
+    let m = &h.target.metrics().ports[0];
+    let count = |k: CommandKind| m.commands[k as usize].load(Ordering::Relaxed);
+    assert_eq!(count(CommandKind::Compare), 5);
+    assert_eq!(count(CommandKind::Other), 0);
     h.stop();
 }
 
