@@ -202,15 +202,12 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// Body of `GET path`, or `None` if the server is not answering (yet).
+/// Body of `GET path`, or `None` if the server is not answering (yet). HTTP/1.0, so a large
+/// answer comes whole rather than chunked.
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).ok()?;
     let out = String::from_utf8_lossy(&out).into_owned();
