@@ -84,6 +84,13 @@ pub const UNRECOVERED_READ_ERROR: u16 = status(2, 0x81);
 /// Media error: Write Fault.
 pub const WRITE_FAULT: u16 = status(2, 0x80);
 
+/// Path related: Asymmetric Access Persistent Loss.
+pub const ANA_PERSISTENT_LOSS: u16 = status(3, 0x01);
+/// Path related: Asymmetric Access Inaccessible.
+pub const ANA_INACCESSIBLE: u16 = status(3, 0x02);
+/// Path related: Asymmetric Access Transition.
+pub const ANA_TRANSITION: u16 = status(3, 0x03);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +109,12 @@ mod tests {
         assert_eq!(sct(LBA_OUT_OF_RANGE), 0);
         assert_eq!(sct(UNRECOVERED_READ_ERROR), 2);
         assert_eq!(INVALID_LOG_PAGE | DNR, 0x4109);
+    }
+
+    #[test]
+    fn ana_codes_are_path_related() {
+        assert_eq!(ANA_PERSISTENT_LOSS, 0x301);
+        assert_eq!(ANA_INACCESSIBLE, 0x302);
+        assert_eq!(ANA_TRANSITION, 0x303);
     }
 }
