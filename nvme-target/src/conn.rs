@@ -212,6 +212,7 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let mut kill_rx: Option<watch::Receiver<bool>> = None;
+        let mut events_rx: Option<watch::Receiver<u64>> = None;
         let accepted = Instant::now();
         let mut last_input = accepted;
         // Last time output made progress, or the output queue was empty.
@@ -241,6 +242,10 @@ impl Conn {
             if kill_rx.is_none() {
                 kill_rx = self.q.as_ref().map(|q| q.ctrl.subscribe());
             }
+            if events_rx.is_none() {
+                events_rx = self.event_watch();
+            }
+            self.deliver_events();
             let idle = self.out.is_empty() && self.pieces.is_empty();
             // A drain waits for the commands at the devices (they have deadlines of their
             // own); a connection closed for an error does not.
@@ -293,6 +298,8 @@ impl Conn {
                 // An Abort on the admin queue named a command of this queue.
                 () = aborts.wake.notified() => {}
                 _ = killed(&mut kill_rx) => break None,
+                // Events are delivered at the top of the loop.
+                () = crate::aen::changed(&mut events_rx) => {}
                 // Wakes the loop, which checks the deadline afresh.
                 () = &mut timer, if deadline.is_some() => {}
                 // Completions are taken at the top of the loop.

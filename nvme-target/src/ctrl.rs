@@ -52,6 +52,8 @@ pub struct Ctrl {
     pub aers: RefCell<Vec<u16>>,
     /// Error information log, newest last.
     pub errors: RefCell<ErrorLog>,
+    /// Asynchronous event notices owed and masked.
+    pub events: crate::aen::Events,
     kill: watch::Sender<bool>,
 }
 
@@ -110,6 +112,7 @@ impl Ctrl {
             queues: RefCell::new(HashMap::new()),
             aers: RefCell::new(Vec::with_capacity(AER_LIMIT)),
             errors: RefCell::new(ErrorLog::default()),
+            events: crate::aen::Events::default(),
             kill,
         })
     }

@@ -138,6 +138,8 @@ impl Conn {
             let kato = Duration::from_millis(u64::from(cmd.kato_ms));
             let ctrl = Ctrl::new(cntlid, subsys, hostnqn.to_owned(), kato, cfg.max_io_queues);
             ctrl.hostid.set(cd.hostid);
+            ctrl.events
+                .start(self.port.target.ana().port_chgcnt(self.port.index));
             self.port
                 .controllers
                 .borrow_mut()

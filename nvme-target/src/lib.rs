@@ -10,6 +10,8 @@
 
 mod abort;
 mod admin;
+mod aen;
+pub mod ana;
 pub mod auth;
 pub mod buf;
 pub mod codec;
@@ -28,6 +30,7 @@ mod target;
 pub use config::{
     ConfigError, HostAuthConfig, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig,
 };
+pub use ana::{AnaEntry, AnaError, AnaSetting, AnaState};
 pub use metrics::{CommandKind, TargetMetrics};
 pub use port::{Port, run_discovery};
 pub use target::{ControllerInfo, SubsystemStatus, Target, TargetStatus};

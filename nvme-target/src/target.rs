@@ -54,6 +54,7 @@ struct Registry {
 #[derive(Debug)]
 pub struct Target {
     cfg: TargetConfig,
+    ana: crate::ana::Ana,
     metrics: TargetMetrics,
     registry: Mutex<Registry>,
     genctr: AtomicU64,
@@ -66,6 +67,14 @@ impl Target {
     /// Builds a target from a validated configuration.
     pub fn new(cfg: TargetConfig) -> Result<std::sync::Arc<Self>, ConfigError> {
         cfg.validate()?;
+        let ana = crate::ana::Ana::new(
+            &cfg.ports.iter().map(|p| p.id).collect::<Vec<_>>(),
+            cfg.subsystems
+                .iter()
+                .flat_map(|s| s.namespaces.iter().map(|n| n.ana_group))
+                .chain(cfg.ana.iter().map(|a| a.group)),
+            &cfg.ana,
+        )?;
         let metrics = TargetMetrics {
             ports: (0..=cfg.ports.len())
                 .map(|_| PortMetrics::default())
@@ -89,6 +98,7 @@ impl Target {
         };
         Ok(std::sync::Arc::new(Self {
             cfg,
+            ana,
             metrics,
             registry: Mutex::new(registry),
             genctr: AtomicU64::new(1),
@@ -98,6 +108,11 @@ impl Target {
     /// The configuration.
     pub fn config(&self) -> &TargetConfig {
         &self.cfg
+    }
+
+    /// ANA groups and their states on every port.
+    pub fn ana(&self) -> &crate::ana::Ana {
+        &self.ana
     }
 
     /// Counters.
