@@ -168,6 +168,32 @@ enum CtlAction {
         #[arg(long)]
         controller: usize,
     },
+    /// Asymmetric Namespace Access: show or set ANA group states.
+    Ana {
+        #[command(subcommand)]
+        action: AnaAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AnaAction {
+    /// Every ANA group's state on every controller.
+    Show,
+    /// Set one group's state on one controller (port); connected hosts that enabled ANA
+    /// change notices get one and re-read the ANA log.
+    Set {
+        /// Controller index (0-based).
+        #[arg(long, conflicts_with = "port", required_unless_present = "port")]
+        controller: Option<usize>,
+        /// Port ID instead of the controller index (PORTID in the discovery log: index + 1).
+        #[arg(long)]
+        port: Option<u16>,
+        /// ANA group ID.
+        #[arg(long, default_value_t = 1)]
+        group: u32,
+        /// optimized, non-optimized, inaccessible, persistent-loss or change.
+        state: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -324,6 +350,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "/api/v1/controllers/{controller}/drop-connections"
                     ))?;
                     println!("controller {controller}: connections dropped");
+                }
+                CtlAction::Ana {
+                    action: AnaAction::Show,
+                } => {
+                    let body = baton::admin::call(admin, hyper::Method::GET, "/api/v1/ana")?;
+                    let groups: Vec<baton::admin::ana::AnaStatus> = serde_json::from_slice(&body)?;
+                    println!("GROUP  CTRL  PORT  STATE            CHGCNT  NAMESPACES");
+                    for g in groups {
+                        println!(
+                            "{:<5}  {:>4}  {:>4}  {:<15}  {:>6}  {}",
+                            g.group,
+                            g.controller,
+                            g.port,
+                            g.state,
+                            g.chgcnt,
+                            g.namespaces.join(", ")
+                        );
+                    }
+                }
+                CtlAction::Ana {
+                    action:
+                        AnaAction::Set {
+                            controller,
+                            port,
+                            group,
+                            state,
+                        },
+                } => {
+                    let controller = match (controller, port) {
+                        (Some(c), _) => c,
+                        (None, Some(0)) => anyhow::bail!("port IDs start at 1"),
+                        (None, Some(p)) => usize::from(p - 1),
+                        (None, None) => anyhow::bail!("give --controller or --port"),
+                    };
+                    let body = act(&format!(
+                        "/api/v1/controllers/{controller}/ana/{group}/{state}"
+                    ))?;
+                    print!("{}", String::from_utf8_lossy(&body));
                 }
             }
             Ok(())
