@@ -336,9 +336,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             action,
         } => {
-            let token = ctl_token(token_file, config)?;
+            // Showing needs no token; every action does.
+            let read_only = matches!(
+                action,
+                CtlAction::Ana {
+                    action: AnaAction::Show
+                }
+            );
+            let token = if read_only {
+                None
+            } else {
+                Some(ctl_token(token_file, config)?)
+            };
             let act = |path: &str| {
-                baton::admin::call_with_token(admin, hyper::Method::POST, path, Some(&token))
+                baton::admin::call_with_token(admin, hyper::Method::POST, path, token.as_deref())
             };
             match action {
                 CtlAction::StopStreams { controller } => {
