@@ -7,5 +7,6 @@ pub mod block;
 pub mod config;
 pub mod controller;
 pub mod logging;
+pub mod reload;
 pub mod serve;
 pub mod stream;

@@ -173,6 +173,32 @@ enum CtlAction {
         #[command(subcommand)]
         action: AnaAction,
     },
+    /// Allow a host to connect to a subsystem, or stop allowing it (it is refused on its next
+    /// connect; associations it has stay up).
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostAction {
+    /// Add a host NQN to a subsystem's allowed hosts.
+    Add {
+        /// Subsystem NQN.
+        #[arg(long)]
+        subsystem: String,
+        /// Host NQN.
+        host: String,
+    },
+    /// Remove a host NQN from a subsystem's allowed hosts.
+    Remove {
+        /// Subsystem NQN.
+        #[arg(long)]
+        subsystem: String,
+        /// Host NQN.
+        host: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,15 +236,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
-            let (config, warnings) = match config {
-                Some(path) => Config::load_with_warnings(&path)?,
+            let (loaded, warnings) = match &config {
+                Some(path) => Config::load_with_warnings(path)?,
                 None => (Config::embedded_default(), Vec::new()),
             };
-            baton::logging::init(&config.logging);
+            baton::logging::init(&loaded.logging);
             for w in &warnings {
                 tracing::warn!("{w}");
             }
-            baton::serve::run(config).context("serve")
+            baton::serve::run(loaded, config.as_deref()).context("serve")
         }
         Command::CheckConfig { file } => {
             let (config, warnings) = Config::load_with_warnings(&file)?;
@@ -348,9 +374,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Some(ctl_token(token_file, config)?)
             };
-            let act = |path: &str| {
-                baton::admin::call_with_token(admin, hyper::Method::POST, path, token.as_deref())
+            let call = |method: hyper::Method, path: &str| {
+                baton::admin::call_with_token(admin, method, path, token.as_deref())
             };
+            let act = |path: &str| call(hyper::Method::POST, path);
             match action {
                 CtlAction::StopStreams { controller } => {
                     act(&format!("/api/v1/controllers/{controller}/stop-streams"))?;
@@ -398,6 +425,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let body = act(&format!(
                         "/api/v1/controllers/{controller}/ana/{group}/{state}"
                     ))?;
+                    print!("{}", String::from_utf8_lossy(&body));
+                }
+                CtlAction::Host { action } => {
+                    let (method, subsystem, host) = match action {
+                        HostAction::Add { subsystem, host } => {
+                            (hyper::Method::POST, subsystem, host)
+                        }
+                        HostAction::Remove { subsystem, host } => {
+                            (hyper::Method::DELETE, subsystem, host)
+                        }
+                    };
+                    if subsystem.contains('/') || host.contains('/') {
+                        anyhow::bail!("NQNs contain no '/'");
+                    }
+                    let body = call(method, &format!("/api/v1/subsystems/{subsystem}/hosts/{host}"))?;
                     print!("{}", String::from_utf8_lossy(&body));
                 }
             }

@@ -701,3 +701,111 @@ fn ana_states_change_at_run_time_through_baton_ctl() {
     });
     b.stop();
 }
+
+/// Connect outcome for host `hostnqn`: `Ok` or the Connect status.
+async fn connect_as(port: SocketAddr, hostnqn: &str) -> Result<(), u16> {
+    let mut o = HostOptions::new(NQN);
+    o.hostnqn = hostnqn.into();
+    match HostController::connect(port, o).await {
+        Ok(_) => Ok(()),
+        Err(nvme_target::host::HostError::Status { status, .. }) => Err(status & 0x7ff),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+#[test]
+fn sighup_reloads_allowed_hosts_and_refuses_other_changes() {
+    const OTHER: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000cc";
+    let b = Baton::start();
+    let ports = b.ports();
+    let me = HostOptions::new(NQN).hostnqn;
+    let path = b._dir.path().join("baton.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(b.pid()).unwrap()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    };
+    let token = b._dir.path().join("admin.token");
+    let token = token.to_str().unwrap().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut kept = HostController::connect(ports[0], HostOptions::new(NQN))
+            .await
+            .unwrap();
+        // Only OTHER is allowed now.
+        std::fs::write(
+            &path,
+            original.replace(
+                "allow_any_host: true",
+                &format!("allow_any_host: false\n    allowed_hosts: [\"{OTHER}\"]"),
+            ),
+        )
+        .unwrap();
+        hup();
+        let t = Instant::now();
+        while connect_as(ports[1], &me).await.is_ok() {
+            assert!(t.elapsed() < Duration::from_secs(10), "reload not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            connect_as(ports[1], &me).await,
+            Err(nvme_spec::status::CONNECT_INVALID_HOST)
+        );
+        connect_as(ports[1], OTHER).await.unwrap();
+        // The association made before the reload stays.
+        kept.keep_alive().await.unwrap();
+        // A change that cannot be applied while running: refused, nothing changes, the
+        // process lives on.
+        std::fs::write(&path, original.replace("nsid: 1", "nsid: 2")).unwrap();
+        hup();
+        // Signals sent close together may merge into one: let this one be handled first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A later reload that only changes hosts applies: once it shows, the refused one was
+        // handled before it (signals are handled in order) and must have changed nothing
+        // (its allow_any_host: true would admit everyone).
+        const THIRD: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000dd";
+        std::fs::write(
+            &path,
+            original.replace(
+                "allow_any_host: true",
+                &format!("allow_any_host: false\n    allowed_hosts: [\"{OTHER}\", \"{THIRD}\"]"),
+            ),
+        )
+        .unwrap();
+        hup();
+        let t = Instant::now();
+        while connect_as(ports[0], THIRD).await.is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "second reload not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            connect_as(ports[0], &me).await,
+            Err(nvme_spec::status::CONNECT_INVALID_HOST),
+            "the refused reload changed nothing"
+        );
+        // Hosts through baton ctl.
+        let out = off_thread(|| {
+            b.cli(&[
+                "ctl", "host", "add", "--subsystem", NQN, &me, "--token-file", &token,
+            ])
+        });
+        assert!(out.contains("allowed"), "{out}");
+        connect_as(ports[0], &me).await.unwrap();
+        off_thread(|| {
+            b.cli(&[
+                "ctl", "host", "remove", "--subsystem", NQN, OTHER, "--token-file", &token,
+            ])
+        });
+        assert_eq!(
+            connect_as(ports[0], OTHER).await,
+            Err(nvme_spec::status::CONNECT_INVALID_HOST)
+        );
+    });
+    b.stop();
+}

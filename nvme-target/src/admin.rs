@@ -201,12 +201,14 @@ impl Conn {
                 }
                 id.oaes.set(oaes::NS_ATTR | oaes::ANA_CHANGE);
                 id.anatt = ana::TRANSITION_TIME_SECS;
+                // Every state. Not GRPID_STATIC (bit 6), though group IDs never change: with
+                // it, nvme-cli and older kernels size their ANA log buffer without room for
+                // namespace IDs and get a truncated log (nvmet leaves it clear too).
                 id.anacap = anacap::OPTIMIZED
                     | anacap::NON_OPTIMIZED
                     | anacap::INACCESSIBLE
                     | anacap::PERSISTENT_LOSS
-                    | anacap::CHANGE
-                    | anacap::GRPID_STATIC;
+                    | anacap::CHANGE;
                 id.anagrpmax.set(ana::MAX_ANA_GROUPS);
                 id.nanagrpid.set(ana::MAX_ANA_GROUPS);
                 // The host sizes its ANA log buffer by MNAN, which must not pass NN.

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod abort;
+pub mod access;
 mod admin;
 mod aen;
 pub mod ana;

@@ -55,6 +55,7 @@ struct Registry {
 pub struct Target {
     cfg: TargetConfig,
     ana: crate::ana::Ana,
+    access: crate::access::HostAccess,
     metrics: TargetMetrics,
     registry: Mutex<Registry>,
     genctr: AtomicU64,
@@ -96,9 +97,11 @@ impl Target {
             next_cntlid: vec![1; cfg.subsystems.len() + 1],
             controllers: Vec::new(),
         };
+        let access = crate::access::HostAccess::new(&cfg.subsystems);
         Ok(std::sync::Arc::new(Self {
             cfg,
             ana,
+            access,
             metrics,
             registry: Mutex::new(registry),
             genctr: AtomicU64::new(1),
@@ -113,6 +116,11 @@ impl Target {
     /// ANA groups and their states on every port.
     pub fn ana(&self) -> &crate::ana::Ana {
         &self.ana
+    }
+
+    /// The hosts each subsystem admits now.
+    pub fn access(&self) -> &crate::access::HostAccess {
+        &self.access
     }
 
     /// Counters.

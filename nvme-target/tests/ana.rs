@@ -116,8 +116,8 @@ fn identify_reports_ana_capabilities_and_groups() {
         assert_eq!(id.cmic & (1 << 3), 1 << 3, "CMIC bit 3: ANA reporting");
         assert_eq!(id.oaes.get() & (1 << 11), 1 << 11, "ANA change notices");
         assert!(id.anatt > 0);
-        // Optimized, non-optimized, inaccessible, persistent loss and change; static IDs.
-        assert_eq!(id.anacap, 0x5f);
+        // Optimized, non-optimized, inaccessible, persistent loss and change.
+        assert_eq!(id.anacap, 0x1f);
         assert_eq!(id.anagrpmax.get(), 32);
         assert_eq!(id.nanagrpid.get(), 32);
         assert!(id.mnan.get() > 0 && id.mnan.get() <= id.nn.get());

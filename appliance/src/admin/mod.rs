@@ -4,6 +4,7 @@
 pub mod ana;
 pub mod auth;
 pub mod exporter;
+mod hosts;
 pub mod http;
 mod nvme;
 pub mod status;
@@ -507,6 +508,15 @@ impl Router for AdminRouter {
                 match self.admin.drop_connections(index).await {
                     Ok(()) => http::text(StatusCode::OK, "text/plain", "dropped\n"),
                     Err(e) => http::error(StatusCode::NOT_FOUND, &e),
+                }
+            }
+            (&Method::POST | &Method::DELETE, p) if hosts::host_path(p).is_some() => {
+                let Some((nqn, host)) = hosts::host_path(p) else {
+                    return http::error(StatusCode::NOT_FOUND, "no such endpoint");
+                };
+                match hosts::change(&self.admin.block, nqn, host, *method == Method::POST) {
+                    Ok(msg) => http::text(StatusCode::OK, "text/plain", msg),
+                    Err(e) => http::error(StatusCode::BAD_REQUEST, &e),
                 }
             }
             (_, "/metrics" | "/api/v1/status" | "/api/v1/ana" | "/healthz") => {

@@ -765,6 +765,15 @@ impl Config {
             if !nqns.insert(sub.nqn.as_str()) {
                 return Err((at("nqn"), format!("duplicate subsystem `{}`", sub.nqn)));
             }
+            if sub.allowed_hosts.len() > nvme_target::access::MAX_ALLOWED_HOSTS {
+                return Err((
+                    at("allowed_hosts"),
+                    format!(
+                        "at most {} allowed hosts per subsystem",
+                        nvme_target::access::MAX_ALLOWED_HOSTS
+                    ),
+                ));
+            }
             for (j, host) in sub.allowed_hosts.iter().enumerate() {
                 check_nqn(host).map_err(|m| (format!("subsystems[{i}].allowed_hosts[{j}]"), m))?;
             }
