@@ -75,8 +75,8 @@ pub struct IdentifyController {
     pub rsvd270: [u8; 50],
     /// Keep alive support, in 100 ms units.
     pub kas: U16,
-    /// Reserved (HCTMA .. MNTMT, SANICAP .. HMMAXD, NSETIDMAX .. NANAGRPID's neighbours).
-    pub rsvd322: [u8; 21],
+    /// Reserved (HCTMA, MNTMT, MXTMT, SANICAP, HMMINDS, HMMAXD, NSETIDMAX, ENDGIDMAX).
+    pub rsvd322: [u8; 20],
     /// ANA transition time: seconds a group may stay in the change state.
     pub anatt: u8,
     /// ANA capabilities (see [`anacap`]).
@@ -87,8 +87,8 @@ pub struct IdentifyController {
     pub nanagrpid: U32,
     /// Persistent event log size, in 64 KiB units.
     pub pels: U32,
-    /// Reserved (domain identifier .. MEGCAP and reserved).
-    pub rsvd357: [u8; 155],
+    /// Reserved (domain identifier, MEGCAP and reserved).
+    pub rsvd356: [u8; 156],
     /// Submission queue entry size (max in bits 7:4, required in 3:0), log2.
     pub sqes: u8,
     /// Completion queue entry size (max in bits 7:4, required in 3:0), log2.

@@ -121,6 +121,13 @@ fn identify_reports_ana_capabilities_and_groups() {
         assert_eq!(id.anagrpmax.get(), 32);
         assert_eq!(id.nanagrpid.get(), 32);
         assert!(id.mnan.get() > 0 && id.mnan.get() <= id.nn.get());
+        // The same fields at their byte offsets (Base figure 275: ANATT 342, ANACAP 343,
+        // ANAGRPMAX 347:344, NANAGRPID 351:348, MNAN 543:540), as the Linux host reads them.
+        let raw = nvme_spec::IntoBytes::as_bytes(&id);
+        assert_eq!(raw[342], 10);
+        assert_eq!(raw[343], 0x1f);
+        assert_eq!(&raw[344..352], &[32, 0, 0, 0, 32, 0, 0, 0]);
+        assert_eq!(&raw[540..544], &256u32.to_le_bytes());
         assert_eq!(c.identify_namespace(1).await.unwrap().anagrpid.get(), 1);
         assert_eq!(c.identify_namespace(2).await.unwrap().anagrpid.get(), 2);
         // The discovery controller reports no ANA.
