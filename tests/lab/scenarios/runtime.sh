@@ -17,7 +17,11 @@ write_config() {
     sed "${3:-p;d}" > "$CFG.new" && mv "$CFG.new" "$CFG"
 }
 connect() { nvme connect -t tcp -a 127.0.0.1 -s "$1" -n $NQN; }
-refused() { ! connect "$1"; }
+# refused PORT: the connect fails, and the host logs that it is not allowed.
+refused() {
+  n=$(dmesg | grep -ci 'not allowed\|invalid host')
+  ! connect "$1" && [ "$(dmesg | grep -ci 'not allowed\|invalid host')" -gt "$n" ]
+}
 ana_is() { [ "$(cat /sys/class/nvme/"$1"/nvme*c*n1/ana_state 2>/dev/null)" = "$2" ]; }
 
 write_config ""
