@@ -1,6 +1,7 @@
 //! The NVMe/TCP block service: the target built from the configuration, one port per
-//! controller thread (every controller is a port of every subsystem), and the discovery
-//! controller.
+//! controller thread (every controller is a port of every subsystem) whose connections are
+//! dealt over all controller threads (poll groups, `nvme_tcp.spread_queues`), and the
+//! discovery controller.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -9,15 +10,15 @@ use std::sync::Arc;
 
 use bdev::{BlockIo, BufPool, PoolClass};
 use nvme_target::{
-    AnaSetting, NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig,
+    AnaSetting, NamespaceConfig, Port, PortConfig, PortGroup, SubsystemConfig, Target, TargetConfig,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::controller::Controllers;
 use backplane::{Backplane, Volume};
+use controller::Controllers;
 
 /// Why the block service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -113,19 +114,32 @@ impl BlockService {
         let exported = exported_volumes(config, backplane);
         let target = Target::new(target_config(config, &exported, &ports, discovery)?)?;
 
+        // One poll group per port. Spread, every controller thread serves every port (the
+        // port's own thread accepts and deals); otherwise each port is its thread's alone.
+        let groups: Vec<PortGroup> = (0..controllers.len()).map(|_| PortGroup::new()).collect();
+        let spread = nvme.spread_queues;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (h, listener) in controllers.handles().iter().zip(listeners) {
             let target = Arc::clone(&target);
+            let groups: Vec<(u16, PortGroup)> = groups
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| spread || i == h.index())
+                .map(|(i, g)| (port_id(i), g.clone()))
+                .collect();
             let exported = exported.clone();
             let shutdown = shutdown.subscribe();
             let ready = ready_tx.clone();
             let budget = budget.clone();
-            let port_id = u16::try_from(h.index() + 1).unwrap_or(u16::MAX);
             let index = h.index();
             let classes = buffer_classes(config);
             h.run(move || {
+                let views = Views {
+                    own: port_id(index),
+                    groups,
+                };
                 let result = start_port(
-                    target, index, port_id, &exported, &classes, listener, budget, shutdown,
+                    target, index, views, &exported, &classes, listener, budget, shutdown,
                 );
                 // start() waits for every answer; it is gone only if it already failed.
                 let _ = ready.send(result.map_err(|e| BlockError::Controller {
@@ -239,11 +253,23 @@ pub fn buffer_classes(config: &Config) -> Vec<PoolClass> {
     classes
 }
 
+/// The port ID of controller `index`'s port.
+fn port_id(index: usize) -> u16 {
+    u16::try_from(index + 1).unwrap_or(u16::MAX)
+}
+
+/// The ports one controller thread serves: its own (with the listener) and, spread, the
+/// others' (connections their listeners deal to it).
+struct Views {
+    own: u16,
+    groups: Vec<(u16, PortGroup)>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn start_port(
     target: Arc<Target>,
     index: usize,
-    port_id: u16,
+    views: Views,
     exported: &Exported,
     classes: &[PoolClass],
     listener: std::net::TcpListener,
@@ -256,20 +282,35 @@ fn start_port(
         devices.push((nqn.clone(), *nsid, volume.open_io(index, &pool)?));
     }
     let limit = target.config().limits.max_connections;
-    let port = Port::new(target, port_id, devices, pool);
-    PORT.with(|p| *p.borrow_mut() = Some(Rc::clone(&port)));
-    let listener = listener::Listener::new(
+    let mut listener = Some(listener::Listener::new(
         tokio::net::TcpListener::from_std(listener)?,
         "nvme-tcp",
         limit,
         budget,
-    );
-    tokio::task::spawn_local(async move {
-        port.run(listener, shutdown).await;
-        // The port and its device handles go now: their completion pollers end with them,
-        // so the controller thread can finish.
-        PORT.with(|p| p.borrow_mut().take());
-    });
+    ));
+    for (id, group) in views.groups {
+        let port = Port::new(
+            Arc::clone(&target),
+            id,
+            &group,
+            devices.clone(),
+            pool.clone(),
+        );
+        let own = id == views.own;
+        if own {
+            PORT.with(|p| *p.borrow_mut() = Some(Rc::clone(&port)));
+        }
+        let listener = if own { listener.take() } else { None };
+        let shutdown = shutdown.clone();
+        tokio::task::spawn_local(async move {
+            port.run(listener, shutdown).await;
+            // The port and its device handles go now: their completion pollers end with
+            // them, so the controller thread can finish.
+            if own {
+                PORT.with(|p| p.borrow_mut().take());
+            }
+        });
+    }
     Ok(())
 }
 
@@ -313,7 +354,7 @@ fn target_config(
         .iter()
         .enumerate()
         .map(|(i, &addr)| PortConfig {
-            id: u16::try_from(i + 1).unwrap_or(u16::MAX),
+            id: port_id(i),
             addr,
         })
         .collect();

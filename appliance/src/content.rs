@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
-use baton::stream::client::StreamClient;
 use indicatif::{ProgressBar, ProgressStyle};
+use stream::client::StreamClient;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

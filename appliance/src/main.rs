@@ -439,7 +439,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     if subsystem.contains('/') || host.contains('/') {
                         anyhow::bail!("NQNs contain no '/'");
                     }
-                    let body = call(method, &format!("/api/v1/subsystems/{subsystem}/hosts/{host}"))?;
+                    let body = call(
+                        method,
+                        &format!("/api/v1/subsystems/{subsystem}/hosts/{host}"),
+                    )?;
                     print!("{}", String::from_utf8_lossy(&body));
                 }
             }

@@ -57,7 +57,9 @@ pub fn reload(path: &Path, running: &mut Config, target: &Target) -> Result<Appl
         let port = u16::try_from(controller + 1).unwrap_or(u16::MAX);
         // The file was validated: its controllers and groups exist.
         if target.ana().set(port, group, state).unwrap_or(false) {
-            applied.push(format!("controller {controller} ANA group {group}: {state}"));
+            applied.push(format!(
+                "controller {controller} ANA group {group}: {state}"
+            ));
         }
     }
     *running = new;
@@ -145,15 +147,9 @@ mod tests {
         let a = parse(BASE);
         let hosts = parse(&BASE.replace("[nqn.host:1]", "[nqn.host:1, nqn.host:2]"));
         assert_eq!(fixed_difference(&a, &hosts), None);
-        let ana = parse(&BASE.replace(
-            "ana: []",
-            "ana: [{controller: 1, state: inaccessible}]",
-        ));
+        let ana = parse(&BASE.replace("ana: []", "ana: [{controller: 1, state: inaccessible}]"));
         assert_eq!(fixed_difference(&a, &ana), None);
-        assert_eq!(
-            ana_changes(&a, &ana),
-            vec![(1, 1, AnaState::Inaccessible)]
-        );
+        assert_eq!(ana_changes(&a, &ana), vec![(1, 1, AnaState::Inaccessible)]);
         assert_eq!(ana_changes(&ana, &a), vec![(1, 1, AnaState::Optimized)]);
         let nsid = parse(&BASE.replace("nsid: 1", "nsid: 2"));
         assert_eq!(

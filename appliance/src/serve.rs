@@ -10,8 +10,8 @@ use tracing::{info, warn};
 use crate::admin::{Admin, AdminRouter};
 use crate::block::BlockService;
 use crate::config::Config;
-use crate::controller::Controllers;
 use backplane::{Backplane, BackplaneError};
+use controller::Controllers;
 
 /// Why the appliance could not run.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum ServeError {
     Block(#[from] crate::block::BlockError),
     /// The stream service could not start.
     #[error("stream service")]
-    Stream(#[from] crate::stream::StreamError),
+    Stream(#[from] stream::StreamError),
     /// A listener or thread could not be started.
     #[error("{what}")]
     Io {
@@ -48,7 +48,7 @@ pub struct Appliance {
     config: Arc<Config>,
     backplane: Arc<Backplane>,
     block: Arc<BlockService>,
-    stream: Option<Arc<crate::stream::StreamService>>,
+    stream: Option<Arc<stream::StreamService>>,
     controllers: Controllers,
     admin: Arc<Admin>,
     admin_thread: Option<std::thread::JoinHandle<()>>,
@@ -72,14 +72,16 @@ impl Appliance {
             &shutdown,
             &budget,
         )?);
-        let stream = crate::stream::StreamService::start(
-            &config,
-            &backplane,
-            &controllers,
-            &shutdown,
-            &budget,
-        )?
-        .map(Arc::new);
+        let stream = match config.stream_settings() {
+            Some(settings) => Some(Arc::new(stream::StreamService::start(
+                &settings,
+                &backplane,
+                &controllers,
+                &shutdown,
+                &budget,
+            )?)),
+            None => None,
+        };
         let admin = Arc::new(Admin::new(
             Arc::clone(&config),
             Arc::clone(&backplane),
@@ -134,7 +136,7 @@ impl Appliance {
     }
 
     /// The stream service, if configured.
-    pub fn stream(&self) -> Option<&Arc<crate::stream::StreamService>> {
+    pub fn stream(&self) -> Option<&Arc<stream::StreamService>> {
         self.stream.as_ref()
     }
 

@@ -619,7 +619,10 @@ fn ana_states_change_at_run_time_through_baton_ctl() {
         let mut qa = a.connect_io_queue(1).await.unwrap();
         let mut qc = c.connect_io_queue(1).await.unwrap();
         let ns = a.namespace(1).await.unwrap();
-        assert_eq!(a.identify_controller().await.unwrap().cmic & (1 << 3), 1 << 3);
+        assert_eq!(
+            a.identify_controller().await.unwrap().cmic & (1 << 3),
+            1 << 3
+        );
         let show = off_thread(|| b.cli(&["ctl", "ana", "show"]));
         assert_eq!(
             show.lines().filter(|l| l.contains("optimized")).count(),
@@ -781,7 +784,10 @@ fn sighup_reloads_allowed_hosts_and_refuses_other_changes() {
         hup();
         let t = Instant::now();
         while connect_as(ports[0], THIRD).await.is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "second reload not applied");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "second reload not applied"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(
@@ -792,14 +798,28 @@ fn sighup_reloads_allowed_hosts_and_refuses_other_changes() {
         // Hosts through baton ctl.
         let out = off_thread(|| {
             b.cli(&[
-                "ctl", "host", "add", "--subsystem", NQN, &me, "--token-file", &token,
+                "ctl",
+                "host",
+                "add",
+                "--subsystem",
+                NQN,
+                &me,
+                "--token-file",
+                &token,
             ])
         });
         assert!(out.contains("allowed"), "{out}");
         connect_as(ports[0], &me).await.unwrap();
         off_thread(|| {
             b.cli(&[
-                "ctl", "host", "remove", "--subsystem", NQN, OTHER, "--token-file", &token,
+                "ctl",
+                "host",
+                "remove",
+                "--subsystem",
+                NQN,
+                OTHER,
+                "--token-file",
+                &token,
             ])
         });
         assert_eq!(

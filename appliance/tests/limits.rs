@@ -9,8 +9,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton::stream::client::StreamClient;
 use nvme_target::host::{HostController, HostOptions};
+use stream::client::StreamClient;
 
 use common::{Serve, free_port};
 

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use baton::stream::client::StreamClient;
 use nvme_target::host::{HostController, HostOptions};
+use stream::client::StreamClient;
 
 use common::{Serve, free_port};
 

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use baton::stream::client::ClientError;
+use stream::client::ClientError;
 use stream_harness::{BS, Baton, data, fetch, http_get, put, rt, sha};
 
 #[test]

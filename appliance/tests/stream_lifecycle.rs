@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use baton::stream::client::ClientError;
+use stream::client::ClientError;
 use stream_harness::{BS, Baton, Opts, attach_raw, data, fetch, http_get, open_raw, put, rt, sha};
 
 const MIB: u64 = 1024 * 1024;

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use baton::stream::client::ClientError;
+use stream::client::ClientError;
 use stream_harness::{BS, Baton, Opts, data, fetch, put, read_line, rt, sha};
 
 /// Starts a raw put: sends the request and waits for the go-ahead.

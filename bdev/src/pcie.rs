@@ -35,9 +35,9 @@ pub struct PcieNamespace<D: PciDevice> {
     nsid: u32,
     depth: u16,
     timeout: Duration,
-    paths: Vec<Mutex<Path<D>>>,
+    paths: Vec<Arc<Mutex<Path<D>>>>,
     geometry: Geometry,
-    queue_pairs: AtomicU64,
+    queue_pairs: Arc<AtomicU64>,
 }
 
 impl<D: PciDevice> std::fmt::Debug for PcieNamespace<D> {
@@ -77,9 +77,9 @@ impl<D: PciDevice> PcieNamespace<D> {
             optimal_boundary: 0,
             volatile_cache: ctrl.identity().vwc & 1 == 1,
         };
-        let mut paths: Vec<Mutex<Path<D>>> = devices
+        let mut paths: Vec<Arc<Mutex<Path<D>>>> = devices
             .into_iter()
-            .map(|dev| Mutex::new(Path { dev, ctrl: None }))
+            .map(|dev| Arc::new(Mutex::new(Path { dev, ctrl: None })))
             .collect();
         lock(&paths[0]).ctrl = Some(ctrl);
         paths.shrink_to_fit();
@@ -89,7 +89,7 @@ impl<D: PciDevice> PcieNamespace<D> {
             timeout,
             paths,
             geometry,
-            queue_pairs: AtomicU64::new(0),
+            queue_pairs: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -103,7 +103,7 @@ impl<D: PciDevice> PcieNamespace<D> {
         self.paths.len()
     }
 
-    /// I/O queue pairs created so far.
+    /// I/O queue pairs created so far (including the replacements of broken ones).
     pub fn queue_pairs(&self) -> u64 {
         self.queue_pairs.load(Ordering::Relaxed)
     }
@@ -115,7 +115,8 @@ impl<D: PciDevice> PcieNamespace<D> {
     where
         D: 'static,
     {
-        let mut p = lock(&self.paths[path % self.paths.len()]);
+        let path = Arc::clone(&self.paths[path % self.paths.len()]);
+        let mut p = lock(&path);
         if p.ctrl.is_none() {
             p.ctrl = Some(Controller::new(Arc::clone(&p.dev))?);
         }
@@ -129,7 +130,14 @@ impl<D: PciDevice> PcieNamespace<D> {
         let q = ctrl.create_io_queue(self.depth, self.timeout)?;
         drop(p);
         self.queue_pairs.fetch_add(1, Ordering::Relaxed);
-        Ok(PcieIo::new(q, ns, map, self.geometry))
+        let recovery = Recovery {
+            path,
+            depth: self.depth,
+            timeout: self.timeout,
+            queue_pairs: Arc::clone(&self.queue_pairs),
+            gave_up: std::cell::Cell::new(false),
+        };
+        Ok(PcieIo::new(q, ns, map, self.geometry, recovery))
     }
 }
 
@@ -148,8 +156,19 @@ struct Parent {
     lost: bool,
 }
 
+/// What a handle needs to replace its queue pair once a command on it timed out.
+struct Recovery<D: PciDevice> {
+    path: Arc<Mutex<Path<D>>>,
+    depth: u16,
+    timeout: Duration,
+    queue_pairs: Arc<AtomicU64>,
+    /// The last attempt failed (or the controller is fatal): the handle stays down.
+    gave_up: std::cell::Cell<bool>,
+}
+
 struct Inner<D: PciDevice> {
     q: RefCell<IoQueue<D>>,
+    recovery: Recovery<D>,
     ns: NamespaceInfo,
     /// (slab address, length, device address) of the mapped pool slabs.
     map: Vec<(u64, usize, u64)>,
@@ -174,10 +193,12 @@ impl<D: PciDevice + 'static> PcieIo<D> {
         ns: NamespaceInfo,
         map: Vec<(u64, usize, u64)>,
         geometry: Geometry,
+        recovery: Recovery<D>,
     ) -> Self {
         let cap = q.capacity();
         let inner = Rc::new(Inner {
             q: RefCell::new(q),
+            recovery,
             ns,
             map,
             geometry,
@@ -207,7 +228,15 @@ impl<D: PciDevice + 'static> Drop for PcieIo<D> {
 async fn poll_loop<D: PciDevice>(inner: Weak<Inner<D>>) {
     loop {
         let Some(i) = inner.upgrade() else { return };
-        let busy = i.q.borrow().in_flight() > 0 || !i.issuing.borrow().is_empty();
+        // A broken queue's timed-out commands never complete: with no request left there
+        // is nothing to poll for (its replacement, if any, is made in `poll`).
+        let busy = {
+            let q = i.q.borrow();
+            (!q.is_broken() && q.in_flight() > 0)
+                || !i.issuing.borrow().is_empty()
+                || !i.reqs.borrow().is_empty()
+                || (q.is_broken() && !i.recovery.gave_up.get())
+        };
         if !busy {
             // Holding the handle's state while asleep is fine: dropping the handle aborts
             // this task.
@@ -345,7 +374,53 @@ impl<D: PciDevice> Inner<D> {
         if self.q.borrow().is_broken() && !self.issuing.borrow().is_empty() {
             self.fail_issuing(&DriverError::QueueBroken(self.q.borrow().qid()));
         }
+        if self.q.borrow().is_broken() && self.reqs.borrow().is_empty() {
+            self.recover();
+        }
         self.pump();
+    }
+
+    /// A command timed out and the queue is broken; once nothing is left on it, the queue
+    /// pair is deleted (which aborts what the device still holds of it) and a new one is
+    /// created on the same controller. The buffers kept from the device are free again
+    /// then. A fatal controller needs a reset instead: the handle stays down.
+    fn recover(&self) {
+        let r = &self.recovery;
+        if r.gave_up.get() {
+            return;
+        }
+        if self.q.borrow().is_fatal() {
+            r.gave_up.set(true);
+            return;
+        }
+        let mut p = lock(&r.path);
+        let Some(ctrl) = p.ctrl.as_mut() else {
+            r.gave_up.set(true);
+            return;
+        };
+        let old = self.q.borrow().qid();
+        if let Err(e) = ctrl.delete_io_queue(&self.q.borrow()) {
+            r.gave_up.set(true);
+            tracing::error!(qid = old, error = %e, "broken I/O queue could not be deleted: the path stays down");
+            return;
+        }
+        match ctrl.create_io_queue(r.depth, r.timeout) {
+            Ok(q) => {
+                let qid = q.qid();
+                *self.q.borrow_mut() = q;
+                self.quarantine.borrow_mut().clear();
+                r.queue_pairs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    old,
+                    new = qid,
+                    "replaced an I/O queue after a command timed out"
+                );
+            }
+            Err(e) => {
+                r.gave_up.set(true);
+                tracing::error!(qid = old, error = %e, "no new I/O queue: the path stays down");
+            }
+        }
     }
 
     fn finish(&self, idx: usize) {
@@ -506,22 +581,57 @@ mod tests {
     }
 
     #[test]
-    fn a_timeout_fails_the_request_and_keeps_its_buffer_out_of_the_pool() {
+    fn a_timeout_fails_the_request_and_the_queue_is_replaced() {
         let (devs, ns) = namespace(1, Duration::from_millis(50));
         local(async {
             let pool = pool();
             let io = ns.open(0, &pool).unwrap();
+            write(&io, &pool, 0, &[0x5a; 4096]).await.unwrap();
+            assert_eq!(ns.queue_pairs(), 1);
             devs[0].hold_io(true);
             let before = pool.free();
             assert!(matches!(
                 read(&io, &pool, 0, 4096).await,
                 Err(IoError::Timeout(_))
             ));
-            assert_eq!(pool.free(), before - 1, "the device may still write it");
+            // The broken queue pair was deleted, which aborted the command the device still
+            // held (its buffer is free again), and a new one took its place.
+            assert_eq!(ns.queue_pairs(), 2, "a new queue pair");
+            assert_eq!(devs[0].held(), 0, "the held command went with its queue");
+            assert_eq!(pool.free(), before, "the timed-out buffer is free again");
+            devs[0].hold_io(false);
+            assert_eq!(read(&io, &pool, 0, 4096).await.unwrap(), vec![0x5a; 4096]);
+            // A second timeout on the new queue is recovered the same way.
+            devs[0].hold_io(true);
+            assert!(read(&io, &pool, 0, 4096).await.is_err());
+            devs[0].hold_io(false);
+            write(&io, &pool, 4096, &[7; 4096]).await.unwrap();
+            assert_eq!(read(&io, &pool, 4096, 4096).await.unwrap(), vec![7; 4096]);
+            assert_eq!(ns.queue_pairs(), 3);
+        });
+    }
+
+    #[test]
+    fn a_fatal_controller_keeps_the_handle_down() {
+        let (devs, ns) = namespace(1, Duration::from_millis(50));
+        local(async {
+            let pool = pool();
+            let io = ns.open(0, &pool).unwrap();
+            devs[0].hold_io(true);
+            let before = pool.free();
+            let r = read(&io, &pool, 0, 4096);
+            devs[0].fail();
+            assert!(r.await.is_err());
             assert!(matches!(
                 read(&io, &pool, 0, 4096).await,
                 Err(IoError::PathDown(_))
             ));
+            assert_eq!(ns.queue_pairs(), 1, "no new queue on a fatal controller");
+            assert_eq!(
+                pool.free(),
+                before - 1,
+                "the device may still write its buffer"
+            );
             devs[0].release(false);
         });
     }

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-use baton::stream::store::{ContentStore, StoreDevice};
+use stream::store::{ContentStore, StoreDevice};
 use bdev::IoError;
 use libfuzzer_sys::fuzz_target;
 

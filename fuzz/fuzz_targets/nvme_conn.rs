@@ -202,8 +202,15 @@ impl Rig {
             let ram = bdev::ram::RamDevice::new("fuzz", 1 << 20, 512).expect("memfd");
             let dev: Rc<dyn bdev::BlockIo> = Rc::new(ram.open());
             let pool = bdev::BufPool::small(8).expect("buffers");
-            let p = Port::new(std::sync::Arc::clone(&t), 1, vec![(NQN.into(), 1, dev)], pool);
-            tokio::task::spawn_local(p.run(port_l, stop_rx.clone()));
+            let group = nvme_target::PortGroup::new();
+            let p = Port::new(
+                std::sync::Arc::clone(&t),
+                1,
+                &group,
+                vec![(NQN.into(), 1, dev)],
+                pool,
+            );
+            tokio::task::spawn_local(p.run(Some(port_l), stop_rx.clone()));
             tokio::task::spawn_local(nvme_target::run_discovery(t, disc_l, stop_rx));
         });
         Self {

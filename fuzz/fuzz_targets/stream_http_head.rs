@@ -3,7 +3,7 @@
 //! or an error, never a panic; a range that parses lies inside the item.
 #![no_main]
 
-use baton::stream::http_head::{MAX_HEAD, parse_head, parse_range, percent_decode};
+use stream::http_head::{MAX_HEAD, parse_head, parse_range, percent_decode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

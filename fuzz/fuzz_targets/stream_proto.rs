@@ -4,7 +4,7 @@
 //! never a panic; what parses re-encodes to itself.
 #![no_main]
 
-use baton::stream::proto::{
+use stream::proto::{
     ATTACH_LEN, Attach, FRAME_HEADER, FrameHeader, Reply, parse_reply, parse_request, unhex,
 };
 use libfuzzer_sys::fuzz_target;

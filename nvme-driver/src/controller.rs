@@ -36,6 +36,8 @@ pub struct Controller<D: PciDevice> {
     cap: Cap,
     mdts: usize,
     next_qid: u16,
+    /// Queue IDs of deleted queue pairs, used again before new ones.
+    free_qids: Vec<u16>,
     scratch: DmaRegion,
     identify: IdentifyController,
 }
@@ -105,6 +107,7 @@ impl<D: PciDevice> Controller<D> {
             cap,
             mdts: 0,
             next_qid: 1,
+            free_qids: Vec::new(),
             scratch,
             identify: IdentifyController::new_zeroed(),
         };
@@ -221,7 +224,10 @@ impl<D: PciDevice> Controller<D> {
         sq: &DmaRegion,
         cq: &DmaRegion,
     ) -> Result<u16, DriverError> {
-        let qid = self.next_qid;
+        let (qid, fresh) = match self.free_qids.last() {
+            Some(&q) => (q, false),
+            None => (self.next_qid, true),
+        };
         let mut c = Sqe::new_zeroed();
         c.opcode = admin_opcode::CREATE_CQ;
         set_prp(&mut c, cq.iova(), 0);
@@ -234,7 +240,11 @@ impl<D: PciDevice> Controller<D> {
         s.cdw10.set(u32::from(qid) | (u32::from(depth - 1) << 16));
         s.cdw11.set(1 | (u32::from(qid) << 16)); // contiguous, completions to CQ qid
         self.admin(s)?;
-        self.next_qid += 1;
+        if fresh {
+            self.next_qid += 1;
+        } else {
+            self.free_qids.pop();
+        }
         Ok(qid)
     }
 
@@ -248,13 +258,22 @@ impl<D: PciDevice> Controller<D> {
 
     /// Deletes an I/O queue pair (SQ first, then its CQ).
     pub fn delete_io_queue_pair(&mut self, qp: IoQueuePair<D>) -> Result<(), DriverError> {
-        let qid = u32::from(qp.q.qid());
+        self.delete_io_queue(&qp.q)
+    }
+
+    /// Deletes an I/O queue (SQ first, which aborts every command still in it, then its
+    /// CQ); its ID is used again by the next queue created. Once this succeeds the
+    /// controller touches none of the queue's memory nor any buffer of its commands, so the
+    /// queue may be dropped and those buffers reused.
+    pub fn delete_io_queue(&mut self, q: &IoQueue<D>) -> Result<(), DriverError> {
+        let qid = q.qid();
         for opcode in [admin_opcode::DELETE_SQ, admin_opcode::DELETE_CQ] {
             let mut sqe = Sqe::new_zeroed();
             sqe.opcode = opcode;
-            sqe.cdw10.set(qid);
+            sqe.cdw10.set(u32::from(qid));
             self.admin(sqe)?;
         }
+        self.free_qids.push(qid);
         Ok(())
     }
 

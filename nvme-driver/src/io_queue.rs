@@ -146,6 +146,11 @@ impl<D: PciDevice> IoQueue<D> {
         self.broken
     }
 
+    /// Whether the controller reported a fatal status (only a reset recovers it).
+    pub fn is_fatal(&self) -> bool {
+        self.fatal
+    }
+
     /// Submits `cmd` to namespace `ns`; its completion carries `tag`.
     pub fn submit(
         &mut self,

@@ -293,6 +293,8 @@ impl State {
             }
             admin_opcode::DELETE_SQ => {
                 let qid = (sqe.cdw10.get() & 0xffff) as u16;
+                // Its commands are aborted: held ones never complete nor move data.
+                self.held.retain(|&(q, ..)| q != qid);
                 match self.sqs.remove(&qid) {
                     Some(_) if qid != 0 => (status::SUCCESS, 0),
                     _ => (status::INVALID_QID | status::DNR, 0),

@@ -40,7 +40,11 @@ mod tests {
             0x000c_0302
         );
         assert_eq!(
-            result(kind::NOTICE, notice::NS_ATTR_CHANGED, crate::log::lid::CHANGED_NS),
+            result(
+                kind::NOTICE,
+                notice::NS_ATTR_CHANGED,
+                crate::log::lid::CHANGED_NS
+            ),
             0x0004_0002
         );
     }

@@ -329,7 +329,9 @@ pub mod ana {
 
     /// The log's header (Base figure 218): 16 bytes.
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+    #[derive(
+        Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+    )]
     pub struct Header {
         /// Change count: increments whenever any group descriptor changes.
         pub chgcnt: U64,
@@ -342,7 +344,9 @@ pub mod ana {
 
     /// An ANA group descriptor (Base figure 219): 32 bytes, then `nnsids` namespace IDs.
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+    #[derive(
+        Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+    )]
     pub struct GroupDescriptor {
         /// ANA group ID.
         pub grpid: U32,

@@ -3,19 +3,19 @@
 //! commands execute as soon as their data is at hand, and is reported as not aborted.
 //!
 //! The Abort arrives on the admin queue's connection, the command waits on an I/O queue's
-//! (same thread). Each I/O queue publishes the commands it is waiting on in an
+//! (possibly on another controller thread). Each I/O queue publishes the commands it is waiting on in an
 //! [`AbortBox`] the controller can reach; the admin side records the request and wakes the
 //! I/O connection, which completes a queued command at once with Command Abort Requested,
 //! and one whose R2T is out when its data has arrived (the host must send what it was
 //! asked for), without executing either.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use nvme_spec::cmds::Abort;
 use tokio::sync::Notify;
 
+use crate::cell::lock;
 use crate::completion::{Completion, Error};
 use crate::conn::Conn;
 use crate::ctrl::Ctrl;
@@ -23,44 +23,60 @@ use crate::ctrl::Ctrl;
 /// Abort dword 0 bit 0: the command was not aborted.
 const NOT_ABORTED: u64 = 1;
 
-/// One I/O queue's commands that wait for data, and the aborts asked for them.
+/// One I/O queue's commands that wait for data, and the aborts asked for them. The admin
+/// queue may be served by another thread, so both lists sit under one lock (taken only by
+/// commands that wait for an R2T, and by Abort): an abort is granted only for a command that
+/// is waiting at that moment.
 #[derive(Debug, Default)]
 pub(crate) struct AbortBox {
-    /// Command IDs waiting for host data (an R2T queued or sent).
-    awaiting: RefCell<Vec<u16>>,
-    /// Command IDs an Abort asked for, not yet completed.
-    requested: RefCell<Vec<u16>>,
+    lists: Mutex<Lists>,
     /// Wakes the queue's connection when an abort is requested.
     pub wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Lists {
+    /// Command IDs waiting for host data (an R2T queued or sent).
+    awaiting: Vec<u16>,
+    /// Command IDs an Abort asked for, not yet completed.
+    requested: Vec<u16>,
 }
 
 impl AbortBox {
     /// Records that command `cid` waits for its data.
     pub fn waiting_for_data(&self, cid: u16) {
-        self.awaiting.borrow_mut().push(cid);
+        lock(&self.lists).awaiting.push(cid);
     }
 
     /// Records that command `cid` no longer waits; returns whether an abort was asked for it.
     pub fn data_done(&self, cid: u16) -> bool {
-        self.awaiting.borrow_mut().retain(|&c| c != cid);
-        let mut req = self.requested.borrow_mut();
-        let before = req.len();
-        req.retain(|&c| c != cid);
-        req.len() != before
+        let mut l = lock(&self.lists);
+        l.awaiting.retain(|&c| c != cid);
+        let before = l.requested.len();
+        l.requested.retain(|&c| c != cid);
+        l.requested.len() != before
     }
 
     /// Forgets every command (the queue is going away).
     pub fn clear(&self) {
-        self.awaiting.borrow_mut().clear();
-        self.requested.borrow_mut().clear();
+        let mut l = lock(&self.lists);
+        l.awaiting.clear();
+        l.requested.clear();
+    }
+
+    /// The commands an abort was asked for.
+    fn requested(&self) -> Vec<u16> {
+        lock(&self.lists).requested.clone()
     }
 
     /// Asks for command `cid` to be aborted; false if it is not waiting for data.
     fn request(&self, cid: u16) -> bool {
-        if !self.awaiting.borrow().contains(&cid) || self.requested.borrow().contains(&cid) {
+        let mut l = lock(&self.lists);
+        if !l.awaiting.contains(&cid) || l.requested.contains(&cid) {
             return false;
         }
-        self.requested.borrow_mut().push(cid);
+        l.requested.push(cid);
+        drop(l);
         self.wake.notify_one();
         true
     }
@@ -69,11 +85,7 @@ impl AbortBox {
 impl Conn {
     /// Abort on the admin queue: asks the named queue to abort the command.
     pub(crate) fn abort(&self, ctrl: &Ctrl, a: &Abort) -> Completion {
-        let queue = ctrl
-            .queues
-            .borrow()
-            .get(&a.sqid)
-            .and_then(std::rc::Weak::upgrade);
+        let queue = lock(&ctrl.queues).get(&a.sqid).and_then(|w| w.upgrade());
         match queue {
             Some(q) if q.request(a.cid) => {
                 tracing::debug!(sqid = a.sqid, cid = a.cid, "command aborted");
@@ -86,7 +98,7 @@ impl Conn {
     /// On the I/O queue: completes the aborted commands that are still queued for an R2T.
     /// (Those whose R2T went out complete when their data arrives, in [`crate::r2t`].)
     pub(crate) fn take_aborts(&mut self) {
-        let requested: Vec<u16> = self.aborts.requested.borrow().clone();
+        let requested = self.aborts.requested();
         for cid in requested {
             let Some(i) = self.waiting.iter().position(|(s, _, _)| s.cid.get() == cid) else {
                 continue;
@@ -103,8 +115,6 @@ impl Conn {
 
     /// Makes this connection's waiting commands abortable through its controller.
     pub(crate) fn publish_aborts(&self, ctrl: &Ctrl, qid: u16) {
-        ctrl.queues
-            .borrow_mut()
-            .insert(qid, Rc::downgrade(&self.aborts));
+        lock(&ctrl.queues).insert(qid, Arc::downgrade(&self.aborts));
     }
 }

@@ -2,7 +2,7 @@
 //! Request and Abort, for I/O and discovery controllers.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use nvme_spec::regs::VERSION_1_3;
 use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str};
 
 use crate::ana;
+use crate::cell::lock;
 use crate::completion::{Completion, Error};
 use crate::conn::{Conn, Data};
 use crate::ctrl::{AER_LIMIT, Ctrl, ERROR_LOG_ENTRIES};
@@ -46,7 +47,7 @@ pub(crate) enum Reply {
 impl Conn {
     pub(crate) fn admin(&mut self, sqe: &Sqe, cmd: AdminCmd, data: Data<'_>) {
         let cid = sqe.cid.get();
-        let Some(ctrl) = self.q.as_ref().map(|q| Rc::clone(&q.ctrl)) else {
+        let Some(ctrl) = self.q.as_ref().map(|q| Arc::clone(&q.ctrl)) else {
             return;
         };
         let to_host = match data {
@@ -81,7 +82,7 @@ impl Conn {
             AdminCmd::GetFeatures(f) => self.get_features(&ctrl, &f).map(Reply::Done),
             AdminCmd::KeepAlive => Ok(Reply::Done(Completion::success())),
             AdminCmd::AsyncEventRequest => {
-                let mut aers = ctrl.aers.borrow_mut();
+                let mut aers = lock(&ctrl.aers);
                 if aers.len() >= AER_LIMIT {
                     Err(Error::AerLimit)
                 } else {
@@ -247,7 +248,7 @@ impl Conn {
         let page_len = match (g.lid, discovery) {
             (lid::DISCOVERY, true) => self.discovery_log(),
             (lid::ERROR, _) => {
-                let errs = ctrl.errors.borrow();
+                let errs = lock(&ctrl.errors);
                 let out = {
                     self.scratch.clear();
                     self.scratch.resize(ERROR_LOG_ENTRIES * 64, 0);
@@ -310,10 +311,13 @@ impl Conn {
     /// its namespaces this controller attaches. Returns the length a host sizes its buffer
     /// by (the rest reads as zeroes).
     fn ana_log(&mut self, ctrl: &Ctrl, groups_only: bool) -> usize {
-        let target = std::sync::Arc::clone(&self.port.target);
-        let port = Rc::clone(&self.port);
+        let target = Arc::clone(&self.port.target);
+        let port = std::rc::Rc::clone(&self.port);
         let a = target.ana();
-        let namespaces = port.namespaces.get(ctrl.subsys).map_or(&[][..], Vec::as_slice);
+        let namespaces = port
+            .namespaces
+            .get(ctrl.subsys)
+            .map_or(&[][..], Vec::as_slice);
         let out = self.scratch(ana::LOG_MAX_LEN);
         let mut h = ana_log::Header::new_zeroed();
         h.chgcnt.set(a.chgcnt());
@@ -376,13 +380,13 @@ impl Conn {
         s.host_writes.set(u128::from(writes));
         s.power_cycles.set(1);
         s.num_err_log_entries
-            .set(u128::from(ctrl.errors.borrow().count));
+            .set(u128::from(lock(&ctrl.errors).count));
         s
     }
 
     /// Builds the discovery log in the scratch buffer; returns its length.
     fn discovery_log(&mut self) -> usize {
-        let target = std::sync::Arc::clone(&self.port.target);
+        let target = Arc::clone(&self.port.target);
         let cfg = target.config();
         let n = cfg.subsystems.len() * cfg.ports.len();
         let out = self.scratch(1024 * (n + 1));
@@ -409,7 +413,7 @@ impl Conn {
         let discovery = ctrl.subsys == self.port.target.discovery_index();
         let v = match (f.fid, discovery) {
             (feature::NUM_QUEUES, false) => {
-                if ctrl.io_queues.get() != 0 {
+                if ctrl.io_queue_count() != 0 {
                     return Err(Error::Sequence);
                 }
                 let nsq = (cdw11 & 0xffff) + 1;

@@ -7,57 +7,64 @@
 //! the notice named without Retain Asynchronous Event (as nvmet does): the log shows the
 //! latest state, so changes while masked need no notice of their own.
 
-use std::cell::Cell;
+use std::sync::Mutex;
 
 use nvme_spec::event::{self, config, kind, notice};
 use nvme_spec::log::lid;
 use tokio::sync::watch;
 
+use crate::cell::lock;
 use crate::completion::Completion;
 use crate::conn::Conn;
 use crate::ctrl::Ctrl;
 
-/// One controller's asynchronous event state.
+/// One controller's asynchronous event state. Only its admin queue's connection touches it
+/// (admin commands only), so a lock costs nothing on the I/O path.
 #[derive(Debug, Default)]
-pub struct Events {
+pub struct Events(Mutex<State>);
+
+#[derive(Debug, Default)]
+struct State {
     /// The port's ANA change count this controller has accounted for.
-    ana_seen: Cell<u64>,
+    ana_seen: u64,
     /// An ANA change notice waits for a request.
-    ana_owed: Cell<bool>,
+    ana_owed: bool,
     /// An ANA change notice was reported; the host has not read the ANA log since.
-    ana_masked: Cell<bool>,
+    ana_masked: bool,
 }
 
 impl Events {
     /// Starts from the port's current ANA change count: earlier changes are in the log the
     /// host reads when it connects.
     pub fn start(&self, ana_chgcnt: u64) {
-        self.ana_seen.set(ana_chgcnt);
+        lock(&self.0).ana_seen = ana_chgcnt;
     }
 
     /// Records the port's ANA change count; owes a notice if it moved, the host enabled
     /// ANA change notices and none is already reported and unread.
     fn on_ana(&self, chgcnt: u64, aec: u32) {
-        if chgcnt <= self.ana_seen.get() {
+        let mut st = lock(&self.0);
+        if chgcnt <= st.ana_seen {
             return;
         }
-        self.ana_seen.set(chgcnt);
-        if aec & config::ANA_CHANGE != 0 && !self.ana_masked.get() {
-            self.ana_owed.set(true);
+        st.ana_seen = chgcnt;
+        if aec & config::ANA_CHANGE != 0 && !st.ana_masked {
+            st.ana_owed = true;
         }
     }
 
     /// The host read log page `lid`; without RAE that unmasks its notices.
     pub fn log_read(&self, log: u8, rae: bool) {
         if log == lid::ANA && !rae {
-            self.ana_masked.set(false);
+            lock(&self.0).ana_masked = false;
         }
     }
 
     /// Takes the next owed notice: the completion dword 0 of an event request.
     fn take(&self) -> Option<u32> {
-        if self.ana_owed.replace(false) {
-            self.ana_masked.set(true);
+        let mut st = lock(&self.0);
+        if std::mem::take(&mut st.ana_owed) {
+            st.ana_masked = true;
             return Some(event::result(kind::NOTICE, notice::ANA_CHANGE, lid::ANA));
         }
         None
@@ -76,7 +83,7 @@ impl Conn {
         ctrl.events.on_ana(chgcnt, ctrl.aec.get());
         loop {
             let cid = {
-                let mut aers = ctrl.aers.borrow_mut();
+                let mut aers = lock(&ctrl.aers);
                 if aers.is_empty() {
                     return;
                 }
@@ -90,10 +97,10 @@ impl Conn {
     }
 
     /// The controller whose events this connection delivers: its admin queue's.
-    fn event_ctrl(&self) -> Option<std::rc::Rc<Ctrl>> {
+    fn event_ctrl(&self) -> Option<std::sync::Arc<Ctrl>> {
         let q = self.q.as_ref()?;
         let discovery = q.ctrl.subsys == self.port.target.discovery_index();
-        (q.qid == 0 && !discovery).then(|| std::rc::Rc::clone(&q.ctrl))
+        (q.qid == 0 && !discovery).then(|| std::sync::Arc::clone(&q.ctrl))
     }
 
     /// Watches for events, once this connection is an I/O controller's admin queue.

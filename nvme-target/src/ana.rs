@@ -22,7 +22,8 @@ pub const MAX_NAMESPACES: u32 = 256;
 pub const TRANSITION_TIME_SECS: u8 = 10;
 
 /// The largest ANA log page: the header, every group descriptor and every namespace ID.
-pub(crate) const LOG_MAX_LEN: usize = 16 + MAX_ANA_GROUPS as usize * 32 + MAX_NAMESPACES as usize * 4;
+pub(crate) const LOG_MAX_LEN: usize =
+    16 + MAX_ANA_GROUPS as usize * 32 + MAX_NAMESPACES as usize * 4;
 
 /// An ANA state (Base 8.1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

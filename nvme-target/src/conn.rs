@@ -28,6 +28,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -49,9 +50,11 @@ use bdev::{CompletionQueue, FileExtent, IoBuf, Sink};
 use crate::abort::AbortBox;
 use crate::auth::QueueAuth;
 use crate::buf::{InBuf, OutBuf};
+use crate::cell::lock;
 use crate::codec::{self, Digests, Fatal, Frame};
 use crate::completion::{Command, Completion, Error};
 use crate::ctrl::Ctrl;
+use crate::group::{Carried, Moving};
 use crate::io::IoReq;
 use crate::metrics::CommandKind;
 use crate::port::PortShared;
@@ -68,7 +71,7 @@ const IDENTIFY_LEN: usize = 4096;
 
 /// The queue a connection became by its Connect command.
 pub(crate) struct Queue {
-    pub ctrl: Rc<Ctrl>,
+    pub ctrl: Arc<Ctrl>,
     pub qid: u16,
     pub sqsize: u16,
 }
@@ -101,7 +104,7 @@ pub(crate) struct Conn {
     /// DH-HMAC-CHAP state of the queue.
     pub(crate) auth: QueueAuth,
     /// Commands waiting for data, as the admin queue's Abort sees them.
-    pub(crate) aborts: Rc<AbortBox>,
+    pub(crate) aborts: Arc<AbortBox>,
     /// Bytes requested by R2Ts not yet fully answered.
     pub(crate) r2t_reserved: usize,
     pub scratch: Vec<u8>,
@@ -126,6 +129,12 @@ pub(crate) struct Conn {
     pub(crate) piece_reads: VecDeque<(u64, Instant)>,
     /// I/O-queue commands of this connection counted in the port's `in_flight`.
     pub(crate) io_in_flight: u32,
+    /// When the connection was accepted (the handshake deadline runs from here).
+    accepted: Instant,
+    /// The member of the port's group this connection moves to after its Connect.
+    pub(crate) place: Option<usize>,
+    /// The admin queue's keep-alive timer is still to be started.
+    pub(crate) keep_alive_pending: bool,
 }
 
 /// Read data waiting in the output stream.
@@ -177,7 +186,7 @@ impl Conn {
             inb: InBuf::with_capacity(0),
             slots,
             waiting: VecDeque::new(),
-            aborts: Rc::new(AbortBox::default()),
+            aborts: Arc::new(AbortBox::default()),
             auth: QueueAuth::default(),
             r2t_reserved: 0,
             scratch: Vec::new(),
@@ -192,6 +201,97 @@ impl Conn {
             sink,
             piece_reads: VecDeque::new(),
             io_in_flight: 0,
+            accepted: Instant::now(),
+            place: None,
+            keep_alive_pending: false,
+        }
+    }
+
+    /// A connection another member of the port's group moved here, as it was set up.
+    pub fn resume(port: Rc<PortShared>, c: Carried) -> Self {
+        let mut conn = Self::new(port);
+        conn.restore(c);
+        conn
+    }
+
+    fn restore(&mut self, c: Carried) {
+        self.peer = c.peer;
+        self.dg = c.dg;
+        self.ic_done = true;
+        self.max_plen = c.max_plen;
+        self.q = Some(c.q);
+        self.out = OutBuf::with_capacity(c.out.len());
+        self.out.extend(&c.out);
+        self.inb = InBuf::with_capacity(c.input.len());
+        self.inb.spare(c.input.len())[..c.input.len()].copy_from_slice(&c.input);
+        self.inb.filled(c.input.len());
+        self.auth = c.auth;
+        self.aborts = c.aborts;
+        self.sqhd = c.sqhd;
+        self.accepted = c.accepted;
+        self.keep_alive_pending = c.keep_alive_pending;
+    }
+
+    /// Whether the connection can move now: it has connected its queue and holds nothing
+    /// of the thread it runs on (no command, buffer or data piece).
+    fn movable(&self) -> bool {
+        self.q.is_some()
+            && self.reqs.is_empty()
+            && self.waiting.is_empty()
+            && self.buffer_wait.is_empty()
+            && self.pieces.is_empty()
+            && self.slots.iter().all(|s| !s.is_active())
+    }
+
+    fn carry(&mut self) -> Option<Carried> {
+        let q = self.q.take()?;
+        let c = Carried {
+            peer: self.peer,
+            dg: self.dg,
+            max_plen: self.max_plen,
+            q,
+            out: self.out.pending().to_vec(),
+            input: self.inb.data().to_vec(),
+            auth: std::mem::take(&mut self.auth),
+            aborts: Arc::clone(&self.aborts),
+            sqhd: self.sqhd,
+            accepted: self.accepted,
+            keep_alive_pending: self.keep_alive_pending,
+        };
+        let n = self.out.len();
+        self.out.consume(n);
+        let n = self.inb.data().len();
+        self.inb.consume(n);
+        Some(c)
+    }
+
+    /// Moves the connection to member `to` of its port's group. On failure (the port is
+    /// stopping) the connection is as it was and the stream is given back.
+    fn move_to(
+        &mut self,
+        to: usize,
+        stream: std::net::TcpStream,
+        slot: listener::Slot,
+    ) -> Result<(), (std::net::TcpStream, listener::Slot)> {
+        let Some(carried) = self.carry() else {
+            return Err((stream, slot));
+        };
+        let m = Box::new(Moving {
+            stream,
+            slot,
+            carried,
+        });
+        let group = Arc::clone(&self.port.group);
+        match group.send(to, m) {
+            Ok(()) => {
+                debug!(to, port = self.port.port_id, "connection moved");
+                Ok(())
+            }
+            Err(m) => {
+                let m = *m;
+                self.restore(m.carried);
+                Err((m.stream, m.slot))
+            }
         }
     }
 
@@ -205,16 +305,18 @@ impl Conn {
         mut drop_rx: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let _slot = slot;
-        self.peer = stream.peer_addr().ok();
+        let mut slot = Some(slot);
+        if self.peer.is_none() {
+            self.peer = stream.peer_addr().ok();
+        }
         let limits = self.port.target.config().limits;
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let mut kill_rx: Option<watch::Receiver<bool>> = None;
         let mut events_rx: Option<watch::Receiver<u64>> = None;
-        let accepted = Instant::now();
-        let mut last_input = accepted;
+        let accepted = self.accepted;
+        let mut last_input = Instant::now();
         // Last time output made progress, or the output queue was empty.
         let mut last_output = accepted;
         let mut was_idle = true;
@@ -222,7 +324,7 @@ impl Conn {
         let timer = tokio::time::sleep_until(accepted.into());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
-        let aborts = Rc::clone(&self.aborts);
+        let aborts = Arc::clone(&self.aborts);
         let cq = Rc::clone(&self.cq);
         let reason = loop {
             let draining = drain_until.is_some();
@@ -238,6 +340,14 @@ impl Conn {
                 if let Err(f) = self.process() {
                     self.fatal(f);
                 }
+            }
+            // Placed on another thread by its Connect: go there before answering.
+            if self.place.is_some() && self.movable() {
+                break None;
+            }
+            self.place = None;
+            if self.keep_alive_pending {
+                self.start_keep_alive();
             }
             if kill_rx.is_none() {
                 kill_rx = self.q.as_ref().map(|q| q.ctrl.subscribe());
@@ -330,8 +440,23 @@ impl Conn {
                 "closing connection at its deadline"
             );
         }
+        if let Some(to) = self.place.take() {
+            let std = rd
+                .reunite(wr)
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.into_std().map_err(|e| e.to_string()));
+            match std.map(|s| self.move_to(to, s, slot.take().expect("slot held until the end"))) {
+                Ok(Ok(())) => return,
+                // The group is going away: the connection closes here.
+                Ok(Err(_)) => {}
+                Err(e) => warn!(error = %e, "connection could not move"),
+            }
+            self.teardown();
+            return;
+        }
         let _ = wr.shutdown().await;
         self.teardown();
+        drop(slot);
     }
 
     /// The earliest deadline that applies to the connection now, and what it is for.
@@ -400,7 +525,8 @@ impl Conn {
     /// Handles every complete PDU in the input buffer.
     fn process(&mut self) -> Result<(), Fatal> {
         loop {
-            if self.out.len() >= OUT_HIGH_WATER || self.closing {
+            // A connection placed elsewhere by its Connect takes what follows along.
+            if self.out.len() >= OUT_HIGH_WATER || self.closing || self.place.is_some() {
                 return Ok(());
             }
             let ic_done = self.ic_done;
@@ -674,7 +800,7 @@ impl Conn {
         if st != status::SUCCESS {
             m.command_errors.fetch_add(1, Ordering::Relaxed);
             if let Some(q) = &self.q {
-                q.ctrl.errors.borrow_mut().record(q.qid, cid, st, 0, 0);
+                lock(&q.ctrl.errors).record(q.qid, cid, st, 0, 0);
             }
         }
     }
@@ -766,16 +892,12 @@ impl Conn {
             .fetch_sub(1, Ordering::Relaxed);
         if q.qid == 0 {
             q.ctrl.kill();
-            self.port
-                .controllers
-                .borrow_mut()
-                .remove(&(q.ctrl.subsys, q.ctrl.cntlid));
+            lock(&self.port.group.controllers).remove(&(q.ctrl.subsys, q.ctrl.cntlid));
             target.unregister(q.ctrl.subsys, q.ctrl.cntlid);
             debug!(cntlid = q.ctrl.cntlid, "controller gone");
         } else {
-            q.ctrl.queues.borrow_mut().remove(&q.qid);
-            let bit = 1u128 << (q.qid - 1);
-            q.ctrl.io_queues.set(q.ctrl.io_queues.get() & !bit);
+            lock(&q.ctrl.queues).remove(&q.qid);
+            q.ctrl.release_io_queue(q.qid);
             target.set_io_queues(q.ctrl.subsys, q.ctrl.cntlid, q.ctrl.io_queue_count());
         }
     }

@@ -1,8 +1,10 @@
-//! Per-association controller state, owned by the port (thread) the host connected to.
+//! Per-association controller state. The admin queue's connection creates it; its I/O
+//! queues may be served by other controller threads (poll groups), so it is shared: what
+//! the I/O path touches per command is lock-free ([`Word`]), the rest is behind locks that
+//! only admin commands and queue setup take.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::{Rc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nvme_spec::log::ErrorLogEntry;
@@ -10,6 +12,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::abort::AbortBox;
+use crate::cell::{Locked, Word, lock};
 
 /// Error log entries kept (ELPE + 1).
 pub const ERROR_LOG_ENTRIES: usize = 64;
@@ -26,32 +29,34 @@ pub struct Ctrl {
     pub subsys: usize,
     /// Host NQN.
     pub hostnqn: String,
+    /// The member of its port's poll group that serves the admin queue.
+    pub home: usize,
     /// Controller Configuration.
-    pub cc: Cell<u32>,
+    pub cc: Word<u32>,
     /// Controller Status.
-    pub csts: Cell<u32>,
+    pub csts: Word<u32>,
     /// Keep-alive timeout (zero: disabled).
-    pub kato: Cell<Duration>,
+    pub kato: Word<Duration>,
     /// Last command seen on any of its queues.
-    pub last_seen: Cell<Instant>,
+    pub last_seen: Word<Instant>,
     /// I/O queues granted by Set Features Number of Queues.
-    pub io_queues_granted: Cell<u16>,
-    /// Connected I/O queues, bit `qid - 1`.
-    pub io_queues: Cell<u128>,
+    pub io_queues_granted: Word<u16>,
+    /// Connected I/O queues, bit `qid - 1` (see [`Ctrl::claim_io_queue`]).
+    io_queues: Mutex<u128>,
     /// Asynchronous event configuration.
-    pub aec: Cell<u32>,
+    pub aec: Word<u32>,
     /// Volatile write cache enabled.
-    pub vwc_enabled: Cell<bool>,
+    pub vwc_enabled: Word<bool>,
     /// Host identifier from the Connect data.
-    pub hostid: Cell<[u8; 16]>,
+    pub hostid: Locked<[u8; 16]>,
     /// Error Recovery feature: TLER (bits 15:0).
-    pub error_recovery: Cell<u32>,
+    pub error_recovery: Word<u32>,
     /// The abort boxes of the controller's I/O queues, by queue ID.
-    pub queues: RefCell<HashMap<u16, Weak<AbortBox>>>,
+    pub queues: Mutex<HashMap<u16, Weak<AbortBox>>>,
     /// Held Asynchronous Event Request command IDs.
-    pub aers: RefCell<Vec<u16>>,
+    pub aers: Mutex<Vec<u16>>,
     /// Error information log, newest last.
-    pub errors: RefCell<ErrorLog>,
+    pub errors: Mutex<ErrorLog>,
     /// Asynchronous event notices owed and masked.
     pub events: crate::aen::Events,
     kill: watch::Sender<bool>,
@@ -86,32 +91,34 @@ impl ErrorLog {
 }
 
 impl Ctrl {
-    /// A new, disabled controller.
+    /// A new, disabled controller, at home on member `home` of its port's group.
     pub fn new(
         cntlid: u16,
         subsys: usize,
         hostnqn: String,
         kato: Duration,
         io_queues: u16,
-    ) -> Rc<Self> {
+        home: usize,
+    ) -> Arc<Self> {
         let (kill, _) = watch::channel(false);
-        Rc::new(Self {
+        Arc::new(Self {
             cntlid,
             subsys,
             hostnqn,
-            cc: Cell::new(0),
-            csts: Cell::new(0),
-            kato: Cell::new(kato),
-            last_seen: Cell::new(Instant::now()),
-            io_queues_granted: Cell::new(io_queues),
-            io_queues: Cell::new(0),
-            aec: Cell::new(0),
-            vwc_enabled: Cell::new(true),
-            hostid: Cell::new([0; 16]),
-            error_recovery: Cell::new(0),
-            queues: RefCell::new(HashMap::new()),
-            aers: RefCell::new(Vec::with_capacity(AER_LIMIT)),
-            errors: RefCell::new(ErrorLog::default()),
+            home,
+            cc: Word::new(0),
+            csts: Word::new(0),
+            kato: Word::new(kato),
+            last_seen: Word::new(Instant::now()),
+            io_queues_granted: Word::new(io_queues),
+            io_queues: Mutex::new(0),
+            aec: Word::new(0),
+            vwc_enabled: Word::new(true),
+            hostid: Locked::new([0; 16]),
+            error_recovery: Word::new(0),
+            queues: Mutex::new(HashMap::new()),
+            aers: Mutex::new(Vec::with_capacity(AER_LIMIT)),
+            errors: Mutex::new(ErrorLog::default()),
             events: crate::aen::Events::default(),
             kill,
         })
@@ -134,7 +141,34 @@ impl Ctrl {
 
     /// Number of connected I/O queues.
     pub fn io_queue_count(&self) -> u16 {
-        u16::try_from(self.io_queues.get().count_ones()).unwrap_or(u16::MAX)
+        u16::try_from(lock(&self.io_queues).count_ones()).unwrap_or(u16::MAX)
+    }
+
+    /// Marks I/O queue `qid` connected; false if it is out of the granted range or already
+    /// connected (Connects of two queues may race on two threads: one check-and-set).
+    pub fn claim_io_queue(&self, qid: u16) -> bool {
+        let Some(bit) = qid
+            .checked_sub(1)
+            .and_then(|b| 1u128.checked_shl(u32::from(b)))
+        else {
+            return false;
+        };
+        let mut q = lock(&self.io_queues);
+        if qid > self.io_queues_granted.get() || *q & bit != 0 {
+            return false;
+        }
+        *q |= bit;
+        true
+    }
+
+    /// Marks I/O queue `qid` disconnected.
+    pub fn release_io_queue(&self, qid: u16) {
+        if let Some(bit) = qid
+            .checked_sub(1)
+            .and_then(|b| 1u128.checked_shl(u32::from(b)))
+        {
+            *lock(&self.io_queues) &= !bit;
+        }
     }
 }
 

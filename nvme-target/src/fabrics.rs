@@ -1,6 +1,7 @@
 //! Fabrics commands: Connect (dynamic controller model) and Property Get/Set.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use nvme_spec::{FromBytes, get_str};
 use tracing::{info, warn};
 
 use crate::auth::QueueAuth;
+use crate::cell::lock;
 use crate::completion::{Completion, Error};
 use crate::conn::{Conn, Data, Queue};
 use crate::ctrl::{Ctrl, keep_alive_timer};
@@ -73,17 +75,36 @@ impl Conn {
         }
     }
 
+    /// Starts the admin queue's keep-alive timer (once the connection is on its controller's
+    /// home thread).
+    pub(crate) fn start_keep_alive(&mut self) {
+        self.keep_alive_pending = false;
+        let Some(q) = self.q.as_ref().filter(|q| q.qid == 0) else {
+            return;
+        };
+        let (port, timer) = (
+            Rc::clone(&self.port),
+            keep_alive_timer(Arc::downgrade(&q.ctrl)),
+        );
+        tokio::task::spawn_local(async move {
+            if timer.await {
+                let m = port.metrics();
+                m.keep_alive_expiries.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
     /// The controller of this connection, if it is an admin queue (properties live there).
-    fn admin_ctrl(&self) -> Result<Rc<Ctrl>, Error> {
+    fn admin_ctrl(&self) -> Result<Arc<Ctrl>, Error> {
         self.q
             .as_ref()
             .filter(|q| q.qid == 0)
-            .map(|q| Rc::clone(&q.ctrl))
+            .map(|q| Arc::clone(&q.ctrl))
             .ok_or(Error::Sequence)
     }
 
     fn connect(&mut self, cmd: &Connect, d: &[u8]) -> Result<Completion, Error> {
-        let target = std::sync::Arc::clone(&self.port.target);
+        let target = Arc::clone(&self.port.target);
         let cfg = target.config();
         let Ok((cd, _)) = ConnectData::read_from_prefix(d) else {
             return Err(Error::SglLength);
@@ -134,24 +155,24 @@ impl Conn {
                 return Err(Error::ControllerBusy);
             };
             let kato = Duration::from_millis(u64::from(cmd.kato_ms));
-            let ctrl = Ctrl::new(cntlid, subsys, hostnqn.to_owned(), kato, cfg.max_io_queues);
+            let home = self.port.group.place_admin(self.port.member);
+            let ctrl = Ctrl::new(
+                cntlid,
+                subsys,
+                hostnqn.to_owned(),
+                kato,
+                cfg.max_io_queues,
+                home,
+            );
             ctrl.hostid.set(cd.hostid);
             ctrl.events
                 .start(self.port.target.ana().port_chgcnt(self.port.index));
-            self.port
-                .controllers
-                .borrow_mut()
-                .insert((subsys, cntlid), Rc::downgrade(&ctrl));
-            let (port, timer) = (
-                Rc::clone(&self.port),
-                keep_alive_timer(Rc::downgrade(&ctrl)),
-            );
-            tokio::task::spawn_local(async move {
-                if timer.await {
-                    let m = port.metrics();
-                    m.keep_alive_expiries.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+            lock(&self.port.group.controllers).insert((subsys, cntlid), Arc::downgrade(&ctrl));
+            // The timer runs on the controller's home thread, where the admin queue is served.
+            self.keep_alive_pending = true;
+            if home != self.port.member {
+                self.place = Some(home);
+            }
             info!(
                 cntlid,
                 subnqn,
@@ -176,23 +197,22 @@ impl Conn {
             return Err(invalid(false, CMD_QID));
         }
         let cntlid = cd.cntlid.get();
-        let found = self
-            .port
-            .controllers
-            .borrow()
+        let found = lock(&self.port.group.controllers)
             .get(&(subsys, cntlid))
-            .and_then(std::rc::Weak::upgrade);
+            .and_then(std::sync::Weak::upgrade);
         let Some(ctrl) = found.filter(|c| !c.is_dead() && c.hostnqn == hostnqn) else {
             return Err(invalid(true, DATA_CNTLID));
         };
         if !Csts(ctrl.csts.get()).rdy() {
             return Err(invalid(true, DATA_CNTLID));
         }
-        let bit = 1u128.checked_shl(u32::from(qid - 1)).unwrap_or(0);
-        if qid > ctrl.io_queues_granted.get() || bit == 0 || ctrl.io_queues.get() & bit != 0 {
+        if !ctrl.claim_io_queue(qid) {
             return Err(invalid(false, CMD_QID));
         }
-        ctrl.io_queues.set(ctrl.io_queues.get() | bit);
+        let to = self.port.group.place_io(ctrl.home, qid);
+        if to != self.port.member {
+            self.place = Some(to);
+        }
         self.publish_aborts(&ctrl, qid);
         target.set_io_queues(subsys, cntlid, ctrl.io_queue_count());
         self.q = Some(Queue { ctrl, qid, sqsize });
@@ -208,11 +228,11 @@ impl Conn {
     /// Sets the new queue's authentication up; returns the Connect result (the CNTLID, and
     /// AUTHREQ.ATR if the host has secrets: every queue of an NVM subsystem authenticates).
     fn start_auth(&mut self, subsys: usize, hostnqn: &str, subnqn: &str, cntlid: u16) -> u64 {
-        let target = std::sync::Arc::clone(&self.port.target);
+        let target = Arc::clone(&self.port.target);
         let host = (subsys != target.discovery_index())
             .then(|| target.config().hosts.iter().find(|h| h.nqn == hostnqn))
             .flatten()
-            .map(|h| std::sync::Arc::new(h.clone()));
+            .map(|h| Arc::new(h.clone()));
         let atr = if host.is_some() {
             CONNECT_AUTHREQ_ATR
         } else {

@@ -589,7 +589,7 @@ impl Conn {
     fn fail(&mut self, sqe: &Sqe, e: Error) {
         self.complete(sqe.cid.get(), e);
         if let Some(q) = &self.q {
-            if let Some(e) = q.ctrl.errors.borrow_mut().entries.back_mut() {
+            if let Some(e) = crate::cell::lock(&q.ctrl.errors).entries.back_mut() {
                 e.nsid.set(sqe.nsid.get());
                 e.lba.set(sqe.slba());
             }

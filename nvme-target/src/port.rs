@@ -1,11 +1,15 @@
-//! A port: one listener served by one controller thread, reaching every subsystem.
+//! A port: one listener, reaching every subsystem, whose connections are served by the
+//! controller threads of its poll group ([`crate::group`]).
+//!
+//! Every thread of the group holds a view of the port ([`Port`]: the namespaces' devices
+//! opened on that thread, the thread's buffers); the view with the listener accepts, and
+//! each view also serves the connections other members move to it after their Connect.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -13,7 +17,7 @@ use bdev::{BlockIo, BufPool, CompletionQueue, Op, Request, Sink};
 
 use crate::config::NamespaceConfig;
 use crate::conn::Conn;
-use crate::ctrl::Ctrl;
+use crate::group::{GroupShared, Moving, PortGroup};
 use crate::metrics::PortMetrics;
 use crate::target::Target;
 
@@ -39,9 +43,10 @@ pub(crate) struct PortShared {
     pub namespaces: Vec<Vec<PortNamespace>>,
     /// The controller thread's I/O buffers (device buffers for reads and writes).
     pub pool: BufPool,
-    /// Controllers of this port, for I/O queue Connects.
-    pub controllers: RefCell<HashMap<(usize, u16), Weak<Ctrl>>>,
-    drop_tx: watch::Sender<u64>,
+    /// What this port's views on every thread share.
+    pub group: Arc<GroupShared>,
+    /// This view's place in the group.
+    pub member: usize,
 }
 
 impl PortShared {
@@ -62,9 +67,11 @@ impl PortShared {
     }
 }
 
-/// One NVMe/TCP port, owned by one thread (not `Send`).
+/// One thread's view of an NVMe/TCP port (not `Send`).
 pub struct Port {
     shared: Rc<PortShared>,
+    /// Connections other members moved to this thread.
+    inbox: std::cell::RefCell<Option<mpsc::UnboundedReceiver<Box<Moving>>>>,
 }
 
 impl std::fmt::Debug for Port {
@@ -76,13 +83,15 @@ impl std::fmt::Debug for Port {
 }
 
 impl Port {
-    /// A port with ID `port_id` (one of the configured ports) serving every subsystem with
-    /// the given devices: `(subsystem NQN, nsid, device)` opened on this thread, whose data
-    /// moves in buffers from `pool` (the thread's). Namespaces without a device here are not
-    /// visible through this port.
+    /// This thread's view of the port with ID `port_id` (one of the configured ports), a
+    /// member of `group`, serving every subsystem with the given devices: `(subsystem NQN,
+    /// nsid, device)` opened on this thread, whose data moves in buffers from `pool` (the
+    /// thread's). Namespaces without a device here are not visible through this port. A
+    /// port served by one thread alone has a group of its own.
     pub fn new(
         target: Arc<Target>,
         port_id: u16,
+        group: &PortGroup,
         devices: Vec<(String, u32, Rc<dyn BlockIo>)>,
         pool: BufPool,
     ) -> Rc<Self> {
@@ -114,7 +123,7 @@ impl Port {
                     .collect()
             })
             .collect();
-        Self::build(target, index, port_id, false, namespaces, pool)
+        Self::build(target, index, port_id, false, group, namespaces, pool)
     }
 
     fn build(
@@ -122,10 +131,11 @@ impl Port {
         index: usize,
         port_id: u16,
         discovery_only: bool,
+        group: &PortGroup,
         namespaces: Vec<Vec<PortNamespace>>,
         pool: BufPool,
     ) -> Rc<Self> {
-        let (drop_tx, _) = watch::channel(0);
+        let (member, rx) = group.shared.join();
         Rc::new(Self {
             shared: Rc::new(PortShared {
                 target,
@@ -134,23 +144,51 @@ impl Port {
                 discovery_only,
                 namespaces,
                 pool,
-                controllers: RefCell::new(HashMap::new()),
-                drop_tx,
+                group: Arc::clone(&group.shared),
+                member,
             }),
+            inbox: std::cell::RefCell::new(Some(rx)),
         })
     }
 
-    /// Accepts connections through `listener` (its connection limit and the descriptor
-    /// budget; a refused connection is just closed, NVMe/TCP has nothing to say before
-    /// ICReq) until `shutdown` turns true, then lets every connection answer what it has
-    /// received within the send timeout, fails commands still waiting for data, flushes the
-    /// devices and returns. Must run inside a `LocalSet`.
+    fn serve(
+        &self,
+        conns: &mut JoinSet<()>,
+        conn: Conn,
+        stream: tokio::net::TcpStream,
+        slot: listener::Slot,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let drop_rx = self.shared.group.drop_tx.subscribe();
+        conns.spawn_local(conn.serve(stream, slot, drop_rx, shutdown.clone()));
+    }
+
+    /// Serves a connection another member moved here.
+    fn resume(&self, conns: &mut JoinSet<()>, m: Box<Moving>, shutdown: &watch::Receiver<bool>) {
+        let m = *m;
+        match tokio::net::TcpStream::from_std(m.stream) {
+            Ok(s) => {
+                let conn = Conn::resume(Rc::clone(&self.shared), m.carried);
+                self.serve(conns, conn, s, m.slot, shutdown);
+            }
+            Err(e) => warn!(error = %e, "a connection moved here could not be served"),
+        }
+    }
+
+    /// Serves connections until `shutdown` turns true: those accepted through `listener`
+    /// (this view's, if it has one: its connection limit and the descriptor budget; a
+    /// refused connection is just closed, NVMe/TCP has nothing to say before ICReq), and
+    /// those other members move to this thread. Then lets
+    /// every connection answer what it has received within the send timeout, fails commands
+    /// still waiting for data, flushes the devices and returns. Must run inside a
+    /// `LocalSet`.
     pub async fn run(
         self: Rc<Self>,
-        mut listener: listener::Listener,
+        mut listener: Option<listener::Listener>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut conns = JoinSet::new();
+        let mut inbox = self.inbox.borrow_mut().take();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -158,16 +196,20 @@ impl Port {
             tokio::select! {
                 r = shutdown.changed() => if r.is_err() { break },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                a = listener.accept() => {
+                a = accept(listener.as_mut()) => {
                     debug!(peer = %a.peer, port = self.shared.port_id, "connection");
-                    self.shared.metrics().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.shared.metrics().connections.fetch_add(1, Ordering::Relaxed);
                     let conn = Conn::new(Rc::clone(&self.shared));
-                    let drop_rx = self.shared.drop_tx.subscribe();
-                    conns.spawn_local(conn.serve(a.stream, a.slot, drop_rx, shutdown.clone()));
+                    self.serve(&mut conns, conn, a.stream, a.slot, &shutdown);
+                }
+                m = recv(inbox.as_mut()) => match m {
+                    Some(m) => self.resume(&mut conns, m, &shutdown),
+                    None => inbox = None,
                 }
             }
         }
         drop(listener);
+        drop(inbox);
         // Each connection's drain has a deadline (the send timeout), so this ends.
         while conns.join_next().await.is_some() {}
         let cq = Rc::new(CompletionQueue::default());
@@ -187,9 +229,10 @@ impl Port {
         }
     }
 
-    /// Closes every connection of this port now; the listener stays up.
+    /// Closes every connection of this port now, on every thread of its group; the listener
+    /// stays up.
     pub fn drop_connections(&self) {
-        self.shared.drop_tx.send_modify(|g| *g += 1);
+        self.shared.group.drop_tx.send_modify(|g| *g += 1);
     }
 
     /// Port ID.
@@ -218,6 +261,22 @@ pub async fn run_discovery(
             return;
         }
     };
-    let port = Port::build(target, index, 0, true, Vec::new(), pool);
-    port.run(listener, shutdown).await;
+    let port = Port::build(target, index, 0, true, &PortGroup::new(), Vec::new(), pool);
+    port.run(Some(listener), shutdown).await;
+}
+
+/// The next connection `listener` admits; pending forever without one.
+async fn accept(listener: Option<&mut listener::Listener>) -> listener::Admitted {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next connection moved to this thread; pending forever once the inbox is gone.
+async fn recv(inbox: Option<&mut mpsc::UnboundedReceiver<Box<Moving>>>) -> Option<Box<Moving>> {
+    match inbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -81,25 +81,21 @@ impl Conn {
                 return self.complete(sqe.cid.get(), e);
             }
         }
+        // Keep the host's order: nothing overtakes a command already waiting.
+        let sent = self.waiting.is_empty() && self.try_send_r2t(sqe, cmd, started);
+        if !sent {
+            let depth = self.q.as_ref().map_or(1, |q| usize::from(q.sqsize) + 1);
+            if self.waiting.len() >= depth {
+                return self.complete(sqe.cid.get(), Error::QueueFull);
+            }
+            self.waiting.push_back((*sqe, cmd, started));
+        }
+        // Abortable (from the admin queue's thread) before it is counted as waiting.
+        self.aborts.waiting_for_data(sqe.cid.get());
         self.port
             .metrics()
             .awaiting_data
             .fetch_add(1, Ordering::Relaxed);
-        // Keep the host's order: nothing overtakes a command already waiting.
-        if self.waiting.is_empty() && self.try_send_r2t(sqe, cmd, started) {
-            self.aborts.waiting_for_data(sqe.cid.get());
-            return;
-        }
-        let depth = self.q.as_ref().map_or(1, |q| usize::from(q.sqsize) + 1);
-        if self.waiting.len() >= depth {
-            self.port
-                .metrics()
-                .awaiting_data
-                .fetch_sub(1, Ordering::Relaxed);
-            return self.complete(sqe.cid.get(), Error::QueueFull);
-        }
-        self.waiting.push_back((*sqe, cmd, started));
-        self.aborts.waiting_for_data(sqe.cid.get());
     }
 
     /// Sends the R2T for `sqe` if a slot is free and its length fits the budget.

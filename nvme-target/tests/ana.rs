@@ -165,7 +165,11 @@ fn the_ana_log_lists_groups_per_port_with_and_without_namespaces() {
             ]
         );
         let (_, groups) = ana_log(&mut c2, false).await;
-        assert_eq!(groups[1].state, ana::state::NON_OPTIMIZED, "port 2's own state");
+        assert_eq!(
+            groups[1].state,
+            ana::state::NON_OPTIMIZED,
+            "port 2's own state"
+        );
         assert_eq!(groups[1].nsids, vec![2]);
         // Return Groups Only: the same descriptors, no namespace lists.
         let (_, groups) = ana_log(&mut c2, true).await;

@@ -225,6 +225,17 @@ fn abort_stops_commands_waiting_for_data_and_reports_the_rest() {
     assert_eq!(u16::from_le_bytes([r2t[8], r2t[9]]), 1, "R2T for cid 1");
     let ttag = u16::from_le_bytes([r2t[10], r2t[11]]);
     raw.send(&raw_write(2, 8, 8, len));
+    // The I/O queue may be served by another thread than the admin queue: abort only once
+    // the target holds both writes (one with its R2T out, one waiting for a slot).
+    let port = &h.target.metrics().ports[0];
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while port.awaiting_data.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the writes never waited for data"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 
     let abort = |c: &mut HostController, sqid, cid| {
         rt.block_on(c.admin_command(abort_sqe(sqid, cid), None, 0))

@@ -110,7 +110,10 @@ pub(super) fn encode(block: &BlockService, f: &mut Families<'_>) -> Result<(), s
             AnaState::ALL.into_iter().map(move |s| {
                 (
                     labels([
-                        ("controller", usize::from(e.port.saturating_sub(1)).to_string()),
+                        (
+                            "controller",
+                            usize::from(e.port.saturating_sub(1)).to_string(),
+                        ),
                         ("group", e.group.to_string()),
                         ("state", s.name().to_owned()),
                     ]),

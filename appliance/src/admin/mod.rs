@@ -20,8 +20,8 @@ use prometheus_client::registry::Registry;
 
 use crate::block::BlockService;
 use crate::config::{Config, DeviceConfig};
-use crate::controller::ControllerHandle;
 use backplane::Backplane;
+use controller::ControllerHandle;
 use exporter::{Families, labels};
 use http::{Body, Router};
 use status::{DeviceStatus, Status, VolumeStatus};
@@ -33,7 +33,7 @@ pub struct Admin {
     config: Arc<Config>,
     backplane: Arc<Backplane>,
     block: Arc<BlockService>,
-    stream: Option<Arc<crate::stream::StreamService>>,
+    stream: Option<Arc<stream::StreamService>>,
     controllers: Vec<ControllerHandle>,
 }
 
@@ -43,7 +43,7 @@ impl Admin {
         config: Arc<Config>,
         backplane: Arc<Backplane>,
         block: Arc<BlockService>,
-        stream: Option<Arc<crate::stream::StreamService>>,
+        stream: Option<Arc<stream::StreamService>>,
         controllers: Vec<ControllerHandle>,
     ) -> Self {
         Self {

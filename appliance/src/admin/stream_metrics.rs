@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::exporter::{Families, gauge_value, labels};
-use crate::stream::{ControllerStreamMetrics, RefusalReason, StreamService};
+use stream::{ControllerStreamMetrics, RefusalReason, StreamService};
 
 fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::{ChildGuard, free_port};
-use crate::stream::client::StreamClient;
+use stream::client::StreamClient;
 
 /// `baton bench-stream` options.
 #[derive(Debug, Clone, clap::Args)]

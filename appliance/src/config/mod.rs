@@ -212,6 +212,11 @@ pub struct NvmeTcpConfig {
     /// ANA group states at start that are not optimized, per controller.
     #[serde(default)]
     pub ana: Vec<AnaConfig>,
+    /// Deal every port's connections (its hosts' queues) round-robin over all controller
+    /// threads, like SPDK's poll groups, so one host association uses every core; false
+    /// keeps a port's connections on its own controller thread.
+    #[serde(default = "default_true")]
+    pub spread_queues: bool,
 }
 
 impl Default for NvmeTcpConfig {
@@ -226,10 +231,14 @@ impl Default for NvmeTcpConfig {
             io_queues: default_io_queues(),
             hosts: Vec::new(),
             ana: Vec::new(),
+            spread_queues: true,
         }
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn loopback() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
@@ -591,6 +600,24 @@ impl Config {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// The stream service's settings, if it is configured.
+    pub fn stream_settings(&self) -> Option<stream::Settings> {
+        let s = self.stream.as_ref()?;
+        Some(stream::Settings {
+            volume: s.volume.clone(),
+            address: s.address,
+            control_port: s.control_port,
+            http_port: s.http_port,
+            data_port_base: s.data_port_base,
+            block_size: s.block_size.bytes(),
+            window: s.window,
+            send_budget: s.send_budget,
+            catalog_entries: s.catalog_entries,
+            sync_timeout: std::time::Duration::from_millis(s.sync_timeout_ms),
+            limits: self.limits.stream(),
+        })
     }
 
     /// Number of controller threads to run.

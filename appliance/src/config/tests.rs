@@ -315,7 +315,10 @@ fn ana_groups_and_start_states_parse() {
         "2",
     );
     let config = Config::parse(&text, "test.yaml").unwrap();
-    assert_eq!(config.subsystems[0].namespaces[0].ana_group, 1, "default group");
+    assert_eq!(
+        config.subsystems[0].namespaces[0].ana_group, 1,
+        "default group"
+    );
     assert_eq!(config.subsystems[0].namespaces[1].ana_group, 2);
     let ana = &config.nvme_tcp.ana;
     assert_eq!((ana[0].controller, ana[0].group), (1, 2));
@@ -341,7 +344,10 @@ fn ana_errors_name_the_key_and_line() {
         ("nvme_tcp.ana[0].controller", Some(4)),
         "{e}"
     );
-    let e = one("    - controller: 0\n      group: 3\n      state: change\n", "2");
+    let e = one(
+        "    - controller: 0\n      group: 3\n      state: change\n",
+        "2",
+    );
     assert_eq!(
         (e.path.as_str(), e.line),
         ("nvme_tcp.ana[0].group", Some(5)),

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use baton::stream::client::{ClientError, StreamClient};
 use sha2::{Digest, Sha256};
+use stream::client::{ClientError, StreamClient};
 
 /// The tests' content block size.
 pub const BS: usize = 64 * 1024;
@@ -183,12 +183,12 @@ impl Baton {
 
     /// Opens the content store from the configuration while the process is down and checks
     /// it: disjoint extents inside the data area, every item's data matching its CRC.
-    pub fn check_store(&self) -> baton::stream::store::CheckReport {
+    pub fn check_store(&self) -> stream::store::CheckReport {
         let config = baton::config::Config::load(&self.cfg).unwrap();
         let backplane = config.open_backplane().unwrap();
         let st = config.stream.as_ref().unwrap();
         let vol = backplane.volume(&st.volume).unwrap();
-        let store = baton::stream::store::ContentStore::open(
+        let store = stream::store::ContentStore::open(
             vol.open_blocking("check-store", 0).unwrap(),
             st.block_size.bytes(),
             st.catalog_entries,
@@ -384,7 +384,7 @@ pub fn open_raw(
 /// reading any frame.
 pub fn attach_raw(info: &serde_json::Value) -> Vec<TcpStream> {
     let session = info["session"].as_u64().unwrap();
-    let secret = baton::stream::proto::unhex(info["secret"].as_str().unwrap()).unwrap();
+    let secret = stream::proto::unhex(info["secret"].as_str().unwrap()).unwrap();
     let mut planned: Vec<usize> = info["plan"]["controllers"]
         .as_array()
         .unwrap()
@@ -399,7 +399,7 @@ pub fn attach_raw(info: &serde_json::Value) -> Vec<TcpStream> {
             let port = info["data_ports"][c].as_u64().unwrap() as u16;
             let mut d = TcpStream::connect(("127.0.0.1", port)).unwrap();
             d.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            d.write_all(&baton::stream::proto::Attach { session, secret }.encode())
+            d.write_all(&stream::proto::Attach { session, secret }.encode())
                 .unwrap();
             let mut ack = [0u8; 1];
             d.read_exact(&mut ack).unwrap();

@@ -101,6 +101,14 @@ pub struct FileIo {
 }
 
 impl FileIo {
+    /// Times the handle has entered the kernel to submit (io_uring only; 0 for threads).
+    pub fn submit_calls(&self) -> u64 {
+        match &self.kind {
+            Kind::Uring(u) => u.enters(),
+            Kind::Threads(_) => 0,
+        }
+    }
+
     /// Which engine the handle uses.
     pub fn engine(&self) -> Engine {
         match self.kind {

@@ -158,3 +158,61 @@ fn errors_complete_the_request() {
         }
     });
 }
+
+#[test]
+fn a_burst_of_requests_enters_the_kernel_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = temp_file(&dir, false, 1 << 20).unwrap();
+    let dev = FileDevice::new(f, 1 << 20, 512, false);
+    local(async move {
+        let io = dev.open(Engine::Uring, 32).unwrap();
+        let pool = BufPool::small(16).unwrap();
+        let cq = Rc::new(CompletionQueue::default());
+        let sink: Rc<dyn Sink> = cq.clone();
+        // Sixteen reads submitted in one go, as a connection does for the commands it
+        // parsed from one socket read: one submission to the kernel.
+        for i in 0..16u64 {
+            let b = pool.get(4096).unwrap();
+            io.submit(Request::read(i * 4096, 4096, b, i), &sink);
+        }
+        assert_eq!(
+            io.submit_calls(),
+            0,
+            "nothing entered the kernel inside submit"
+        );
+        for _ in 0..16 {
+            let c = tokio::time::timeout(std::time::Duration::from_secs(20), cq.next())
+                .await
+                .unwrap();
+            c.result.unwrap();
+        }
+        assert_eq!(io.submit_calls(), 1, "one io_uring_enter for the burst");
+        // A lone request later is a batch of its own.
+        read(&io, &pool, 0, 4096).await.unwrap();
+        assert_eq!(io.submit_calls(), 2);
+    });
+}
+
+/// Write Zeroes on a file system without FALLOC_FL_ZERO_RANGE (tmpfs): the request goes to
+/// the device's blocking-call threads and still zeroes the range.
+#[test]
+fn write_zeroes_where_the_file_system_refuses_zero_range() {
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm where the test runs");
+        return;
+    };
+    let f = temp_file(&dir, false, 1 << 20).unwrap();
+    let dev = FileDevice::new(f, 1 << 20, 512, false);
+    local(async move {
+        let io = dev.open(Engine::Uring, 8).unwrap();
+        let pool = BufPool::small(2).unwrap();
+        write(&io, &pool, 0, &[0xa5; 8192]).await.unwrap();
+        run(&io, Op::WriteZeroes, 0, 4096).await.unwrap();
+        let back = read(&io, &pool, 0, 8192).await.unwrap();
+        assert!(back[..4096].iter().all(|&b| b == 0), "zeroed");
+        assert!(back[4096..].iter().all(|&b| b == 0xa5), "the rest kept");
+        run(&io, Op::Discard, 4096, 4096).await.unwrap();
+        let back = read(&io, &pool, 4096, 4096).await.unwrap();
+        assert!(back.iter().all(|&b| b == 0), "deallocated reads as zeroes");
+    });
+}

@@ -8,11 +8,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bdev::ram::{RamDevice, RamIo};
 use bdev::{BlockIo, BufPool, Geometry, Op, PoolClass, Request, Sink};
 use nvme_target::host::{HostController, HostOptions, Namespace, Queue};
-use nvme_target::{NamespaceConfig, Port, PortConfig, SubsystemConfig, Target, TargetConfig};
+use nvme_target::{
+    NamespaceConfig, Port, PortConfig, PortGroup, SubsystemConfig, Target, TargetConfig,
+};
 use tokio::sync::{mpsc, watch};
 
 /// Subsystem any host may use.
@@ -32,6 +35,8 @@ pub struct MemDevice {
     ram: RamDevice,
     flushes: Arc<AtomicUsize>,
     gate: Arc<Gate>,
+    /// The threads that submitted reads.
+    readers: Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
 }
 
 #[derive(Default)]
@@ -48,7 +53,13 @@ impl MemDevice {
             ram: RamDevice::new("test", size as u64, block_size).unwrap(),
             flushes: Arc::new(AtomicUsize::new(0)),
             gate: Arc::default(),
+            readers: Arc::default(),
         }
+    }
+
+    /// How many threads have submitted reads so far.
+    pub fn reader_threads(&self) -> usize {
+        self.readers.lock().unwrap().len()
     }
 
     /// Flushes so far (all clones and threads together).
@@ -93,6 +104,13 @@ impl BlockIo for MemIo {
     fn submit(&self, req: Request, sink: &Rc<dyn Sink>) {
         if req.op == Op::Flush {
             self.dev.flushes.fetch_add(1, Ordering::SeqCst);
+        }
+        if req.op == Op::Read {
+            self.dev
+                .readers
+                .lock()
+                .unwrap()
+                .insert(std::thread::current().id());
         }
         let gated = req.op == Op::Read && *self.dev.gate.offset.lock().unwrap() == Some(req.offset);
         if !gated {
@@ -226,8 +244,13 @@ impl Harness {
         let (shutdown, _) = watch::channel(false);
         let mut threads = Vec::new();
         let mut cmds = Vec::new();
+        // Both port threads serve both ports (poll groups): a port's connections are dealt
+        // over the two threads, so every test also runs queues of one controller on two
+        // threads.
+        let groups = [PortGroup::new(), PortGroup::new()];
         for (i, listener) in listeners.into_iter().enumerate() {
             let target = Arc::clone(&target);
+            let groups = groups.clone();
             let rx_shutdown = shutdown.subscribe();
             let (tx, mut rx) = mpsc::unbounded_channel();
             cmds.push(tx);
@@ -267,16 +290,37 @@ impl Harness {
                         },
                     ])
                     .unwrap();
-                    let port = Port::new(target, u16::try_from(i + 1).unwrap(), d, pool);
+                    let other = 1 - i;
+                    let port = Port::new(
+                        Arc::clone(&target),
+                        u16::try_from(i + 1).unwrap(),
+                        &groups[i],
+                        d.clone(),
+                        pool.clone(),
+                    );
+                    let view = Port::new(
+                        target,
+                        u16::try_from(other + 1).unwrap(),
+                        &groups[other],
+                        d,
+                        pool,
+                    );
                     let p2 = Rc::clone(&port);
                     tokio::task::spawn_local(async move {
                         while let Some(Cmd::DropConnections) = rx.recv().await {
                             p2.drop_connections();
                         }
                     });
-                    port.run(l, rx_shutdown).await;
+                    tokio::task::spawn_local(view.run(None, rx_shutdown.clone()));
+                    port.run(Some(l), rx_shutdown).await;
                 });
             }));
+        }
+        // Connections are dealt only to the threads that have joined.
+        let joined = Instant::now() + Duration::from_secs(10);
+        while groups.iter().any(|g| g.members() < 2) {
+            assert!(Instant::now() < joined, "port threads did not start");
+            std::thread::sleep(Duration::from_millis(1));
         }
         Self {
             target,

@@ -15,6 +15,7 @@ mod coordinator;
 mod http;
 pub mod http_head;
 pub mod proto;
+mod settings;
 pub mod store;
 mod watchdog;
 mod worker;
@@ -29,10 +30,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
-use crate::config::{Config, StreamConfig};
-use crate::controller::Controllers;
 use backplane::Backplane;
+use controller::Controllers;
 pub use proto::Plan;
+pub use settings::Settings;
 
 /// Why the stream service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -430,9 +431,7 @@ pub struct SessionSummary {
 /// State shared by the coordinator and the workers.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub cfg: StreamConfig,
-    /// Connection limits and timeouts of the stream listeners.
-    pub limits: listener::Limits,
+    pub cfg: Settings,
     pub metrics: Arc<StreamMetrics>,
     pub sessions: Mutex<std::collections::HashMap<u64, Arc<Session>>>,
     pub mailboxes: Vec<mpsc::UnboundedSender<StreamMsg>>,
@@ -478,18 +477,15 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 impl StreamService {
     /// Opens the content store, binds the ports and starts the coordinator and one worker
-    /// per controller. Every listener admits connections under `config.limits.stream()`
-    /// and the process's descriptor `budget`.
+    /// per controller. Every listener admits connections under `cfg.limits` and the
+    /// process's descriptor `budget`.
     pub fn start(
-        config: &Config,
+        cfg: &Settings,
         backplane: &Backplane,
         controllers: &Controllers,
         shutdown: &watch::Sender<bool>,
         budget: &listener::Budget,
-    ) -> Result<Option<Self>, StreamError> {
-        let Some(cfg) = config.stream.clone() else {
-            return Ok(None);
-        };
+    ) -> Result<Self, StreamError> {
         let volume = backplane
             .volume(&cfg.volume)
             .cloned()
@@ -542,7 +538,6 @@ impl StreamService {
         }
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
-            limits: config.limits.stream(),
             metrics,
             sessions: Mutex::new(std::collections::HashMap::new()),
             mailboxes,
@@ -577,12 +572,12 @@ impl StreamService {
             Err(_) => return Err(StreamError::Coordinator),
         }
         info!(control = %control_addr, http = ?http_addr, data_ports = ?shared.data_ports, "stream service");
-        Ok(Some(Self {
+        Ok(Self {
             shared,
             control: control_addr,
             http: http_addr,
             thread: Mutex::new(Some(thread)),
-        }))
+        })
     }
 
     /// Counters.

@@ -63,8 +63,8 @@ pub(super) async fn supervise(
     mut events: mpsc::UnboundedReceiver<Event>,
     mut face: Face<'_>,
 ) -> Result<(), Failure> {
-    let timeout = Duration::from_millis(coord.shared.cfg.sync_timeout_ms);
-    let send_timeout = coord.shared.limits.send_timeout;
+    let timeout = coord.shared.cfg.sync_timeout;
+    let send_timeout = coord.shared.cfg.limits.send_timeout;
     if !s.advance(Phase::Streaming) {
         return Err(Failure::Shutdown);
     }

@@ -88,7 +88,7 @@ pub(super) fn start(
 ) {
     let window = shared.cfg.window as usize;
     let budget = shared.cfg.send_budget as usize;
-    let block = usize::try_from(shared.cfg.block_size.bytes()).unwrap_or(1 << 20);
+    let block = usize::try_from(shared.cfg.block_size).unwrap_or(1 << 20);
     // A block read covers whole device blocks: one device block more than the stream block
     // for a session that starts off a block boundary.
     let reserve = budget.clamp(2, BATON_BUFFERS);
@@ -192,7 +192,7 @@ async fn accept_loop(
 ) {
     let (limits, budget) = {
         let w = state.borrow();
-        (w.shared.limits, w.shared.budget.clone())
+        (w.shared.cfg.limits, w.shared.budget.clone())
     };
     let mut l = listener::Listener::new(l, "stream-data", limits.max_connections, budget);
     loop {
@@ -493,7 +493,8 @@ async fn on_sync(state: State, mut sync: Sync) {
                 if let Some(ch) = ch {
                     let h = FrameHeader::error(plan.epoch, k, f.code());
                     let mut wr = ch.wr.lock().await;
-                    let _ = write_within(&mut *wr, &h.encode(), shared.limits.send_timeout).await;
+                    let _ =
+                        write_within(&mut *wr, &h.encode(), shared.cfg.limits.send_timeout).await;
                 }
             }
             // HTTP: the body cannot be completed; closing the socket tells the client.
@@ -504,7 +505,7 @@ async fn on_sync(state: State, mut sync: Sync) {
     };
     let payload = buf.as_slice();
     let payload_len = payload.len() as u64;
-    let send_timeout = shared.limits.send_timeout;
+    let send_timeout = shared.cfg.limits.send_timeout;
     let sent: Result<(), Failure> = match s.delivery {
         Delivery::Framed => {
             let ch = state.borrow().channels.get(&s.id).cloned();

@@ -59,7 +59,7 @@ pub(super) fn spawn(
                 .open_blocking("baton-store-io", path)
                 .map_err(|e| e.to_string())
                 .and_then(|h| {
-                    ContentStore::open(h, cfg.block_size.bytes(), cfg.catalog_entries)
+                    ContentStore::open(h, cfg.block_size, cfg.catalog_entries)
                         .map_err(|e| e.to_string())
                 });
             let store = match store {
@@ -94,7 +94,7 @@ async fn run(
         next_id: std::cell::Cell::new(seed()),
         waiters: RefCell::new(HashMap::new()),
     });
-    let limits = coord.shared.limits;
+    let limits = coord.shared.cfg.limits;
     let budget = coord.shared.budget.clone();
     let Ok(control) = tokio::net::TcpListener::from_std(control) else {
         return;
@@ -191,7 +191,7 @@ async fn read_request_line(
 
 async fn control_conn(coord: CoordRef, s: TcpStream, _slot: listener::Slot) {
     let _ = s.set_nodelay(true);
-    let limits = coord.shared.limits;
+    let limits = coord.shared.cfg.limits;
     let st = limits.send_timeout;
     let (rd, mut wr) = s.into_split();
     let mut rd = BufReader::new(rd);
@@ -322,10 +322,10 @@ async fn put(
         .map_err(|e| PutError::Refused(store_error(&e)))?;
     coord.update_usage();
     let broken = |r: Reply| PutError::Broken(r);
-    send_reply(wr, &Reply::Continue, coord.shared.limits.send_timeout)
+    send_reply(wr, &Reply::Continue, coord.shared.cfg.limits.send_timeout)
         .await
         .map_err(|e| broken(error(400, format!("upload: {e}"))))?;
-    let idle = coord.shared.limits.idle_timeout;
+    let idle = coord.shared.cfg.limits.idle_timeout;
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
@@ -640,7 +640,7 @@ async fn open(
     length: Option<u64>,
     rate: Option<u64>,
 ) {
-    let limits = coord.shared.limits;
+    let limits = coord.shared.cfg.limits;
     let st = limits.send_timeout;
     let (s, plan) = match coord.new_session(name, offset, length, rate, Delivery::Framed) {
         Ok(x) => x,

@@ -76,7 +76,7 @@ async fn read_head(s: &mut TcpStream) -> Result<Option<super::http_head::Head>, 
 
 async fn request(coord: CoordRef, mut s: TcpStream, slot: listener::Slot) {
     let _ = s.set_nodelay(true);
-    let limits = coord.shared.limits;
+    let limits = coord.shared.cfg.limits;
     let st = limits.send_timeout;
     let head = match tokio::time::timeout(limits.handshake_timeout, read_head(&mut s)).await {
         Err(_) => {

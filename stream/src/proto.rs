@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn a_listing_page_of_the_longest_names_fits_a_reply_line() {
         // The worst name for JSON: 255 bytes that all need escaping.
-        let name = "\"".repeat(crate::stream::store::MAX_NAME);
+        let name = "\"".repeat(crate::store::MAX_NAME);
         let items = (0..LIST_PAGE)
             .map(|_| ItemInfo {
                 name: name.clone(),
