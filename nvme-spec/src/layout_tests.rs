@@ -147,7 +147,7 @@ offsets!(challenge_fields, ChallengeHeader, {
 offsets!(reply_fields, ReplyHeader, { t_id => 4, hl => 6, cvalid => 8, dhvlen => 10, seqnum => 12 });
 offsets!(success1_fields, Success1Header, { t_id => 4, hl => 6, rvalid => 8 });
 offsets!(failure_fields, Failure, { t_id => 4, rescode => 6, rescode_exp => 7 });
-offsets!(ana_header_fields, crate::log::ana::Header, { chgcnt => 0, ngrps => 8, rsvd10 => 10 });
-offsets!(ana_group_fields, crate::log::ana::GroupDescriptor, {
+offsets!(ana_header_fields, ana::Header, { chgcnt => 0, ngrps => 8, rsvd10 => 10 });
+offsets!(ana_group_fields, ana::GroupDescriptor, {
     grpid => 0, nnsids => 4, chgcnt => 8, state => 16, rsvd17 => 17,
 });
