@@ -210,6 +210,16 @@ fn serves_a_striped_volume_through_two_controllers() {
             2.0
         );
         assert_eq!(value("baton_controller_up{controller=\"1\"}"), 1.0);
+        // DH-HMAC-CHAP counters: exported per controller and reason, none here (no host
+        // has secrets in this configuration).
+        assert_eq!(
+            value("baton_nvme_auth_successes_total{controller=\"0\"}"),
+            0.0
+        );
+        assert_eq!(
+            value("baton_nvme_auth_failures_total{controller=\"1\",reason=\"host_refused\"}"),
+            0.0
+        );
 
         // Dropping controller 0's connections leaves controller 1's path working.
         let token = b._dir.path().join("admin.token");

@@ -11,6 +11,10 @@ use zerocopy::FromBytes;
 use crate::command::{Sqe, admin_opcode, io_opcode};
 use crate::fabrics::{ConnectCmd, PropertyCmd, fctype};
 use crate::log::GetLogPage;
+use crate::resv::{
+    AcquireAction, Cptpl, RegisterAction, ReleaseAction, ResvAcquire, ResvRegister, ResvRelease,
+    ResvReport, ResvType,
+};
 
 /// Why a submission queue entry is not a command the controller runs.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
@@ -18,8 +22,8 @@ pub enum ParseError {
     /// Not 64 bytes.
     #[error("a submission queue entry is 64 bytes")]
     Size,
-    /// A fused operation (FUSE bits set); Baton runs no fused commands.
-    #[error("fused operations are not supported")]
+    /// FUSE bits on a command that cannot be fused (only Compare, then Write, can).
+    #[error("this command cannot be part of a fused operation")]
     Fused,
     /// An opcode the queue does not run.
     #[error("opcode {0:#04x} is not supported here")]
@@ -314,6 +318,22 @@ pub struct Dsm {
 /// The NVM command set I/O commands Baton runs (NVM Command Set 3, figure 18).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoCmd {
+    /// Compare: host data compared with the range (FUSE 00b).
+    Compare(LbaRange),
+    /// The first command of a fused Compare and Write (Compare with FUSE 01b).
+    FusedCompare(LbaRange),
+    /// The second command of a fused Compare and Write (Write with FUSE 10b).
+    FusedWrite(LbaRange),
+    /// Verify: the range is read and checked, no data moves.
+    Verify(LbaRange),
+    /// Reservation Register (data: [`crate::resv::RegisterData`]).
+    ResvRegister(ResvRegister),
+    /// Reservation Acquire (data: [`crate::resv::AcquireData`]).
+    ResvAcquire(ResvAcquire),
+    /// Reservation Release (data: [`crate::resv::ReleaseData`]).
+    ResvRelease(ResvRelease),
+    /// Reservation Report (data to the host).
+    ResvReport(ResvReport),
     /// Flush.
     Flush,
     /// Read: data to the host.
@@ -329,25 +349,131 @@ pub enum IoCmd {
 impl IoCmd {
     /// Whether the command carries data from the host.
     pub fn host_data(&self) -> bool {
-        matches!(self, Self::Write(_) | Self::Dsm(_))
+        matches!(
+            self,
+            Self::Write(_)
+                | Self::Dsm(_)
+                | Self::Compare(_)
+                | Self::FusedCompare(_)
+                | Self::FusedWrite(_)
+                | Self::ResvRegister(_)
+                | Self::ResvAcquire(_)
+                | Self::ResvRelease(_)
+        )
     }
 
     /// The command's LBA range, if it has one.
     pub fn range(&self) -> Option<LbaRange> {
         match *self {
-            Self::Read(r) | Self::Write(r) | Self::WriteZeroes(r) => Some(r),
-            Self::Flush | Self::Dsm(_) => None,
+            Self::Read(r)
+            | Self::Write(r)
+            | Self::WriteZeroes(r)
+            | Self::Compare(r)
+            | Self::FusedCompare(r)
+            | Self::FusedWrite(r)
+            | Self::Verify(r) => Some(r),
+            Self::Flush
+            | Self::Dsm(_)
+            | Self::ResvRegister(_)
+            | Self::ResvAcquire(_)
+            | Self::ResvRelease(_)
+            | Self::ResvReport(_) => None,
         }
     }
+
+    /// Whether the command is in the write group that reservations restrict (Base 8.19.7):
+    /// it changes the namespace's content. The rest of the reads and writes are the read
+    /// group; the reservation commands themselves are in neither.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Self::Flush
+                | Self::Write(_)
+                | Self::WriteZeroes(_)
+                | Self::Dsm(_)
+                | Self::FusedWrite(_)
+        )
+    }
+
+    /// Whether the command is in the read group that the exclusive access reservations
+    /// restrict.
+    pub fn reads(&self) -> bool {
+        matches!(
+            self,
+            Self::Read(_) | Self::Compare(_) | Self::FusedCompare(_) | Self::Verify(_)
+        )
+    }
+}
+
+fn resv_cmd(sqe: &Sqe) -> Option<IoCmd> {
+    let cdw10 = sqe.cdw10.get();
+    let action = cdw10 & 0x7;
+    let iekey = cdw10 & (1 << 3) != 0;
+    let rtype = ((cdw10 >> 8) & 0xff) as u8;
+    Some(match sqe.opcode {
+        io_opcode::RESV_REGISTER => IoCmd::ResvRegister(ResvRegister {
+            action: match action {
+                0 => RegisterAction::Register,
+                1 => RegisterAction::Unregister,
+                2 => RegisterAction::Replace,
+                _ => return None,
+            },
+            iekey,
+            cptpl: match cdw10 >> 30 {
+                0 => Cptpl::NoChange,
+                2 => Cptpl::Clear,
+                3 => Cptpl::Persist,
+                _ => return None,
+            },
+        }),
+        io_opcode::RESV_ACQUIRE => IoCmd::ResvAcquire(ResvAcquire {
+            action: match action {
+                0 => AcquireAction::Acquire,
+                1 => AcquireAction::Preempt,
+                2 => AcquireAction::PreemptAbort,
+                _ => return None,
+            },
+            iekey,
+            rtype: ResvType::from_rtype(rtype),
+        }),
+        io_opcode::RESV_RELEASE => IoCmd::ResvRelease(ResvRelease {
+            action: match action {
+                0 => ReleaseAction::Release,
+                1 => ReleaseAction::Clear,
+                _ => return None,
+            },
+            iekey,
+            rtype,
+        }),
+        io_opcode::RESV_REPORT => IoCmd::ResvReport(ResvReport {
+            len: (u64::from(cdw10) + 1) * 4,
+            eds: sqe.cdw11.get() & 1 != 0,
+        }),
+        _ => return None,
+    })
 }
 
 impl TryFrom<&Sqe> for IoCmd {
     type Error = ParseError;
 
     fn try_from(sqe: &Sqe) -> Result<Self, ParseError> {
-        check_fuse(sqe)?;
+        // FUSE (CDW0 bits 9:8): 01b first, 10b second of a fused operation.
+        match (sqe.flags & 0x03, sqe.opcode) {
+            (0, _) => {}
+            (1, io_opcode::COMPARE) => return Ok(Self::FusedCompare(LbaRange::of(sqe))),
+            (2, io_opcode::WRITE) => return Ok(Self::FusedWrite(LbaRange::of(sqe))),
+            _ => return Err(ParseError::Fused),
+        }
         Ok(match sqe.opcode {
             io_opcode::FLUSH => Self::Flush,
+            io_opcode::COMPARE => Self::Compare(LbaRange::of(sqe)),
+            io_opcode::VERIFY => Self::Verify(LbaRange::of(sqe)),
+            io_opcode::RESV_REGISTER
+            | io_opcode::RESV_ACQUIRE
+            | io_opcode::RESV_RELEASE
+            | io_opcode::RESV_REPORT => {
+                resv_cmd(sqe).ok_or(ParseError::Field("reservation action"))?
+            }
             io_opcode::READ => Self::Read(LbaRange::of(sqe)),
             io_opcode::WRITE => Self::Write(LbaRange::of(sqe)),
             io_opcode::WRITE_ZEROES => Self::WriteZeroes(LbaRange::of(sqe)),
@@ -437,7 +563,7 @@ mod tests {
         assert_eq!(AdminCmd::try_from(&s), Ok(AdminCmd::KeepAlive));
         s.flags = 1;
         assert_eq!(AdminCmd::try_from(&s), Err(ParseError::Fused));
-        let mut w = sqe(io_opcode::WRITE);
+        let mut w = sqe(io_opcode::READ);
         w.flags = 2;
         assert_eq!(IoCmd::try_from(&w), Err(ParseError::Fused));
     }
@@ -454,11 +580,8 @@ mod tests {
         assert!(IoCmd::Write(r).host_data() && IoCmd::Write(r).range() == Some(r));
         s.opcode = io_opcode::READ;
         assert!(IoCmd::try_from(&s).is_ok_and(|c| !c.host_data() && c.range() == Some(r)));
-        s.opcode = io_opcode::COMPARE;
-        assert_eq!(
-            IoCmd::try_from(&s),
-            Err(ParseError::Opcode(io_opcode::COMPARE))
-        );
+        s.opcode = 0x04;
+        assert_eq!(IoCmd::try_from(&s), Err(ParseError::Opcode(0x04)));
         let mut d = sqe(io_opcode::DSM);
         d.cdw10.set(255);
         d.cdw11.set(crate::command::DSM_ATTR_DEALLOCATE);
@@ -470,6 +593,78 @@ mod tests {
             }))
         );
         assert_eq!(IoCmd::try_from(&sqe(0x7e)), Err(ParseError::Opcode(0x7e)));
+    }
+
+    #[test]
+    fn compare_verify_and_fuse_bits() {
+        let r = LbaRange { slba: 9, nlb: 2 };
+        let mut s = sqe(io_opcode::COMPARE);
+        s.set_lba_range(9, 2);
+        assert_eq!(IoCmd::try_from(&s), Ok(IoCmd::Compare(r)));
+        s.flags = 1;
+        assert_eq!(IoCmd::try_from(&s), Ok(IoCmd::FusedCompare(r)));
+        s.flags = 2;
+        assert_eq!(IoCmd::try_from(&s), Err(ParseError::Fused));
+        s.opcode = io_opcode::WRITE;
+        assert_eq!(IoCmd::try_from(&s), Ok(IoCmd::FusedWrite(r)));
+        s.flags = 3;
+        assert_eq!(IoCmd::try_from(&s), Err(ParseError::Fused));
+        s.flags = 0;
+        s.opcode = io_opcode::VERIFY;
+        let v = IoCmd::try_from(&s).unwrap();
+        assert_eq!(v, IoCmd::Verify(r));
+        assert!(!v.host_data() && v.reads() && !v.writes());
+        assert!(IoCmd::FusedWrite(r).writes() && IoCmd::Flush.writes());
+    }
+
+    #[test]
+    fn reservation_fields() {
+        let mut s = sqe(io_opcode::RESV_REGISTER);
+        s.cdw10.set((3 << 30) | (1 << 3) | 2);
+        assert_eq!(
+            IoCmd::try_from(&s),
+            Ok(IoCmd::ResvRegister(ResvRegister {
+                action: RegisterAction::Replace,
+                iekey: true,
+                cptpl: Cptpl::Persist
+            }))
+        );
+        s.cdw10.set(1 << 30);
+        assert!(IoCmd::try_from(&s).is_err());
+        s.cdw10.set(3);
+        assert!(IoCmd::try_from(&s).is_err());
+        let mut a = sqe(io_opcode::RESV_ACQUIRE);
+        a.cdw10.set((4 << 8) | 1);
+        assert_eq!(
+            IoCmd::try_from(&a),
+            Ok(IoCmd::ResvAcquire(ResvAcquire {
+                action: AcquireAction::Preempt,
+                iekey: false,
+                rtype: Some(ResvType::ExclusiveAccessRegistrantsOnly)
+            }))
+        );
+        a.cdw10.set(7 << 8);
+        assert!(matches!(
+            IoCmd::try_from(&a),
+            Ok(IoCmd::ResvAcquire(ResvAcquire { rtype: None, .. }))
+        ));
+        let mut r = sqe(io_opcode::RESV_RELEASE);
+        r.cdw10.set((2 << 8) | 1);
+        assert_eq!(
+            IoCmd::try_from(&r),
+            Ok(IoCmd::ResvRelease(ResvRelease {
+                action: ReleaseAction::Clear,
+                iekey: false,
+                rtype: 2
+            }))
+        );
+        let mut p = sqe(io_opcode::RESV_REPORT);
+        p.cdw10.set(15);
+        p.cdw11.set(1);
+        assert_eq!(
+            IoCmd::try_from(&p),
+            Ok(IoCmd::ResvReport(ResvReport { len: 64, eds: true }))
+        );
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub mod io_opcode {
     pub const DSM: u8 = 0x09;
     /// Verify.
     pub const VERIFY: u8 = 0x0c;
+    /// Reservation Register.
+    pub const RESV_REGISTER: u8 = 0x0d;
+    /// Reservation Report.
+    pub const RESV_REPORT: u8 = 0x0e;
+    /// Reservation Acquire.
+    pub const RESV_ACQUIRE: u8 = 0x11;
+    /// Reservation Release.
+    pub const RESV_RELEASE: u8 = 0x15;
 }
 
 /// Feature identifiers (Base 5.27.1).
@@ -73,6 +81,10 @@ pub mod feature {
     pub const KATO: u8 = 0x0f;
     /// Host Identifier (the 128-bit one from Connect on fabrics).
     pub const HOST_ID: u8 = 0x81;
+    /// Reservation Notification Mask (namespace specific).
+    pub const RESV_MASK: u8 = 0x82;
+    /// Reservation Persistence (namespace specific).
+    pub const RESV_PERSIST: u8 = 0x83;
 }
 
 /// Identify CNS values (Base 5.17).

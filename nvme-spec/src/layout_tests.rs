@@ -8,6 +8,7 @@ use crate::fabrics::*;
 use crate::identify::*;
 use crate::log::*;
 use crate::pdu::*;
+use crate::resv::*;
 
 /// One test per structure; each line checks one field's byte offset.
 macro_rules! offsets {
@@ -151,3 +152,14 @@ offsets!(ana_header_fields, ana::Header, { chgcnt => 0, ngrps => 8, rsvd10 => 10
 offsets!(ana_group_fields, ana::GroupDescriptor, {
     grpid => 0, nnsids => 4, chgcnt => 8, state => 16, rsvd17 => 17,
 });
+offsets!(resv_status_header_fields, ResvStatusHeader, {
+    generation => 0, rtype => 4, regctl => 5, rsvd7 => 7, ptpls => 9, rsvd10 => 10,
+});
+offsets!(registered_ctrl_ext_fields, RegisteredCtrlExt, {
+    cntlid => 0, rcsts => 2, rsvd3 => 3, rkey => 8, hostid => 16, rsvd32 => 32,
+});
+offsets!(resv_notification_log_fields, ResvNotificationLog, {
+    count => 0, kind => 8, available => 9, rsvd10 => 10, nsid => 12, rsvd16 => 16,
+});
+offsets!(resv_key_data_fields, AcquireData, { crkey => 0, prkey => 8 });
+offsets!(resv_register_data_fields, RegisterData, { crkey => 0, nrkey => 8 });

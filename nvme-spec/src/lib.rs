@@ -15,6 +15,7 @@ pub mod identify;
 pub mod log;
 pub mod pdu;
 pub mod regs;
+pub mod resv;
 pub mod status;
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub mod lid {
     pub const ANA: u8 = 0x0c;
     /// Discovery.
     pub const DISCOVERY: u8 = 0x70;
+    /// Reservation Notification.
+    pub const RESV_NOTIFICATION: u8 = 0x80;
 }
 
 /// The fields of a Get Log Page command (Base 5.16, figures 195-198).

@@ -37,6 +37,10 @@ pub const INTERNAL_ERROR: u16 = status(0, 0x06);
 pub const ABORT_REQUESTED: u16 = status(0, 0x07);
 /// Command Aborted due to SQ Deletion.
 pub const ABORTED_SQ_DELETION: u16 = status(0, 0x08);
+/// Command Aborted due to Failed Fused Command.
+pub const ABORTED_FAILED_FUSED: u16 = status(0, 0x09);
+/// Command Aborted due to Missing Fused Command.
+pub const ABORTED_MISSING_FUSED: u16 = status(0, 0x0a);
 /// Invalid Namespace or Format.
 pub const INVALID_NS: u16 = status(0, 0x0b);
 /// Command Sequence Error.
@@ -55,6 +59,11 @@ pub const LBA_OUT_OF_RANGE: u16 = status(0, 0x80);
 pub const CAPACITY_EXCEEDED: u16 = status(0, 0x81);
 /// Namespace Not Ready.
 pub const NS_NOT_READY: u16 = status(0, 0x82);
+/// Reservation Conflict.
+pub const RESERVATION_CONFLICT: u16 = status(0, 0x83);
+/// Host Identifier Inconsistent Format (a 64-bit host identifier structure asked of a
+/// controller whose hosts use 128-bit ones).
+pub const HOST_ID_INCONSISTENT: u16 = status(0, 0x18);
 
 /// Command specific: Invalid Queue Identifier.
 pub const INVALID_QID: u16 = status(1, 0x01);
@@ -81,6 +90,8 @@ pub const CONNECT_INVALID_HOST: u16 = status(1, 0x84);
 pub const DEALLOCATED_OR_UNWRITTEN: u16 = status(2, 0x87);
 /// Media error: Unrecovered Read Error.
 pub const UNRECOVERED_READ_ERROR: u16 = status(2, 0x81);
+/// Media error: Compare Failure.
+pub const COMPARE_FAILURE: u16 = status(2, 0x85);
 /// Media error: Write Fault.
 pub const WRITE_FAULT: u16 = status(2, 0x80);
 
@@ -109,6 +120,13 @@ mod tests {
         assert_eq!(sct(LBA_OUT_OF_RANGE), 0);
         assert_eq!(sct(UNRECOVERED_READ_ERROR), 2);
         assert_eq!(INVALID_LOG_PAGE | DNR, 0x4109);
+        assert_eq!(RESERVATION_CONFLICT, 0x083);
+        assert_eq!(COMPARE_FAILURE, 0x285);
+        assert_eq!(
+            (ABORTED_FAILED_FUSED, ABORTED_MISSING_FUSED),
+            (0x009, 0x00a)
+        );
+        assert_eq!(HOST_ID_INCONSISTENT, 0x018);
     }
 
     #[test]

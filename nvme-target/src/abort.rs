@@ -1,13 +1,13 @@
-//! Abort (Base 5.1): a command still waiting for its data (queued for an R2T, or with its
-//! R2T answered only in part) is aborted; anything else has already completed, since
-//! commands execute as soon as their data is at hand, and is reported as not aborted.
+//! Abort (Base 5.1): a command that has not started is aborted: one waiting for its data
+//! (queued for an R2T, or with its R2T answered only in part) or a read waiting for a device
+//! buffer. Anything else is at the device or done, and is reported as not aborted.
 //!
 //! The Abort arrives on the admin queue's connection, the command waits on an I/O queue's
-//! (possibly on another controller thread). Each I/O queue publishes the commands it is waiting on in an
-//! [`AbortBox`] the controller can reach; the admin side records the request and wakes the
-//! I/O connection, which completes a queued command at once with Command Abort Requested,
-//! and one whose R2T is out when its data has arrived (the host must send what it was
-//! asked for), without executing either.
+//! (possibly on another controller thread). Each I/O queue publishes the commands it is
+//! waiting on in an [`AbortBox`] the controller can reach; the admin side records the
+//! request and wakes the I/O connection, which completes a queued command (or buffer
+//! waiter) at once with Command Abort Requested, and one whose R2T is out when its data has
+//! arrived (the host must send what it was asked for), without executing either.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -100,6 +100,17 @@ impl Conn {
     pub(crate) fn take_aborts(&mut self) {
         let requested = self.aborts.requested();
         for cid in requested {
+            // A read waiting for a device buffer has not started: it ends here.
+            if let Some(i) = self
+                .buffer_wait
+                .iter()
+                .position(|(s, _)| s.cid.get() == cid)
+            {
+                self.buffer_wait.remove(i);
+                self.aborts.data_done(cid);
+                self.complete(cid, Error::AbortRequested);
+                continue;
+            }
             let Some(i) = self.waiting.iter().position(|(s, _, _)| s.cid.get() == cid) else {
                 continue;
             };

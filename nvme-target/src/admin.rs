@@ -86,7 +86,7 @@ impl Conn {
                 if aers.len() >= AER_LIMIT {
                     Err(Error::AerLimit)
                 } else {
-                    // Held until an event (one already owed completes it below).
+                    // Held until an event (an ANA or reservation notice).
                     aers.push(cid);
                     Ok(Reply::Held)
                 }
@@ -96,8 +96,15 @@ impl Conn {
         match r {
             Ok(Reply::Done(c)) => self.complete(cid, c),
             Ok(Reply::Scratch(n)) => self.reply_scratch(cid, n),
-            Ok(Reply::Held) => self.deliver_events(),
+            Ok(Reply::Held) => {
+                self.deliver_events();
+                self.deliver_ana_events();
+            }
             Err(e) => self.complete(cid, e),
+        }
+        if cmd == AdminCmd::AsyncEventRequest {
+            // An event may have been waiting for a request to complete.
+            self.deliver_events();
         }
     }
 
@@ -224,8 +231,11 @@ impl Conn {
                         .unwrap_or(0)
                         .max(ana::MAX_NAMESPACES),
                 );
-                // Dataset Management and Write Zeroes.
-                id.oncs.set((1 << 2) | (1 << 3));
+                // Compare, Dataset Management, Write Zeroes, Reservations, Verify.
+                id.oncs.set(1 | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 7));
+                // Compare and Write fused; atomic for the whole transfer (range locks).
+                id.fuses.set(1);
+                id.acwu.set(acwu(cfg.max_transfer, &s.namespaces));
                 if s.namespaces.iter().any(|n| n.volatile_write_cache) {
                     id.vwc = 1;
                 }
@@ -277,6 +287,7 @@ impl Conn {
                 self.scratch(512).copy_from_slice(fw.as_bytes());
                 512
             }
+            (lid::RESV_NOTIFICATION, false) => self.resv_log(ctrl, g.rae),
             (lid::CMD_EFFECTS, _) => {
                 let log = command_effects(discovery);
                 self.scratch(4096).copy_from_slice(log.as_bytes());
@@ -437,6 +448,9 @@ impl Conn {
             }
             // Connect gave the host identifier; it does not change (as nvmet answers).
             (feature::HOST_ID, _) => return Err(Error::Sequence),
+            (feature::RESV_MASK | feature::RESV_PERSIST, false) => {
+                return self.set_resv_feature(ctrl, f.fid, f.nsid, cdw11);
+            }
             (feature::ERROR_RECOVERY, false) => {
                 // Deallocated or unwritten blocks read as zeroes, never as an error: DULBE
                 // (bit 16) cannot be enabled. Baton retries nothing, so any TLER holds.
@@ -481,6 +495,9 @@ impl Conn {
                 false,
             ) => 0,
             (feature::TEMP_THRESHOLD, false) => 343,
+            (feature::RESV_MASK | feature::RESV_PERSIST, false) => {
+                return self.get_resv_feature(ctrl, f.fid, f.nsid);
+            }
             _ => return Err(Error::InvalidField),
         };
         Ok(Completion::ok(u64::from(v)))
@@ -509,6 +526,12 @@ fn command_effects(discovery: bool) -> CommandEffectsLog {
             (io_opcode::READ, 0),
             (io_opcode::WRITE_ZEROES, effects::LBCC),
             (io_opcode::DSM, effects::LBCC),
+            (io_opcode::COMPARE, 0),
+            (io_opcode::VERIFY, 0),
+            (io_opcode::RESV_REGISTER, 0),
+            (io_opcode::RESV_REPORT, 0),
+            (io_opcode::RESV_ACQUIRE, 0),
+            (io_opcode::RESV_RELEASE, 0),
         ] {
             log.iocs[usize::from(op)].set(effects::CSUPP | e);
         }
@@ -534,7 +557,18 @@ pub(crate) fn identify_namespace(cfg: &crate::config::NamespaceConfig) -> Identi
     id.nguid = cfg.nguid;
     id.anagrpid.set(cfg.ana_group);
     id.lbaf[0].lbads = u8::try_from(cfg.block_size.ilog2()).unwrap_or(9);
+    id.rescap = nvme_spec::resv::RESCAP_ALL_TYPES_IEKEY;
     id
+}
+
+/// Atomic Compare & Write Unit (0's based blocks): a fused operation is atomic over any
+/// transfer up to MDTS, in the smallest count the subsystem's namespaces allow.
+fn acwu(max_transfer: u32, namespaces: &[crate::config::NamespaceConfig]) -> u16 {
+    namespaces
+        .iter()
+        .map(|n| (max_transfer / n.block_size).saturating_sub(1))
+        .min()
+        .map_or(0, |b| u16::try_from(b).unwrap_or(u16::MAX))
 }
 
 /// One discovery log entry.

@@ -75,7 +75,7 @@ impl Conn {
     /// Looks at the shared state that raises events (the port's ANA change count) and
     /// completes held requests with what is owed. Only admin queues of I/O controllers
     /// have events.
-    pub(crate) fn deliver_events(&mut self) {
+    pub(crate) fn deliver_ana_events(&mut self) {
         let Some(ctrl) = self.event_ctrl() else {
             return;
         };

@@ -139,6 +139,22 @@ pub(crate) enum Error {
     /// Aborted because its queue went away.
     #[error("aborted: queue deleted")]
     SqDeletion,
+    /// Compare found data that differs from the host's.
+    #[error("compare failure")]
+    CompareFailure,
+    /// The other command of a fused operation failed.
+    #[error("aborted: the fused command failed")]
+    FusedFailed,
+    /// A fused command without its partner next to it on the queue.
+    #[error("aborted: missing fused command")]
+    FusedMissing,
+    /// A reservation forbids the command to this host (or a key did not match).
+    #[error("reservation conflict")]
+    ResvConflict,
+    /// A 64-bit host identifier structure asked of a controller whose hosts have 128-bit
+    /// ones (Reservation Report without EDS on fabrics).
+    #[error("host identifier inconsistent format")]
+    HostIdFormat,
     /// The namespace's ANA group is inaccessible through this port.
     #[error("ANA group inaccessible on this port")]
     AnaInaccessible,
@@ -217,6 +233,11 @@ impl From<Error> for Completion {
             Error::AnaInaccessible => (status::ANA_INACCESSIBLE, 0),
             Error::AnaPersistentLoss => (status::ANA_PERSISTENT_LOSS, 0),
             Error::AnaTransition => (status::ANA_TRANSITION, 0),
+            Error::CompareFailure => (dnr(status::COMPARE_FAILURE), 0),
+            Error::FusedFailed => (status::ABORTED_FAILED_FUSED, 0),
+            Error::FusedMissing => (dnr(status::ABORTED_MISSING_FUSED), 0),
+            Error::ResvConflict => (dnr(status::RESERVATION_CONFLICT), 0),
+            Error::HostIdFormat => (dnr(status::HOST_ID_INCONSISTENT), 0),
         };
         Self { status: st, result }
     }

@@ -129,6 +129,8 @@ pub(crate) struct Conn {
     pub(crate) piece_reads: VecDeque<(u64, Instant)>,
     /// I/O-queue commands of this connection counted in the port's `in_flight`.
     pub(crate) io_in_flight: u32,
+    /// Fused command pairs and writes waiting for a range lock (see [`crate::compare`]).
+    pub(crate) fused: crate::compare::FusedState,
     /// When the connection was accepted (the handshake deadline runs from here).
     accepted: Instant,
     /// The member of the port's group this connection moves to after its Connect.
@@ -201,6 +203,7 @@ impl Conn {
             sink,
             piece_reads: VecDeque::new(),
             io_in_flight: 0,
+            fused: crate::compare::FusedState::default(),
             accepted: Instant::now(),
             place: None,
             keep_alive_pending: false,
@@ -241,6 +244,7 @@ impl Conn {
             && self.buffer_wait.is_empty()
             && self.pieces.is_empty()
             && self.slots.iter().all(|s| !s.is_active())
+            && self.fused.is_idle()
     }
 
     fn carry(&mut self) -> Option<Carried> {
@@ -325,6 +329,7 @@ impl Conn {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         let aborts = Arc::clone(&self.aborts);
+        let mut notices = None;
         let cq = Rc::clone(&self.cq);
         let reason = loop {
             let draining = drain_until.is_some();
@@ -334,6 +339,9 @@ impl Conn {
             }
             if !self.waiting.is_empty() {
                 self.start_waiting();
+            }
+            if self.fused.has_waiters() {
+                self.retry_lock_waits();
             }
             if !draining && !self.closing {
                 self.take_aborts();
@@ -355,11 +363,16 @@ impl Conn {
             if events_rx.is_none() {
                 events_rx = self.event_watch();
             }
-            self.deliver_events();
+            self.deliver_ana_events();
+            if notices.is_none() {
+                notices = self.admin_notices();
+            }
             let idle = self.out.is_empty() && self.pieces.is_empty();
             // A drain waits for the commands at the devices (they have deadlines of their
-            // own); a connection closed for an error does not.
-            if (self.closing || draining) && idle && (self.closing || self.reqs.is_empty()) {
+            // own) and for the writes waiting for a range lock that those commands hold; a
+            // connection closed for an error does not.
+            let settled = self.reqs.is_empty() && !self.fused.has_waiters();
+            if (self.closing || draining) && idle && (self.closing || settled) {
                 break None;
             }
             // The send clock runs from when output became pending, or last moved.
@@ -393,7 +406,9 @@ impl Conn {
                 && !self.closing
                 && self.out.len() < OUT_HIGH_WATER
                 && self.pieces.len() < MAX_QUEUED_PIECES;
-            let buffer_wait = !self.buffer_wait.is_empty() || !self.waiting.is_empty();
+            let buffer_wait = !self.buffer_wait.is_empty()
+                || !self.waiting.is_empty()
+                || self.fused.has_waiters();
             let need = self.next_len();
             tokio::select! {
                 biased;
@@ -410,6 +425,8 @@ impl Conn {
                 _ = killed(&mut kill_rx) => break None,
                 // Events are delivered at the top of the loop.
                 () = crate::aen::changed(&mut events_rx) => {}
+                // A reservation notice for this controller (its admin queue).
+                () = crate::resv::notified(notices.as_ref()) => self.deliver_events(),
                 // Wakes the loop, which checks the deadline afresh.
                 () = &mut timer, if deadline.is_some() => {}
                 // Completions are taken at the top of the loop.
@@ -661,6 +678,12 @@ impl Conn {
         if self.auth.pending() && !auth_cmd {
             return self.complete(cid, Error::AuthRequired);
         }
+        // Fused commands pair by arrival: the second must be the very next capsule.
+        if let Command::Io(c) = &cmd {
+            if let Err(e) = self.fuse_arrival(sqe, c) {
+                return self.complete(cid, e);
+            }
+        }
         let sgl = sqe.dptr;
         let len = sgl.length.get() as usize;
         let host_data = cmd.host_data();
@@ -764,7 +787,7 @@ impl Conn {
                 self.port.metrics().command(CommandKind::Admin);
                 self.admin(sqe, a, data);
             }
-            Command::Io(_) => self.io(sqe, data, started),
+            Command::Io(c) => self.io(sqe, c, data, started),
         }
     }
 
@@ -801,6 +824,10 @@ impl Conn {
             m.command_errors.fetch_add(1, Ordering::Relaxed);
             if let Some(q) = &self.q {
                 lock(&q.ctrl.errors).record(q.qid, cid, st, 0, 0);
+            }
+            // The partner of a fused command that failed is aborted with it.
+            if self.fused.has_pairs() {
+                self.fused_failed(cid);
             }
         }
     }

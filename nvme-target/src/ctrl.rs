@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::abort::AbortBox;
 use crate::cell::{Locked, Word, lock};
+use crate::resv::notices::CtrlNotices;
 
 /// Error log entries kept (ELPE + 1).
 pub const ERROR_LOG_ENTRIES: usize = 64;
@@ -59,6 +60,8 @@ pub struct Ctrl {
     pub errors: Mutex<ErrorLog>,
     /// Asynchronous event notices owed and masked.
     pub events: crate::aen::Events,
+    /// Reservation notifications, posted from any thread.
+    pub(crate) notices: Arc<CtrlNotices>,
     kill: watch::Sender<bool>,
 }
 
@@ -120,6 +123,7 @@ impl Ctrl {
             aers: Mutex::new(Vec::with_capacity(AER_LIMIT)),
             errors: Mutex::new(ErrorLog::default()),
             events: crate::aen::Events::default(),
+            notices: Arc::default(),
             kill,
         })
     }

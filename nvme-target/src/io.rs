@@ -14,14 +14,16 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bdev::{BlockIo, Completion, FileExtent, IoBuf, IoError, Op, Request};
-use nvme_spec::cmds::ParseError;
+use nvme_spec::cmds::{IoCmd, ParseError};
 use nvme_spec::command::{DSM_ATTR_DEALLOCATE, DsmRange, Sqe, io_opcode};
 use nvme_spec::{FromBytes, IntoBytes};
 use tracing::warn;
 
 use crate::codec;
+use crate::compare::Extra;
 use crate::completion::{Completion as Done, Error};
 use crate::conn::{Conn, Data, Piece};
+use crate::locks::RangeGuard;
 use crate::metrics::CommandKind;
 
 /// Reads at least this large go out with `sendfile` when the device allows it (and data
@@ -45,6 +47,16 @@ pub(crate) enum Step {
         failed: bool,
         then: Barrier,
     },
+    /// A Compare's read (see [`crate::compare`]).
+    Compare,
+    /// A Verify's read of its next piece.
+    Verify,
+    /// A fused Compare and Write: the compare's read, under the range lock.
+    FusedRead,
+    /// The fused operation's write.
+    FusedWrite,
+    /// The flush after it, with the cache off.
+    FusedFlush,
 }
 
 /// What to do when every namespace of a controller's subsystem has been flushed.
@@ -62,8 +74,12 @@ pub(crate) struct IoReq {
     pub started: Instant,
     pub step: Step,
     /// The namespace's device and position (for its counters), when the command has one.
-    dev: Option<(Rc<dyn BlockIo>, usize)>,
-    write_through: bool,
+    pub(crate) dev: Option<(Rc<dyn BlockIo>, usize)>,
+    pub(crate) write_through: bool,
+    /// What the command holds of the namespace's range locks (writes, fused operations).
+    pub(crate) guard: Option<RangeGuard>,
+    /// State of Compare, Verify and fused commands.
+    pub(crate) extra: Option<Box<Extra>>,
 }
 
 impl Conn {
@@ -80,7 +96,11 @@ impl Conn {
             return Err(e);
         }
         match sqe.opcode {
-            io_opcode::READ | io_opcode::WRITE | io_opcode::WRITE_ZEROES => {
+            io_opcode::READ
+            | io_opcode::WRITE
+            | io_opcode::WRITE_ZEROES
+            | io_opcode::COMPARE
+            | io_opcode::VERIFY => {
                 let (slba, nlb) = (sqe.slba(), u64::from(sqe.nlb()));
                 if slba
                     .checked_add(nlb)
@@ -88,7 +108,8 @@ impl Conn {
                 {
                     return Err(Error::LbaOutOfRange);
                 }
-                if sqe.opcode != io_opcode::WRITE_ZEROES {
+                // Write Zeroes and Verify move no data.
+                if !matches!(sqe.opcode, io_opcode::WRITE_ZEROES | io_opcode::VERIFY) {
                     let len = nlb * u64::from(ns.cfg.block_size);
                     if len > u64::from(self.port.target.config().max_transfer) {
                         return Err(Error::TooLarge);
@@ -109,18 +130,28 @@ impl Conn {
                 Ok(())
             }
             io_opcode::FLUSH => Ok(()),
+            io_opcode::RESV_REGISTER
+            | io_opcode::RESV_ACQUIRE
+            | io_opcode::RESV_RELEASE
+            | io_opcode::RESV_REPORT => crate::resv::check_length(sqe, self.port.target.config()),
             op => Err(Error::Parse(ParseError::Opcode(op))),
         }
     }
 
     /// Starts an I/O command whose data (if the host sends any) is at hand.
-    pub(crate) fn io(&mut self, sqe: &Sqe, data: Data<'_>, started: Instant) {
+    pub(crate) fn io(&mut self, sqe: &Sqe, cmd: IoCmd, data: Data<'_>, started: Instant) {
         let kind = match sqe.opcode {
             io_opcode::READ => CommandKind::Read,
             io_opcode::WRITE => CommandKind::Write,
             io_opcode::FLUSH => CommandKind::Flush,
             io_opcode::WRITE_ZEROES => CommandKind::WriteZeroes,
             io_opcode::DSM => CommandKind::Dsm,
+            io_opcode::COMPARE => CommandKind::Compare,
+            io_opcode::VERIFY => CommandKind::Verify,
+            io_opcode::RESV_REGISTER
+            | io_opcode::RESV_REPORT
+            | io_opcode::RESV_ACQUIRE
+            | io_opcode::RESV_RELEASE => CommandKind::Reservation,
             _ => CommandKind::Other,
         };
         self.port.metrics().command(kind);
@@ -139,13 +170,36 @@ impl Conn {
         let offset = sqe.slba() * bs;
         let len = u64::from(sqe.nlb()) * bs;
         let dev = Rc::clone(&ns.dev);
+        let Some(state) = port.target.ns_state(q.ctrl.subsys, ns.index) else {
+            return self.fail(sqe, Error::InvalidNamespace);
+        };
+        // One atomic load while nobody is registered with the namespace (the host ID is
+        // behind a lock: read only when it matters).
+        if state.resv.active() && state.resv.check(&q.ctrl.hostid.get(), &cmd).is_err() {
+            return self.fail(sqe, Error::ResvConflict);
+        }
         let req = IoReq {
             sqe: *sqe,
             started,
             step: Step::Device,
             dev: Some((Rc::clone(&dev), ns.index)),
             write_through,
+            guard: None,
+            extra: None,
         };
+        match cmd {
+            IoCmd::Compare(_)
+            | IoCmd::FusedCompare(_)
+            | IoCmd::FusedWrite(_)
+            | IoCmd::Verify(_) => {
+                return self.compare_cmd(req, cmd, data, bs);
+            }
+            IoCmd::ResvRegister(_)
+            | IoCmd::ResvAcquire(_)
+            | IoCmd::ResvRelease(_)
+            | IoCmd::ResvReport(_) => return self.resv_cmd(sqe, cmd, data, ns.index),
+            _ => {}
+        }
         match sqe.opcode {
             io_opcode::READ => {
                 let Data::ToHost(n) = data else {
@@ -183,16 +237,14 @@ impl Conn {
                     }
                     _ => return self.fail(sqe, Error::SglLength),
                 };
-                let tag = self.reqs.insert(req) as u64;
-                dev.submit(Request::write(offset, len, buf, tag), &self.sink);
+                self.submit_write(req, Request::write(offset, len, buf, 0));
             }
             io_opcode::FLUSH => {
                 let tag = self.reqs.insert(req) as u64;
                 dev.submit(Request::bare(Op::Flush, 0, 0, tag), &self.sink);
             }
             io_opcode::WRITE_ZEROES => {
-                let tag = self.reqs.insert(req) as u64;
-                dev.submit(Request::bare(Op::WriteZeroes, offset, len, tag), &self.sink);
+                self.submit_write(req, Request::bare(Op::WriteZeroes, offset, len, 0));
             }
             io_opcode::DSM => self.dsm(req, data, ns.cfg.num_blocks, bs),
             op => self.fail(sqe, Error::Parse(ParseError::Opcode(op))),
@@ -250,6 +302,8 @@ impl Conn {
     /// A read that found the buffer pool empty waits (in order) for buffers to come back.
     fn wait_for_buffer(&mut self, sqe: Sqe, started: Instant) {
         self.buffer_wait.push_back((sqe, started));
+        // Not started yet: an Abort takes it back (see `take_aborts`).
+        self.aborts.waiting_for_data(sqe.cid.get());
     }
 
     /// Retries reads that waited for a buffer, oldest first, while buffers are free.
@@ -260,11 +314,18 @@ impl Conn {
                 return;
             }
             self.buffer_wait.pop_front();
+            if self.aborts.data_done(sqe.cid.get()) {
+                self.complete(sqe.cid.get(), Error::AbortRequested);
+                continue;
+            }
             let before = self.buffer_wait.len();
             // Counted once already, when it arrived.
             self.port.metrics().commands[CommandKind::Read as usize]
                 .fetch_sub(1, Ordering::Relaxed);
-            self.io(&sqe, Data::ToHost(len), started);
+            match IoCmd::try_from(&sqe) {
+                Ok(cmd) => self.io(&sqe, cmd, Data::ToHost(len), started),
+                Err(e) => self.fail(&sqe, e.into()),
+            }
             if self.buffer_wait.len() > before {
                 // Still no buffer of its size: it went back to the end; restore the order.
                 if let Some(w) = self.buffer_wait.pop_back() {
@@ -345,6 +406,11 @@ impl Conn {
                 self.reqs.remove(idx);
                 self.barrier_done(then, failed);
             }
+            Step::Compare
+            | Step::Verify
+            | Step::FusedRead
+            | Step::FusedWrite
+            | Step::FusedFlush => self.compare_done(idx, step, c),
         }
     }
 
@@ -458,6 +524,8 @@ impl Conn {
             },
             dev: None,
             write_through: false,
+            guard: None,
+            extra: None,
         });
         for d in devs {
             d.submit(Request::bare(Op::Flush, 0, 0, idx as u64), &self.sink);
@@ -489,7 +557,7 @@ impl Conn {
         }
     }
 
-    fn ns_metrics(&self, index: usize) -> Option<&crate::metrics::NamespaceMetrics> {
+    pub(crate) fn ns_metrics(&self, index: usize) -> Option<&crate::metrics::NamespaceMetrics> {
         let q = self.q.as_ref()?;
         self.port
             .target
@@ -586,7 +654,7 @@ impl Conn {
     }
 
     /// Completes an I/O command with an error, recording namespace and LBA in the error log.
-    fn fail(&mut self, sqe: &Sqe, e: Error) {
+    pub(crate) fn fail(&mut self, sqe: &Sqe, e: Error) {
         self.complete(sqe.cid.get(), e);
         if let Some(q) = &self.q {
             if let Some(e) = crate::cell::lock(&q.ctrl.errors).entries.back_mut() {
@@ -598,7 +666,7 @@ impl Conn {
 }
 
 /// The device's own NVMe status for a failure, when it gave one.
-fn device_status(e: &IoError) -> Option<u16> {
+pub(crate) fn device_status(e: &IoError) -> Option<u16> {
     match e {
         IoError::Status { status, .. } => Some(*status & 0x7ff),
         _ => None,

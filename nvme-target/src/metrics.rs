@@ -19,6 +19,12 @@ pub enum CommandKind {
     WriteZeroes,
     /// Dataset Management.
     Dsm,
+    /// Compare (alone or as the first half of a fused Compare and Write).
+    Compare,
+    /// Verify.
+    Verify,
+    /// Reservation Register, Acquire, Release and Report.
+    Reservation,
     /// Admin commands.
     Admin,
     /// Fabrics commands.
@@ -29,12 +35,15 @@ pub enum CommandKind {
 
 impl CommandKind {
     /// Every kind, in index order.
-    pub const ALL: [CommandKind; 8] = [
+    pub const ALL: [CommandKind; 11] = [
         Self::Read,
         Self::Write,
         Self::Flush,
         Self::WriteZeroes,
         Self::Dsm,
+        Self::Compare,
+        Self::Verify,
+        Self::Reservation,
         Self::Admin,
         Self::Fabrics,
         Self::Other,
@@ -48,6 +57,9 @@ impl CommandKind {
             Self::Flush => "flush",
             Self::WriteZeroes => "write_zeroes",
             Self::Dsm => "dsm",
+            Self::Compare => "compare",
+            Self::Verify => "verify",
+            Self::Reservation => "reservation",
             Self::Admin => "admin",
             Self::Fabrics => "fabrics",
             Self::Other => "other",
@@ -101,7 +113,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct PortMetrics {
     /// Commands by [`CommandKind`].
-    pub commands: [AtomicU64; 8],
+    pub commands: [AtomicU64; CommandKind::ALL.len()],
     /// Commands completed with an error status.
     pub command_errors: AtomicU64,
     /// Bytes read by hosts.
@@ -132,6 +144,77 @@ pub struct PortMetrics {
     pub digest_errors: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
+    /// DH-HMAC-CHAP exchanges that authenticated the host (and re-authentications).
+    pub auth_successes: AtomicU64,
+    /// DH-HMAC-CHAP exchanges that failed, by [`AuthFailure`].
+    pub auth_failures: [AtomicU64; AuthFailure::ALL.len()],
+}
+
+/// Why a DH-HMAC-CHAP exchange failed: the reason code of the AUTH_Failure1 Baton sent
+/// (Base 2.0 figure 447), or the host refusing the controller (AUTH_Failure2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Authentication failed: a wrong response, or a controller key the host asked for
+    /// and Baton does not have.
+    Failed = 0,
+    /// Secure channel concatenation asked for (not offered).
+    ConcatMismatch,
+    /// None of the host's hash functions is the configured one.
+    HashUnusable,
+    /// None of the host's DH groups is the configured one, or a bad DH value.
+    DhGroupUnusable,
+    /// A malformed message.
+    IncorrectPayload,
+    /// A message out of step.
+    IncorrectProtocol,
+    /// The host did not accept the controller's response.
+    HostRefused,
+}
+
+impl AuthFailure {
+    /// Every reason, in index order.
+    pub const ALL: [AuthFailure; 7] = [
+        Self::Failed,
+        Self::ConcatMismatch,
+        Self::HashUnusable,
+        Self::DhGroupUnusable,
+        Self::IncorrectPayload,
+        Self::IncorrectProtocol,
+        Self::HostRefused,
+    ];
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::ConcatMismatch => "concat_mismatch",
+            Self::HashUnusable => "hash_unusable",
+            Self::DhGroupUnusable => "dhgroup_unusable",
+            Self::IncorrectPayload => "incorrect_payload",
+            Self::IncorrectProtocol => "incorrect_protocol",
+            Self::HostRefused => "host_refused",
+        }
+    }
+
+    /// The reason for an AUTH_Failure1 reason code explanation.
+    pub fn from_code(code: u8) -> Self {
+        use nvme_spec::auth::failure;
+        match code {
+            failure::CONCAT_MISMATCH => Self::ConcatMismatch,
+            failure::HASH_UNUSABLE => Self::HashUnusable,
+            failure::DHGROUP_UNUSABLE => Self::DhGroupUnusable,
+            failure::INCORRECT_PAYLOAD => Self::IncorrectPayload,
+            failure::INCORRECT_PROTOCOL => Self::IncorrectProtocol,
+            _ => Self::Failed,
+        }
+    }
+}
+
+impl PortMetrics {
+    /// Counts a failed authentication.
+    pub fn auth_failed(&self, why: AuthFailure) {
+        self.auth_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl PortMetrics {
@@ -193,5 +276,21 @@ mod tests {
         assert_eq!(c[LATENCY_BUCKETS], 1);
         assert!(h.sum_seconds() > 100.0);
         assert_eq!(bucket_bound(3), Duration::from_micros(8));
+    }
+
+    #[test]
+    fn auth_failure_reasons_index_their_counters() {
+        use nvme_spec::auth::failure;
+        for (i, r) in AuthFailure::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        assert_eq!(
+            AuthFailure::from_code(failure::HASH_UNUSABLE),
+            AuthFailure::HashUnusable
+        );
+        assert_eq!(AuthFailure::from_code(failure::FAILED), AuthFailure::Failed);
+        let m = PortMetrics::default();
+        m.auth_failed(AuthFailure::HostRefused);
+        assert_eq!(m.auth_failures[6].load(Ordering::Relaxed), 1);
     }
 }

@@ -3,8 +3,12 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use crate::config::{ConfigError, TargetConfig};
 use crate::metrics::{NamespaceMetrics, PortMetrics, SubsystemMetrics, TargetMetrics};
+use crate::nsstate::NsState;
+use crate::resv::notices::NoticeBoard;
 
 /// A connected controller (host association), as the admin status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +63,10 @@ pub struct Target {
     metrics: TargetMetrics,
     registry: Mutex<Registry>,
     genctr: AtomicU64,
+    /// Per subsystem and namespace (configuration order), what every thread shares.
+    ns: Vec<Vec<Arc<NsState>>>,
+    /// Controllers that receive reservation notices.
+    notices: NoticeBoard,
 }
 
 /// Largest dynamic controller ID (FFF0h and up are reserved).
@@ -66,7 +74,7 @@ const MAX_CNTLID: u16 = 0xffef;
 
 impl Target {
     /// Builds a target from a validated configuration.
-    pub fn new(cfg: TargetConfig) -> Result<std::sync::Arc<Self>, ConfigError> {
+    pub fn new(cfg: TargetConfig) -> Result<Arc<Self>, ConfigError> {
         cfg.validate()?;
         let ana = crate::ana::Ana::new(
             &cfg.ports.iter().map(|p| p.id).collect::<Vec<_>>(),
@@ -98,14 +106,31 @@ impl Target {
             controllers: Vec::new(),
         };
         let access = crate::access::HostAccess::new(&cfg.subsystems);
-        Ok(std::sync::Arc::new(Self {
+        let ns = cfg
+            .subsystems
+            .iter()
+            .map(|s| s.namespaces.iter().map(|_| Arc::default()).collect())
+            .collect();
+        Ok(Arc::new(Self {
             cfg,
             ana,
             access,
             metrics,
             registry: Mutex::new(registry),
             genctr: AtomicU64::new(1),
+            ns,
+            notices: NoticeBoard::default(),
         }))
+    }
+
+    /// The shared state of namespace `index` (configuration order) of subsystem `subsys`.
+    pub(crate) fn ns_state(&self, subsys: usize, index: usize) -> Option<&Arc<NsState>> {
+        self.ns.get(subsys)?.get(index)
+    }
+
+    /// The controllers reservation notices go to.
+    pub(crate) fn notices(&self) -> &NoticeBoard {
+        &self.notices
     }
 
     /// The configuration.
@@ -238,6 +263,7 @@ impl Target {
 
     /// Forgets a controller.
     pub(crate) fn unregister(&self, subsys: usize, cntlid: u16) {
+        self.notices.detach(subsys, cntlid);
         let mut reg = self.lock();
         let before = reg.controllers.len();
         reg.controllers

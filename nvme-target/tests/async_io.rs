@@ -154,3 +154,100 @@ fn a_full_queue_of_reads_is_at_the_device_at_once() {
     }
     h.stop();
 }
+
+fn read_1m(cid: u16) -> Vec<u8> {
+    let mut sqe = Sqe::new_zeroed();
+    sqe.opcode = io_opcode::READ;
+    sqe.cid.set(cid);
+    sqe.nsid.set(NS2);
+    sqe.dptr.kind = SglDescriptor::TRANSPORT_DATA_BLOCK;
+    sqe.dptr.length.set(1 << 20);
+    sqe.set_lba_range(0, 256);
+    capsule(&sqe)
+}
+
+#[test]
+fn abort_takes_back_a_read_waiting_for_a_buffer() {
+    use nvme_spec::command::admin_opcode;
+    use nvme_target::host::{HostController, HostOptions};
+    let h = Harness::start();
+    let rt = common::rt();
+    let opts = HostOptions {
+        kato_ms: 120_000,
+        ..HostOptions::new(common::OPEN_NQN)
+    };
+    let mut c = rt.block_on(async {
+        let mut c = HostController::connect(h.ports[0], opts.clone())
+            .await
+            .unwrap();
+        c.set_num_queues(1).await.unwrap();
+        c
+    });
+    let mut raw = common::raw::join_io_queue(&h, 0, c.cntlid(), &opts.hostnqn);
+    // Eight 1 MiB reads held at the device take the thread's eight 1 MiB buffers; the ninth
+    // waits for one.
+    h.ns2.hold_reads_at(0);
+    for cid in 1..=9 {
+        raw.send(&read_1m(cid));
+    }
+    let t = Instant::now();
+    while h.ns2.held() < 8 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "8 reads at the device"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut abort = Sqe::new_zeroed();
+    abort.opcode = admin_opcode::ABORT;
+    abort.cdw10.set(1 | (9 << 16));
+    // The ninth read cannot get a buffer while the gate holds the eight: once the target
+    // has parsed it (another thread may serve the I/O queue), it is aborted.
+    let t = Instant::now();
+    loop {
+        let dw0 = rt
+            .block_on(c.admin_command(abort, None, 0))
+            .unwrap()
+            .0
+            .result
+            .get();
+        if dw0 == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the waiting read was never aborted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = raw.recv();
+    assert_eq!(
+        (r[0], cid_of_response(&r), status_of(&r)),
+        (
+            pdu_type::CAPSULE_RESP,
+            9,
+            nvme_spec::status::ABORT_REQUESTED
+        )
+    );
+    // One at the device is not abortable.
+    abort.cdw10.set(1 | (1 << 16));
+    let dw0 = rt
+        .block_on(c.admin_command(abort, None, 0))
+        .unwrap()
+        .0
+        .result
+        .get();
+    assert_eq!(dw0, 1, "a read at the device is not aborted");
+    h.ns2.open_gate();
+    let mut done = Vec::new();
+    while done.len() < 8 {
+        let p = raw.recv();
+        if p[0] == pdu_type::CAPSULE_RESP {
+            assert_eq!(status_of(&p), 0);
+            done.push(cid_of_response(&p));
+        }
+    }
+    done.sort_unstable();
+    assert_eq!(done, (1..=8).collect::<Vec<_>>());
+    h.stop();
+}

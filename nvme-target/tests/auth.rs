@@ -7,6 +7,10 @@
 
 mod common;
 
+use common::rt;
+
+use std::sync::atomic::Ordering;
+
 use common::raw::{Raw, capsule, status_of};
 use common::{Harness, OPEN_NQN, pattern};
 use nvme_spec::auth::{CONNECT_AUTHREQ_ATR, dh_group, failure, hash_id};
@@ -18,6 +22,7 @@ use nvme_target::auth::{Group, HashFn, Secret};
 use nvme_target::host::{
     Dhchap, HostController, HostError, HostExchange, HostOptions, open_admin_queue,
 };
+use nvme_target::metrics::AuthFailure;
 use nvme_target::{HostAuthConfig, TargetConfig};
 
 /// The host NQN `HostOptions::new` uses.
@@ -43,13 +48,6 @@ fn harness(nqn: &str, hash: HashFn, group: Option<Group>) -> Harness {
             dh_group: group,
         });
     })
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn opts(key: Secret, ctrl_key: Option<Secret>) -> HostOptions {
@@ -198,6 +196,14 @@ fn a_wrong_secret_is_refused_and_the_connection_closed() {
         // The right key still works.
         works(&h, opts(secret(1, Some(HashFn::Sha256)), None)).await;
     });
+    // Three wrong responses; the right key's admin queue and I/O queue authenticated.
+    wait_for_auth_count(&h, AuthFailure::Failed, 3);
+    assert!(
+        h.target.metrics().ports[0]
+            .auth_successes
+            .load(Ordering::Relaxed)
+            >= 2
+    );
     h.stop();
 }
 
@@ -226,7 +232,30 @@ fn a_hash_or_group_the_controller_does_not_select_is_refused() {
             other => panic!("expected AuthFailed, got {other:?}"),
         }
     });
+    // Counted by reason, on the port that refused them.
+    wait_for_auth_count(&h, AuthFailure::HashUnusable, 1);
+    wait_for_auth_count(&h, AuthFailure::DhGroupUnusable, 1);
+    let p = &h.target.metrics().ports[0];
+    assert_eq!(p.auth_successes.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        p.auth_failures[AuthFailure::Failed as usize].load(Ordering::Relaxed),
+        0
+    );
     h.stop();
+}
+
+/// Waits (at most 10 s) for port 0's failure counter of `why` to reach `n`.
+fn wait_for_auth_count(h: &Harness, why: AuthFailure, n: u64) {
+    let c = &h.target.metrics().ports[0].auth_failures[why as usize];
+    let t = std::time::Instant::now();
+    while c.load(Ordering::Relaxed) != n {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{why:?}: {} failures counted, not {n}",
+            c.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 #[test]
@@ -279,6 +308,7 @@ fn a_wrong_controller_secret_makes_the_host_refuse() {
         .await;
         assert!(matches!(r, Err(HostError::CtrlAuthFailed)), "{r:?}");
     });
+    wait_for_auth_count(&h, AuthFailure::HostRefused, 1);
     h.stop();
 }
 

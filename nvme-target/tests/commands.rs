@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::rt;
+
 use common::raw::{capsule, join_io_queue, status_of};
 use common::{ALLOWED_HOST, Harness, LOCKED_NQN, OPEN_NQN, pattern};
 use nvme_spec::command::{SglDescriptor, Sqe, admin_opcode, cns, feature, io_opcode};
@@ -13,13 +15,6 @@ use nvme_spec::log::{CommandEffectsLog, FirmwareSlotLog, effects, lid};
 use nvme_spec::pdu::{CommonHeader, DataHeader, pdu_type};
 use nvme_spec::{FromBytes, FromZeros, IntoBytes, get_str, status};
 use nvme_target::host::{HostController, HostError, HostOptions, Namespace, Queue};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The status field of a failed host-library command (0 for success).
 fn status_field<T>(r: Result<T, HostError>) -> u16 {

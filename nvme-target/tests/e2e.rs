@@ -4,25 +4,14 @@
 
 mod common;
 
+use common::{rt, timeout};
+
 use std::time::Duration;
 
 use common::{ALLOWED_HOST, Harness, LOCKED_NQN, OPEN_NQN, connect, pattern};
 use nvme_spec::log::lid;
 use nvme_spec::{get_str, status};
 use nvme_target::host::{Digests, HostController, HostError, HostOptions};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn timeout<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test step timed out")
-}
 
 #[test]
 fn identify_reports_a_multipath_capable_controller() {

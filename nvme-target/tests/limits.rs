@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::rt;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -447,13 +449,6 @@ fn shutdown_finishes_while_a_host_stops_reading() {
         .expect("shutdown finished");
     drop(raw);
     assert!(rt().block_on(c.keep_alive()).is_err(), "target gone");
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Get Features Volatile Write Cache.

@@ -4,24 +4,13 @@
 
 mod common;
 
+use common::{rt, timeout};
+
 use std::time::Duration;
 
 use common::{Harness, OPEN_NQN, pattern};
 use nvme_spec::status;
 use nvme_target::host::{HostController, HostError, HostOptions};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn timeout<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test step timed out")
-}
 
 #[test]
 fn one_controllers_io_queues_run_on_both_threads() {

@@ -183,6 +183,26 @@ pub(super) fn encode(
     for (name, help, pick) in per_port {
         f.counter(name, help, ports().map(|(i, p)| (ctl(i), get(pick(p)))))?;
     }
+    f.counter(
+        "nvme_auth_successes",
+        "DH-HMAC-CHAP exchanges that authenticated a host (re-authentications too).",
+        ports().map(|(i, p)| (ctl(i), get(&p.auth_successes))),
+    )?;
+    f.counter(
+        "nvme_auth_failures",
+        "DH-HMAC-CHAP exchanges that failed, by controller and reason.",
+        ports().flat_map(|(i, p)| {
+            nvme_target::metrics::AuthFailure::ALL.iter().map(move |r| {
+                (
+                    labels([
+                        ("controller", i.to_string()),
+                        ("reason", r.name().to_owned()),
+                    ]),
+                    get(&p.auth_failures[*r as usize]),
+                )
+            })
+        }),
+    )?;
     let subs = || config.subsystems.iter().zip(&m.subsystems);
     f.gauge(
         "subsystem_connected_hosts",

@@ -26,6 +26,7 @@ pub use secret::{
 };
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use nvme_spec::auth::{
     AUTH_ID_DHCHAP, ChallengeHeader, Failure, NegotiateHeader, ProtocolDescriptor, ReplyHeader,
@@ -39,6 +40,7 @@ use tracing::{info, warn};
 use crate::completion::Error;
 use crate::config::HostAuthConfig;
 use crate::conn::{Conn, Data};
+use crate::metrics::AuthFailure;
 
 /// Largest Authentication Receive allocation accepted (the Linux host asks for 4 KiB; the
 /// longest message, a Challenge with an ffdhe8192 value, is 1,104 bytes).
@@ -379,8 +381,14 @@ impl Conn {
             // Nothing to authenticate: the queue was never asked to.
             return Err(Error::Sequence);
         }
+        let was = self.auth.authenticated;
         self.auth.on_send(msg);
+        let m = self.port.metrics();
+        if !was && self.auth.authenticated {
+            m.auth_successes.fetch_add(1, Ordering::Relaxed);
+        }
         if self.auth.refused {
+            m.auth_failed(AuthFailure::HostRefused);
             // Nothing follows a Failure2: the exchange, and the queue, are over.
             self.closing = true;
         }
@@ -414,7 +422,8 @@ impl Conn {
         out.resize(n, 0);
         self.scratch = out;
         r?;
-        if let Step::Failure1(_) = self.auth.step {
+        if let Step::Failure1(why) = self.auth.step {
+            self.port.metrics().auth_failed(AuthFailure::from_code(why));
             // The failure is all the host gets: the connection ends once it is sent.
             warn!(host = %self.auth.hostnqn, port = self.port.port_id, "authentication failed: closing the queue");
             self.closing = true;

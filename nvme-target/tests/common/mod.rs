@@ -361,3 +361,18 @@ pub async fn connect(addr: SocketAddr, opts: HostOptions) -> (HostController, Qu
 }
 
 pub use baton_tests::pattern;
+
+/// A current-thread runtime for a test's host side.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs one step of a test, failing it if the step takes longer than 30 s.
+pub async fn timeout<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("test step timed out")
+}

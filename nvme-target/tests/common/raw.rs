@@ -119,6 +119,11 @@ pub fn assert_term_req(pdu: &[u8], fes: u16, fei: u32) {
 
 /// An I/O queue on a raw connection: returns the connection after Connect on qid 1.
 pub fn raw_io_queue(h: &Harness, dgst: u8) -> Raw {
+    raw_io_queue_at(h, 0, dgst)
+}
+
+/// An I/O queue on a raw connection to port `port` (0 or 1: another controller thread).
+pub fn raw_io_queue_at(h: &Harness, port: usize, dgst: u8) -> Raw {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -132,7 +137,7 @@ pub fn raw_io_queue(h: &Harness, dgst: u8) -> Raw {
         ..HostOptions::new(OPEN_NQN)
     };
     let c = rt.block_on(async {
-        let mut c = nvme_target::host::HostController::connect(h.ports[0], opts.clone())
+        let mut c = nvme_target::host::HostController::connect(h.ports[port], opts.clone())
             .await
             .unwrap();
         c.set_num_queues(1).await.unwrap();
@@ -141,12 +146,17 @@ pub fn raw_io_queue(h: &Harness, dgst: u8) -> Raw {
     let cntlid = c.cntlid();
     std::mem::forget(c);
     std::mem::forget(rt);
-    join_io_queue(h, dgst, cntlid, &opts.hostnqn)
+    join_io_queue_at(h.ports[port], dgst, cntlid, &opts.hostnqn)
 }
 
 /// A raw connection that joins controller `cntlid` (of `hostnqn`) as I/O queue 1.
 pub fn join_io_queue(h: &Harness, dgst: u8, cntlid: u16, hostnqn: &str) -> Raw {
-    let mut raw = Raw::open(h);
+    join_io_queue_at(h.ports[0], dgst, cntlid, hostnqn)
+}
+
+/// [`join_io_queue`] on the port at `addr`.
+pub fn join_io_queue_at(addr: SocketAddr, dgst: u8, cntlid: u16, hostnqn: &str) -> Raw {
+    let mut raw = Raw::to(addr);
     raw.ic(dgst);
     let mut cmd = ConnectCmd::new_zeroed();
     cmd.opcode = admin_opcode::FABRICS;
