@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bdev::{BlockIo, BufPool, PoolClass};
 use nvme_target::{
-    NamespaceConfig, Port, PortConfig, PortGroup, SubsystemConfig, Target, TargetConfig,
+    AnaSetting, NamespaceConfig, Port, PortConfig, PortGroup, SubsystemConfig, Target, TargetConfig,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -339,7 +339,14 @@ fn target_config(
             namespaces: exported
                 .iter()
                 .filter(|(nqn, ..)| *nqn == s.nqn)
-                .map(|(nqn, nsid, v)| namespace_config(nqn, *nsid, v))
+                .map(|(nqn, nsid, v)| {
+                    let group = s
+                        .namespaces
+                        .iter()
+                        .find(|n| n.nsid == *nsid)
+                        .map_or(1, |n| n.ana_group);
+                    namespace_config(nqn, *nsid, v, group)
+                })
                 .collect(),
         })
         .collect();
@@ -360,10 +367,19 @@ fn target_config(
     cfg.limits = config.limits.nvme_tcp();
     cfg.hosts = crate::config::hosts_auth(&nvme.hosts)
         .map_err(|(key, reason)| BlockError::Hosts { key, reason })?;
+    cfg.ana = nvme
+        .ana
+        .iter()
+        .map(|a| AnaSetting {
+            port: u16::try_from(a.controller + 1).unwrap_or(u16::MAX),
+            group: a.group,
+            state: a.state.into(),
+        })
+        .collect();
     Ok(cfg)
 }
 
-fn namespace_config(nqn: &str, nsid: u32, v: &Volume) -> NamespaceConfig {
+fn namespace_config(nqn: &str, nsid: u32, v: &Volume, ana_group: u32) -> NamespaceConfig {
     NamespaceConfig {
         nsid,
         nguid: stable_id("nguid", nqn, nsid),
@@ -377,6 +393,7 @@ fn namespace_config(nqn: &str, nsid: u32, v: &Volume) -> NamespaceConfig {
         },
         // File-backed devices go through the page cache (or a drive cache): Flush matters.
         volatile_write_cache: true,
+        ana_group,
     }
 }
 

@@ -7,5 +7,6 @@ pub mod block;
 pub mod config;
 pub use ::controller;
 pub mod logging;
+pub mod reload;
 pub mod serve;
 pub use ::stream;

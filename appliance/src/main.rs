@@ -168,6 +168,58 @@ enum CtlAction {
         #[arg(long)]
         controller: usize,
     },
+    /// Asymmetric Namespace Access: show or set ANA group states.
+    Ana {
+        #[command(subcommand)]
+        action: AnaAction,
+    },
+    /// Allow a host to connect to a subsystem, or stop allowing it (it is refused on its next
+    /// connect; associations it has stay up).
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostAction {
+    /// Add a host NQN to a subsystem's allowed hosts.
+    Add {
+        /// Subsystem NQN.
+        #[arg(long)]
+        subsystem: String,
+        /// Host NQN.
+        host: String,
+    },
+    /// Remove a host NQN from a subsystem's allowed hosts.
+    Remove {
+        /// Subsystem NQN.
+        #[arg(long)]
+        subsystem: String,
+        /// Host NQN.
+        host: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AnaAction {
+    /// Every ANA group's state on every controller.
+    Show,
+    /// Set one group's state on one controller (port); connected hosts that enabled ANA
+    /// change notices get one and re-read the ANA log.
+    Set {
+        /// Controller index (0-based).
+        #[arg(long, conflicts_with = "port", required_unless_present = "port")]
+        controller: Option<usize>,
+        /// Port ID instead of the controller index (PORTID in the discovery log: index + 1).
+        #[arg(long)]
+        port: Option<u16>,
+        /// ANA group ID.
+        #[arg(long, default_value_t = 1)]
+        group: u32,
+        /// optimized, non-optimized, inaccessible, persistent-loss or change.
+        state: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -184,15 +236,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
-            let (config, warnings) = match config {
-                Some(path) => Config::load_with_warnings(&path)?,
+            let (loaded, warnings) = match &config {
+                Some(path) => Config::load_with_warnings(path)?,
                 None => (Config::embedded_default(), Vec::new()),
             };
-            baton::logging::init(&config.logging);
+            baton::logging::init(&loaded.logging);
             for w in &warnings {
                 tracing::warn!("{w}");
             }
-            baton::serve::run(config).context("serve")
+            baton::serve::run(loaded, config.as_deref()).context("serve")
         }
         Command::CheckConfig { file } => {
             let (config, warnings) = Config::load_with_warnings(&file)?;
@@ -310,10 +362,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             action,
         } => {
-            let token = ctl_token(token_file, config)?;
-            let act = |path: &str| {
-                baton::admin::call_with_token(admin, hyper::Method::POST, path, Some(&token))
+            // Showing needs no token; every action does.
+            let read_only = matches!(
+                action,
+                CtlAction::Ana {
+                    action: AnaAction::Show
+                }
+            );
+            let token = if read_only {
+                None
+            } else {
+                Some(ctl_token(token_file, config)?)
             };
+            let call = |method: hyper::Method, path: &str| {
+                baton::admin::call_with_token(admin, method, path, token.as_deref())
+            };
+            let act = |path: &str| call(hyper::Method::POST, path);
             match action {
                 CtlAction::StopStreams { controller } => {
                     act(&format!("/api/v1/controllers/{controller}/stop-streams"))?;
@@ -324,6 +388,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "/api/v1/controllers/{controller}/drop-connections"
                     ))?;
                     println!("controller {controller}: connections dropped");
+                }
+                CtlAction::Ana {
+                    action: AnaAction::Show,
+                } => {
+                    let body = baton::admin::call(admin, hyper::Method::GET, "/api/v1/ana")?;
+                    let groups: Vec<baton::admin::ana::AnaStatus> = serde_json::from_slice(&body)?;
+                    println!("GROUP  CTRL  PORT  STATE            CHGCNT  NAMESPACES");
+                    for g in groups {
+                        println!(
+                            "{:<5}  {:>4}  {:>4}  {:<15}  {:>6}  {}",
+                            g.group,
+                            g.controller,
+                            g.port,
+                            g.state,
+                            g.chgcnt,
+                            g.namespaces.join(", ")
+                        );
+                    }
+                }
+                CtlAction::Ana {
+                    action:
+                        AnaAction::Set {
+                            controller,
+                            port,
+                            group,
+                            state,
+                        },
+                } => {
+                    let controller = match (controller, port) {
+                        (Some(c), _) => c,
+                        (None, Some(0)) => anyhow::bail!("port IDs start at 1"),
+                        (None, Some(p)) => usize::from(p - 1),
+                        (None, None) => anyhow::bail!("give --controller or --port"),
+                    };
+                    let body = act(&format!(
+                        "/api/v1/controllers/{controller}/ana/{group}/{state}"
+                    ))?;
+                    print!("{}", String::from_utf8_lossy(&body));
+                }
+                CtlAction::Host { action } => {
+                    let (method, subsystem, host) = match action {
+                        HostAction::Add { subsystem, host } => {
+                            (hyper::Method::POST, subsystem, host)
+                        }
+                        HostAction::Remove { subsystem, host } => {
+                            (hyper::Method::DELETE, subsystem, host)
+                        }
+                    };
+                    if subsystem.contains('/') || host.contains('/') {
+                        anyhow::bail!("NQNs contain no '/'");
+                    }
+                    let body = call(
+                        method,
+                        &format!("/api/v1/subsystems/{subsystem}/hosts/{host}"),
+                    )?;
+                    print!("{}", String::from_utf8_lossy(&body));
                 }
             }
             Ok(())

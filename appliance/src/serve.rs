@@ -1,5 +1,5 @@
 //! `baton serve`: opens the backplane, starts the controllers and services, and runs until
-//! SIGINT or SIGTERM, then shuts down gracefully.
+//! SIGINT or SIGTERM, then shuts down gracefully; SIGHUP reloads the configuration.
 
 use std::io;
 use std::sync::Arc;
@@ -168,11 +168,26 @@ impl Appliance {
     }
 }
 
-/// Runs the appliance until SIGINT or SIGTERM.
-pub fn run(config: Config) -> Result<(), ServeError> {
+/// Runs the appliance until SIGINT or SIGTERM; SIGHUP reloads `path` (the file `config`
+/// came from, if any; see [`crate::reload`]).
+pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), ServeError> {
+    let mut running = config.clone();
     let appliance = Appliance::start(config)?;
+    let target = Arc::clone(appliance.block.target());
     notify_service_manager("READY=1");
-    wait_for_signal().map_err(io_err("waiting for signals"))?;
+    wait_for_signal(|| match path {
+        None => warn!("SIGHUP: serving the embedded default, there is no file to reload"),
+        Some(p) => match crate::reload::reload(p, &mut running, &target) {
+            Ok(applied) if applied.is_empty() => info!("SIGHUP: configuration unchanged"),
+            Ok(applied) => {
+                for change in applied {
+                    info!(%change, "SIGHUP: applied");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused, nothing changed"),
+        },
+    })
+    .map_err(io_err("waiting for signals"))?;
     notify_service_manager("STOPPING=1");
     appliance.shutdown();
     Ok(())
@@ -201,7 +216,7 @@ fn notify_service_manager(state: &str) {
     }
 }
 
-fn wait_for_signal() -> io::Result<()> {
+fn wait_for_signal(mut on_hangup: impl FnMut()) -> io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -209,15 +224,13 @@ fn wait_for_signal() -> io::Result<()> {
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        // SIGHUP's default action would kill the process without a graceful shutdown.
-        // Reloading the configuration on it is future work: until then it is logged and
-        // ignored.
+        // SIGHUP reloads the configuration (its default action would kill the process).
         let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM"); break }
                 _ = int.recv() => { info!("SIGINT"); break }
-                _ = hup.recv() => warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+                _ = hup.recv() => on_hangup(),
             }
         }
         Ok(())

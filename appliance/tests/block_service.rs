@@ -606,3 +606,236 @@ fn shutdown_finishes_while_a_host_stops_reading() {
     b.stop();
     drop(stalled);
 }
+
+#[test]
+fn ana_states_change_at_run_time_through_baton_ctl() {
+    let b = Baton::start();
+    let ports = b.ports();
+    let token = b._dir.path().join("admin.token");
+    let token = token.to_str().unwrap().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut a = HostController::connect(ports[0], HostOptions::new(NQN))
+            .await
+            .unwrap();
+        let mut c = HostController::connect(ports[1], HostOptions::new(NQN))
+            .await
+            .unwrap();
+        a.set_num_queues(1).await.unwrap();
+        c.set_num_queues(1).await.unwrap();
+        let mut qa = a.connect_io_queue(1).await.unwrap();
+        let mut qc = c.connect_io_queue(1).await.unwrap();
+        let ns = a.namespace(1).await.unwrap();
+        assert_eq!(
+            a.identify_controller().await.unwrap().cmic & (1 << 3),
+            1 << 3
+        );
+        let show = off_thread(|| b.cli(&["ctl", "ana", "show"]));
+        assert_eq!(
+            show.lines().filter(|l| l.contains("optimized")).count(),
+            2,
+            "group 1 on both controllers:\n{show}"
+        );
+        let out = off_thread(|| {
+            b.cli(&[
+                "ctl",
+                "ana",
+                "set",
+                "--controller",
+                "1",
+                "--token-file",
+                &token,
+                "inaccessible",
+            ])
+        });
+        assert!(out.contains("inaccessible"), "{out}");
+        // I/O through controller 1 fails with the path status; controller 0 serves it.
+        match qc.read(&ns, 0, 512).await {
+            Err(nvme_target::host::HostError::Status { status, .. }) => {
+                assert_eq!(status, nvme_spec::status::ANA_INACCESSIBLE);
+            }
+            other => panic!("expected the ANA status, got {other:?}"),
+        }
+        qa.read(&ns, 0, 512).await.unwrap();
+        let st = off_thread(|| baton::admin::fetch_status(b.admin).unwrap());
+        let entry = st.ana.iter().find(|e| e.controller == 1).unwrap();
+        assert_eq!((entry.group, entry.state.as_str()), (1, "inaccessible"));
+        assert_eq!(entry.namespaces, vec![format!("{NQN}/1")]);
+        assert!(off_thread(|| b.cli(&["status"])).contains("inaccessible"));
+        let metrics =
+            off_thread(|| baton::admin::call(b.admin, hyper::Method::GET, "/metrics").unwrap());
+        let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+        for line in [
+            "baton_nvme_ana_state{controller=\"1\",group=\"1\",state=\"inaccessible\"} 1",
+            "baton_nvme_ana_state{controller=\"1\",group=\"1\",state=\"optimized\"} 0",
+            "baton_nvme_ana_state{controller=\"0\",group=\"1\",state=\"optimized\"} 1",
+            "baton_nvme_ana_changes_total 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} missing");
+        }
+        // By port ID, back to optimized; I/O flows again.
+        off_thread(|| {
+            b.cli(&[
+                "ctl",
+                "ana",
+                "set",
+                "--port",
+                "2",
+                "--group",
+                "1",
+                "--token-file",
+                &token,
+                "optimized",
+            ])
+        });
+        qc.read(&ns, 0, 512).await.unwrap();
+        // Unknown states and groups are refused with the reason.
+        for bad in [["--controller", "1", "fast"], ["--group", "7", "change"]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+                .args(["ctl", "ana", "set", "--admin", &b.admin.to_string()])
+                .args(["--token-file", &token])
+                .args(if bad[0] == "--group" {
+                    vec!["--controller", "0", bad[0], bad[1], bad[2]]
+                } else {
+                    bad.to_vec()
+                })
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("unknown ANA state") || err.contains("no ANA group 7"),
+                "{err}"
+            );
+        }
+    });
+    b.stop();
+}
+
+/// Connect outcome for host `hostnqn`: `Ok` or the Connect status.
+async fn connect_as(port: SocketAddr, hostnqn: &str) -> Result<(), u16> {
+    let mut o = HostOptions::new(NQN);
+    o.hostnqn = hostnqn.into();
+    match HostController::connect(port, o).await {
+        Ok(_) => Ok(()),
+        Err(nvme_target::host::HostError::Status { status, .. }) => Err(status & 0x7ff),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+#[test]
+fn sighup_reloads_allowed_hosts_and_refuses_other_changes() {
+    const OTHER: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000cc";
+    let b = Baton::start();
+    let ports = b.ports();
+    let me = HostOptions::new(NQN).hostnqn;
+    let path = b._dir.path().join("baton.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(b.pid()).unwrap()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    };
+    let token = b._dir.path().join("admin.token");
+    let token = token.to_str().unwrap().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut kept = HostController::connect(ports[0], HostOptions::new(NQN))
+            .await
+            .unwrap();
+        // Only OTHER is allowed now.
+        std::fs::write(
+            &path,
+            original.replace(
+                "allow_any_host: true",
+                &format!("allow_any_host: false\n    allowed_hosts: [\"{OTHER}\"]"),
+            ),
+        )
+        .unwrap();
+        hup();
+        let t = Instant::now();
+        while connect_as(ports[1], &me).await.is_ok() {
+            assert!(t.elapsed() < Duration::from_secs(10), "reload not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            connect_as(ports[1], &me).await,
+            Err(nvme_spec::status::CONNECT_INVALID_HOST)
+        );
+        connect_as(ports[1], OTHER).await.unwrap();
+        // The association made before the reload stays.
+        kept.keep_alive().await.unwrap();
+        // A change that cannot be applied while running: refused, nothing changes, the
+        // process lives on.
+        std::fs::write(&path, original.replace("nsid: 1", "nsid: 2")).unwrap();
+        hup();
+        // Signals sent close together may merge into one: let this one be handled first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A later reload that only changes hosts applies: once it shows, the refused one was
+        // handled before it (signals are handled in order) and must have changed nothing
+        // (its allow_any_host: true would admit everyone).
+        const THIRD: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000dd";
+        std::fs::write(
+            &path,
+            original.replace(
+                "allow_any_host: true",
+                &format!("allow_any_host: false\n    allowed_hosts: [\"{OTHER}\", \"{THIRD}\"]"),
+            ),
+        )
+        .unwrap();
+        hup();
+        let t = Instant::now();
+        while connect_as(ports[0], THIRD).await.is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "second reload not applied"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            connect_as(ports[0], &me).await,
+            Err(nvme_spec::status::CONNECT_INVALID_HOST),
+            "the refused reload changed nothing"
+        );
+        // Hosts through baton ctl.
+        let out = off_thread(|| {
+            b.cli(&[
+                "ctl",
+                "host",
+                "add",
+                "--subsystem",
+                NQN,
+                &me,
+                "--token-file",
+                &token,
+            ])
+        });
+        assert!(out.contains("allowed"), "{out}");
+        connect_as(ports[0], &me).await.unwrap();
+        off_thread(|| {
+            b.cli(&[
+                "ctl",
+                "host",
+                "remove",
+                "--subsystem",
+                NQN,
+                OTHER,
+                "--token-file",
+                &token,
+            ])
+        });
+        assert_eq!(
+            connect_as(ports[0], OTHER).await,
+            Err(nvme_spec::status::CONNECT_INVALID_HOST)
+        );
+    });
+    b.stop();
+}

@@ -143,6 +143,7 @@ fn target(port: SocketAddr, discovery: SocketAddr) -> std::sync::Arc<Target> {
         num_blocks: 2048,
         optimal_io_boundary: 0,
         volatile_write_cache: true,
+        ana_group: 1,
     };
     let subsystem = SubsystemConfig {
         nqn: NQN.into(),

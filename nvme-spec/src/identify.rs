@@ -21,7 +21,7 @@ pub struct IdentifyController {
     pub rab: u8,
     /// IEEE OUI identifier.
     pub ieee: [u8; 3],
-    /// Multi-path I/O and namespace sharing capabilities (bit 1: more than one controller).
+    /// Multi-path I/O and namespace sharing capabilities (see [`cmic`]).
     pub cmic: u8,
     /// Maximum data transfer size, a power of two in units of the minimum page size.
     pub mdts: u8,
@@ -33,7 +33,7 @@ pub struct IdentifyController {
     pub rtd3r: U32,
     /// RTD3 entry latency.
     pub rtd3e: U32,
-    /// Optional asynchronous events supported (bit 8: namespace attribute notices).
+    /// Optional asynchronous events supported (see [`oaes`]).
     pub oaes: U32,
     /// Controller attributes.
     pub ctratt: U32,
@@ -75,8 +75,20 @@ pub struct IdentifyController {
     pub rsvd270: [u8; 50],
     /// Keep alive support, in 100 ms units.
     pub kas: U16,
-    /// Reserved (HCTMA .. MEGCAP and reserved).
-    pub rsvd322: [u8; 190],
+    /// Reserved (HCTMA, MNTMT, MXTMT, SANICAP, HMMINDS, HMMAXD, NSETIDMAX, ENDGIDMAX).
+    pub rsvd322: [u8; 20],
+    /// ANA transition time: seconds a group may stay in the change state.
+    pub anatt: u8,
+    /// ANA capabilities (see [`anacap`]).
+    pub anacap: u8,
+    /// Largest ANA group ID.
+    pub anagrpmax: U32,
+    /// Number of ANA group IDs supported.
+    pub nanagrpid: U32,
+    /// Persistent event log size, in 64 KiB units.
+    pub pels: U32,
+    /// Reserved (domain identifier, MEGCAP and reserved).
+    pub rsvd356: [u8; 156],
     /// Submission queue entry size (max in bits 7:4, required in 3:0), log2.
     pub sqes: u8,
     /// Completion queue entry size (max in bits 7:4, required in 3:0), log2.
@@ -291,4 +303,38 @@ pub fn write_ns_descriptors(out: &mut [u8], nguid: &[u8; 16], uuid: &[u8; 16]) {
     put(nidt::NGUID, nguid);
     put(nidt::UUID, uuid);
     put(nidt::CSI, &[0]);
+}
+
+/// CMIC bits of Identify Controller (Base figure 275).
+pub mod cmic {
+    /// The NVM subsystem has more than one port.
+    pub const MULTI_PORT: u8 = 1 << 0;
+    /// The NVM subsystem may have more than one controller.
+    pub const MULTI_CTRL: u8 = 1 << 1;
+    /// Asymmetric Namespace Access Reporting.
+    pub const ANA: u8 = 1 << 3;
+}
+
+/// OAES bits of Identify Controller (Base figure 275): the notices the controller sends.
+pub mod oaes {
+    /// Namespace Attribute Notices.
+    pub const NS_ATTR: u32 = 1 << 8;
+    /// Asymmetric Namespace Access Change Notices.
+    pub const ANA_CHANGE: u32 = 1 << 11;
+}
+
+/// ANACAP bits of Identify Controller (Base figure 275).
+pub mod anacap {
+    /// Reports the ANA Optimized state.
+    pub const OPTIMIZED: u8 = 1 << 0;
+    /// Reports the ANA Non-Optimized state.
+    pub const NON_OPTIMIZED: u8 = 1 << 1;
+    /// Reports the ANA Inaccessible state.
+    pub const INACCESSIBLE: u8 = 1 << 2;
+    /// Reports the ANA Persistent Loss state.
+    pub const PERSISTENT_LOSS: u8 = 1 << 3;
+    /// Reports the ANA Change state.
+    pub const CHANGE: u8 = 1 << 4;
+    /// A namespace's ANAGRPID does not change while it is attached.
+    pub const GRPID_STATIC: u8 = 1 << 6;
 }

@@ -52,7 +52,8 @@ offsets!(identify_controller_fields, IdentifyController, {
     mdts => 77, cntlid => 78, ver => 80, rtd3r => 84, rtd3e => 88, oaes => 92, ctratt => 96,
     rrls => 100, cntrltype => 111, fguid => 112, crdt => 128, oacs => 256, acl => 258,
     aerl => 259, frmw => 260, lpa => 261, elpe => 262, npss => 263, avscc => 264,
-    apsta => 265, wctemp => 266, cctemp => 268, kas => 320, sqes => 512, cqes => 513,
+    apsta => 265, wctemp => 266, cctemp => 268, kas => 320, anatt => 342, anacap => 343,
+    anagrpmax => 344, nanagrpid => 348, pels => 352, sqes => 512, cqes => 513,
     maxcmd => 514, nn => 516, oncs => 520, fuses => 522, fna => 524, vwc => 525, awun => 526,
     awupf => 528, icsvscc => 530, nwpc => 531, acwu => 532, ocfs => 534, sgls => 536,
     mnan => 540, subnqn => 768, ioccsz => 1792, iorcsz => 1796, icdoff => 1800,
@@ -147,6 +148,10 @@ offsets!(challenge_fields, ChallengeHeader, {
 offsets!(reply_fields, ReplyHeader, { t_id => 4, hl => 6, cvalid => 8, dhvlen => 10, seqnum => 12 });
 offsets!(success1_fields, Success1Header, { t_id => 4, hl => 6, rvalid => 8 });
 offsets!(failure_fields, Failure, { t_id => 4, rescode => 6, rescode_exp => 7 });
+offsets!(ana_header_fields, ana::Header, { chgcnt => 0, ngrps => 8, rsvd10 => 10 });
+offsets!(ana_group_fields, ana::GroupDescriptor, {
+    grpid => 0, nnsids => 4, chgcnt => 8, state => 16, rsvd17 => 17,
+});
 offsets!(resv_status_header_fields, ResvStatusHeader, {
     generation => 0, rtype => 4, regctl => 5, rsvd7 => 7, ptpls => 9, rsvd10 => 10,
 });

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod cmds;
 pub mod command;
+pub mod event;
 pub mod fabrics;
 pub mod identify;
 pub mod log;

@@ -1,5 +1,5 @@
-//! Log pages (Base 5.16): error information, SMART / health, changed namespace list and the
-//! discovery log (Base 5.16.1.23).
+//! Log pages (Base 5.16): error information, SMART / health, changed namespace list,
+//! asymmetric namespace access and the discovery log (Base 5.16.1.23).
 
 use zerocopy::little_endian::{U16, U32, U64, U128};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -18,6 +18,8 @@ pub mod lid {
     pub const CHANGED_NS: u8 = 0x04;
     /// Commands Supported and Effects.
     pub const CMD_EFFECTS: u8 = 0x05;
+    /// Asymmetric Namespace Access.
+    pub const ANA: u8 = 0x0c;
     /// Discovery.
     pub const DISCOVERY: u8 = 0x70;
     /// Reservation Notification.
@@ -303,4 +305,61 @@ mod tests {
         assert_eq!(sqe.cdw11.get(), 1);
         assert_eq!(GetLogPage::from_sqe(&sqe).len, 0x12345 * 4);
     }
+}
+
+/// Asymmetric Namespace Access log page (Base 5.16.1.13): a header, then one group
+/// descriptor per ANA group, each followed by its namespace IDs (`u32` each).
+pub mod ana {
+    use super::{FromBytes, Immutable, IntoBytes, KnownLayout, U16, U32, U64, Unaligned};
+
+    /// Log specific field bit: Return Groups Only (no namespace lists).
+    pub const LSP_RGO: u8 = 1 << 0;
+
+    /// ANA states (Base 8.1.2).
+    pub mod state {
+        /// ANA Optimized.
+        pub const OPTIMIZED: u8 = 0x01;
+        /// ANA Non-Optimized.
+        pub const NON_OPTIMIZED: u8 = 0x02;
+        /// ANA Inaccessible.
+        pub const INACCESSIBLE: u8 = 0x03;
+        /// ANA Persistent Loss.
+        pub const PERSISTENT_LOSS: u8 = 0x04;
+        /// ANA Change.
+        pub const CHANGE: u8 = 0x0f;
+    }
+
+    /// The log's header (Base figure 218): 16 bytes.
+    #[repr(C)]
+    #[derive(
+        Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+    )]
+    pub struct Header {
+        /// Change count: increments whenever any group descriptor changes.
+        pub chgcnt: U64,
+        /// Number of group descriptors that follow.
+        pub ngrps: U16,
+        /// Reserved.
+        pub rsvd10: [u8; 6],
+    }
+    const _: () = assert!(size_of::<Header>() == 16);
+
+    /// An ANA group descriptor (Base figure 219): 32 bytes, then `nnsids` namespace IDs.
+    #[repr(C)]
+    #[derive(
+        Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+    )]
+    pub struct GroupDescriptor {
+        /// ANA group ID.
+        pub grpid: U32,
+        /// Number of namespace IDs that follow (0 with RGO).
+        pub nnsids: U32,
+        /// Change count of this group.
+        pub chgcnt: U64,
+        /// ANA state in bits 3:0.
+        pub state: u8,
+        /// Reserved.
+        pub rsvd17: [u8; 15],
+    }
+    const _: () = assert!(size_of::<GroupDescriptor>() == 32);
 }

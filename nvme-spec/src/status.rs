@@ -95,6 +95,13 @@ pub const COMPARE_FAILURE: u16 = status(2, 0x85);
 /// Media error: Write Fault.
 pub const WRITE_FAULT: u16 = status(2, 0x80);
 
+/// Path related: Asymmetric Access Persistent Loss.
+pub const ANA_PERSISTENT_LOSS: u16 = status(3, 0x01);
+/// Path related: Asymmetric Access Inaccessible.
+pub const ANA_INACCESSIBLE: u16 = status(3, 0x02);
+/// Path related: Asymmetric Access Transition.
+pub const ANA_TRANSITION: u16 = status(3, 0x03);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +127,12 @@ mod tests {
             (0x009, 0x00a)
         );
         assert_eq!(HOST_ID_INCONSISTENT, 0x018);
+    }
+
+    #[test]
+    fn ana_codes_are_path_related() {
+        assert_eq!(ANA_PERSISTENT_LOSS, 0x301);
+        assert_eq!(ANA_INACCESSIBLE, 0x302);
+        assert_eq!(ANA_TRANSITION, 0x303);
     }
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use nvme_spec::cmds::{AdminCmd, FeatureSelect, GetFeatures, Identify, SetFeatures};
 use nvme_spec::command::{Sqe, admin_opcode, cns, feature, io_opcode};
-use nvme_spec::identify::{IdentifyController, IdentifyNamespace, cntrltype, write_ns_descriptors};
+use nvme_spec::identify::{
+    IdentifyController, IdentifyNamespace, anacap, cmic, cntrltype, oaes, write_ns_descriptors,
+};
+use nvme_spec::log::ana as ana_log;
 use nvme_spec::log::{
     CommandEffectsLog, DiscoveryLogEntry, DiscoveryLogHeader, FirmwareSlotLog, GetLogPage,
     SmartLog, disc, effects, lid,
@@ -16,6 +19,7 @@ use nvme_spec::log::{
 use nvme_spec::regs::VERSION_1_3;
 use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str};
 
+use crate::ana;
 use crate::cell::lock;
 use crate::completion::{Completion, Error};
 use crate::conn::{Conn, Data};
@@ -82,7 +86,7 @@ impl Conn {
                 if aers.len() >= AER_LIMIT {
                     Err(Error::AerLimit)
                 } else {
-                    // Held until an event (a reservation notice, see `resv`).
+                    // Held until an event (an ANA or reservation notice).
                     aers.push(cid);
                     Ok(Reply::Held)
                 }
@@ -92,7 +96,10 @@ impl Conn {
         match r {
             Ok(Reply::Done(c)) => self.complete(cid, c),
             Ok(Reply::Scratch(n)) => self.reply_scratch(cid, n),
-            Ok(Reply::Held) => {}
+            Ok(Reply::Held) => {
+                self.deliver_events();
+                self.deliver_ana_events();
+            }
             Err(e) => self.complete(cid, e),
         }
         if cmd == AdminCmd::AsyncEventRequest {
@@ -196,12 +203,34 @@ impl Conn {
                 id.cntrltype = cntrltype::IO;
                 // Several controllers (one per port) may attach the same namespaces (bit 1),
                 // through more than one port when the target has several (bit 0).
-                id.cmic = (1 << 1) | u8::from(cfg.ports.len() > 1);
-                id.oaes.set(1 << 8);
+                id.cmic = cmic::MULTI_CTRL | cmic::ANA;
+                if cfg.ports.len() > 1 {
+                    id.cmic |= cmic::MULTI_PORT;
+                }
+                id.oaes.set(oaes::NS_ATTR | oaes::ANA_CHANGE);
+                id.anatt = ana::TRANSITION_TIME_SECS;
+                // Every state. Not GRPID_STATIC (bit 6), though group IDs never change: with
+                // it, nvme-cli and older kernels size their ANA log buffer without room for
+                // namespace IDs and get a truncated log (nvmet leaves it clear too).
+                id.anacap = anacap::OPTIMIZED
+                    | anacap::NON_OPTIMIZED
+                    | anacap::INACCESSIBLE
+                    | anacap::PERSISTENT_LOSS
+                    | anacap::CHANGE;
+                id.anagrpmax.set(ana::MAX_ANA_GROUPS);
+                id.nanagrpid.set(ana::MAX_ANA_GROUPS);
+                // The host sizes its ANA log buffer by MNAN, which must not pass NN.
+                id.mnan.set(ana::MAX_NAMESPACES);
                 id.sqes = 0x66;
                 id.cqes = 0x44;
-                id.nn
-                    .set(s.namespaces.iter().map(|n| n.nsid).max().unwrap_or(0));
+                id.nn.set(
+                    s.namespaces
+                        .iter()
+                        .map(|n| n.nsid)
+                        .max()
+                        .unwrap_or(0)
+                        .max(ana::MAX_NAMESPACES),
+                );
                 // Compare, Dataset Management, Write Zeroes, Reservations, Verify.
                 id.oncs.set(1 | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 7));
                 // Compare and Write fused; atomic for the whole transfer (range locks).
@@ -245,6 +274,7 @@ impl Conn {
                 self.scratch(512).copy_from_slice(smart.as_bytes());
                 512
             }
+            (lid::ANA, false) => self.ana_log(ctrl, g.lsp & ana_log::LSP_RGO != 0),
             (lid::CHANGED_NS, false) => {
                 self.scratch(4096);
                 4096
@@ -283,7 +313,57 @@ impl Conn {
         self.scratch.truncate(page_len);
         self.scratch.drain(..off);
         self.scratch.resize(len, 0);
+        ctrl.events.log_read(g.lid, g.rae);
         Ok(Reply::Scratch(len))
+    }
+
+    /// Builds the ANA log (Base 5.16.1.13) of this controller's port in the scratch
+    /// buffer: every group with its state here and, unless `groups_only` (RGO), the IDs of
+    /// its namespaces this controller attaches. Returns the length a host sizes its buffer
+    /// by (the rest reads as zeroes).
+    fn ana_log(&mut self, ctrl: &Ctrl, groups_only: bool) -> usize {
+        let target = Arc::clone(&self.port.target);
+        let port = std::rc::Rc::clone(&self.port);
+        let a = target.ana();
+        let namespaces = port
+            .namespaces
+            .get(ctrl.subsys)
+            .map_or(&[][..], Vec::as_slice);
+        let out = self.scratch(ana::LOG_MAX_LEN);
+        let mut h = ana_log::Header::new_zeroed();
+        h.chgcnt.set(a.chgcnt());
+        h.ngrps
+            .set(u16::try_from(a.groups().len()).unwrap_or(u16::MAX));
+        out[..16].copy_from_slice(h.as_bytes());
+        let mut at = 16;
+        for (g, &grpid) in a.groups().iter().enumerate() {
+            let mut nsids: Vec<u32> = if groups_only {
+                Vec::new()
+            } else {
+                namespaces
+                    .iter()
+                    .filter(|n| n.ana_group == g)
+                    .map(|n| n.cfg.nsid)
+                    .collect()
+            };
+            nsids.sort_unstable();
+            let mut d = ana_log::GroupDescriptor::new_zeroed();
+            d.grpid.set(grpid);
+            d.nnsids.set(u32::try_from(nsids.len()).unwrap_or(0));
+            d.chgcnt.set(a.group_chgcnt(port.index, g));
+            d.state = a
+                .state(port.index, g)
+                .map_or(ana_log::state::INACCESSIBLE, ana::AnaState::code);
+            // Groups and namespaces are bounded by configuration (MAX_ANA_GROUPS,
+            // MAX_NAMESPACES), so the page always holds them.
+            out[at..at + 32].copy_from_slice(d.as_bytes());
+            at += 32;
+            for id in nsids {
+                out[at..at + 4].copy_from_slice(&id.to_le_bytes());
+                at += 4;
+            }
+        }
+        ana::LOG_MAX_LEN
     }
 
     fn smart_log(&self, ctrl: &Ctrl) -> SmartLog {
@@ -475,6 +555,7 @@ pub(crate) fn identify_namespace(cfg: &crate::config::NamespaceConfig) -> Identi
     let bytes = u128::from(cfg.num_blocks) * u128::from(cfg.block_size);
     id.nvmcap = bytes.to_le_bytes();
     id.nguid = cfg.nguid;
+    id.anagrpid.set(cfg.ana_group);
     id.lbaf[0].lbads = u8::try_from(cfg.block_size.ilog2()).unwrap_or(9);
     id.rescap = nvme_spec::resv::RESCAP_ALL_TYPES_IEKEY;
     id

@@ -155,6 +155,29 @@ pub(crate) enum Error {
     /// ones (Reservation Report without EDS on fabrics).
     #[error("host identifier inconsistent format")]
     HostIdFormat,
+    /// The namespace's ANA group is inaccessible through this port.
+    #[error("ANA group inaccessible on this port")]
+    AnaInaccessible,
+    /// The namespace's ANA group is lost for good through this port.
+    #[error("ANA group persistently lost on this port")]
+    AnaPersistentLoss,
+    /// The namespace's ANA group is changing state on this port.
+    #[error("ANA group in transition on this port")]
+    AnaTransition,
+}
+
+impl Error {
+    /// The path error for I/O through a port where the namespace's group is in `state`;
+    /// `None` when the path serves I/O.
+    pub fn for_ana(state: crate::ana::AnaState) -> Option<Self> {
+        use crate::ana::AnaState;
+        match state {
+            AnaState::Optimized | AnaState::NonOptimized => None,
+            AnaState::Inaccessible => Some(Self::AnaInaccessible),
+            AnaState::PersistentLoss => Some(Self::AnaPersistentLoss),
+            AnaState::Change => Some(Self::AnaTransition),
+        }
+    }
 }
 
 /// Authentication Required (command specific, Base 2.0 figure 103).
@@ -206,6 +229,10 @@ impl From<Error> for Completion {
             Error::Random | Error::Internal(_) => (status::INTERNAL_ERROR, 0),
             Error::AbortRequested => (status::ABORT_REQUESTED, 0),
             Error::SqDeletion => (status::ABORTED_SQ_DELETION, 0),
+            // Path errors are retried on another path (no DNR): the host fails over.
+            Error::AnaInaccessible => (status::ANA_INACCESSIBLE, 0),
+            Error::AnaPersistentLoss => (status::ANA_PERSISTENT_LOSS, 0),
+            Error::AnaTransition => (status::ANA_TRANSITION, 0),
             Error::CompareFailure => (dnr(status::COMPARE_FAILURE), 0),
             Error::FusedFailed => (status::ABORTED_FAILED_FUSED, 0),
             Error::FusedMissing => (dnr(status::ABORTED_MISSING_FUSED), 0),
@@ -260,5 +287,21 @@ mod tests {
             Completion::from(Error::AuthRequired).status,
             status::status(1, 0x91) | status::DNR
         );
+    }
+
+    #[test]
+    fn ana_path_errors_may_be_retried_elsewhere() {
+        use crate::ana::AnaState;
+        assert_eq!(Error::for_ana(AnaState::Optimized), None);
+        assert_eq!(Error::for_ana(AnaState::NonOptimized), None);
+        for (st, code) in [
+            (AnaState::Inaccessible, status::ANA_INACCESSIBLE),
+            (AnaState::PersistentLoss, status::ANA_PERSISTENT_LOSS),
+            (AnaState::Change, status::ANA_TRANSITION),
+        ] {
+            let c = Completion::from(Error::for_ana(st).unwrap());
+            assert_eq!(c.status, code);
+            assert_eq!(c.status & status::DNR, 0);
+        }
     }
 }

@@ -37,6 +37,9 @@ pub struct TargetConfig {
     /// Hosts that authenticate with DH-HMAC-CHAP (to every NVM subsystem; the discovery
     /// controller does not ask).
     pub hosts: Vec<HostAuthConfig>,
+    /// ANA group states at start that are not optimized (every other group is optimized on
+    /// every port).
+    pub ana: Vec<crate::ana::AnaSetting>,
 }
 
 /// A host's DH-HMAC-CHAP secrets and the parameters the controller selects for it.
@@ -71,6 +74,7 @@ impl TargetConfig {
             max_r2t_buffer: 4 << 20,
             limits: listener::Limits::default(),
             hosts: Vec::new(),
+            ana: Vec::new(),
         }
     }
 
@@ -130,6 +134,8 @@ pub struct NamespaceConfig {
     pub optimal_io_boundary: u32,
     /// The device has a volatile write cache (Flush does something).
     pub volatile_write_cache: bool,
+    /// ANA group (1 ..= [`crate::ana::MAX_ANA_GROUPS`]).
+    pub ana_group: u32,
 }
 
 /// A configuration the target cannot serve.
@@ -174,6 +180,19 @@ pub enum ConfigError {
     /// A limit out of range.
     #[error("{0}")]
     Limit(String),
+    /// A namespace in an ANA group outside 1 ..= MAX_ANA_GROUPS.
+    #[error("namespace {nsid} in {nqn}: ANA group {group} is not in 1..={max}", max = crate::ana::MAX_ANA_GROUPS)]
+    AnaGroup {
+        /// Subsystem.
+        nqn: String,
+        /// Namespace ID.
+        nsid: u32,
+        /// The group.
+        group: u32,
+    },
+    /// An initial ANA state for a port or group that does not exist.
+    #[error("ANA state: {0}")]
+    Ana(#[from] crate::ana::AnaError),
 }
 
 impl TargetConfig {
@@ -188,8 +207,22 @@ impl TargetConfig {
             if !nqns.insert(s.nqn.as_str()) {
                 return Err(ConfigError::DuplicateNqn(s.nqn.clone()));
             }
+            if s.namespaces.len() > crate::ana::MAX_NAMESPACES as usize {
+                return Err(ConfigError::Limit(format!(
+                    "subsystem {}: more than {} namespaces",
+                    s.nqn,
+                    crate::ana::MAX_NAMESPACES
+                )));
+            }
             let mut ids = std::collections::HashSet::new();
             for ns in &s.namespaces {
+                if !(1..=crate::ana::MAX_ANA_GROUPS).contains(&ns.ana_group) {
+                    return Err(ConfigError::AnaGroup {
+                        nqn: s.nqn.clone(),
+                        nsid: ns.nsid,
+                        group: ns.ana_group,
+                    });
+                }
                 if ns.nsid == 0 || ns.nsid == u32::MAX || !ids.insert(ns.nsid) {
                     return Err(ConfigError::InvalidNsid {
                         nqn: s.nqn.clone(),

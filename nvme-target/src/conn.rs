@@ -318,6 +318,7 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let mut kill_rx: Option<watch::Receiver<bool>> = None;
+        let mut events_rx: Option<watch::Receiver<u64>> = None;
         let accepted = self.accepted;
         let mut last_input = Instant::now();
         // Last time output made progress, or the output queue was empty.
@@ -359,6 +360,10 @@ impl Conn {
             if kill_rx.is_none() {
                 kill_rx = self.q.as_ref().map(|q| q.ctrl.subscribe());
             }
+            if events_rx.is_none() {
+                events_rx = self.event_watch();
+            }
+            self.deliver_ana_events();
             if notices.is_none() {
                 notices = self.admin_notices();
             }
@@ -418,6 +423,8 @@ impl Conn {
                 // An Abort on the admin queue named a command of this queue.
                 () = aborts.wake.notified() => {}
                 _ = killed(&mut kill_rx) => break None,
+                // Events are delivered at the top of the loop.
+                () = crate::aen::changed(&mut events_rx) => {}
                 // A reservation notice for this controller (its admin queue).
                 () = crate::resv::notified(notices.as_ref()) => self.deliver_events(),
                 // Wakes the loop, which checks the deadline afresh.

@@ -58,6 +58,8 @@ pub struct Ctrl {
     pub aers: Mutex<Vec<u16>>,
     /// Error information log, newest last.
     pub errors: Mutex<ErrorLog>,
+    /// Asynchronous event notices owed and masked.
+    pub events: crate::aen::Events,
     /// Reservation notifications, posted from any thread.
     pub(crate) notices: Arc<CtrlNotices>,
     kill: watch::Sender<bool>,
@@ -120,6 +122,7 @@ impl Ctrl {
             queues: Mutex::new(HashMap::new()),
             aers: Mutex::new(Vec::with_capacity(AER_LIMIT)),
             errors: Mutex::new(ErrorLog::default()),
+            events: crate::aen::Events::default(),
             notices: Arc::default(),
             kill,
         })

@@ -132,16 +132,14 @@ impl Conn {
         }
         // An empty host NQN (SPDK's tools send one unless given a name) is an anonymous
         // host: admitted where any host is, never by an allow-list, which names hosts.
-        if let Some(s) = cfg.subsystems.get(subsys) {
-            let listed = !hostnqn.is_empty() && s.allowed_hosts.iter().any(|h| h == hostnqn);
-            if !s.allow_any_host && !listed {
-                warn!(subnqn, hostnqn, "host not allowed");
-                target.metrics().subsystems[subsys]
-                    .refused_hosts
-                    .fetch_add(1, Ordering::Relaxed);
-                self.closing = true;
-                return Err(Error::ConnectHost);
-            }
+        // The lists may change at run time (see `access`).
+        if subsys != target.discovery_index() && !target.access().allows(subsys, hostnqn) {
+            warn!(subnqn, hostnqn, "host not allowed");
+            target.metrics().subsystems[subsys]
+                .refused_hosts
+                .fetch_add(1, Ordering::Relaxed);
+            self.closing = true;
+            return Err(Error::ConnectHost);
         }
         let sqsize = cmd.sqsize;
         if sqsize == 0 || sqsize >= cfg.max_queue_entries {
@@ -167,6 +165,8 @@ impl Conn {
                 home,
             );
             ctrl.hostid.set(cd.hostid);
+            ctrl.events
+                .start(self.port.target.ana().port_chgcnt(self.port.index));
             target
                 .notices()
                 .attach(subsys, cntlid, cd.hostid, Arc::clone(&ctrl.notices));

@@ -91,6 +91,10 @@ impl Conn {
         let Some(ns) = self.port.namespace(q.ctrl.subsys, sqe.nsid.get()) else {
             return Err(Error::InvalidNamespace);
         };
+        // Before any data moves: a path that serves no I/O says so, and the host fails over.
+        if let Some(e) = self.port.ana_state(ns).and_then(Error::for_ana) {
+            return Err(e);
+        }
         match sqe.opcode {
             io_opcode::READ
             | io_opcode::WRITE

@@ -11,7 +11,10 @@
 #![forbid(unsafe_code)]
 
 mod abort;
+pub mod access;
 mod admin;
+mod aen;
+pub mod ana;
 pub mod auth;
 pub mod buf;
 mod cell;
@@ -33,6 +36,7 @@ mod r2t;
 mod resv;
 mod target;
 
+pub use ana::{AnaEntry, AnaError, AnaSetting, AnaState};
 pub use config::{
     ConfigError, HostAuthConfig, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig,
 };

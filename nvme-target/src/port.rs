@@ -27,6 +27,8 @@ pub(crate) struct PortNamespace {
     pub cfg: NamespaceConfig,
     pub dev: Rc<dyn BlockIo>,
     pub index: usize,
+    /// Position of its ANA group in [`crate::ana::Ana::groups`].
+    pub ana_group: usize,
 }
 
 /// State shared by the connections of one port.
@@ -50,6 +52,11 @@ pub(crate) struct PortShared {
 impl PortShared {
     pub fn metrics(&self) -> &PortMetrics {
         &self.target.metrics().ports[self.index]
+    }
+
+    /// The ANA state of a namespace's group on this port.
+    pub fn ana_state(&self, ns: &PortNamespace) -> Option<crate::ana::AnaState> {
+        self.target.ana().state(self.index, ns.ana_group)
     }
 
     pub fn namespace(&self, subsys: usize, nsid: u32) -> Option<&PortNamespace> {
@@ -110,6 +117,7 @@ impl Port {
                                 cfg: ns.clone(),
                                 dev: Rc::clone(dev),
                                 index: i,
+                                ana_group: target.ana().group_index(ns.ana_group).unwrap_or(0),
                             })
                     })
                     .collect()

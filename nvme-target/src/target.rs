@@ -58,6 +58,8 @@ struct Registry {
 #[derive(Debug)]
 pub struct Target {
     cfg: TargetConfig,
+    ana: crate::ana::Ana,
+    access: crate::access::HostAccess,
     metrics: TargetMetrics,
     registry: Mutex<Registry>,
     genctr: AtomicU64,
@@ -74,6 +76,14 @@ impl Target {
     /// Builds a target from a validated configuration.
     pub fn new(cfg: TargetConfig) -> Result<Arc<Self>, ConfigError> {
         cfg.validate()?;
+        let ana = crate::ana::Ana::new(
+            &cfg.ports.iter().map(|p| p.id).collect::<Vec<_>>(),
+            cfg.subsystems
+                .iter()
+                .flat_map(|s| s.namespaces.iter().map(|n| n.ana_group))
+                .chain(cfg.ana.iter().map(|a| a.group)),
+            &cfg.ana,
+        )?;
         let metrics = TargetMetrics {
             ports: (0..=cfg.ports.len())
                 .map(|_| PortMetrics::default())
@@ -95,6 +105,7 @@ impl Target {
             next_cntlid: vec![1; cfg.subsystems.len() + 1],
             controllers: Vec::new(),
         };
+        let access = crate::access::HostAccess::new(&cfg.subsystems);
         let ns = cfg
             .subsystems
             .iter()
@@ -102,6 +113,8 @@ impl Target {
             .collect();
         Ok(Arc::new(Self {
             cfg,
+            ana,
+            access,
             metrics,
             registry: Mutex::new(registry),
             genctr: AtomicU64::new(1),
@@ -123,6 +136,16 @@ impl Target {
     /// The configuration.
     pub fn config(&self) -> &TargetConfig {
         &self.cfg
+    }
+
+    /// ANA groups and their states on every port.
+    pub fn ana(&self) -> &crate::ana::Ana {
+        &self.ana
+    }
+
+    /// The hosts each subsystem admits now.
+    pub fn access(&self) -> &crate::access::HostAccess {
+        &self.access
     }
 
     /// Counters.

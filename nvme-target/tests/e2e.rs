@@ -30,7 +30,10 @@ fn identify_reports_a_multipath_capable_controller() {
         assert_eq!(id.cntrltype, 1);
         assert_eq!(id.oncs.get() & 0b1100, 0b1100, "DSM and Write Zeroes");
         assert_eq!(id.sqes, 0x66);
-        assert_eq!(id.nn.get(), 2);
+        // NN leaves room for namespaces beyond the configured ones; MNAN (the host sizes its
+        // ANA log by it) must not pass NN.
+        assert_eq!(id.nn.get(), 256);
+        assert_eq!(id.mnan.get(), 256);
         assert_eq!(c.active_namespaces().await.unwrap(), vec![1, 2]);
         assert_eq!(ns.block_size, 512);
         assert_eq!(ns.blocks, (64 << 20) / 512);

@@ -1,8 +1,10 @@
 //! Operations: the admin endpoint (Prometheus `/metrics`, `/api/v1/status`, controller
 //! actions) and its client side for `baton status` / `baton ctl`.
 
+pub mod ana;
 pub mod auth;
 pub mod exporter;
+mod hosts;
 pub mod http;
 mod nvme;
 pub mod status;
@@ -150,6 +152,7 @@ impl Admin {
             uptime_secs: self.started.elapsed().as_secs(),
             controllers,
             subsystems: nvme::subsystems(&self.config, &self.block),
+            ana: ana::status(&self.config, &self.block),
             volumes,
             devices,
             sessions: self
@@ -316,6 +319,7 @@ impl Collector for Admin {
         )?;
         self.encode_devices(&mut f)?;
         nvme::encode(&self.config, &self.block, &mut f)?;
+        ana::encode(&self.block, &mut f)?;
         if let Some(s) = &self.stream {
             stream_metrics::encode(s, &mut f)?;
         }
@@ -416,7 +420,10 @@ impl AdminRouter {
 /// Endpoints anyone who reaches the admin address may read.
 fn is_read_only(method: &Method, path: &str) -> bool {
     matches!(*method, Method::GET | Method::HEAD)
-        && matches!(path, "/metrics" | "/api/v1/status" | "/healthz")
+        && matches!(
+            path,
+            "/metrics" | "/api/v1/status" | "/api/v1/ana" | "/healthz"
+        )
 }
 
 impl Router for AdminRouter {
@@ -457,6 +464,20 @@ impl Router for AdminRouter {
             },
             (&Method::GET, "/api/v1/status") => http::json(StatusCode::OK, &self.admin.status()),
             (&Method::GET, "/healthz") => http::text(StatusCode::OK, "text/plain", "ok\n"),
+            (&Method::GET, "/api/v1/ana") => http::json(
+                StatusCode::OK,
+                &ana::status(&self.admin.config, &self.admin.block),
+            ),
+            (&Method::POST, p) if ana::set_path(p).is_some() => match ana::set_path(p) {
+                Some(Ok((index, group, state))) => {
+                    match ana::set(&self.admin.block, index, group, state) {
+                        Ok(msg) => http::text(StatusCode::OK, "text/plain", msg),
+                        Err(e) => http::error(StatusCode::BAD_REQUEST, &e),
+                    }
+                }
+                Some(Err(e)) => http::error(StatusCode::BAD_REQUEST, &e),
+                None => http::error(StatusCode::NOT_FOUND, "no such endpoint"),
+            },
             (&Method::POST, p) if action_path(p, "stop-streams").is_some() => {
                 let Some(Ok(index)) = action_path(p, "stop-streams") else {
                     return http::error(
@@ -489,7 +510,16 @@ impl Router for AdminRouter {
                     Err(e) => http::error(StatusCode::NOT_FOUND, &e),
                 }
             }
-            (_, "/metrics" | "/api/v1/status" | "/healthz") => {
+            (&Method::POST | &Method::DELETE, p) if hosts::host_path(p).is_some() => {
+                let Some((nqn, host)) = hosts::host_path(p) else {
+                    return http::error(StatusCode::NOT_FOUND, "no such endpoint");
+                };
+                match hosts::change(&self.admin.block, nqn, host, *method == Method::POST) {
+                    Ok(msg) => http::text(StatusCode::OK, "text/plain", msg),
+                    Err(e) => http::error(StatusCode::BAD_REQUEST, &e),
+                }
+            }
+            (_, "/metrics" | "/api/v1/status" | "/api/v1/ana" | "/healthz") => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => http::error(StatusCode::NOT_FOUND, "no such endpoint"),

@@ -15,6 +15,9 @@ pub struct Status {
     pub controllers: Vec<ControllerStatus>,
     /// NVMe subsystems with their connected hosts.
     pub subsystems: Vec<SubsystemStatus>,
+    /// ANA groups: each one's state on each controller.
+    #[serde(default)]
+    pub ana: Vec<super::ana::AnaStatus>,
     /// Volumes.
     pub volumes: Vec<VolumeStatus>,
     /// Backplane devices.
@@ -229,6 +232,24 @@ impl Status {
                 )?;
             }
         }
+        if !self.ana.is_empty() {
+            writeln!(
+                out,
+                "\nANA GROUP  CTRL  PORT  STATE            CHGCNT  NAMESPACES"
+            )?;
+            for a in &self.ana {
+                writeln!(
+                    out,
+                    "{:<9}  {:>4}  {:>4}  {:<15}  {:>6}  {}",
+                    a.group,
+                    a.controller,
+                    a.port,
+                    a.state,
+                    a.chgcnt,
+                    a.namespaces.join(", ")
+                )?;
+            }
+        }
         writeln!(
             out,
             "\nVOLUME          SIZE        BLOCK  STRIPE      DEVICES          ROLE"
@@ -354,6 +375,14 @@ mod tests {
                     host_address: "127.0.0.1:50123".into(),
                 }],
             }],
+            ana: vec![super::super::ana::AnaStatus {
+                controller: 1,
+                port: 2,
+                group: 1,
+                state: "inaccessible".into(),
+                chgcnt: 4,
+                namespaces: vec!["nqn.x:y/1".into()],
+            }],
             volumes: vec![VolumeStatus {
                 name: "vol0".into(),
                 size: 1 << 30,
@@ -391,6 +420,8 @@ mod tests {
             "9100",
             "127.0.0.1:9000",
             "free 3MiB",
+            "inaccessible",
+            "ANA GROUP",
         ] {
             assert!(table.contains(needle), "{needle} missing in\n{table}");
         }

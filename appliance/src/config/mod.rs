@@ -3,6 +3,7 @@
 //! Parsing uses `serde_norway` (a maintained fork of `serde_yaml` with the same API) through
 //! `serde_path_to_error`, so every error names the key path; unknown keys are errors.
 
+mod ana;
 mod hosts;
 mod limits;
 mod locate;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use ana::{AnaConfig, AnaStateName};
 pub use hosts::HostConfig;
 pub use limits::LimitsConfig;
 use locate::LineIndex;
@@ -207,6 +209,9 @@ pub struct NvmeTcpConfig {
     /// Hosts that authenticate with DH-HMAC-CHAP.
     #[serde(default)]
     pub hosts: Vec<HostConfig>,
+    /// ANA group states at start that are not optimized, per controller.
+    #[serde(default)]
+    pub ana: Vec<AnaConfig>,
     /// Deal every port's connections (its hosts' queues) round-robin over all controller
     /// threads, like SPDK's poll groups, so one host association uses every core; false
     /// keeps a port's connections on its own controller thread.
@@ -225,6 +230,7 @@ impl Default for NvmeTcpConfig {
             queue_entries: default_queue_entries(),
             io_queues: default_io_queues(),
             hosts: Vec::new(),
+            ana: Vec::new(),
             spread_queues: true,
         }
     }
@@ -410,6 +416,13 @@ pub struct NamespaceConfig {
     pub nsid: u32,
     /// Volume it maps to.
     pub volume: String,
+    /// ANA group (1 ..= 32); its state is set per controller (`nvme_tcp.ana`, `baton ctl ana`).
+    #[serde(default = "default_ana_group")]
+    pub ana_group: u32,
+}
+
+fn default_ana_group() -> u32 {
+    1
 }
 
 /// Logging.
@@ -779,6 +792,15 @@ impl Config {
             if !nqns.insert(sub.nqn.as_str()) {
                 return Err((at("nqn"), format!("duplicate subsystem `{}`", sub.nqn)));
             }
+            if sub.allowed_hosts.len() > nvme_target::access::MAX_ALLOWED_HOSTS {
+                return Err((
+                    at("allowed_hosts"),
+                    format!(
+                        "at most {} allowed hosts per subsystem",
+                        nvme_target::access::MAX_ALLOWED_HOSTS
+                    ),
+                ));
+            }
             for (j, host) in sub.allowed_hosts.iter().enumerate() {
                 check_nqn(host).map_err(|m| (format!("subsystems[{i}].allowed_hosts[{j}]"), m))?;
             }
@@ -794,6 +816,15 @@ impl Config {
                 return Err((
                     at("model"),
                     "model must be at most 40 ASCII characters".into(),
+                ));
+            }
+            if sub.namespaces.len() > nvme_target::ana::MAX_NAMESPACES as usize {
+                return Err((
+                    at("namespaces"),
+                    format!(
+                        "at most {} namespaces per subsystem",
+                        nvme_target::ana::MAX_NAMESPACES
+                    ),
                 ));
             }
             let mut nsids = HashSet::new();
@@ -818,6 +849,7 @@ impl Config {
         }
         let nvme = &self.nvme_tcp;
         hosts::validate(&nvme.hosts)?;
+        ana::validate(self)?;
         // The target's own limits, so check-config and serve agree.
         let mut target = nvme_target::config::TargetConfig::new(Vec::new(), Vec::new());
         target.max_h2c_data = u32::try_from(nvme.max_h2c_data.bytes()).unwrap_or(u32::MAX);

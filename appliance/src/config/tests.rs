@@ -299,3 +299,72 @@ fn dhchap_errors_name_the_key_and_line() {
     let e = err(&host("      secret: x\n"));
     assert!(e.path.starts_with("nvme_tcp.hosts[0]"), "{}", e.path);
 }
+
+/// Two controllers, namespace 2 in ANA group 2, with `ana` as the `nvme_tcp.ana` items and
+/// `group2` as namespace 2's `ana_group`.
+fn with_ana(ana: &str, group2: &str) -> String {
+    format!(
+        "controllers: {{count: 2}}\nnvme_tcp:\n  ana:\n{ana}devices:\n  - {{name: d0, kind: ram, size: 1MiB}}\n  - {{name: d1, kind: ram, size: 1MiB}}\nvolumes:\n  - {{name: v0, devices: [d0]}}\n  - {{name: v1, devices: [d1]}}\nsubsystems:\n  - nqn: nqn.2026-11.io.baton:t\n    namespaces:\n      - {{nsid: 1, volume: v0}}\n      - nsid: 2\n        volume: v1\n        ana_group: {group2}\n"
+    )
+}
+
+#[test]
+fn ana_groups_and_start_states_parse() {
+    let text = with_ana(
+        "    - controller: 1\n      group: 2\n      state: non-optimized\n    - controller: 0\n      state: inaccessible\n",
+        "2",
+    );
+    let config = Config::parse(&text, "test.yaml").unwrap();
+    assert_eq!(
+        config.subsystems[0].namespaces[0].ana_group, 1,
+        "default group"
+    );
+    assert_eq!(config.subsystems[0].namespaces[1].ana_group, 2);
+    let ana = &config.nvme_tcp.ana;
+    assert_eq!((ana[0].controller, ana[0].group), (1, 2));
+    assert_eq!(ana[0].state, AnaStateName::NonOptimized);
+    assert_eq!(ana[1].group, 1, "default group");
+    assert_eq!(
+        nvme_target::AnaState::from(ana[1].state),
+        nvme_target::AnaState::Inaccessible
+    );
+}
+
+#[test]
+fn ana_errors_name_the_key_and_line() {
+    let one = |item: &str, group2: &str| err(&with_ana(item, group2));
+    let e = one("    - controller: 1\n      state: fast\n", "2");
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("nvme_tcp.ana[0].state", Some(5))
+    );
+    let e = one("    - controller: 2\n      state: change\n", "2");
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("nvme_tcp.ana[0].controller", Some(4)),
+        "{e}"
+    );
+    let e = one(
+        "    - controller: 0\n      group: 3\n      state: change\n",
+        "2",
+    );
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("nvme_tcp.ana[0].group", Some(5)),
+        "{e}"
+    );
+    assert!(e.message.contains("ANA group 3"), "{e}");
+    let e = one(
+        "    - controller: 0\n      state: change\n    - controller: 0\n      group: 1\n      state: optimized\n",
+        "2",
+    );
+    assert_eq!(e.path, "nvme_tcp.ana[1].group", "{e}");
+    let e = one("    - controller: 0\n      state: change\n", "33");
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("subsystems[0].namespaces[1].ana_group", Some(18)),
+        "{e}"
+    );
+    let e = one("    - controller: 0\n      state: change\n", "0");
+    assert_eq!(e.path, "subsystems[0].namespaces[1].ana_group");
+}

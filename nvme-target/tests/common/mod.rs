@@ -189,6 +189,7 @@ fn namespace(nsid: u32, g: Geometry, n: u8) -> NamespaceConfig {
         num_blocks: g.size / u64::from(g.block_size),
         optimal_io_boundary: 128 * 1024,
         volatile_write_cache: true,
+        ana_group: 1,
     }
 }
 

@@ -1,0 +1,65 @@
+# Run-time changes with the real host: a subsystem's allowed hosts changed with
+# `baton ctl host add|remove` (a removed host keeps its live association, new connects are
+# refused), and SIGHUP: a reload that changes the allowed hosts and an ANA state applies, one
+# that changes a namespace is refused with the key and line logged, and Baton keeps serving.
+. /lab/lib.sh
+HOST=$(cat /etc/nvme/hostnqn)
+CFG=/tmp/runtime.yaml
+CTL="--admin 127.0.0.1:9440 --config $CFG"
+
+# The lab configuration, admitting listed hosts only; $1: a line after allow_any_host, $2: a
+# line after discovery_port, $3: a sed expression applied last.
+write_config() {
+  sed 's/allow_any_host: true/allow_any_host: false/' /lab/baton-lab.yaml |
+    awk -v sub_line="$1" -v nvme_line="$2" '{ print }
+      /allow_any_host: false/ && sub_line != "" { print sub_line }
+      /discovery_port:/ && nvme_line != "" { print nvme_line }' |
+    sed "${3:-p;d}" > "$CFG.new" && mv "$CFG.new" "$CFG"
+}
+connect() { nvme connect -t tcp -a 127.0.0.1 -s "$1" -n $NQN; }
+# refused PORT: the connect fails, and the host logs that it is not allowed.
+refused() {
+  n=$(dmesg | grep -ci 'not allowed\|invalid host')
+  ! connect "$1" && [ "$(dmesg | grep -ci 'not allowed\|invalid host')" -gt "$n" ]
+}
+ana_is() { [ "$(cat /sys/class/nvme/"$1"/nvme*c*n1/ana_state 2>/dev/null)" = "$2" ]; }
+
+write_config ""
+check baton-starts start_baton $CFG || exit 1
+check unlisted-host-refused refused 4420
+check host-add baton ctl host add --subsystem $NQN "$HOST" $CTL
+check listed-host-connects connect 4420
+check one-live-path wait_for 15 paths_are 1
+dev=$(ns_dev)
+check fio-after-add fio_verify runtime-add "$dev" 64k
+check host-remove baton ctl host remove --subsystem $NQN "$HOST" $CTL
+# Its live association stays; a new one is refused.
+check association-stays fio_verify runtime-removed "$dev" 4k
+check new-path-refused refused 4421
+check still-one-path paths_are 1
+check disconnect nvme disconnect -n $NQN
+
+# SIGHUP with the host listed in the file: admitted again, on both paths.
+write_config "    allowed_hosts: [\"$HOST\"]"
+check sighup kill -HUP "$BATON_PID"
+check reload-admits-host wait_for 10 connect 4420
+check second-path connect 4421
+check two-live-paths wait_for 15 paths_are 2
+c1=$(ctrl_on_port 4421)
+check baton-alive-after-sighup kill -0 "$BATON_PID"
+
+# A reload that changes a namespace is refused: the key and line are logged, nothing changes.
+write_config "    allowed_hosts: [\"$HOST\"]" "" 's/nsid: 1/nsid: 2/'
+check sighup-refused kill -HUP "$BATON_PID"
+check refusal-logged wait_for 10 grep -q 'reload refused' /tmp/baton.log
+check refusal-names-key sh -c "grep 'reload refused' /tmp/baton.log | grep -q 'namespaces\[0\].nsid'"
+check still-serving fio_verify runtime-refused "$dev" 64k
+
+# ANA states in the file apply on reload too: controller 1 non-optimized, seen by the host.
+write_config "    allowed_hosts: [\"$HOST\"]" "  ana: [{controller: 1, state: non-optimized}]"
+check sighup-ana kill -HUP "$BATON_PID"
+check host-sees-non-optimized wait_for 15 ana_is "$c1" non-optimized
+check ctl-shows-non-optimized sh -c "baton ctl ana show --admin 127.0.0.1:9440 | grep -q non-optimized"
+check fio-after-ana-reload fio_verify runtime-ana "$dev" 64k
+check disconnect-all nvme disconnect -n $NQN
+check baton-stops-cleanly stop_baton
