@@ -360,6 +360,11 @@ fn target_config(
         .collect();
     let mut cfg = TargetConfig::new(subsystems, ports);
     cfg.discovery = discovery;
+    cfg.referrals = nvme
+        .referrals
+        .iter()
+        .map(|r| SocketAddr::new(r.address, r.port))
+        .collect();
     cfg.max_h2c_data = u32::try_from(nvme.max_h2c_data.bytes()).unwrap_or(u32::MAX);
     cfg.max_transfer = u32::try_from(nvme.max_transfer.bytes()).unwrap_or(u32::MAX);
     cfg.max_queue_entries = nvme.queue_entries;

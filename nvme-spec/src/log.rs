@@ -271,6 +271,8 @@ pub mod disc {
     pub const ADRFAM_IPV4: u8 = 1;
     /// Address family IPv6.
     pub const ADRFAM_IPV6: u8 = 2;
+    /// Subsystem type: a referral to another discovery subsystem.
+    pub const SUBTYPE_REFERRAL: u8 = 1;
     /// Subsystem type: NVM subsystem.
     pub const SUBTYPE_NVME: u8 = 2;
     /// Subsystem type: current discovery subsystem.

@@ -256,7 +256,7 @@ impl Conn {
             return Err(Error::SglLength);
         }
         let page_len = match (g.lid, discovery) {
-            (lid::DISCOVERY, true) => self.discovery_log(),
+            (lid::DISCOVERY, true) => self.discovery_log(ctrl),
             (lid::ERROR, _) => {
                 let errs = lock(&ctrl.errors);
                 let out = {
@@ -395,25 +395,51 @@ impl Conn {
         s
     }
 
-    /// Builds the discovery log in the scratch buffer; returns its length.
-    fn discovery_log(&mut self) -> usize {
+    /// Builds the discovery log for the host of `ctrl` in the scratch buffer; returns its
+    /// length. It lists every port of each subsystem the host may connect to (as nvmet and
+    /// SPDK filter by the allowed hosts), the current discovery subsystem (the discovery
+    /// controller's own address), and the configured referrals.
+    fn discovery_log(&mut self, ctrl: &Ctrl) -> usize {
         let target = Arc::clone(&self.port.target);
         let cfg = target.config();
-        let n = cfg.subsystems.len() * cfg.ports.len();
-        let out = self.scratch(1024 * (n + 1));
-        let mut h = DiscoveryLogHeader::new_zeroed();
-        h.genctr.set(target.genctr());
-        h.numrec.set(n as u64);
-        out[..1024].copy_from_slice(h.as_bytes());
-        let mut at = 1024;
-        for s in &cfg.subsystems {
+        let mut entries = Vec::new();
+        for (i, s) in cfg.subsystems.iter().enumerate() {
+            if !target.access().allows(i, &ctrl.hostnqn) {
+                continue;
+            }
             for p in &cfg.ports {
-                let e = discovery_entry(&s.nqn, p.id, p.addr, cfg.max_queue_entries);
-                out[at..at + 1024].copy_from_slice(e.as_bytes());
-                at += 1024;
+                entries.push(discovery_entry(&s.nqn, p.id, p.addr, cfg.max_queue_entries));
             }
         }
-        at
+        if let Some(addr) = cfg.discovery {
+            let mut e = discovery_entry(
+                nvme_spec::fabrics::DISCOVERY_NQN,
+                0,
+                addr,
+                cfg.max_queue_entries,
+            );
+            e.subtype = disc::SUBTYPE_CURRENT_DISCOVERY;
+            entries.push(e);
+        }
+        for &addr in &cfg.referrals {
+            let mut e = discovery_entry(
+                nvme_spec::fabrics::DISCOVERY_NQN,
+                0,
+                addr,
+                cfg.max_queue_entries,
+            );
+            e.subtype = disc::SUBTYPE_REFERRAL;
+            entries.push(e);
+        }
+        let out = self.scratch(1024 * (entries.len() + 1));
+        let mut h = DiscoveryLogHeader::new_zeroed();
+        h.genctr.set(target.genctr());
+        h.numrec.set(entries.len() as u64);
+        out[..1024].copy_from_slice(h.as_bytes());
+        for (i, e) in entries.iter().enumerate() {
+            out[1024 * (i + 1)..1024 * (i + 2)].copy_from_slice(e.as_bytes());
+        }
+        1024 * (entries.len() + 1)
     }
 
     fn set_features(&mut self, ctrl: &Ctrl, f: &SetFeatures) -> Result<Completion, Error> {

@@ -12,6 +12,8 @@ pub struct TargetConfig {
     pub ports: Vec<PortConfig>,
     /// Address of the discovery controller, if one runs.
     pub discovery: Option<SocketAddr>,
+    /// Other discovery services the discovery log refers hosts to (referral entries).
+    pub referrals: Vec<SocketAddr>,
     /// Largest H2CData payload accepted (MAXH2CDATA).
     pub max_h2c_data: u32,
     /// Largest transfer of one command in bytes (MDTS); a power of two times 4 KiB.
@@ -65,6 +67,7 @@ impl TargetConfig {
             subsystems,
             ports,
             discovery: None,
+            referrals: Vec::new(),
             max_h2c_data: 128 * 1024,
             max_transfer: 1024 * 1024,
             in_capsule_data: 8192,

@@ -9,6 +9,7 @@ use common::{rt, timeout};
 use std::time::Duration;
 
 use common::{ALLOWED_HOST, Harness, LOCKED_NQN, OPEN_NQN, connect, pattern};
+use nvme_spec::fabrics::DISCOVERY_NQN;
 use nvme_spec::log::lid;
 use nvme_spec::{get_str, status};
 use nvme_target::host::{Digests, HostController, HostError, HostOptions};
@@ -183,40 +184,83 @@ fn pipelined_reads_at_queue_depth_32() {
 }
 
 #[test]
-fn discovery_lists_every_port_of_every_subsystem() {
-    let h = Harness::start();
+fn discovery_lists_the_ports_of_the_subsystems_the_host_may_use() {
+    let h = Harness::start_with(|cfg| {
+        cfg.referrals = vec!["192.0.2.7:8009".parse().unwrap()];
+    });
     rt().block_on(timeout(async {
+        // Every port of every subsystem the host may connect to, then the current discovery
+        // subsystem and the referral.
+        let entries_of = |entries: &[nvme_spec::log::DiscoveryLogEntry]| {
+            let mut seen: Vec<(u8, String, u16, String, String)> = entries
+                .iter()
+                .map(|e| {
+                    assert_eq!(e.trtype, 3);
+                    assert_eq!(e.adrfam, 1);
+                    assert_eq!(e.cntlid.get(), 0xffff);
+                    (
+                        e.subtype,
+                        get_str(&e.subnqn).to_owned(),
+                        e.portid.get(),
+                        get_str(&e.traddr).to_owned(),
+                        get_str(&e.trsvcid).to_owned(),
+                    )
+                })
+                .collect();
+            seen.sort();
+            seen
+        };
+        let want = |nqns: &[&str]| {
+            let mut want = vec![
+                (
+                    1,
+                    DISCOVERY_NQN.to_owned(),
+                    0,
+                    "192.0.2.7".to_owned(),
+                    "8009".to_owned(),
+                ),
+                (
+                    3,
+                    DISCOVERY_NQN.to_owned(),
+                    0,
+                    "127.0.0.1".to_owned(),
+                    h.discovery.port().to_string(),
+                ),
+            ];
+            for nqn in nqns {
+                for (i, p) in h.ports.iter().enumerate() {
+                    want.push((
+                        2,
+                        (*nqn).to_owned(),
+                        u16::try_from(i + 1).unwrap(),
+                        "127.0.0.1".to_owned(),
+                        p.port().to_string(),
+                    ));
+                }
+            }
+            want.sort();
+            want
+        };
         let mut d = HostController::connect(h.discovery, HostOptions::discovery()).await.unwrap();
         let id = d.identify_controller().await.unwrap();
         assert_eq!(id.cntrltype, 2);
-        let entries = d.discovery_log().await.unwrap();
-        assert_eq!(entries.len(), 4);
-        let mut seen: Vec<(String, u16, String)> = entries
-            .iter()
-            .map(|e| {
-                assert_eq!(e.trtype, 3);
-                assert_eq!(e.adrfam, 1);
-                assert_eq!(e.subtype, 2);
-                assert_eq!(e.cntlid.get(), 0xffff);
-                assert_eq!(get_str(&e.traddr), "127.0.0.1");
-                (get_str(&e.subnqn).to_owned(), e.portid.get(), get_str(&e.trsvcid).to_owned())
-            })
-            .collect();
-        seen.sort();
-        let mut want = Vec::new();
-        for nqn in [LOCKED_NQN, OPEN_NQN] {
-            for (i, p) in h.ports.iter().enumerate() {
-                want.push((nqn.to_owned(), u16::try_from(i + 1).unwrap(), p.port().to_string()));
-            }
-        }
-        want.sort();
-        assert_eq!(seen, want);
+        // An unlisted host does not learn of the subsystem that would refuse it.
+        assert_eq!(entries_of(&d.discovery_log().await.unwrap()), want(&[OPEN_NQN]));
+        let listed = HostOptions {
+            hostnqn: ALLOWED_HOST.into(),
+            ..HostOptions::discovery()
+        };
+        let mut d = HostController::connect(h.discovery, listed.clone()).await.unwrap();
+        assert_eq!(
+            entries_of(&d.discovery_log().await.unwrap()),
+            want(&[LOCKED_NQN, OPEN_NQN])
+        );
         // The discovery controller refuses I/O subsystems and I/O queues.
         let err = HostController::connect(h.discovery, HostOptions::new(OPEN_NQN)).await.unwrap_err();
         assert!(matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::CONNECT_INVALID_PARAM));
         // Any port also answers as a discovery controller.
-        let mut d2 = HostController::connect(h.ports[1], HostOptions::discovery()).await.unwrap();
-        assert_eq!(d2.discovery_log().await.unwrap().len(), 4);
+        let mut d2 = HostController::connect(h.ports[1], listed).await.unwrap();
+        assert_eq!(d2.discovery_log().await.unwrap().len(), 6);
     }));
     h.stop();
 }

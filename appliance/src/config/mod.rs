@@ -217,6 +217,24 @@ pub struct NvmeTcpConfig {
     /// keeps a port's connections on its own controller thread.
     #[serde(default = "default_true")]
     pub spread_queues: bool,
+    /// Other discovery services the discovery log refers hosts to.
+    #[serde(default)]
+    pub referrals: Vec<ReferralConfig>,
+}
+
+/// A discovery service elsewhere (another appliance's discovery controller).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReferralConfig {
+    /// Its address.
+    pub address: IpAddr,
+    /// Its TCP port (8009 is the NVMe/TCP discovery port).
+    #[serde(default = "default_referral_port")]
+    pub port: u16,
+}
+
+fn default_referral_port() -> u16 {
+    8009
 }
 
 impl Default for NvmeTcpConfig {
@@ -232,6 +250,7 @@ impl Default for NvmeTcpConfig {
             hosts: Vec::new(),
             ana: Vec::new(),
             spread_queues: true,
+            referrals: Vec::new(),
         }
     }
 }
@@ -708,6 +727,14 @@ impl Config {
 
     /// Cross-field checks; the error is (key path, message).
     fn validate(&self) -> Result<(), (String, String)> {
+        for (i, r) in self.nvme_tcp.referrals.iter().enumerate() {
+            if r.port == 0 {
+                return Err((
+                    format!("nvme_tcp.referrals[{i}].port"),
+                    "must be a port number (1..=65535)".into(),
+                ));
+            }
+        }
         let mut names = HashSet::new();
         for (i, dev) in self.devices.iter().enumerate() {
             check_name(dev.name()).map_err(|m| (format!("devices[{i}].name"), m))?;

@@ -368,3 +368,29 @@ fn ana_errors_name_the_key_and_line() {
     let e = one("    - controller: 0\n      state: change\n", "0");
     assert_eq!(e.path, "subsystems[0].namespaces[1].ana_group");
 }
+
+#[test]
+fn referrals_parse_and_a_bad_one_names_its_key_and_line() {
+    let c = Config::parse(
+        "nvme_tcp:\n  referrals:\n    - {address: 192.0.2.7}\n    - {address: \"2001:db8::1\", port: 4430}\n",
+        "test.yaml",
+    )
+    .unwrap();
+    let r = &c.nvme_tcp.referrals;
+    assert_eq!(
+        (r[0].address.to_string(), r[0].port),
+        ("192.0.2.7".into(), 8009)
+    );
+    assert_eq!(
+        (r[1].address.to_string(), r[1].port),
+        ("2001:db8::1".into(), 4430)
+    );
+    let e = err("nvme_tcp:\n  referrals:\n    - {address: 192.0.2.7, port: 0}\n");
+    assert_eq!(
+        (e.path.as_str(), e.line),
+        ("nvme_tcp.referrals[0].port", Some(3))
+    );
+    let e = err("nvme_tcp:\n  referrals:\n    - {address: nowhere}\n");
+    assert!(e.path.starts_with("nvme_tcp.referrals[0]"), "{}", e.path);
+    assert_eq!(e.line, Some(3));
+}

@@ -5,6 +5,7 @@ check baton-starts start_baton || exit 1
 check discover-lists-every-port sh -c "nvme discover -t tcp -a 127.0.0.1 -s 8009 > /tmp/disc.txt &&
   grep -c 'subnqn:.*$NQN' /tmp/disc.txt | grep -qx 2 && grep -q 'trsvcid: 4420' /tmp/disc.txt &&
   grep -q 'trsvcid: 4421' /tmp/disc.txt || { cat /tmp/disc.txt; false; }"
+check discover-names-the-current-discovery-subsystem sh -c "grep -q 'current discovery subsystem' /tmp/disc.txt || { cat /tmp/disc.txt; false; }"
 check connect-all nvme connect-all -t tcp -a 127.0.0.1 -s 8009
 check two-live-paths wait_for 15 paths_are 2
 check one-namespace sh -c ". /lab/lib.sh; s=\$(subsys_dir) && [ \$(ls -d \$s/nvme*n* | wc -l) = 1 ]"
