@@ -15,7 +15,7 @@ nvme list-subsys > /tmp/list-subsys.txt 2>&1
 check list-subsys-two-live-paths sh -c "grep -c 'tcp traddr=127.0.0.1,trsvcid=442[01].* live' /tmp/list-subsys.txt | grep -qx 2 || { cat /tmp/list-subsys.txt; false; }"
 nvme id-ctrl "/dev/$ctrl" > /tmp/id-ctrl.txt 2>&1
 idc() { grep -Eq "$1" /tmp/id-ctrl.txt || { echo "id-ctrl: no line matching $1"; grep -E "^${1%% *}" /tmp/id-ctrl.txt; false; }; }
-check id-ctrl-cmic-multi-port-multi-controller idc '^cmic +: 0x3'
+check id-ctrl-cmic-multi-port-multi-controller-ana idc '^cmic +: 0xb'
 check id-ctrl-mdts idc '^mdts +: 8$'
 check id-ctrl-subnqn idc "^subnqn +: $NQN"
 check id-ctrl-cntlid-nonzero idc '^cntlid +: 0x[1-9a-f]'
