@@ -154,7 +154,9 @@ fn connect_data_by_r2t_of_exactly_1024_bytes_connects() {
 
 #[test]
 fn admin_transfers_are_bounded_by_what_the_command_returns() {
-    let h = Harness::start();
+    // The discovery log this host gets: the open subsystem's 2 ports, the current discovery
+    // subsystem and one referral.
+    let h = Harness::start_with(|cfg| cfg.referrals = vec!["192.0.2.7:8009".parse().unwrap()]);
     let mut c = connect_raw(h.discovery, DISCOVERY_NQN, 0);
     // 1 GiB of discovery log (past MDTS), then 64 KiB (past the page): refused, no data.
     for (cid, len) in [(2u16, 1u32 << 30), (3, 64 << 10)] {
@@ -166,7 +168,7 @@ fn admin_transfers_are_bounded_by_what_the_command_returns() {
         assert_eq!(r[0], pdu_type::CAPSULE_RESP, "no C2HData for {len} bytes");
         assert_eq!(status_of(&r) & 0x7ff, status::INVALID_FIELD, "{len}");
     }
-    // The header plus 4 entries (5 KiB) read as 8 KiB: the tail is zeroes.
+    // The header plus those 4 entries (5 KiB) read as 8 KiB: the tail is zeroes.
     c.send(&capsule(
         get_log_page(4, lid::DISCOVERY, 8192).as_bytes(),
         0,
