@@ -411,24 +411,12 @@ impl Conn {
                 entries.push(discovery_entry(&s.nqn, p.id, p.addr, cfg.max_queue_entries));
             }
         }
-        if let Some(addr) = cfg.discovery {
-            let mut e = discovery_entry(
-                nvme_spec::fabrics::DISCOVERY_NQN,
-                0,
-                addr,
-                cfg.max_queue_entries,
-            );
-            e.subtype = disc::SUBTYPE_CURRENT_DISCOVERY;
-            entries.push(e);
-        }
-        for &addr in &cfg.referrals {
-            let mut e = discovery_entry(
-                nvme_spec::fabrics::DISCOVERY_NQN,
-                0,
-                addr,
-                cfg.max_queue_entries,
-            );
-            e.subtype = disc::SUBTYPE_REFERRAL;
+        let current = cfg.discovery.map(|a| (a, disc::SUBTYPE_CURRENT_DISCOVERY));
+        let referrals = cfg.referrals.iter().map(|&a| (a, disc::SUBTYPE_REFERRAL));
+        for (addr, subtype) in current.into_iter().chain(referrals) {
+            let nqn = nvme_spec::fabrics::DISCOVERY_NQN;
+            let mut e = discovery_entry(nqn, 0, addr, cfg.max_queue_entries);
+            e.subtype = subtype;
             entries.push(e);
         }
         let out = self.scratch(1024 * (entries.len() + 1));

@@ -4,24 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{ALLOWED_HOST, Harness, LOCKED_NQN, connect};
+use common::{ALLOWED_HOST, Harness, LOCKED_NQN, connect, rt, timeout};
 use nvme_spec::status;
 use nvme_target::host::{HostController, HostError, HostOptions};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn timeout<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test step timed out")
-}
 
 const NEW_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000bb";
 

@@ -4,27 +4,12 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Harness, OPEN_NQN, connect};
+use common::{Harness, OPEN_NQN, connect, rt, timeout};
 use nvme_spec::command::{Sqe, admin_opcode, feature};
 use nvme_spec::log::{GetLogPage, ana, lid};
 use nvme_spec::{FromBytes, FromZeros, status};
 use nvme_target::host::{HostController, HostError, HostOptions};
 use nvme_target::{AnaSetting, AnaState};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn timeout<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test step timed out")
-}
 
 /// Namespace 2 of the open subsystem in ANA group 2, non-optimized on port 2.
 fn start() -> Harness {
