@@ -15,6 +15,12 @@ check() {
   return 1
 }
 
+# http_get URL: the body of a GET (curl where the image has it, as the Vagrant VM does;
+# busybox wget otherwise).
+http_get() {
+  if command -v curl > /dev/null 2>&1; then curl -sf "$1"; else wget -qO- "$1"; fi
+}
+
 # Uptime in milliseconds (busybox date has no %N).
 now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
 

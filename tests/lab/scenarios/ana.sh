@@ -17,7 +17,7 @@ set_ana() { baton ctl ana set --controller "$1" "$2" $ADMIN; }
 ana_log_says() { nvme ana-log /dev/"$1" | tee /tmp/ana-log.txt | grep -Eq "state[[:space:]]*:[[:space:]]*$2\$"; }
 # written CONTROLLER: bytes hosts wrote through Baton controller CONTROLLER so far.
 written() {
-  wget -qO- http://127.0.0.1:9440/metrics |
+  http_get http://127.0.0.1:9440/metrics |
     grep -F "baton_nvme_bytes_total{controller=\"$1\",direction=\"write\"}" | awk '{print $2}'
 }
 # grew BEFORE NOW: NOW is larger (counters print as integers or floats).
@@ -92,6 +92,6 @@ check fio-after-restore fio_verify ana-restored "$dev" 4k
 # Baton's own view: the status table and the metrics.
 check status-shows-ana sh -c "baton status --admin 127.0.0.1:9440 | grep -q 'ANA GROUP'"
 check ctl-ana-show sh -c "baton ctl ana show --admin 127.0.0.1:9440 | grep -c optimized | grep -qx 2"
-check metrics-ana-state sh -c "wget -qO- http://127.0.0.1:9440/metrics | grep -qF 'baton_nvme_ana_state{controller=\"1\",group=\"1\",state=\"optimized\"} 1'"
+check metrics-ana-state sh -c ". /lab/lib.sh; http_get http://127.0.0.1:9440/metrics | grep -qF 'baton_nvme_ana_state{controller=\"1\",group=\"1\",state=\"optimized\"} 1'"
 check disconnect nvme disconnect -n $NQN
 check baton-stops-cleanly stop_baton
