@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nvme_target::host::{HostController, HostOptions};
+use nvme_target::host::{HostController, HostOptions, Namespace, Queue};
 
 use common::free_port;
 
@@ -146,6 +146,25 @@ impl Drop for Baton {
     }
 }
 
+/// A host controller with one I/O queue on each of the first two ports, and namespace 1.
+async fn two_paths(
+    ports: &[SocketAddr],
+) -> (HostController, Queue, HostController, Queue, Namespace) {
+    let mut paths = Vec::new();
+    for &port in &ports[..2] {
+        let mut h = HostController::connect(port, HostOptions::new(NQN))
+            .await
+            .unwrap();
+        h.set_num_queues(1).await.unwrap();
+        let q = h.connect_io_queue(1).await.unwrap();
+        paths.push((h, q));
+    }
+    let (mut a, qa) = paths.remove(0);
+    let (c, qc) = paths.remove(0);
+    let ns = a.namespace(1).await.unwrap();
+    (a, qa, c, qc, ns)
+}
+
 #[test]
 fn serves_a_striped_volume_through_two_controllers() {
     let b = Baton::start();
@@ -156,17 +175,7 @@ fn serves_a_striped_volume_through_two_controllers() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut a = HostController::connect(ports[0], HostOptions::new(NQN))
-            .await
-            .unwrap();
-        let mut c = HostController::connect(ports[1], HostOptions::new(NQN))
-            .await
-            .unwrap();
-        a.set_num_queues(1).await.unwrap();
-        c.set_num_queues(1).await.unwrap();
-        let mut qa = a.connect_io_queue(1).await.unwrap();
-        let mut qc = c.connect_io_queue(1).await.unwrap();
-        let ns = a.namespace(1).await.unwrap();
+        let (mut a, mut qa, _c, mut qc, ns) = two_paths(&ports).await;
         assert_eq!(ns.blocks * 512, 64 << 20);
         let id = a.identify_namespace(1).await.unwrap();
         assert_eq!(id.noiob.get(), 128, "NOIOB is the stripe size in blocks");
@@ -367,13 +376,7 @@ mod raw {
 
 /// A host controller with one I/O queue and namespace 1, keeping its controller alive with
 /// a long keep-alive.
-async fn well_behaved_host(
-    addr: SocketAddr,
-) -> (
-    HostController,
-    nvme_target::host::Queue,
-    nvme_target::host::Namespace,
-) {
+async fn well_behaved_host(addr: SocketAddr) -> (HostController, Queue, Namespace) {
     let opts = HostOptions {
         kato_ms: 60_000,
         ..HostOptions::new(NQN)
@@ -618,17 +621,7 @@ fn ana_states_change_at_run_time_through_baton_ctl() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut a = HostController::connect(ports[0], HostOptions::new(NQN))
-            .await
-            .unwrap();
-        let mut c = HostController::connect(ports[1], HostOptions::new(NQN))
-            .await
-            .unwrap();
-        a.set_num_queues(1).await.unwrap();
-        c.set_num_queues(1).await.unwrap();
-        let mut qa = a.connect_io_queue(1).await.unwrap();
-        let mut qc = c.connect_io_queue(1).await.unwrap();
-        let ns = a.namespace(1).await.unwrap();
+        let (mut a, mut qa, _c, mut qc, ns) = two_paths(&ports).await;
         assert_eq!(
             a.identify_controller().await.unwrap().cmic & (1 << 3),
             1 << 3

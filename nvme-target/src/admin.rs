@@ -152,11 +152,7 @@ impl Conn {
             cns::ACTIVE_NS_LIST if !discovery => {
                 let mut ids: Vec<u32> = self
                     .port
-                    .namespaces
-                    .get(ctrl.subsys)
-                    .into_iter()
-                    .flatten()
-                    .map(|n| n.cfg.nsid)
+                    .nsids(ctrl.subsys)
                     .filter(|&id| id > nsid)
                     .collect();
                 ids.sort_unstable();

@@ -17,7 +17,6 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bdev::{Completion, IoBuf, Op, Request};
@@ -557,14 +556,7 @@ impl Conn {
         };
         if step == Step::FusedWrite {
             let bytes = u64::from(sqe.nlb()) * self.block_size(&sqe).unwrap_or(0);
-            if let Some(nsm) = self.ns_metrics(ns) {
-                nsm.writes.fetch_add(1, Ordering::Relaxed);
-                nsm.bytes_written.fetch_add(bytes, Ordering::Relaxed);
-            }
-            self.port
-                .metrics()
-                .bytes_written
-                .fetch_add(bytes, Ordering::Relaxed);
+            self.count_write(ns, bytes);
             let Some(req) = self.reqs.get_mut(idx) else {
                 return;
             };

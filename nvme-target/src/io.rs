@@ -440,15 +440,7 @@ impl Conn {
                 self.fail(&sqe, Error::ReadFailed(device_status(&e)));
             }
             (io_opcode::WRITE, Ok(())) => {
-                let nsm = self.ns_metrics(ns);
-                if let Some(nsm) = nsm {
-                    nsm.writes.fetch_add(1, Ordering::Relaxed);
-                    nsm.bytes_written.fetch_add(bytes, Ordering::Relaxed);
-                }
-                self.port
-                    .metrics()
-                    .bytes_written
-                    .fetch_add(bytes, Ordering::Relaxed);
+                self.count_write(ns, bytes);
                 // The buffer goes back to the pool here.
                 drop(c.buf);
                 self.after_write(idx);
@@ -566,6 +558,18 @@ impl Conn {
             .get(q.ctrl.subsys)?
             .namespaces
             .get(index)
+    }
+
+    /// Counts a completed write of `len` bytes to namespace `ns` (its position).
+    pub(crate) fn count_write(&self, ns: usize, len: u64) {
+        self.port
+            .metrics()
+            .bytes_written
+            .fetch_add(len, Ordering::Relaxed);
+        if let Some(nsm) = self.ns_metrics(ns) {
+            nsm.writes.fetch_add(1, Ordering::Relaxed);
+            nsm.bytes_written.fetch_add(len, Ordering::Relaxed);
+        }
     }
 
     fn count_read(&self, ns: usize, len: u64) {

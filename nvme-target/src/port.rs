@@ -59,6 +59,15 @@ impl PortShared {
         self.target.ana().state(self.index, ns.ana_group)
     }
 
+    /// The IDs of the namespaces of subsystem `subsys` this port serves.
+    pub fn nsids(&self, subsys: usize) -> impl Iterator<Item = u32> + '_ {
+        self.namespaces
+            .get(subsys)
+            .into_iter()
+            .flatten()
+            .map(|n| n.cfg.nsid)
+    }
+
     pub fn namespace(&self, subsys: usize, nsid: u32) -> Option<&PortNamespace> {
         self.namespaces
             .get(subsys)?

@@ -177,14 +177,7 @@ impl Conn {
         nsid: u32,
         cdw11: u32,
     ) -> Result<Completion, Error> {
-        let all: Vec<u32> = self
-            .port
-            .namespaces
-            .get(ctrl.subsys)
-            .into_iter()
-            .flatten()
-            .map(|n| n.cfg.nsid)
-            .collect();
+        let all: Vec<u32> = self.port.nsids(ctrl.subsys).collect();
         if nsid != u32::MAX && !all.contains(&nsid) {
             return Err(Error::InvalidNamespace);
         }
