@@ -1,12 +1,14 @@
 //! The NVMe/TCP block service: the target built from the configuration, one port per
 //! controller thread (every controller is a port of every subsystem) whose connections are
 //! dealt over all controller threads (poll groups, `nvme_tcp.spread_queues`), and the
-//! discovery controller.
+//! discovery controller. Namespaces can be added and removed while hosts are connected
+//! ([`BlockService::add_namespace`], [`BlockService::remove_namespace`]).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bdev::{BlockIo, BufPool, PoolClass};
 use nvme_target::{
@@ -18,7 +20,7 @@ use tracing::{error, info};
 
 use crate::config::Config;
 use backplane::{Backplane, Volume};
-use controller::Controllers;
+use controller::{ControllerHandle, Controllers};
 
 /// Why the block service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +60,48 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BlockError 
     move |source| BlockError::Io { what, source }
 }
 
+/// What one controller thread serves of the block service, for admin actions.
+struct Local {
+    /// The thread's index.
+    index: usize,
+    /// The position in `views` of the port whose listener this thread runs.
+    own: usize,
+    /// Every port view on this thread (its own, and the others' with spread queues).
+    views: Vec<Rc<Port>>,
+    /// The thread's I/O buffers, which namespaces added later move their data in.
+    pool: BufPool,
+}
+
 thread_local! {
-    /// The NVMe/TCP port served by this controller thread, for admin actions.
-    static PORT: RefCell<Option<Rc<Port>>> = const { RefCell::new(None) };
+    /// This controller thread's part of the block service.
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// How long a run-time change waits for every controller thread to take it.
+const CHANGE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a run-time namespace change was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// No subsystem or namespace of that name.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change would make the configuration invalid.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The configuration key it would break.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A controller thread could not carry it out.
+    #[error("controller {index}: {reason}")]
+    Controller {
+        /// The controller.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The running block service.
@@ -69,6 +110,11 @@ pub struct BlockService {
     target: Arc<Target>,
     ports: Vec<SocketAddr>,
     discovery: Option<SocketAddr>,
+    backplane: Arc<Backplane>,
+    controllers: Vec<ControllerHandle>,
+    /// The configuration in force, with the namespaces changed at run time; its lock also
+    /// keeps changes one at a time.
+    config: Mutex<Config>,
 }
 
 impl BlockService {
@@ -77,7 +123,7 @@ impl BlockService {
     /// `limits` section's NVMe/TCP connection cap, under the process's descriptor `budget`.
     pub fn start(
         config: &Config,
-        backplane: &Backplane,
+        backplane: &Arc<Backplane>,
         controllers: &Controllers,
         shutdown: &watch::Sender<bool>,
         budget: &listener::Budget,
@@ -183,7 +229,178 @@ impl BlockService {
             target,
             ports,
             discovery,
+            backplane: Arc::clone(backplane),
+            controllers: controllers.handles().to_vec(),
+            config: Mutex::new(config.clone()),
         })
+    }
+
+    fn config_lock(&self) -> MutexGuard<'_, Config> {
+        // Every change replaces the configuration whole, after it succeeded.
+        self.config.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The namespaces of each subsystem now (configuration order), with the changes made at
+    /// run time.
+    pub fn namespaces(&self) -> Vec<(String, Vec<crate::config::NamespaceConfig>)> {
+        self.config_lock()
+            .subsystems
+            .iter()
+            .map(|s| (s.nqn.clone(), s.namespaces.clone()))
+            .collect()
+    }
+
+    /// Adds namespace `ns` to subsystem `nqn` while hosts are connected: checked as the
+    /// configuration would be (the volume exists and is not exported or the content store,
+    /// the ID is free, the ANA group exists), opened on every controller thread, then
+    /// announced to the subsystem's controllers (Namespace Attribute Changed, log 04h).
+    /// Blocks until every controller thread has it (up to a deadline).
+    pub fn add_namespace(
+        &self,
+        nqn: &str,
+        ns: crate::config::NamespaceConfig,
+    ) -> Result<(), ChangeError> {
+        let mut config = self.config_lock();
+        let mut next = config.clone();
+        let Some(i) = next.subsystems.iter().position(|s| s.nqn == nqn) else {
+            return Err(ChangeError::NotFound(format!("no subsystem {nqn}")));
+        };
+        let j = next.subsystems[i].namespaces.len();
+        next.subsystems[i].namespaces.push(ns.clone());
+        next.validate().map_err(|(key, reason)| {
+            let key = key.replace(&format!("subsystems[{i}].namespaces[{j}]."), "");
+            ChangeError::Invalid { key, reason }
+        })?;
+        let volume = self
+            .backplane
+            .volume(&ns.volume)
+            .map(Arc::clone)
+            .ok_or_else(|| ChangeError::Invalid {
+                key: "volume".into(),
+                reason: format!("unknown volume `{}`", ns.volume),
+            })?;
+        let cfg = namespace_config(nqn, ns.nsid, &volume, ns.ana_group);
+        self.target
+            .add_namespace(nqn, cfg)
+            .map_err(|e| ChangeError::Invalid {
+                key: "nsid".into(),
+                reason: e.to_string(),
+            })?;
+        let (owned_nqn, nsid) = (nqn.to_owned(), ns.nsid);
+        let attached = self.on_every_controller(move |local| {
+            let dev = volume.open_io(local.index, &local.pool)?;
+            for view in &local.views {
+                view.attach_namespace(&owned_nqn, nsid, Rc::clone(&dev));
+            }
+            Ok(())
+        });
+        if let Err(e) = attached {
+            // Nothing was announced: take it back from the threads that have it.
+            let _ = self.target.remove_namespace(nqn, nsid);
+            let owned_nqn = nqn.to_owned();
+            let _ = self.on_every_controller(move |local| {
+                for view in &local.views {
+                    view.detach_namespace(&owned_nqn, nsid);
+                }
+                Ok(())
+            });
+            return Err(e);
+        }
+        // The subsystem exists: the target was built from this configuration.
+        let _ = self.target.announce_namespace(nqn, nsid);
+        info!(subsystem = nqn, nsid, volume = %ns.volume, "namespace added");
+        *config = next;
+        Ok(())
+    }
+
+    /// Removes namespace `nsid` from subsystem `nqn` while hosts are connected: new commands
+    /// for it fail with Invalid Namespace at once, commands already at its devices finish,
+    /// each controller thread flushes its device, then the subsystem's controllers are
+    /// told (Namespace Attribute Changed, log 04h). Blocks until every controller thread
+    /// is done (up to a deadline).
+    pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), ChangeError> {
+        let mut config = self.config_lock();
+        let Some(s) = config.subsystems.iter_mut().find(|s| s.nqn == nqn) else {
+            return Err(ChangeError::NotFound(format!("no subsystem {nqn}")));
+        };
+        let Some(at) = s.namespaces.iter().position(|n| n.nsid == nsid) else {
+            return Err(ChangeError::NotFound(format!(
+                "{nqn} has no namespace {nsid}"
+            )));
+        };
+        self.target
+            .remove_namespace(nqn, nsid)
+            .map_err(|e| ChangeError::NotFound(e.to_string()))?;
+        let removed = s.namespaces.remove(at);
+        let owned_nqn = nqn.to_owned();
+        let detached = self.on_every_controller(move |local| {
+            let mut devs: Vec<Rc<dyn BlockIo>> = Vec::new();
+            for view in &local.views {
+                if let Some(d) = view.detach_namespace(&owned_nqn, nsid) {
+                    if !devs.iter().any(|x| Rc::ptr_eq(x, &d)) {
+                        devs.push(d);
+                    }
+                }
+            }
+            Ok(devs)
+        });
+        let _ = self.target.announce_namespace(nqn, nsid);
+        info!(subsystem = nqn, nsid, volume = %removed.volume, "namespace removed");
+        detached.map(drop)
+    }
+
+    /// Runs `job` on every controller thread with its part of the service (devices it
+    /// returns are flushed there first) and waits for all of them, up to
+    /// [`CHANGE_DEADLINE`].
+    fn on_every_controller<T: FlushAfter + 'static>(
+        &self,
+        job: impl Fn(&Local) -> std::io::Result<T> + Send + Sync + 'static,
+    ) -> Result<(), ChangeError> {
+        let job = Arc::new(job);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for h in &self.controllers {
+            let (job, tx, index) = (Arc::clone(&job), tx.clone(), h.index());
+            let sent = h.run(move || {
+                let r = LOCAL.with(|l| match l.borrow().as_ref() {
+                    Some(local) => job(local).map_err(|e| e.to_string()),
+                    None => Err("serves no NVMe/TCP port".to_owned()),
+                });
+                match r {
+                    Ok(t) => {
+                        tokio::task::spawn_local(async move {
+                            t.flush_after().await;
+                            // The waiter may have given up: nothing to tell then.
+                            let _ = tx.send((index, Ok(())));
+                        });
+                    }
+                    Err(e) => {
+                        let _ = tx.send((index, Err(e)));
+                    }
+                }
+            });
+            if let Err(e) = sent {
+                return Err(ChangeError::Controller {
+                    index: e.0,
+                    reason: "its thread has stopped".into(),
+                });
+            }
+        }
+        drop(tx);
+        let until = Instant::now() + CHANGE_DEADLINE;
+        for _ in &self.controllers {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(reason))) => return Err(ChangeError::Controller { index, reason }),
+                Err(_) => {
+                    return Err(ChangeError::Controller {
+                        index: 0,
+                        reason: format!("a controller did not answer within {CHANGE_DEADLINE:?}"),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The target (status and counters).
@@ -202,11 +419,37 @@ impl BlockService {
     }
 }
 
+/// What a controller thread does after its part of a change, before it reports back.
+trait FlushAfter {
+    /// Done when the thread's part is complete.
+    async fn flush_after(self);
+}
+
+impl FlushAfter for () {
+    async fn flush_after(self) {}
+}
+
+/// Devices a thread stopped using: flushed (each has its own command deadlines).
+impl FlushAfter for Vec<Rc<dyn BlockIo>> {
+    async fn flush_after(self) {
+        let cq = Rc::new(bdev::CompletionQueue::default());
+        let sink: Rc<dyn bdev::Sink> = cq.clone();
+        for (i, d) in self.iter().enumerate() {
+            d.submit(bdev::Request::bare(bdev::Op::Flush, 0, 0, i as u64), &sink);
+        }
+        for _ in 0..self.len() {
+            if let Err(e) = cq.next().await.result {
+                tracing::warn!(error = %e, "flush of a removed namespace failed");
+            }
+        }
+    }
+}
+
 /// Closes every NVMe/TCP connection of the calling controller thread's port.
 pub fn drop_local_connections() -> bool {
-    PORT.with(|p| match p.borrow().as_ref() {
-        Some(port) => {
-            port.drop_connections();
+    LOCAL.with(|l| match l.borrow().as_ref() {
+        Some(local) => {
+            local.views[local.own].drop_connections();
             true
         }
         None => false,
@@ -288,6 +531,7 @@ fn start_port(
         limit,
         budget,
     ));
+    let mut ports = Vec::with_capacity(views.groups.len());
     for (id, group) in views.groups {
         let port = Port::new(
             Arc::clone(&target),
@@ -296,19 +540,36 @@ fn start_port(
             devices.clone(),
             pool.clone(),
         );
-        let own = id == views.own;
-        if own {
-            PORT.with(|p| *p.borrow_mut() = Some(Rc::clone(&port)));
-        }
+        ports.push((id == views.own, port));
+    }
+    let Some(own) = ports.iter().position(|(own, _)| *own) else {
+        return Err(std::io::Error::other(
+            "the controller's own port is missing",
+        ));
+    };
+    LOCAL.with(|l| {
+        *l.borrow_mut() = Some(Local {
+            index,
+            own,
+            views: ports.iter().map(|(_, p)| Rc::clone(p)).collect(),
+            pool,
+        });
+    });
+    for (own, port) in ports {
         let listener = if own { listener.take() } else { None };
         let shutdown = shutdown.clone();
         tokio::task::spawn_local(async move {
             port.run(listener, shutdown).await;
-            // The port and its device handles go now: their completion pollers end with
-            // them, so the controller thread can finish.
-            if own {
-                PORT.with(|p| p.borrow_mut().take());
-            }
+            // The ports and their device handles go once every view has stopped: their
+            // completion pollers end with them, so the controller thread can finish.
+            LOCAL.with(|l| {
+                let mut l = l.borrow_mut();
+                if l.as_ref()
+                    .is_some_and(|local| local.views.iter().all(|v| Rc::strong_count(v) == 1))
+                {
+                    l.take();
+                }
+            });
         });
     }
     Ok(())

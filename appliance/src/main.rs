@@ -179,6 +179,42 @@ enum CtlAction {
         #[command(subcommand)]
         action: HostAction,
     },
+    /// Add a namespace to a subsystem or remove one while hosts are connected (they get a
+    /// Namespace Attribute Changed notice and rescan; a SIGHUP reload makes the file's
+    /// namespaces the ones in force again).
+    Namespace {
+        #[command(subcommand)]
+        action: NamespaceAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NamespaceAction {
+    /// Export a volume as a new namespace.
+    Add {
+        /// Subsystem NQN.
+        #[arg(long)]
+        subsystem: String,
+        /// Namespace ID.
+        #[arg(long)]
+        nsid: u32,
+        /// The volume to export (not exported yet, not the content store).
+        #[arg(long)]
+        volume: String,
+        /// ANA group.
+        #[arg(long, default_value_t = 1)]
+        ana_group: u32,
+    },
+    /// Remove a namespace (commands already at its devices finish; the devices are
+    /// flushed).
+    Remove {
+        /// Subsystem NQN.
+        #[arg(long)]
+        subsystem: String,
+        /// Namespace ID.
+        #[arg(long)]
+        nsid: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +479,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         method,
                         &format!("/api/v1/subsystems/{subsystem}/hosts/{host}"),
                     )?;
+                    print!("{}", String::from_utf8_lossy(&body));
+                }
+                CtlAction::Namespace { action } => {
+                    let (method, path) = match action {
+                        NamespaceAction::Add {
+                            subsystem,
+                            nsid,
+                            volume,
+                            ana_group,
+                        } => {
+                            if volume.contains(['&', '=', '/', '?', '%', '#']) {
+                                anyhow::bail!("volume names contain none of & = / ? % #");
+                            }
+                            (
+                                hyper::Method::POST,
+                                format!(
+                                    "/api/v1/subsystems/{subsystem}/namespaces/{nsid}\
+                                     ?volume={volume}&ana_group={ana_group}"
+                                ),
+                            )
+                        }
+                        NamespaceAction::Remove { subsystem, nsid } => (
+                            hyper::Method::DELETE,
+                            format!("/api/v1/subsystems/{subsystem}/namespaces/{nsid}"),
+                        ),
+                    };
+                    let body = call(method, &path)?;
                     print!("{}", String::from_utf8_lossy(&body));
                 }
             }

@@ -1,20 +1,29 @@
 //! Configuration reload (SIGHUP): the file is read and validated again, and what may change
-//! at run time is applied: each subsystem's `allow_any_host` and `allowed_hosts`, and the ANA
-//! states of `nvme_tcp.ana` that differ from the file in force (states set with `baton ctl
-//! ana` since are kept unless the file changes them). Any other difference refuses the whole
-//! reload, naming the first key that differs and its line; nothing changes then.
+//! at run time is applied: each subsystem's `allow_any_host` and `allowed_hosts`, its
+//! namespaces (the file's become the ones in force: those added or removed with `baton ctl
+//! namespace` since are undone unless the file has them too; one whose volume or ANA group
+//! changed is removed and added again), and the ANA states of `nvme_tcp.ana` that differ
+//! from the file in force (states set with `baton ctl ana` since are kept unless the file
+//! changes them). Any other difference refuses the whole reload, naming the first key that
+//! differs and its line; nothing changes then.
 
 use std::path::Path;
 
-use nvme_target::{AnaState, Target};
+use nvme_target::AnaState;
 
-use crate::config::{Config, ConfigError, line_of};
+use crate::block::BlockService;
+use crate::config::{Config, ConfigError, NamespaceConfig, line_of};
 
 /// What a reload changed, one line each (empty: the file is the one in force).
 pub type Applied = Vec<String>;
 
 /// Reloads `path` over `running` (the configuration in force, updated on success).
-pub fn reload(path: &Path, running: &mut Config, target: &Target) -> Result<Applied, ConfigError> {
+pub fn reload(
+    path: &Path,
+    running: &mut Config,
+    block: &BlockService,
+) -> Result<Applied, ConfigError> {
+    let target = block.target();
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         origin: origin.clone(),
@@ -28,12 +37,49 @@ pub fn reload(path: &Path, running: &mut Config, target: &Target) -> Result<Appl
             origin,
             line: line_of(&text, &key),
             path: key,
-            message: "cannot change while running (only allowed hosts and ANA states can); \
-                      restart to apply"
+            message: "cannot change while running (only allowed hosts, namespaces and ANA \
+                      states can); restart to apply"
                 .into(),
         });
     }
     let mut applied = Vec::new();
+    let in_force = block.namespaces();
+    for (i, s) in new.subsystems.iter().enumerate() {
+        let old = in_force
+            .iter()
+            .find(|(nqn, _)| *nqn == s.nqn)
+            .map_or(&[][..], |(_, list)| list.as_slice());
+        let (gone, added) = namespace_changes(old, &s.namespaces);
+        let failed = |e: crate::block::ChangeError, applied: &Applied| ConfigError {
+            origin: origin.clone(),
+            line: line_of(&text, &format!("subsystems[{i}].namespaces")),
+            path: format!("subsystems[{i}].namespaces"),
+            message: format!(
+                "{e} (applied before this: {})",
+                if applied.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    applied.join("; ")
+                }
+            ),
+        };
+        for nsid in gone {
+            block
+                .remove_namespace(&s.nqn, nsid)
+                .map_err(|e| failed(e, &applied))?;
+            applied.push(format!("{}: namespace {nsid} removed", s.nqn));
+        }
+        for ns in added {
+            let line = format!(
+                "{}: namespace {} added (volume {})",
+                s.nqn, ns.nsid, ns.volume
+            );
+            block
+                .add_namespace(&s.nqn, ns.clone())
+                .map_err(|e| failed(e, &applied))?;
+            applied.push(line);
+        }
+    }
     for (old, s) in running.subsystems.iter().zip(&new.subsystems) {
         if old.allow_any_host != s.allow_any_host || old.allowed_hosts != s.allowed_hosts {
             target
@@ -75,6 +121,7 @@ fn fixed_difference(a: &Config, b: &Config) -> Option<String> {
         for s in &mut c.subsystems {
             s.allow_any_host = false;
             s.allowed_hosts.clear();
+            s.namespaces.clear();
         }
         serde_json::to_value(&c).unwrap_or(serde_json::Value::Null)
     };
@@ -103,6 +150,21 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> O
             .or_else(|| (x.len() != y.len()).then(|| at.to_owned())),
         _ => (a != b).then(|| at.to_owned()),
     }
+}
+
+/// The namespace IDs to remove from `old` and the namespaces to add to reach `new`: one that
+/// changed (volume, ANA group) is in both.
+fn namespace_changes<'a>(
+    old: &[NamespaceConfig],
+    new: &'a [NamespaceConfig],
+) -> (Vec<u32>, Vec<&'a NamespaceConfig>) {
+    let gone = old
+        .iter()
+        .filter(|o| !new.contains(o))
+        .map(|o| o.nsid)
+        .collect();
+    let added = new.iter().filter(|n| !old.contains(n)).collect();
+    (gone, added)
 }
 
 /// The (controller, group, state) settings whose state differs between the two files
@@ -143,6 +205,22 @@ mod tests {
     }
 
     #[test]
+    fn namespace_changes_remove_then_add() {
+        let ns = |nsid, volume: &str, ana_group| NamespaceConfig {
+            nsid,
+            volume: volume.into(),
+            ana_group,
+        };
+        let old = [ns(1, "a", 1), ns(2, "b", 1), ns(3, "c", 1)];
+        let new = [ns(1, "a", 1), ns(3, "c", 2), ns(4, "d", 1)];
+        let (gone, added) = namespace_changes(&old, &new);
+        assert_eq!(gone, [2, 3]);
+        let added: Vec<u32> = added.iter().map(|n| n.nsid).collect();
+        assert_eq!(added, [3, 4]);
+        assert_eq!(namespace_changes(&old, &old), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
     fn only_hosts_and_ana_may_differ() {
         let a = parse(BASE);
         let hosts = parse(&BASE.replace("[nqn.host:1]", "[nqn.host:1, nqn.host:2]"));
@@ -153,8 +231,14 @@ mod tests {
         assert_eq!(ana_changes(&ana, &a), vec![(1, 1, AnaState::Optimized)]);
         let nsid = parse(&BASE.replace("nsid: 1", "nsid: 2"));
         assert_eq!(
-            fixed_difference(&a, &nsid).as_deref(),
-            Some("subsystems[0].namespaces[0].nsid")
+            fixed_difference(&a, &nsid),
+            None,
+            "namespaces change at run time"
+        );
+        let model = parse(&BASE.replace("allowed_hosts:", "model: other\n    allowed_hosts:"));
+        assert_eq!(
+            fixed_difference(&a, &model).as_deref(),
+            Some("subsystems[0].model")
         );
         let count = parse(&BASE.replace("count: 2", "count: 3"));
         assert_eq!(

@@ -173,11 +173,11 @@ impl Appliance {
 pub fn run(config: Config, path: Option<&std::path::Path>) -> Result<(), ServeError> {
     let mut running = config.clone();
     let appliance = Appliance::start(config)?;
-    let target = Arc::clone(appliance.block.target());
+    let block = Arc::clone(&appliance.block);
     notify_service_manager("READY=1");
     wait_for_signal(|| match path {
         None => warn!("SIGHUP: serving the embedded default, there is no file to reload"),
-        Some(p) => match crate::reload::reload(p, &mut running, &target) {
+        Some(p) => match crate::reload::reload(p, &mut running, &block) {
             Ok(applied) if applied.is_empty() => info!("SIGHUP: configuration unchanged"),
             Ok(applied) => {
                 for change in applied {

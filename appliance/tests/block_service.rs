@@ -44,7 +44,9 @@ impl Baton {
             "data_dir: {data}\ncontrollers: {{count: 2}}\nnvme_tcp: {{base_port: 0, discovery_port: {dport}}}\n\
              admin: {{address: \"{admin}\"}}\n\
              devices:\n  - {{name: r0, kind: ram, size: 32MiB}}\n  - {{name: f0, kind: file, path: f0.img, size: 32MiB}}\n\
+             \x20 - {{name: r1, kind: ram, size: 8MiB}}\n\
              volumes:\n  - {{name: v0, devices: [r0, f0], stripe_size: 64KiB, block_size: 512}}\n\
+             \x20 - {{name: spare, devices: [r1], block_size: 4096}}\n\
              subsystems:\n  - nqn: {NQN}\n    allow_any_host: true\n    namespaces: [{{nsid: 1, volume: v0}}]\n{extra}",
             data = dir.path().display(),
             dport = discovery.port()
@@ -768,7 +770,11 @@ fn sighup_reloads_allowed_hosts_and_refuses_other_changes() {
         kept.keep_alive().await.unwrap();
         // A change that cannot be applied while running: refused, nothing changes, the
         // process lives on.
-        std::fs::write(&path, original.replace("nsid: 1", "nsid: 2")).unwrap();
+        std::fs::write(
+            &path,
+            original.replace("stripe_size: 64KiB", "stripe_size: 32KiB"),
+        )
+        .unwrap();
         hup();
         // Signals sent close together may merge into one: let this one be handled first.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -829,6 +835,122 @@ fn sighup_reloads_allowed_hosts_and_refuses_other_changes() {
             connect_as(ports[0], OTHER).await,
             Err(nvme_spec::status::CONNECT_INVALID_HOST)
         );
+    });
+    b.stop();
+}
+
+#[test]
+fn namespaces_change_at_run_time_through_baton_ctl_and_sighup() {
+    let b = Baton::start();
+    let ports = b.ports();
+    let token = b._dir.path().join("admin.token");
+    let token = token.to_str().unwrap().to_owned();
+    let path = b._dir.path().join("baton.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["ctl", "namespace"])
+            .args(args)
+            .args(["--subsystem", NQN, "--admin", &b.admin.to_string()])
+            .args(["--token-file", &token])
+            .output()
+            .unwrap()
+    };
+    let namespaces = || {
+        let st = baton::admin::fetch_status(b.admin).unwrap();
+        st.subsystems[0].namespaces.clone()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut a, mut qa, _c, mut qc, _) = two_paths(&ports).await;
+        let out = off_thread(|| ctl(&["add", "--nsid", "4", "--volume", "spare"]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(a.active_namespaces().await.unwrap(), [1, 4]);
+        let ns4 = a.namespace(4).await.unwrap();
+        assert_eq!(ns4.block_size, 4096);
+        // Both controller threads serve it.
+        let data = baton_tests::pattern(64 << 10, 4);
+        qa.write(&ns4, 0, &data).await.unwrap();
+        assert_eq!(qc.read(&ns4, 0, data.len()).await.unwrap(), data);
+        assert_eq!(
+            off_thread(namespaces),
+            [(1, "v0".to_owned()), (4, "spare".to_owned())]
+        );
+        let metrics =
+            off_thread(|| baton::admin::call(b.admin, hyper::Method::GET, "/metrics").unwrap());
+        let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+        let line = format!(
+            "baton_nvme_namespace_ops_total{{subsystem=\"{NQN}\",nsid=\"4\",op=\"write\"}} 1"
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} missing");
+        // Refused with the reason: an exported volume, a taken ID, an unknown volume, no
+        // such subsystem.
+        for (args, why) in [
+            (["--nsid", "5", "--volume", "v0"], "already exported"),
+            (["--nsid", "4", "--volume", "spare"], "duplicate nsid 4"),
+            (["--nsid", "5", "--volume", "nope"], "unknown volume"),
+        ] {
+            let mut full = vec!["add"];
+            full.extend(args);
+            let out = off_thread(|| ctl(&full));
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(why), "{args:?}: {err}");
+        }
+        let out = off_thread(|| ctl(&["remove", "--nsid", "9"]));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no namespace 9"));
+        // Removed: new commands fail with Invalid Namespace.
+        let out = off_thread(|| ctl(&["remove", "--nsid", "4"]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match qa.read(&ns4, 0, 4096).await {
+            Err(nvme_target::host::HostError::Status { status, .. }) => {
+                assert_eq!(status & 0x7ff, nvme_spec::status::INVALID_NS);
+            }
+            other => panic!("expected Invalid Namespace, got {other:?}"),
+        }
+        assert_eq!(a.active_namespaces().await.unwrap(), [1]);
+
+        // SIGHUP makes the file's namespaces the ones in force: 4 added, then removed.
+        let sighup = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(b.pid()).unwrap()),
+                nix::sys::signal::Signal::SIGHUP,
+            )
+            .unwrap();
+        };
+        sighup(original.replace(
+            "namespaces: [{nsid: 1, volume: v0}]",
+            "namespaces: [{nsid: 1, volume: v0}, {nsid: 4, volume: spare}]",
+        ));
+        let t = Instant::now();
+        while a.active_namespaces().await.unwrap() != [1, 4] {
+            assert!(t.elapsed() < Duration::from_secs(10), "reload not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The data written before is still on the volume.
+        assert_eq!(qc.read(&ns4, 0, data.len()).await.unwrap(), data);
+        sighup(original.clone());
+        let t = Instant::now();
+        while a.active_namespaces().await.unwrap() != [1] {
+            assert!(t.elapsed() < Duration::from_secs(10), "reload not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Namespace 1 served throughout.
+        qa.read(&a.namespace(1).await.unwrap(), 0, 512)
+            .await
+            .unwrap();
     });
     b.stop();
 }

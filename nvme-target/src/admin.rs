@@ -19,6 +19,7 @@ use nvme_spec::log::{
 use nvme_spec::regs::VERSION_1_3;
 use nvme_spec::{FromZeros, IntoBytes, put_ascii, put_str};
 
+use crate::aen::ChangedList;
 use crate::ana;
 use crate::cell::lock;
 use crate::completion::{Completion, Error};
@@ -98,7 +99,7 @@ impl Conn {
             Ok(Reply::Scratch(n)) => self.reply_scratch(cid, n),
             Ok(Reply::Held) => {
                 self.deliver_events();
-                self.deliver_ana_events();
+                self.deliver_async_events();
             }
             Err(e) => self.complete(cid, e),
         }
@@ -118,6 +119,13 @@ impl Conn {
             }
             cns::NAMESPACE | cns::NS_DESC_LIST if !discovery => {
                 let Some(ns) = self.port.namespace(ctrl.subsys, nsid) else {
+                    // An inactive ID (none there now, or one removed) identifies as zeroes
+                    // (Base 5.17.2.1, as nvmet answers); past NN it is invalid.
+                    let nn = self.port.target.namespaces().max_nsid();
+                    if cmd.cns == cns::NAMESPACE && (1..=nn).contains(&nsid) {
+                        self.scratch(4096);
+                        return Ok(Reply::Scratch(len));
+                    }
                     return Err(Error::InvalidNamespace);
                 };
                 let cfg = ns.cfg.clone();
@@ -153,6 +161,7 @@ impl Conn {
                 let mut ids: Vec<u32> = self
                     .port
                     .nsids(ctrl.subsys)
+                    .into_iter()
                     .filter(|&id| id > nsid)
                     .collect();
                 ids.sort_unstable();
@@ -219,20 +228,21 @@ impl Conn {
                 id.mnan.set(ana::MAX_NAMESPACES);
                 id.sqes = 0x66;
                 id.cqes = 0x44;
-                id.nn.set(
-                    s.namespaces
-                        .iter()
-                        .map(|n| n.nsid)
-                        .max()
-                        .unwrap_or(0)
-                        .max(ana::MAX_NAMESPACES),
-                );
+                id.nn.set(target.namespaces().max_nsid());
                 // Compare, Dataset Management, Write Zeroes, Reservations, Verify.
                 id.oncs.set(1 | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 7));
                 // Compare and Write fused; atomic for the whole transfer (range locks).
                 id.fuses.set(1);
-                id.acwu.set(acwu(cfg.max_transfer, &s.namespaces));
-                if s.namespaces.iter().any(|n| n.volatile_write_cache) {
+                let namespaces: Vec<_> = target
+                    .namespaces()
+                    .list(ctrl.subsys)
+                    .iter()
+                    .map(|n| n.cfg.clone())
+                    .collect();
+                id.acwu.set(acwu(cfg.max_transfer, &namespaces));
+                // The cache is reported by the namespaces there are now; Baton's are all
+                // written back (files, drives), and so are those added later.
+                if namespaces.is_empty() || namespaces.iter().any(|n| n.volatile_write_cache) {
                     id.vwc = 1;
                 }
             }
@@ -272,7 +282,16 @@ impl Conn {
             }
             (lid::ANA, false) => self.ana_log(ctrl, g.lsp & ana_log::LSP_RGO != 0),
             (lid::CHANGED_NS, false) => {
-                self.scratch(4096);
+                let changed = ctrl.events.take_changed();
+                let out = self.scratch(4096);
+                match changed {
+                    ChangedList::Overflow => out[..4].copy_from_slice(&u32::MAX.to_le_bytes()),
+                    ChangedList::Ids(ids) => {
+                        for (slot, id) in out.chunks_exact_mut(4).zip(ids) {
+                            slot.copy_from_slice(&id.to_le_bytes());
+                        }
+                    }
+                }
                 4096
             }
             (lid::FW_SLOT, false) => {
@@ -321,10 +340,7 @@ impl Conn {
         let target = Arc::clone(&self.port.target);
         let port = std::rc::Rc::clone(&self.port);
         let a = target.ana();
-        let namespaces = port
-            .namespaces
-            .get(ctrl.subsys)
-            .map_or(&[][..], Vec::as_slice);
+        let namespaces = port.namespaces_of(ctrl.subsys);
         let out = self.scratch(ana::LOG_MAX_LEN);
         let mut h = ana_log::Header::new_zeroed();
         h.chgcnt.set(a.chgcnt());
@@ -371,13 +387,12 @@ impl Conn {
         let mut written = 0u64;
         let mut reads = 0u64;
         let mut writes = 0u64;
-        if let Some(m) = self.port.target.metrics().subsystems.get(ctrl.subsys) {
-            for n in &m.namespaces {
-                read += n.bytes_read.load(Ordering::Relaxed);
-                written += n.bytes_written.load(Ordering::Relaxed);
-                reads += n.reads.load(Ordering::Relaxed);
-                writes += n.writes.load(Ordering::Relaxed);
-            }
+        for ns in self.port.target.namespaces().list(ctrl.subsys) {
+            let n = &ns.metrics;
+            read += n.bytes_read.load(Ordering::Relaxed);
+            written += n.bytes_written.load(Ordering::Relaxed);
+            reads += n.reads.load(Ordering::Relaxed);
+            writes += n.writes.load(Ordering::Relaxed);
         }
         // Data units are thousands of 512-byte units, rounded up.
         s.data_units_read.set(u128::from(read.div_ceil(512_000)));

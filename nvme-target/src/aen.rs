@@ -1,7 +1,10 @@
 //! Asynchronous event notices of a controller (Base 5.2): what is owed to the host, and the
 //! completion of its held Asynchronous Event Requests.
 //!
-//! A notice is owed when an event the host enabled (Set Features Asynchronous Event
+//! Two kinds come from here: ANA Change (a port's ANA state moved) and Namespace Attribute
+//! Changed (a namespace was added to or removed from the subsystem; the IDs go to the
+//! controller's Changed Namespace List log, 04h, kept whether or not the host enabled the
+//! notice). A notice is owed when an event the host enabled (Set Features Asynchronous Event
 //! Configuration) happens; it completes a held request at once, or the next request the host
 //! sends. Once reported, notices of that kind are masked until the host reads the log page
 //! the notice named without Retain Asynchronous Event (as nvmet does): the log shows the
@@ -17,6 +20,7 @@ use crate::cell::lock;
 use crate::completion::Completion;
 use crate::conn::Conn;
 use crate::ctrl::Ctrl;
+use crate::namespaces::{CHANGED_LIST_LEN, Missed, Namespaces};
 
 /// One controller's asynchronous event state. Only its admin queue's connection touches it
 /// (admin commands only), so a lock costs nothing on the I/O path.
@@ -31,13 +35,34 @@ struct State {
     ana_owed: bool,
     /// An ANA change notice was reported; the host has not read the ANA log since.
     ana_masked: bool,
+    /// The subsystem's namespace change count this controller has accounted for.
+    ns_seen: u64,
+    /// Namespaces changed since the host last read log 04h, ascending.
+    ns_changed: Vec<u32>,
+    /// More namespaces changed than the log holds.
+    ns_overflow: bool,
+    /// A Namespace Attribute Changed notice waits for a request.
+    ns_owed: bool,
+    /// That notice was reported; the host has not read log 04h since.
+    ns_masked: bool,
+}
+
+/// The Changed Namespace List log of a controller (Base 5.16.1.5).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ChangedList {
+    /// These IDs, ascending (at most [`CHANGED_LIST_LEN`]).
+    Ids(Vec<u32>),
+    /// More changed than the log holds: its first entry is FFFFFFFFh.
+    Overflow,
 }
 
 impl Events {
-    /// Starts from the port's current ANA change count: earlier changes are in the log the
-    /// host reads when it connects.
-    pub fn start(&self, ana_chgcnt: u64) {
-        lock(&self.0).ana_seen = ana_chgcnt;
+    /// Starts from the port's current ANA change count and the subsystem's namespace change
+    /// count: the host reads the state before them when it connects.
+    pub fn start(&self, ana_chgcnt: u64, ns_generation: u64) {
+        let mut st = lock(&self.0);
+        st.ana_seen = ana_chgcnt;
+        st.ns_seen = ns_generation;
     }
 
     /// Records the port's ANA change count; owes a notice if it moved, the host enabled
@@ -53,10 +78,61 @@ impl Events {
         }
     }
 
+    /// Takes in the namespace changes of subsystem `subsys` the controller has not seen;
+    /// owes a notice if there are any, the host enabled them and none is reported and
+    /// unread.
+    fn on_namespaces(&self, namespaces: &Namespaces, subsys: usize, aec: u32) {
+        // One atomic load on every admin queue turn; the record's lock only on a change.
+        let now = namespaces.generation(subsys);
+        let mut st = lock(&self.0);
+        if now <= st.ns_seen {
+            return;
+        }
+        let (generation, missed) = namespaces.changes_since(subsys, st.ns_seen);
+        st.ns_seen = generation;
+        match missed {
+            Missed::Ids(ids) => {
+                for id in ids {
+                    if let Err(at) = st.ns_changed.binary_search(&id) {
+                        st.ns_changed.insert(at, id);
+                    }
+                }
+                if st.ns_changed.len() > CHANGED_LIST_LEN {
+                    st.ns_overflow = true;
+                }
+            }
+            Missed::TooMany => st.ns_overflow = true,
+        }
+        if st.ns_overflow {
+            st.ns_changed = Vec::new();
+        }
+        if aec & config::NS_ATTR != 0 && !st.ns_masked {
+            st.ns_owed = true;
+        }
+    }
+
+    /// Takes the Changed Namespace List (reading log 04h clears it, as nvmet does; RAE
+    /// only keeps the notice masked).
+    pub fn take_changed(&self) -> ChangedList {
+        let mut st = lock(&self.0);
+        let ids = std::mem::take(&mut st.ns_changed);
+        if std::mem::take(&mut st.ns_overflow) {
+            ChangedList::Overflow
+        } else {
+            ChangedList::Ids(ids)
+        }
+    }
+
     /// The host read log page `lid`; without RAE that unmasks its notices.
     pub fn log_read(&self, log: u8, rae: bool) {
-        if log == lid::ANA && !rae {
-            lock(&self.0).ana_masked = false;
+        if rae {
+            return;
+        }
+        let mut st = lock(&self.0);
+        match log {
+            lid::ANA => st.ana_masked = false,
+            lid::CHANGED_NS => st.ns_masked = false,
+            _ => {}
         }
     }
 
@@ -67,20 +143,38 @@ impl Events {
             st.ana_masked = true;
             return Some(event::result(kind::NOTICE, notice::ANA_CHANGE, lid::ANA));
         }
+        if std::mem::take(&mut st.ns_owed) {
+            st.ns_masked = true;
+            return Some(event::result(
+                kind::NOTICE,
+                notice::NS_ATTR_CHANGED,
+                lid::CHANGED_NS,
+            ));
+        }
         None
     }
 }
 
+/// What an admin queue watches for events: the ANA states and the namespaces.
+#[derive(Debug)]
+pub(crate) struct EventWatch {
+    ana: watch::Receiver<u64>,
+    namespaces: watch::Receiver<u64>,
+}
+
 impl Conn {
-    /// Looks at the shared state that raises events (the port's ANA change count) and
-    /// completes held requests with what is owed. Only admin queues of I/O controllers
-    /// have events.
-    pub(crate) fn deliver_ana_events(&mut self) {
+    /// Looks at the shared state that raises events (the port's ANA change count, the
+    /// subsystem's namespace changes) and completes held requests with what is owed. Only
+    /// admin queues of I/O controllers have events.
+    pub(crate) fn deliver_async_events(&mut self) {
         let Some(ctrl) = self.event_ctrl() else {
             return;
         };
-        let chgcnt = self.port.target.ana().port_chgcnt(self.port.index);
+        let target = &self.port.target;
+        let chgcnt = target.ana().port_chgcnt(self.port.index);
         ctrl.events.on_ana(chgcnt, ctrl.aec.get());
+        ctrl.events
+            .on_namespaces(target.namespaces(), ctrl.subsys, ctrl.aec.get());
         loop {
             let cid = {
                 let mut aers = lock(&ctrl.aers);
@@ -104,21 +198,26 @@ impl Conn {
     }
 
     /// Watches for events, once this connection is an I/O controller's admin queue.
-    pub(crate) fn event_watch(&self) -> Option<watch::Receiver<u64>> {
-        self.event_ctrl()
-            .map(|_| self.port.target.ana().subscribe())
+    pub(crate) fn event_watch(&self) -> Option<EventWatch> {
+        self.event_ctrl().map(|_| EventWatch {
+            ana: self.port.target.ana().subscribe(),
+            namespaces: self.port.target.namespaces().subscribe(),
+        })
     }
 }
 
 /// Resolves when something that raises events changed (never without a watch).
-pub(crate) async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
-    match rx {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
+pub(crate) async fn changed(rx: &mut Option<EventWatch>) {
+    let Some(w) = rx else {
+        return std::future::pending().await;
+    };
+    // Both senders live as long as the target: an error means it is going away.
+    let r = tokio::select! {
+        r = w.ana.changed() => r,
+        r = w.namespaces.changed() => r,
+    };
+    if r.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -129,7 +228,7 @@ mod tests {
     #[test]
     fn a_notice_is_owed_once_until_the_log_is_read() {
         let e = Events::default();
-        e.start(2);
+        e.start(2, 0);
         e.on_ana(2, config::ANA_CHANGE);
         assert_eq!(e.take(), None);
         e.on_ana(3, config::ANA_CHANGE);
@@ -143,6 +242,58 @@ mod tests {
         e.log_read(lid::ANA, false);
         e.on_ana(6, config::ANA_CHANGE);
         assert_eq!(e.take(), Some(0x000c_0302));
+    }
+
+    fn table() -> Namespaces {
+        let s = crate::config::SubsystemConfig {
+            nqn: "nqn.a:b".into(),
+            serial: "s".into(),
+            model: "m".into(),
+            allow_any_host: true,
+            allowed_hosts: Vec::new(),
+            namespaces: Vec::new(),
+        };
+        Namespaces::new(&[s], 4096)
+    }
+
+    #[test]
+    fn namespace_changes_fill_the_list_and_owe_one_notice() {
+        let t = table();
+        t.announce(0, 9);
+        let e = Events::default();
+        // Changes before the controller existed are not news to it.
+        e.start(0, t.generation(0));
+        t.announce(0, 3);
+        t.announce(0, 2);
+        t.announce(0, 3);
+        e.on_namespaces(&t, 0, config::NS_ATTR);
+        assert_eq!(e.take(), Some(0x0004_0002));
+        t.announce(0, 5);
+        e.on_namespaces(&t, 0, config::NS_ATTR);
+        assert_eq!(e.take(), None, "masked until log 04h is read");
+        assert_eq!(e.take_changed(), ChangedList::Ids(vec![2, 3, 5]));
+        e.log_read(lid::CHANGED_NS, false);
+        assert_eq!(e.take_changed(), ChangedList::Ids(Vec::new()));
+        t.announce(0, 7);
+        e.on_namespaces(&t, 0, config::NS_ATTR);
+        assert_eq!(e.take(), Some(0x0004_0002));
+        assert_eq!(e.take_changed(), ChangedList::Ids(vec![7]));
+    }
+
+    #[test]
+    fn more_changes_than_the_log_holds_overflow() {
+        let t = table();
+        let e = Events::default();
+        for nsid in 1..=u32::try_from(CHANGED_LIST_LEN).unwrap() + 1 {
+            t.announce(0, nsid);
+        }
+        // Without the notice enabled the list is still kept.
+        e.on_namespaces(&t, 0, 0);
+        assert_eq!(e.take(), None);
+        assert_eq!(e.take_changed(), ChangedList::Overflow);
+        t.announce(0, 1);
+        e.on_namespaces(&t, 0, 0);
+        assert_eq!(e.take_changed(), ChangedList::Ids(vec![1]));
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Conn {
     /// Compare, Verify, or half of a fused pair, with its data (if any) at hand.
     pub(crate) fn compare_cmd(&mut self, mut req: IoReq, cmd: IoCmd, data: Data<'_>, bs: u64) {
         let sqe = req.sqe;
-        let Some((dev, _)) = req.dev.clone() else {
+        let Some(dev) = req.ns.as_ref().map(|n| Rc::clone(&n.dev)) else {
             return self.fail(&sqe, Error::Internal("compare without a device"));
         };
         let offset = sqe.slba() * bs;
@@ -280,7 +280,7 @@ impl Conn {
         else {
             return;
         };
-        let Some(locks) = self.locks_of(&req) else {
+        let Some(locks) = Self::locks_of(&req) else {
             self.fail(&p.first, Error::InvalidNamespace);
             return self.fail(&write, Error::FusedFailed);
         };
@@ -306,16 +306,13 @@ impl Conn {
         }
     }
 
-    fn locks_of(&self, req: &IoReq) -> Option<Arc<RangeLocks>> {
-        let q = self.q.as_ref()?;
-        let (_, index) = req.dev.as_ref()?;
-        let st = self.port.target.ns_state(q.ctrl.subsys, *index)?;
-        Some(Arc::clone(&st.locks))
+    fn locks_of(req: &IoReq) -> Option<Arc<RangeLocks>> {
+        Some(Arc::clone(&req.ns.as_ref()?.state.locks))
     }
 
     /// The fused operation holds its range: read it for the compare.
     fn fused_read(&mut self, mut req: IoReq, guard: RangeGuard) {
-        let Some((dev, _)) = req.dev.clone() else {
+        let Some(dev) = req.ns.as_ref().map(|n| Rc::clone(&n.dev)) else {
             return;
         };
         let Some(bs) = self.block_size(&req.sqe) else {
@@ -357,13 +354,10 @@ impl Conn {
     /// Writes (and write zeroes) go to the device at once while no fused operation is active
     /// on their namespace; otherwise they take their range in the lock table, or wait.
     pub(crate) fn submit_write(&mut self, mut req: IoReq, mut request: Request) {
-        let (Some(q), Some((dev, index))) = (&self.q, &req.dev) else {
+        let Some(ns) = req.ns.clone() else {
             return self.fail(&req.sqe, Error::Internal("write without a namespace"));
         };
-        let Some(state) = self.port.target.ns_state(q.ctrl.subsys, *index) else {
-            return self.fail(&req.sqe, Error::InvalidNamespace);
-        };
-        let dev = Rc::clone(dev);
+        let (dev, state) = (Rc::clone(&ns.dev), &ns.state);
         let (s, e) = blocks(&req.sqe);
         match state.locks.write_begin(s, e) {
             Some(g) => {
@@ -397,7 +391,7 @@ impl Conn {
                     let (s, e) = blocks(&req.sqe);
                     match locks.write_begin(s, e) {
                         Some(g) => {
-                            let Some((dev, _)) = req.dev.clone() else {
+                            let Some(dev) = req.ns.as_ref().map(|n| Rc::clone(&n.dev)) else {
                                 continue;
                             };
                             req.guard = Some(g);
@@ -466,7 +460,7 @@ impl Conn {
             self.reqs.remove(idx);
             return self.fail(&sqe, Error::ReadFailed(device_status(e)));
         }
-        let dev = req.dev.clone();
+        let dev = req.ns.as_ref().map(|n| Rc::clone(&n.dev));
         let Some(Extra::Verify { next, end, piece }) = req.extra.as_deref_mut() else {
             return;
         };
@@ -478,7 +472,7 @@ impl Conn {
                 self.reqs.remove(idx);
                 self.complete(sqe.cid.get(), Done::success());
             }
-            (_, Some(buf), Some((dev, _))) => {
+            (_, Some(buf), Some(dev)) => {
                 dev.submit(Request::read(at, n, buf, idx as u64), &self.sink);
             }
             _ => {
@@ -528,7 +522,7 @@ impl Conn {
             Some(Extra::Fused(f)) => f.write_buf.take(),
             _ => None,
         };
-        let (Some(buf), Some((dev, _))) = (buf, req.dev.clone()) else {
+        let (Some(buf), Some(dev)) = (buf, req.ns.as_ref().map(|n| Rc::clone(&n.dev))) else {
             if let Some(req) = self.reqs.remove(idx) {
                 self.fused_fail(req, Error::FusedFailed, Error::Internal("fused write lost"));
             }
@@ -547,22 +541,18 @@ impl Conn {
             }
             return;
         }
-        let Some((sqe, ns)) = self
-            .reqs
-            .get_mut(idx)
-            .map(|r| (r.sqe, r.dev.as_ref().map_or(0, |(_, i)| *i)))
-        else {
+        let Some((sqe, ns)) = self.reqs.get_mut(idx).map(|r| (r.sqe, r.ns.clone())) else {
             return;
         };
         if step == Step::FusedWrite {
             let bytes = u64::from(sqe.nlb()) * self.block_size(&sqe).unwrap_or(0);
-            self.count_write(ns, bytes);
+            self.count_write(ns.as_deref(), bytes);
             let Some(req) = self.reqs.get_mut(idx) else {
                 return;
             };
             if req.write_through {
                 req.step = Step::FusedFlush;
-                if let Some((dev, _)) = req.dev.clone() {
+                if let Some(dev) = req.ns.as_ref().map(|n| Rc::clone(&n.dev)) {
                     dev.submit(Request::bare(Op::Flush, 0, 0, idx as u64), &self.sink);
                 }
                 return;

@@ -318,7 +318,7 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let mut kill_rx: Option<watch::Receiver<bool>> = None;
-        let mut events_rx: Option<watch::Receiver<u64>> = None;
+        let mut events_rx: Option<crate::aen::EventWatch> = None;
         let accepted = self.accepted;
         let mut last_input = Instant::now();
         // Last time output made progress, or the output queue was empty.
@@ -363,7 +363,7 @@ impl Conn {
             if events_rx.is_none() {
                 events_rx = self.event_watch();
             }
-            self.deliver_ana_events();
+            self.deliver_async_events();
             if notices.is_none() {
                 notices = self.admin_notices();
             }

@@ -165,8 +165,10 @@ impl Conn {
                 home,
             );
             ctrl.hostid.set(cd.hostid);
-            ctrl.events
-                .start(self.port.target.ana().port_chgcnt(self.port.index));
+            ctrl.events.start(
+                target.ana().port_chgcnt(self.port.index),
+                target.namespaces().generation(subsys),
+            );
             target
                 .notices()
                 .attach(subsys, cntlid, cd.hostid, Arc::clone(&ctrl.notices));

@@ -25,6 +25,7 @@ use crate::completion::{Completion as Done, Error};
 use crate::conn::{Conn, Data, Piece};
 use crate::locks::RangeGuard;
 use crate::metrics::CommandKind;
+use crate::port::PortNamespace;
 
 /// Reads at least this large go out with `sendfile` when the device allows it (and data
 /// digests are off: the digest needs the bytes in user space).
@@ -73,8 +74,9 @@ pub(crate) struct IoReq {
     pub sqe: Sqe,
     pub started: Instant,
     pub step: Step,
-    /// The namespace's device and position (for its counters), when the command has one.
-    pub(crate) dev: Option<(Rc<dyn BlockIo>, usize)>,
+    /// The command's namespace (its device on this thread, its shared state), when it has
+    /// one.
+    pub(crate) ns: Option<Rc<PortNamespace>>,
     pub(crate) write_through: bool,
     /// What the command holds of the namespace's range locks (writes, fused operations).
     pub(crate) guard: Option<RangeGuard>,
@@ -92,7 +94,7 @@ impl Conn {
             return Err(Error::InvalidNamespace);
         };
         // Before any data moves: a path that serves no I/O says so, and the host fails over.
-        if let Some(e) = self.port.ana_state(ns).and_then(Error::for_ana) {
+        if let Some(e) = self.port.ana_state(&ns).and_then(Error::for_ana) {
             return Err(e);
         }
         match sqe.opcode {
@@ -170,9 +172,7 @@ impl Conn {
         let offset = sqe.slba() * bs;
         let len = u64::from(sqe.nlb()) * bs;
         let dev = Rc::clone(&ns.dev);
-        let Some(state) = port.target.ns_state(q.ctrl.subsys, ns.index) else {
-            return self.fail(sqe, Error::InvalidNamespace);
-        };
+        let state = &ns.state;
         // One atomic load while nobody is registered with the namespace (the host ID is
         // behind a lock: read only when it matters).
         if state.resv.active() && state.resv.check(&q.ctrl.hostid.get(), &cmd).is_err() {
@@ -182,7 +182,7 @@ impl Conn {
             sqe: *sqe,
             started,
             step: Step::Device,
-            dev: Some((Rc::clone(&dev), ns.index)),
+            ns: Some(Rc::clone(&ns)),
             write_through,
             guard: None,
             extra: None,
@@ -197,7 +197,7 @@ impl Conn {
             IoCmd::ResvRegister(_)
             | IoCmd::ResvAcquire(_)
             | IoCmd::ResvRelease(_)
-            | IoCmd::ResvReport(_) => return self.resv_cmd(sqe, cmd, data, ns.index),
+            | IoCmd::ResvReport(_) => return self.resv_cmd(sqe, cmd, data, &ns),
             _ => {}
         }
         match sqe.opcode {
@@ -208,7 +208,7 @@ impl Conn {
                 if !self.dg.data && n >= ZERO_COPY_MIN {
                     self.extents.clear();
                     if dev.file_extents(offset, len, &mut self.extents) {
-                        self.count_read(ns.index, len);
+                        self.count_read(Some(&ns), len);
                         // Its latency is observed when its last byte is handed to the socket.
                         self.send_extents(sqe.cid.get(), n, started);
                         return;
@@ -286,7 +286,7 @@ impl Conn {
         if todo.is_empty() {
             return self.complete(sqe.cid.get(), Done::success());
         }
-        let Some((dev, _)) = req.dev.clone() else {
+        let Some(dev) = req.ns.as_ref().map(|n| Rc::clone(&n.dev)) else {
             return;
         };
         req.step = Step::Discard {
@@ -420,7 +420,7 @@ impl Conn {
             return;
         };
         let sqe = req.sqe;
-        let ns = req.dev.as_ref().map_or(0, |(_, i)| *i);
+        let ns = req.ns.clone();
         let bytes = u64::from(sqe.dptr.length.get());
         match (sqe.opcode, c.result) {
             (io_opcode::READ, Ok(())) => {
@@ -430,7 +430,7 @@ impl Conn {
                 let Some(buf) = c.buf else {
                     return self.fail(&sqe, Error::Internal("read completed without its buffer"));
                 };
-                self.count_read(ns, bytes);
+                self.count_read(ns.as_deref(), bytes);
                 // Its latency is observed when its last byte is handed to the socket.
                 self.send_buf(sqe.cid.get(), buf, req.started);
             }
@@ -440,7 +440,7 @@ impl Conn {
                 self.fail(&sqe, Error::ReadFailed(device_status(&e)));
             }
             (io_opcode::WRITE, Ok(())) => {
-                self.count_write(ns, bytes);
+                self.count_write(ns.as_deref(), bytes);
                 // The buffer goes back to the pool here.
                 drop(c.buf);
                 self.after_write(idx);
@@ -476,7 +476,7 @@ impl Conn {
             return;
         }
         req.step = Step::Flush;
-        let Some((dev, _)) = req.dev.clone() else {
+        let Some(dev) = req.ns.as_ref().map(|n| Rc::clone(&n.dev)) else {
             return;
         };
         dev.submit(Request::bare(Op::Flush, 0, 0, idx as u64), &self.sink);
@@ -497,10 +497,8 @@ impl Conn {
         let Some(q) = &self.q else { return };
         let port = Rc::clone(&self.port);
         let devs: Vec<Rc<dyn BlockIo>> = port
-            .namespaces
-            .get(q.ctrl.subsys)
-            .into_iter()
-            .flatten()
+            .namespaces_of(q.ctrl.subsys)
+            .iter()
             .map(|ns| Rc::clone(&ns.dev))
             .collect();
         if devs.is_empty() {
@@ -514,7 +512,7 @@ impl Conn {
                 failed: false,
                 then,
             },
-            dev: None,
+            ns: None,
             write_through: false,
             guard: None,
             extra: None,
@@ -549,35 +547,24 @@ impl Conn {
         }
     }
 
-    pub(crate) fn ns_metrics(&self, index: usize) -> Option<&crate::metrics::NamespaceMetrics> {
-        let q = self.q.as_ref()?;
-        self.port
-            .target
-            .metrics()
-            .subsystems
-            .get(q.ctrl.subsys)?
-            .namespaces
-            .get(index)
-    }
-
-    /// Counts a completed write of `len` bytes to namespace `ns` (its position).
-    pub(crate) fn count_write(&self, ns: usize, len: u64) {
+    /// Counts a completed write of `len` bytes to namespace `ns`.
+    pub(crate) fn count_write(&self, ns: Option<&PortNamespace>, len: u64) {
         self.port
             .metrics()
             .bytes_written
             .fetch_add(len, Ordering::Relaxed);
-        if let Some(nsm) = self.ns_metrics(ns) {
+        if let Some(nsm) = ns.map(|n| &n.state.metrics) {
             nsm.writes.fetch_add(1, Ordering::Relaxed);
             nsm.bytes_written.fetch_add(len, Ordering::Relaxed);
         }
     }
 
-    fn count_read(&self, ns: usize, len: u64) {
+    fn count_read(&self, ns: Option<&PortNamespace>, len: u64) {
         self.port
             .metrics()
             .bytes_read
             .fetch_add(len, Ordering::Relaxed);
-        if let Some(nsm) = self.ns_metrics(ns) {
+        if let Some(nsm) = ns.map(|n| &n.state.metrics) {
             nsm.reads.fetch_add(1, Ordering::Relaxed);
             nsm.bytes_read.fetch_add(len, Ordering::Relaxed);
         }

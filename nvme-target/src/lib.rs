@@ -30,7 +30,7 @@ pub mod host;
 mod io;
 mod locks;
 pub mod metrics;
-mod nsstate;
+pub mod namespaces;
 mod port;
 mod r2t;
 mod resv;
@@ -42,5 +42,6 @@ pub use config::{
 };
 pub use group::PortGroup;
 pub use metrics::{CommandKind, TargetMetrics};
+pub use namespaces::{NamespaceError, NsState};
 pub use port::{Port, run_discovery};
 pub use target::{ControllerInfo, SubsystemStatus, Target, TargetStatus};

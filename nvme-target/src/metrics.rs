@@ -244,8 +244,6 @@ pub struct SubsystemMetrics {
     pub controllers: AtomicI64,
     /// Controllers refused (unknown host).
     pub refused_hosts: AtomicU64,
-    /// Per namespace, in configuration order.
-    pub namespaces: Vec<NamespaceMetrics>,
 }
 
 /// All counters of a target.

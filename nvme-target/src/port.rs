@@ -5,6 +5,7 @@
 //! opened on that thread, the thread's buffers); the view with the listener accepts, and
 //! each view also serves the connections other members move to it after their Connect.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,17 +20,32 @@ use crate::config::NamespaceConfig;
 use crate::conn::Conn;
 use crate::group::{GroupShared, Moving, PortGroup};
 use crate::metrics::PortMetrics;
+use crate::namespaces::NsState;
 use crate::target::Target;
 
-/// A namespace as a port sees it: its configuration, its device on this thread, and its
-/// counters' position.
+/// A namespace as a port sees it: its configuration, its device on this thread, and what
+/// every thread shares of it.
 pub(crate) struct PortNamespace {
     pub cfg: NamespaceConfig,
     pub dev: Rc<dyn BlockIo>,
-    pub index: usize,
+    pub state: Arc<NsState>,
     /// Position of its ANA group in [`crate::ana::Ana::groups`].
     pub ana_group: usize,
 }
+
+impl PortNamespace {
+    fn new(target: &Target, state: Arc<NsState>, dev: Rc<dyn BlockIo>) -> Rc<Self> {
+        Rc::new(Self {
+            cfg: state.cfg.clone(),
+            dev,
+            ana_group: target.ana().group_index(state.cfg.ana_group).unwrap_or(0),
+            state,
+        })
+    }
+}
+
+/// Per subsystem, the namespaces a port view serves.
+pub(crate) type NamespaceTable = Vec<Vec<Rc<PortNamespace>>>;
 
 /// State shared by the connections of one port.
 pub(crate) struct PortShared {
@@ -39,8 +55,10 @@ pub(crate) struct PortShared {
     pub port_id: u16,
     /// Serves only the discovery subsystem.
     pub discovery_only: bool,
-    /// Per subsystem, its namespaces.
-    pub namespaces: Vec<Vec<PortNamespace>>,
+    /// Per subsystem, its namespaces on this thread. Changed only between commands (by
+    /// [`Port::attach_namespace`] and [`Port::detach_namespace`]); a command holds its
+    /// namespace by reference count, so one removed meanwhile finishes what it started.
+    pub namespaces: RefCell<NamespaceTable>,
     /// The controller thread's I/O buffers (device buffers for reads and writes).
     pub pool: BufPool,
     /// What this port's views on every thread share.
@@ -60,19 +78,32 @@ impl PortShared {
     }
 
     /// The IDs of the namespaces of subsystem `subsys` this port serves.
-    pub fn nsids(&self, subsys: usize) -> impl Iterator<Item = u32> + '_ {
+    pub fn nsids(&self, subsys: usize) -> Vec<u32> {
         self.namespaces
+            .borrow()
             .get(subsys)
             .into_iter()
             .flatten()
             .map(|n| n.cfg.nsid)
+            .collect()
     }
 
-    pub fn namespace(&self, subsys: usize, nsid: u32) -> Option<&PortNamespace> {
+    /// The namespaces of subsystem `subsys` this port serves.
+    pub fn namespaces_of(&self, subsys: usize) -> Vec<Rc<PortNamespace>> {
         self.namespaces
+            .borrow()
+            .get(subsys)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn namespace(&self, subsys: usize, nsid: u32) -> Option<Rc<PortNamespace>> {
+        self.namespaces
+            .borrow()
             .get(subsys)?
             .iter()
             .find(|n| n.cfg.nsid == nsid)
+            .cloned()
     }
 }
 
@@ -80,7 +111,7 @@ impl PortShared {
 pub struct Port {
     shared: Rc<PortShared>,
     /// Connections other members moved to this thread.
-    inbox: std::cell::RefCell<Option<mpsc::UnboundedReceiver<Box<Moving>>>>,
+    inbox: RefCell<Option<mpsc::UnboundedReceiver<Box<Moving>>>>,
 }
 
 impl std::fmt::Debug for Port {
@@ -114,20 +145,17 @@ impl Port {
             .config()
             .subsystems
             .iter()
-            .map(|s| {
-                s.namespaces
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, ns)| {
+            .enumerate()
+            .map(|(i, s)| {
+                target
+                    .namespaces()
+                    .list(i)
+                    .into_iter()
+                    .filter_map(|ns| {
                         devices
                             .iter()
-                            .find(|(nqn, nsid, _)| *nqn == s.nqn && *nsid == ns.nsid)
-                            .map(|(_, _, dev)| PortNamespace {
-                                cfg: ns.clone(),
-                                dev: Rc::clone(dev),
-                                index: i,
-                                ana_group: target.ana().group_index(ns.ana_group).unwrap_or(0),
-                            })
+                            .find(|(nqn, nsid, _)| *nqn == s.nqn && *nsid == ns.cfg.nsid)
+                            .map(|(_, _, dev)| PortNamespace::new(&target, ns, Rc::clone(dev)))
                     })
                     .collect()
             })
@@ -141,7 +169,7 @@ impl Port {
         port_id: u16,
         discovery_only: bool,
         group: &PortGroup,
-        namespaces: Vec<Vec<PortNamespace>>,
+        namespaces: NamespaceTable,
         pool: BufPool,
     ) -> Rc<Self> {
         let (member, rx) = group.shared.join();
@@ -151,12 +179,12 @@ impl Port {
                 index,
                 port_id,
                 discovery_only,
-                namespaces,
+                namespaces: RefCell::new(namespaces),
                 pool,
                 group: Arc::clone(&group.shared),
                 member,
             }),
-            inbox: std::cell::RefCell::new(Some(rx)),
+            inbox: RefCell::new(Some(rx)),
         })
     }
 
@@ -224,7 +252,15 @@ impl Port {
         let cq = Rc::new(CompletionQueue::default());
         let sink: Rc<dyn Sink> = cq.clone();
         let mut out = 0;
-        for (i, ns) in self.shared.namespaces.iter().flatten().enumerate() {
+        let namespaces: Vec<Rc<PortNamespace>> = self
+            .shared
+            .namespaces
+            .borrow()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for (i, ns) in namespaces.iter().enumerate() {
             ns.dev
                 .submit(Request::bare(Op::Flush, 0, 0, i as u64), &sink);
             out += 1;
@@ -236,6 +272,37 @@ impl Port {
                 warn!(namespace = c.tag, error = %e, "flush at shutdown failed");
             }
         }
+    }
+
+    /// Serves namespace `nsid` of subsystem `nqn` (added to the target with
+    /// [`Target::add_namespace`]) through `dev`, this thread's device for it. False if the
+    /// target has no such namespace.
+    pub fn attach_namespace(&self, nqn: &str, nsid: u32, dev: Rc<dyn BlockIo>) -> bool {
+        let target = &self.shared.target;
+        let Ok(subsys) = target.namespaces().subsystem(nqn) else {
+            return false;
+        };
+        let Some(state) = target.namespaces().get(subsys, nsid) else {
+            return false;
+        };
+        let mut table = self.shared.namespaces.borrow_mut();
+        let Some(list) = table.get_mut(subsys) else {
+            return false;
+        };
+        list.retain(|n| n.cfg.nsid != nsid);
+        list.push(PortNamespace::new(target, state, dev));
+        true
+    }
+
+    /// Stops serving namespace `nsid` of subsystem `nqn`: new commands for it fail with
+    /// Invalid Namespace, those already at its device finish. Returns this thread's device
+    /// for it (flush it, then drop it), if this view served it.
+    pub fn detach_namespace(&self, nqn: &str, nsid: u32) -> Option<Rc<dyn BlockIo>> {
+        let subsys = self.shared.target.namespaces().subsystem(nqn).ok()?;
+        let mut table = self.shared.namespaces.borrow_mut();
+        let list = table.get_mut(subsys)?;
+        let at = list.iter().position(|n| n.cfg.nsid == nsid)?;
+        Some(Rc::clone(&list.remove(at).dev))
     }
 
     /// Closes every connection of this port now, on every thread of its group; the listener

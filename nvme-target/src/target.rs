@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 
-use crate::config::{ConfigError, TargetConfig};
-use crate::metrics::{NamespaceMetrics, PortMetrics, SubsystemMetrics, TargetMetrics};
-use crate::nsstate::NsState;
+use crate::config::{ConfigError, NamespaceConfig, TargetConfig};
+use crate::metrics::{PortMetrics, SubsystemMetrics, TargetMetrics};
+use crate::namespaces::{NamespaceError, Namespaces, NsState};
 use crate::resv::notices::NoticeBoard;
 
 /// A connected controller (host association), as the admin status shows it.
@@ -63,8 +63,8 @@ pub struct Target {
     metrics: TargetMetrics,
     registry: Mutex<Registry>,
     genctr: AtomicU64,
-    /// Per subsystem and namespace (configuration order), what every thread shares.
-    ns: Vec<Vec<Arc<NsState>>>,
+    /// Every subsystem's namespaces, as every thread shares them.
+    namespaces: Namespaces,
     /// Controllers that receive reservation notices.
     notices: NoticeBoard,
 }
@@ -91,14 +91,7 @@ impl Target {
             subsystems: cfg
                 .subsystems
                 .iter()
-                .map(|s| SubsystemMetrics {
-                    namespaces: s
-                        .namespaces
-                        .iter()
-                        .map(|_| NamespaceMetrics::default())
-                        .collect(),
-                    ..SubsystemMetrics::default()
-                })
+                .map(|_| SubsystemMetrics::default())
                 .collect(),
         };
         let registry = Registry {
@@ -106,11 +99,15 @@ impl Target {
             controllers: Vec::new(),
         };
         let access = crate::access::HostAccess::new(&cfg.subsystems);
-        let ns = cfg
+        // NN: every configured ID, and at least room for MNAN namespaces added later.
+        let max_nsid = cfg
             .subsystems
             .iter()
-            .map(|s| s.namespaces.iter().map(|_| Arc::default()).collect())
-            .collect();
+            .flat_map(|s| s.namespaces.iter().map(|n| n.nsid))
+            .max()
+            .unwrap_or(0)
+            .max(crate::ana::MAX_NAMESPACES);
+        let namespaces = Namespaces::new(&cfg.subsystems, max_nsid);
         Ok(Arc::new(Self {
             cfg,
             ana,
@@ -118,14 +115,52 @@ impl Target {
             metrics,
             registry: Mutex::new(registry),
             genctr: AtomicU64::new(1),
-            ns,
+            namespaces,
             notices: NoticeBoard::default(),
         }))
     }
 
-    /// The shared state of namespace `index` (configuration order) of subsystem `subsys`.
-    pub(crate) fn ns_state(&self, subsys: usize, index: usize) -> Option<&Arc<NsState>> {
-        self.ns.get(subsys)?.get(index)
+    /// Every subsystem's namespaces.
+    pub(crate) fn namespaces(&self) -> &Namespaces {
+        &self.namespaces
+    }
+
+    /// The namespaces subsystem `nqn` has now.
+    pub fn namespaces_of(&self, nqn: &str) -> Result<Vec<Arc<NsState>>, NamespaceError> {
+        let s = self.namespaces.subsystem(nqn)?;
+        Ok(self.namespaces.list(s))
+    }
+
+    /// Adds a namespace to subsystem `nqn` while hosts may be connected. Each thread's port
+    /// views serve it once given its device ([`crate::Port::attach_namespace`]); hosts hear
+    /// of it from [`Target::announce_namespace`].
+    pub fn add_namespace(&self, nqn: &str, cfg: NamespaceConfig) -> Result<(), NamespaceError> {
+        let s = self.namespaces.subsystem(nqn)?;
+        if self.ana.group_index(cfg.ana_group).is_none() {
+            return Err(NamespaceError::UnknownAnaGroup(cfg.ana_group));
+        }
+        self.namespaces.insert(s, cfg).map(drop)
+    }
+
+    /// Takes namespace `nsid` out of subsystem `nqn`: no port view finds it any more once
+    /// each has detached it ([`crate::Port::detach_namespace`]); commands already at its
+    /// devices finish. Hosts hear of it from [`Target::announce_namespace`].
+    pub fn remove_namespace(
+        &self,
+        nqn: &str,
+        nsid: u32,
+    ) -> Result<NamespaceConfig, NamespaceError> {
+        let s = self.namespaces.subsystem(nqn)?;
+        Ok(self.namespaces.remove(s, nsid)?.cfg.clone())
+    }
+
+    /// Tells every controller of subsystem `nqn` that namespace `nsid` changed: a
+    /// Namespace Attribute Changed notice (where the host enabled it) and an entry in its
+    /// Changed Namespace List log.
+    pub fn announce_namespace(&self, nqn: &str, nsid: u32) -> Result<(), NamespaceError> {
+        let s = self.namespaces.subsystem(nqn)?;
+        self.namespaces.announce(s, nsid);
+        Ok(())
     }
 
     /// The controllers reservation notices go to.
@@ -173,7 +208,7 @@ impl Target {
             .enumerate()
             .map(|(i, s)| SubsystemStatus {
                 nqn: s.nqn.clone(),
-                namespaces: s.namespaces.iter().map(|n| n.nsid).collect(),
+                namespaces: self.namespaces.list(i).iter().map(|n| n.cfg.nsid).collect(),
                 controllers: reg
                     .controllers
                     .iter()

@@ -49,10 +49,14 @@ fn identify_reports_a_multipath_capable_controller() {
         let desc = c.ns_descriptors(2).await.unwrap();
         assert_eq!(&desc[..4], &[2, 16, 0, 0]);
         assert_eq!(&desc[4..20], &g);
-        let err = c.identify_namespace(9).await.unwrap_err();
-        assert!(
-            matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::INVALID_NS)
-        );
+        // An ID within NN with no namespace is inactive: zeroes (as nvmet answers); it has
+        // no descriptors, and an ID past NN is invalid.
+        assert_eq!(c.identify_namespace(9).await.unwrap().nsze.get(), 0);
+        let invalid =
+            |err: HostError| matches!(err, HostError::Status { status: s, .. } if s & 0x7ff == status::INVALID_NS);
+        assert!(invalid(c.ns_descriptors(9).await.unwrap_err()));
+        let nn = c.identify_controller().await.unwrap().nn.get();
+        assert!(invalid(c.identify_namespace(nn + 1).await.unwrap_err()));
     }));
     h.stop();
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::exporter::{Families, labels};
 use crate::block::BlockService;
-use crate::config::Config;
+use crate::config::NamespaceConfig;
 
 /// One ANA group on one controller.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -27,7 +27,8 @@ pub struct AnaStatus {
 }
 
 /// Every group on every controller.
-pub(super) fn status(config: &Config, block: &BlockService) -> Vec<AnaStatus> {
+pub(super) fn status(block: &BlockService) -> Vec<AnaStatus> {
+    let namespaces = block.namespaces();
     block
         .target()
         .ana()
@@ -39,20 +40,18 @@ pub(super) fn status(config: &Config, block: &BlockService) -> Vec<AnaStatus> {
             group: e.group,
             state: e.state.name().to_owned(),
             chgcnt: e.chgcnt,
-            namespaces: members(config, e.group),
+            namespaces: members(&namespaces, e.group),
         })
         .collect()
 }
 
-fn members(config: &Config, group: u32) -> Vec<String> {
-    config
-        .subsystems
+fn members(namespaces: &[(String, Vec<NamespaceConfig>)], group: u32) -> Vec<String> {
+    namespaces
         .iter()
-        .flat_map(|s| {
-            s.namespaces
-                .iter()
+        .flat_map(|(nqn, list)| {
+            list.iter()
                 .filter(move |n| n.ana_group == group)
-                .map(move |n| format!("{}/{}", s.nqn, n.nsid))
+                .map(move |n| format!("{nqn}/{}", n.nsid))
         })
         .collect()
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod exporter;
 mod hosts;
 pub mod http;
+mod namespaces;
 mod nvme;
 pub mod status;
 mod stream_metrics;
@@ -151,8 +152,8 @@ impl Admin {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
             controllers,
-            subsystems: nvme::subsystems(&self.config, &self.block),
-            ana: ana::status(&self.config, &self.block),
+            subsystems: nvme::subsystems(&self.block),
+            ana: ana::status(&self.block),
             volumes,
             devices,
             sessions: self
@@ -186,10 +187,10 @@ impl Admin {
         {
             return "content store".into();
         }
-        for s in &self.config.subsystems {
-            for ns in &s.namespaces {
+        for (nqn, namespaces) in self.block.namespaces() {
+            for ns in namespaces {
                 if ns.volume == volume {
-                    return format!("{}/{}", s.nqn, ns.nsid);
+                    return format!("{nqn}/{}", ns.nsid);
                 }
             }
         }
@@ -431,7 +432,7 @@ impl Router for AdminRouter {
         &self,
         method: &Method,
         path: &str,
-        _query: Option<&str>,
+        query: Option<&str>,
         headers: &hyper::HeaderMap,
     ) -> Response<Body> {
         if !is_read_only(method, path) {
@@ -464,10 +465,9 @@ impl Router for AdminRouter {
             },
             (&Method::GET, "/api/v1/status") => http::json(StatusCode::OK, &self.admin.status()),
             (&Method::GET, "/healthz") => http::text(StatusCode::OK, "text/plain", "ok\n"),
-            (&Method::GET, "/api/v1/ana") => http::json(
-                StatusCode::OK,
-                &ana::status(&self.admin.config, &self.admin.block),
-            ),
+            (&Method::GET, "/api/v1/ana") => {
+                http::json(StatusCode::OK, &ana::status(&self.admin.block))
+            }
             (&Method::POST, p) if ana::set_path(p).is_some() => match ana::set_path(p) {
                 Some(Ok((index, group, state))) => {
                     match ana::set(&self.admin.block, index, group, state) {
@@ -517,6 +517,36 @@ impl Router for AdminRouter {
                 match hosts::change(&self.admin.block, nqn, host, *method == Method::POST) {
                     Ok(msg) => http::text(StatusCode::OK, "text/plain", msg),
                     Err(e) => http::error(StatusCode::BAD_REQUEST, &e),
+                }
+            }
+            (&Method::POST | &Method::DELETE, p) if namespaces::namespace_path(p).is_some() => {
+                let Some((nqn, nsid)) = namespaces::namespace_path(p) else {
+                    return http::error(StatusCode::NOT_FOUND, "no such endpoint");
+                };
+                let nsid = match nsid {
+                    Ok(n) => n,
+                    Err(e) => return http::error(StatusCode::BAD_REQUEST, &e),
+                };
+                let add = if *method == Method::POST {
+                    match namespaces::parse_query(nsid, query) {
+                        Ok(ns) => Some(ns),
+                        Err(e) => return http::error(StatusCode::BAD_REQUEST, &e),
+                    }
+                } else {
+                    None
+                };
+                // The controller threads take the change in turn: wait off the admin
+                // runtime.
+                let (block, nqn) = (Arc::clone(&self.admin.block), nqn.to_owned());
+                let r = tokio::task::spawn_blocking(move || {
+                    namespaces::change(&block, &nqn, nsid, add)
+                })
+                .await;
+                match r {
+                    Ok(Ok(msg)) => http::text(StatusCode::OK, "text/plain", msg),
+                    Ok(Err((true, e))) => http::error(StatusCode::NOT_FOUND, &e),
+                    Ok(Err((false, e))) => http::error(StatusCode::BAD_REQUEST, &e),
+                    Err(_) => http::error(StatusCode::INTERNAL_SERVER_ERROR, "the change failed"),
                 }
             }
             (_, "/metrics" | "/api/v1/status" | "/api/v1/ana" | "/healthz") => {

@@ -35,18 +35,17 @@ pub(super) fn controllers(block: &BlockService) -> Vec<ControllerStatus> {
         .collect()
 }
 
-/// Subsystems with their namespaces and connected hosts.
-pub(super) fn subsystems(config: &Config, block: &BlockService) -> Vec<SubsystemStatus> {
+/// Subsystems with their namespaces (as changed at run time) and connected hosts.
+pub(super) fn subsystems(block: &BlockService) -> Vec<SubsystemStatus> {
     let st = block.target().status();
     let ports = block.ports();
-    config
-        .subsystems
-        .iter()
+    block
+        .namespaces()
+        .into_iter()
         .zip(st.subsystems)
-        .map(|(cfg, s)| SubsystemStatus {
+        .map(|((_, namespaces), s)| SubsystemStatus {
             nqn: s.nqn,
-            namespaces: cfg
-                .namespaces
+            namespaces: namespaces
                 .iter()
                 .map(|n| (n.nsid, n.volume.clone()))
                 .collect(),
@@ -248,12 +247,21 @@ pub(super) fn encode(
             )
         }),
     )?;
+    // The namespaces there are now (added and removed at run time too).
+    let live: Vec<(String, Vec<std::sync::Arc<nvme_target::NsState>>)> = config
+        .subsystems
+        .iter()
+        .map(|s| {
+            (
+                s.nqn.clone(),
+                target.namespaces_of(&s.nqn).unwrap_or_default(),
+            )
+        })
+        .collect();
     let namespaces = || {
-        subs().flat_map(|(s, sm)| {
-            s.namespaces
-                .iter()
-                .zip(&sm.namespaces)
-                .map(move |(ns, nm)| (s.nqn.clone(), ns.nsid.to_string(), nm))
+        live.iter().flat_map(|(nqn, list)| {
+            list.iter()
+                .map(move |ns| (nqn.clone(), ns.cfg.nsid.to_string(), &ns.metrics))
         })
     };
     type NsPick = fn(&nvme_target::metrics::NamespaceMetrics) -> [&AtomicU64; 2];

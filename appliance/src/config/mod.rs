@@ -726,7 +726,8 @@ impl Config {
     }
 
     /// Cross-field checks; the error is (key path, message).
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks the whole configuration; the error names the key path and says why.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
         for (i, r) in self.nvme_tcp.referrals.iter().enumerate() {
             if r.port == 0 {
                 return Err((

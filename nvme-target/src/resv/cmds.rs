@@ -16,6 +16,7 @@ use crate::completion::{Completion, Error};
 use crate::config::TargetConfig;
 use crate::conn::{Conn, Data};
 use crate::ctrl::Ctrl;
+use crate::port::PortNamespace;
 
 impl From<ResvError> for Error {
     fn from(e: ResvError) -> Self {
@@ -80,14 +81,12 @@ impl Conn {
         self.complete(cid.0, Completion::ok(u64::from(cid.1)));
     }
 
-    /// Runs a reservation command of namespace `index` (its data checked by `check_io`).
-    pub(crate) fn resv_cmd(&mut self, sqe: &Sqe, cmd: IoCmd, data: Data<'_>, index: usize) {
+    /// Runs a reservation command of namespace `ns` (its data checked by `check_io`).
+    pub(crate) fn resv_cmd(&mut self, sqe: &Sqe, cmd: IoCmd, data: Data<'_>, ns: &PortNamespace) {
         let Some(q) = &self.q else { return };
         let (subsys, hostid) = (q.ctrl.subsys, q.ctrl.hostid.get());
         let target = Arc::clone(&self.port.target);
-        let Some(state) = target.ns_state(subsys, index) else {
-            return self.fail(sqe, Error::InvalidNamespace);
-        };
+        let state = Arc::clone(&ns.state);
         let bytes: &[u8] = match &data {
             Data::Host(d) => d,
             Data::Buf(b) => b.as_slice(),
@@ -177,7 +176,7 @@ impl Conn {
         nsid: u32,
         cdw11: u32,
     ) -> Result<Completion, Error> {
-        let all: Vec<u32> = self.port.nsids(ctrl.subsys).collect();
+        let all = self.port.nsids(ctrl.subsys);
         if nsid != u32::MAX && !all.contains(&nsid) {
             return Err(Error::InvalidNamespace);
         }

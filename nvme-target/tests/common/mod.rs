@@ -160,6 +160,10 @@ impl FileDevice {
 
 enum Cmd {
     DropConnections,
+    /// Serve the spare device as namespace `nsid` of the open subsystem on this thread.
+    Attach(u32, std::sync::mpsc::Sender<()>),
+    /// Stop serving namespace `nsid` of the open subsystem on this thread.
+    Detach(u32, std::sync::mpsc::Sender<()>),
 }
 
 /// A running target.
@@ -169,6 +173,8 @@ pub struct Harness {
     pub discovery: SocketAddr,
     /// Namespace 2 of the open subsystem (in memory, counts flushes).
     pub ns2: MemDevice,
+    /// A device no namespace uses at start, for namespaces added at run time.
+    pub spare: MemDevice,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     cmds: Vec<mpsc::UnboundedSender<Cmd>>,
@@ -200,6 +206,7 @@ impl Harness {
         let ns1 = FileDevice::new(64 << 20);
         let ns2 = MemDevice::new(16 << 20, 4096);
         let locked = MemDevice::new(4 << 20, 512);
+        let spare = MemDevice::new(8 << 20, 4096);
         let listeners: Vec<_> = (0..3)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
@@ -254,7 +261,7 @@ impl Harness {
             let rx_shutdown = shutdown.subscribe();
             let (tx, mut rx) = mpsc::unbounded_channel();
             cmds.push(tx);
-            let devs = (ns1.clone(), ns2.clone(), locked.clone());
+            let devs = (ns1.clone(), ns2.clone(), locked.clone(), spare.clone());
             let budget = budget.clone();
             threads.push(std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -305,10 +312,30 @@ impl Harness {
                         d,
                         pool,
                     );
-                    let p2 = Rc::clone(&port);
+                    let views = [Rc::clone(&port), Rc::clone(&view)];
+                    let spare = devs.3;
                     tokio::task::spawn_local(async move {
-                        while let Some(Cmd::DropConnections) = rx.recv().await {
-                            p2.drop_connections();
+                        while let Some(cmd) = rx.recv().await {
+                            match cmd {
+                                Cmd::DropConnections => views[0].drop_connections(),
+                                Cmd::Attach(nsid, done) => {
+                                    let dev: Rc<dyn BlockIo> = Rc::new(spare.open());
+                                    for v in &views {
+                                        assert!(v.attach_namespace(
+                                            OPEN_NQN,
+                                            nsid,
+                                            Rc::clone(&dev)
+                                        ));
+                                    }
+                                    done.send(()).unwrap();
+                                }
+                                Cmd::Detach(nsid, done) => {
+                                    for v in &views {
+                                        v.detach_namespace(OPEN_NQN, nsid);
+                                    }
+                                    done.send(()).unwrap();
+                                }
+                            }
                         }
                     });
                     tokio::task::spawn_local(view.run(None, rx_shutdown.clone()));
@@ -327,6 +354,7 @@ impl Harness {
             ports: addrs[..2].to_vec(),
             discovery: addrs[2],
             ns2,
+            spare,
             shutdown,
             threads,
             cmds,
@@ -340,6 +368,33 @@ impl Harness {
     /// Closes every connection of port `i`.
     pub fn drop_connections(&self, i: usize) {
         self.cmds[i].send(Cmd::DropConnections).unwrap();
+    }
+
+    /// Adds the spare device to the open subsystem as namespace `nsid` on both port threads,
+    /// then announces it (as the appliance does).
+    pub fn add_spare(&self, nsid: u32) {
+        let cfg = namespace(nsid, self.spare.ram.geometry(), 9);
+        self.target.add_namespace(OPEN_NQN, cfg).unwrap();
+        self.on_port_threads(|done| Cmd::Attach(nsid, done));
+        self.target.announce_namespace(OPEN_NQN, nsid).unwrap();
+    }
+
+    /// Removes namespace `nsid` of the open subsystem on both port threads, then announces
+    /// it.
+    pub fn remove_namespace(&self, nsid: u32) {
+        self.target.remove_namespace(OPEN_NQN, nsid).unwrap();
+        self.on_port_threads(|done| Cmd::Detach(nsid, done));
+        self.target.announce_namespace(OPEN_NQN, nsid).unwrap();
+    }
+
+    fn on_port_threads(&self, cmd: impl Fn(std::sync::mpsc::Sender<()>) -> Cmd) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for c in &self.cmds[..2] {
+            c.send(cmd(tx.clone())).unwrap();
+        }
+        for _ in 0..2 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
     }
 
     /// Graceful shutdown; returns once every port thread ended.
