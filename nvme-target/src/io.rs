@@ -303,7 +303,7 @@ impl Conn {
     fn wait_for_buffer(&mut self, sqe: Sqe, started: Instant) {
         self.buffer_wait.push_back((sqe, started));
         // Not started yet: an Abort takes it back (see `take_aborts`).
-        self.aborts.waiting_for_data(sqe.cid.get());
+        self.aborts.waiting_for_data(sqe.cid.get(), sqe.nsid.get());
     }
 
     /// Retries reads that waited for a buffer, oldest first, while buffers are free.
@@ -314,8 +314,8 @@ impl Conn {
                 return;
             }
             self.buffer_wait.pop_front();
-            if self.aborts.data_done(sqe.cid.get()) {
-                self.complete(sqe.cid.get(), Error::AbortRequested);
+            if let Some(e) = self.aborts.data_done(sqe.cid.get()) {
+                self.complete(sqe.cid.get(), e);
                 continue;
             }
             let before = self.buffer_wait.len();
