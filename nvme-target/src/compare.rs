@@ -69,6 +69,13 @@ enum LockWait {
         request: Request,
         locks: Arc<RangeLocks>,
     },
+    /// A Dataset Management deallocate: its block ranges, and the block size.
+    Discard {
+        req: IoReq,
+        ranges: Vec<(u64, u64)>,
+        bs: u64,
+        locks: Arc<RangeLocks>,
+    },
     /// A fused operation, announced, waiting for its range.
     Fused {
         req: IoReq,
@@ -382,6 +389,32 @@ impl Conn {
         }
     }
 
+    /// Deallocates go to the device like writes: at once while no fused operation is active
+    /// on their namespace; otherwise once every one of their ranges is free.
+    pub(crate) fn submit_discards(&mut self, mut req: IoReq, ranges: Vec<(u64, u64)>, bs: u64) {
+        let (Some(q), Some((_, index))) = (&self.q, &req.dev) else {
+            return self.fail(&req.sqe, Error::Internal("deallocate without a namespace"));
+        };
+        let Some(state) = self.port.target.ns_state(q.ctrl.subsys, *index) else {
+            return self.fail(&req.sqe, Error::InvalidNamespace);
+        };
+        match state.locks.write_begin_ranges(&ranges) {
+            Some(g) => {
+                req.guard = Some(g);
+                self.discard_ranges(req, &ranges, bs);
+            }
+            None => {
+                let locks = Arc::clone(&state.locks);
+                self.fused.lock_wait.push_back(LockWait::Discard {
+                    req,
+                    ranges,
+                    bs,
+                    locks,
+                });
+            }
+        }
+    }
+
     /// Starts whatever waited for a range lock and can have it now.
     pub(crate) fn retry_lock_waits(&mut self) {
         for _ in 0..self.fused.lock_wait.len() {
@@ -411,6 +444,23 @@ impl Conn {
                         }),
                     }
                 }
+                LockWait::Discard {
+                    mut req,
+                    ranges,
+                    bs,
+                    locks,
+                } => match locks.write_begin_ranges(&ranges) {
+                    Some(g) => {
+                        req.guard = Some(g);
+                        self.discard_ranges(req, &ranges, bs);
+                    }
+                    None => self.fused.lock_wait.push_back(LockWait::Discard {
+                        req,
+                        ranges,
+                        bs,
+                        locks,
+                    }),
+                },
                 LockWait::Fused { req, ticket, locks } => {
                     let (s, e) = blocks(&req.sqe);
                     match locks.fused_lock(ticket, s, e) {

@@ -76,7 +76,8 @@ pub(crate) struct IoReq {
     /// The namespace's device and position (for its counters), when the command has one.
     pub(crate) dev: Option<(Rc<dyn BlockIo>, usize)>,
     pub(crate) write_through: bool,
-    /// What the command holds of the namespace's range locks (writes, fused operations).
+    /// What the command holds of the namespace's range locks (writes, deallocates, fused
+    /// operations).
     pub(crate) guard: Option<RangeGuard>,
     /// State of Compare, Verify and fused commands.
     pub(crate) extra: Option<Box<Extra>>,
@@ -274,10 +275,11 @@ impl Conn {
         }) {
             return self.fail(&sqe, Error::LbaOutOfRange);
         }
+        // Blocks [start, end) of each range (checked against the namespace above).
         let todo: Vec<(u64, u64)> = if sqe.cdw11.get() & DSM_ATTR_DEALLOCATE != 0 {
             ranges()
                 .filter(|r| r.nlb.get() != 0)
-                .map(|r| (r.slba.get() * bs, u64::from(r.nlb.get()) * bs))
+                .map(|r| (r.slba.get(), r.slba.get() + u64::from(r.nlb.get())))
                 .collect()
         } else {
             Vec::new()
@@ -286,16 +288,24 @@ impl Conn {
         if todo.is_empty() {
             return self.complete(sqe.cid.get(), Done::success());
         }
-        let Some((dev, _)) = req.dev.clone() else {
-            return;
-        };
         req.step = Step::Discard {
             left: u32::try_from(todo.len()).unwrap_or(u32::MAX),
             failed: None,
         };
+        // Like a write: never inside a fused Compare and Write's range.
+        self.submit_discards(req, todo, bs);
+    }
+
+    /// Sends one deallocate request per block range `[start, end)` of a Dataset Management
+    /// command that holds its range locks.
+    pub(crate) fn discard_ranges(&mut self, req: IoReq, ranges: &[(u64, u64)], bs: u64) {
+        let Some((dev, _)) = req.dev.clone() else {
+            return;
+        };
         let tag = self.reqs.insert(req) as u64;
-        for (offset, len) in todo {
-            dev.submit(Request::bare(Op::Discard, offset, len, tag), &self.sink);
+        for &(start, end) in ranges {
+            let r = Request::bare(Op::Discard, start * bs, (end - start) * bs, tag);
+            dev.submit(r, &self.sink);
         }
     }
 
