@@ -162,3 +162,27 @@ impl Conn {
         lock(&ctrl.queues).insert(qid, Arc::downgrade(&self.aborts));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preempt_marks_the_namespaces_waiting_commands_once() {
+        let b = AbortBox::default();
+        b.waiting_for_data(1, 2);
+        b.waiting_for_data(2, 2);
+        b.waiting_for_data(3, 1);
+        // An Abort came first for cid 1: it keeps its status.
+        assert!(b.request(1));
+        assert_eq!(b.preempt(2), 1);
+        assert_eq!(b.preempt(2), 0, "already marked");
+        assert!(!b.request(2), "already being aborted");
+        assert_eq!(b.data_done(1), Some(Error::AbortRequested));
+        assert_eq!(b.data_done(2), Some(Error::PreemptAborted));
+        assert_eq!(b.data_done(3), None, "another namespace");
+        // Done commands are forgotten: nothing is left to abort.
+        assert_eq!(b.preempt(2), 0);
+        assert!(b.requested().is_empty());
+    }
+}
