@@ -51,6 +51,8 @@ pub const SGL_LENGTH_INVALID: u16 = status(0, 0x0f);
 pub const SGL_TYPE_INVALID: u16 = status(0, 0x11);
 /// SGL Offset Invalid.
 pub const SGL_OFFSET_INVALID: u16 = status(0, 0x16);
+/// Command Aborted due to Preempt and Abort (Base 8.19): a command of a preempted host.
+pub const ABORTED_PREEMPT_ABORT: u16 = status(0, 0x1b);
 /// Command Aborted due to host path error... (transient transport error).
 pub const TRANSIENT_TRANSPORT_ERROR: u16 = status(0, 0x22);
 /// LBA Out of Range.
@@ -127,6 +129,7 @@ mod tests {
             (0x009, 0x00a)
         );
         assert_eq!(HOST_ID_INCONSISTENT, 0x018);
+        assert_eq!(ABORTED_PREEMPT_ABORT, 0x01b);
     }
 
     #[test]

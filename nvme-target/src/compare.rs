@@ -69,6 +69,13 @@ enum LockWait {
         request: Request,
         locks: Arc<RangeLocks>,
     },
+    /// A Dataset Management deallocate: its block ranges, and the block size.
+    Discard {
+        req: IoReq,
+        ranges: Vec<(u64, u64)>,
+        bs: u64,
+        locks: Arc<RangeLocks>,
+    },
     /// A fused operation, announced, waiting for its range.
     Fused {
         req: IoReq,
@@ -376,6 +383,29 @@ impl Conn {
         }
     }
 
+    /// Deallocates go to the device like writes: at once while no fused operation is active
+    /// on their namespace; otherwise once every one of their ranges is free.
+    pub(crate) fn submit_discards(&mut self, mut req: IoReq, ranges: Vec<(u64, u64)>, bs: u64) {
+        let Some(ns) = req.ns.clone() else {
+            return self.fail(&req.sqe, Error::Internal("deallocate without a namespace"));
+        };
+        match ns.state.locks.write_begin_ranges(&ranges) {
+            Some(g) => {
+                req.guard = Some(g);
+                self.discard_ranges(req, &ranges, bs);
+            }
+            None => {
+                let locks = Arc::clone(&ns.state.locks);
+                self.fused.lock_wait.push_back(LockWait::Discard {
+                    req,
+                    ranges,
+                    bs,
+                    locks,
+                });
+            }
+        }
+    }
+
     /// Starts whatever waited for a range lock and can have it now.
     pub(crate) fn retry_lock_waits(&mut self) {
         for _ in 0..self.fused.lock_wait.len() {
@@ -405,6 +435,23 @@ impl Conn {
                         }),
                     }
                 }
+                LockWait::Discard {
+                    mut req,
+                    ranges,
+                    bs,
+                    locks,
+                } => match locks.write_begin_ranges(&ranges) {
+                    Some(g) => {
+                        req.guard = Some(g);
+                        self.discard_ranges(req, &ranges, bs);
+                    }
+                    None => self.fused.lock_wait.push_back(LockWait::Discard {
+                        req,
+                        ranges,
+                        bs,
+                        locks,
+                    }),
+                },
                 LockWait::Fused { req, ticket, locks } => {
                     let (s, e) = blocks(&req.sqe);
                     match locks.fused_lock(ticket, s, e) {

@@ -136,6 +136,10 @@ pub(crate) enum Error {
     /// Aborted by an Abort command.
     #[error("aborted by request")]
     AbortRequested,
+    /// Aborted because a Reservation Acquire (Preempt and Abort) removed its host's
+    /// registration.
+    #[error("aborted: registration preempted")]
+    PreemptAborted,
     /// Aborted because its queue went away.
     #[error("aborted: queue deleted")]
     SqDeletion,
@@ -228,6 +232,9 @@ impl From<Error> for Completion {
             Error::AuthRequired => (dnr(AUTH_REQUIRED), 0),
             Error::Random | Error::Internal(_) => (status::INTERNAL_ERROR, 0),
             Error::AbortRequested => (status::ABORT_REQUESTED, 0),
+            // No DNR: a retry meets the reservation as it is now (a conflict, or access the
+            // type still grants the unregistered host); the abort only drops what was queued.
+            Error::PreemptAborted => (status::ABORTED_PREEMPT_ABORT, 0),
             Error::SqDeletion => (status::ABORTED_SQ_DELETION, 0),
             // Path errors are retried on another path (no DNR): the host fails over.
             Error::AnaInaccessible => (status::ANA_INACCESSIBLE, 0),

@@ -169,9 +169,7 @@ impl Conn {
                 target.ana().port_chgcnt(self.port.index),
                 target.namespaces().generation(subsys),
             );
-            target
-                .notices()
-                .attach(subsys, cntlid, cd.hostid, Arc::clone(&ctrl.notices));
+            target.notices().attach(&ctrl);
             lock(&self.port.group.controllers).insert((subsys, cntlid), Arc::downgrade(&ctrl));
             // The timer runs on the controller's home thread, where the admin queue is served.
             self.keep_alive_pending = true;

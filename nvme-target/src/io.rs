@@ -78,7 +78,8 @@ pub(crate) struct IoReq {
     /// one.
     pub(crate) ns: Option<Rc<PortNamespace>>,
     pub(crate) write_through: bool,
-    /// What the command holds of the namespace's range locks (writes, fused operations).
+    /// What the command holds of the namespace's range locks (writes, deallocates, fused
+    /// operations).
     pub(crate) guard: Option<RangeGuard>,
     /// State of Compare, Verify and fused commands.
     pub(crate) extra: Option<Box<Extra>>,
@@ -274,10 +275,11 @@ impl Conn {
         }) {
             return self.fail(&sqe, Error::LbaOutOfRange);
         }
+        // Blocks [start, end) of each range (checked against the namespace above).
         let todo: Vec<(u64, u64)> = if sqe.cdw11.get() & DSM_ATTR_DEALLOCATE != 0 {
             ranges()
                 .filter(|r| r.nlb.get() != 0)
-                .map(|r| (r.slba.get() * bs, u64::from(r.nlb.get()) * bs))
+                .map(|r| (r.slba.get(), r.slba.get() + u64::from(r.nlb.get())))
                 .collect()
         } else {
             Vec::new()
@@ -286,16 +288,24 @@ impl Conn {
         if todo.is_empty() {
             return self.complete(sqe.cid.get(), Done::success());
         }
-        let Some(dev) = req.ns.as_ref().map(|n| Rc::clone(&n.dev)) else {
-            return;
-        };
         req.step = Step::Discard {
             left: u32::try_from(todo.len()).unwrap_or(u32::MAX),
             failed: None,
         };
+        // Like a write: never inside a fused Compare and Write's range.
+        self.submit_discards(req, todo, bs);
+    }
+
+    /// Sends one deallocate request per block range `[start, end)` of a Dataset Management
+    /// command that holds its range locks.
+    pub(crate) fn discard_ranges(&mut self, req: IoReq, ranges: &[(u64, u64)], bs: u64) {
+        let Some(dev) = req.ns.as_ref().map(|n| Rc::clone(&n.dev)) else {
+            return;
+        };
         let tag = self.reqs.insert(req) as u64;
-        for (offset, len) in todo {
-            dev.submit(Request::bare(Op::Discard, offset, len, tag), &self.sink);
+        for &(start, end) in ranges {
+            let r = Request::bare(Op::Discard, start * bs, (end - start) * bs, tag);
+            dev.submit(r, &self.sink);
         }
     }
 
@@ -303,7 +313,7 @@ impl Conn {
     fn wait_for_buffer(&mut self, sqe: Sqe, started: Instant) {
         self.buffer_wait.push_back((sqe, started));
         // Not started yet: an Abort takes it back (see `take_aborts`).
-        self.aborts.waiting_for_data(sqe.cid.get());
+        self.aborts.waiting_for_data(sqe.cid.get(), sqe.nsid.get());
     }
 
     /// Retries reads that waited for a buffer, oldest first, while buffers are free.
@@ -314,8 +324,8 @@ impl Conn {
                 return;
             }
             self.buffer_wait.pop_front();
-            if self.aborts.data_done(sqe.cid.get()) {
-                self.complete(sqe.cid.get(), Error::AbortRequested);
+            if let Some(e) = self.aborts.data_done(sqe.cid.get()) {
+                self.complete(sqe.cid.get(), e);
                 continue;
             }
             let before = self.buffer_wait.len();

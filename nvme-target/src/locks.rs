@@ -1,5 +1,6 @@
 //! LBA range locks of one namespace, shared by every controller thread: what makes a fused
-//! Compare and Write atomic against the writes of every other queue.
+//! Compare and Write atomic against the writes (Write, Write Zeroes, Dataset Management
+//! deallocate) of every other queue.
 //!
 //! The normal write path stays lock-free: while no fused operation is active a write only
 //! counts itself in an atomic ([`RangeLocks::write_begin`]). A fused operation first raises
@@ -44,18 +45,32 @@ impl RangeLocks {
 
     /// Takes `[start, end)` in the table unless an overlapping range is taken.
     fn take(&self, start: u64, end: u64) -> Option<u64> {
+        self.take_all(&[(start, end)])
+    }
+
+    /// Takes every range `[start, end)` of `ranges` under one token, or none of them if
+    /// any overlaps a taken range.
+    fn take_all(&self, ranges: &[(u64, u64)]) -> Option<u64> {
         let mut held = self.table();
-        if held.iter().any(|&(s, e, _)| s < end && start < e) {
+        let overlaps =
+            |&(start, end): &(u64, u64)| held.iter().any(|&(s, e, _)| s < end && start < e);
+        if ranges.iter().any(overlaps) {
             return None;
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        held.push((start, end, token));
+        held.extend(ranges.iter().map(|&(s, e)| (s, e, token)));
         Some(token)
     }
 
     /// A write of blocks `[start, end)` may start with the guard; `None`: it overlaps a fused
     /// operation's range and must wait.
     pub fn write_begin(self: &Arc<Self>, start: u64, end: u64) -> Option<RangeGuard> {
+        self.write_begin_ranges(&[(start, end)])
+    }
+
+    /// [`RangeLocks::write_begin`] for a command of several ranges (Dataset Management):
+    /// all of them, or a wait.
+    pub fn write_begin_ranges(self: &Arc<Self>, ranges: &[(u64, u64)]) -> Option<RangeGuard> {
         // Counted first, checked second; a fused operation raises `fused` first and checks
         // `unlocked` second, so at least one of the two sees the other (SeqCst).
         self.unlocked.fetch_add(1, Ordering::SeqCst);
@@ -63,7 +78,7 @@ impl RangeLocks {
             return Some(self.guard(true, false, None));
         }
         self.unlocked.fetch_sub(1, Ordering::SeqCst);
-        let token = self.take(start, end)?;
+        let token = self.take_all(ranges)?;
         Some(self.guard(false, false, Some(token)))
     }
 
@@ -145,5 +160,22 @@ mod tests {
         assert_eq!(l.fused.load(Ordering::SeqCst), 0);
         assert_eq!(l.unlocked.load(Ordering::SeqCst), 0);
         assert!(l.write_begin(0, 8).unwrap().token.is_none());
+    }
+
+    #[test]
+    fn a_command_of_several_ranges_takes_all_or_none() {
+        let l = Arc::new(RangeLocks::default());
+        let f = l.fused_lock(l.fused_begin(), 10, 20).unwrap();
+        // One range overlaps the fused operation's: none is taken.
+        assert!(l.write_begin_ranges(&[(0, 4), (19, 30)]).is_none());
+        assert_eq!(l.table().len(), 1);
+        let g = l.write_begin_ranges(&[(0, 4), (20, 30)]).unwrap();
+        assert_eq!(l.table().len(), 3);
+        // Both ranges stay taken until the guard goes.
+        assert!(l.write_begin(2, 3).is_none() && l.write_begin(25, 26).is_none());
+        drop(g);
+        assert_eq!(l.table().len(), 1);
+        drop(f);
+        assert!(l.write_begin_ranges(&[(10, 20)]).unwrap().token.is_none());
     }
 }

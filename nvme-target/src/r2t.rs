@@ -81,6 +81,11 @@ impl Conn {
                 return self.complete(sqe.cid.get(), e);
             }
         }
+        // Preempt and Abort finds a command by its namespace (I/O commands only).
+        let nsid = match cmd {
+            Command::Io(_) => sqe.nsid.get(),
+            _ => 0,
+        };
         // Keep the host's order: nothing overtakes a command already waiting.
         let sent = self.waiting.is_empty() && self.try_send_r2t(sqe, cmd, started);
         if !sent {
@@ -91,7 +96,7 @@ impl Conn {
             self.waiting.push_back((*sqe, cmd, started));
         }
         // Abortable (from the admin queue's thread) before it is counted as waiting.
-        self.aborts.waiting_for_data(sqe.cid.get());
+        self.aborts.waiting_for_data(sqe.cid.get(), nsid);
         self.port
             .metrics()
             .awaiting_data
@@ -213,12 +218,8 @@ impl Conn {
             .metrics()
             .awaiting_data
             .fetch_sub(1, Ordering::Relaxed);
-        // An Abort that came while the data did wins: the command does not run.
-        let failed = if self.aborts.data_done(sqe.cid.get()) {
-            Some(Error::AbortRequested)
-        } else {
-            failed
-        };
+        // An abort that came while the data did wins: the command does not run.
+        let failed = self.aborts.data_done(sqe.cid.get()).or(failed);
         match (failed, cmd, buf) {
             (Some(e), _, _) => self.complete(sqe.cid.get(), e),
             (None, Some(cmd), Some(buf)) => self.execute(&sqe, cmd, Data::Buf(buf), started),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::raw::{Raw, raw_io_queue, raw_io_queue_at, status_of};
 use common::{Harness, pattern};
-use nvme_spec::command::{SglDescriptor, Sqe, io_opcode};
+use nvme_spec::command::{DSM_ATTR_DEALLOCATE, DsmRange, SglDescriptor, Sqe, io_opcode};
 use nvme_spec::pdu::{CommonHeader, DataHeader, pdu_type};
 use nvme_spec::status;
 use nvme_spec::{FromZeros, IntoBytes};
@@ -308,6 +308,62 @@ fn a_write_from_another_thread_waits_for_the_fused_operation() {
     assert_eq!(read(&mut raw, 4, 20, 1), c);
     // With no fused operation active, writes take no lock and run at once.
     write(&mut other, 3, 20, &a);
+    h.stop();
+}
+
+/// Dataset Management deallocating `ranges` (first block, blocks), the ranges in the capsule.
+fn deallocate(cid: u16, ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut s = Sqe::new_zeroed();
+    s.opcode = io_opcode::DSM;
+    s.cid.set(cid);
+    s.nsid.set(NS2);
+    s.cdw10.set(u32::try_from(ranges.len() - 1).unwrap());
+    s.cdw11.set(DSM_ATTR_DEALLOCATE);
+    let mut data = Vec::new();
+    for &(slba, nlb) in ranges {
+        let mut r = DsmRange::new_zeroed();
+        r.slba.set(slba);
+        r.nlb.set(nlb);
+        data.extend_from_slice(r.as_bytes());
+    }
+    with_data(s, 0, &data)
+}
+
+#[test]
+fn a_deallocate_from_another_thread_waits_for_the_fused_operation() {
+    let h = Harness::start();
+    let mut raw = raw_io_queue(&h, 0);
+    let mut other = raw_io_queue_at(&h, 1, 0);
+    let a = pattern(BS, 12);
+    let b = pattern(BS, 13);
+    write(&mut raw, 1, 30, &a);
+    write(&mut raw, 2, 60, &a);
+    // The fused operation's read is held at the device: it holds block 30 meanwhile.
+    h.ns2.hold_reads_at(30 * BS as u64);
+    raw.send(&with_data(sqe(io_opcode::COMPARE, 3, 30, 1), FIRST, &a));
+    raw.send(&with_data(sqe(io_opcode::WRITE, 4, 30, 1), SECOND, &b));
+    let t = Instant::now();
+    while h.ns2.held() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "the compare's read");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A deallocate of two ranges, one of them the fused range, then one of another range
+    // only: the second is answered while the first waits (in RAM it would have been
+    // answered first).
+    other.send(&deallocate(1, &[(45, 2), (30, 1)]));
+    other.send(&deallocate(2, &[(60, 1)]));
+    assert_eq!(response(&mut other), (2, 0), "another range is not held up");
+    // The compare still sees A (nothing landed inside its window): B is written, then the
+    // deallocate runs.
+    h.ns2.open_gate();
+    assert_eq!(responses(&mut raw, 2), vec![(3, 0), (4, 0)]);
+    assert_eq!(response(&mut other), (1, 0));
+    assert_eq!(
+        read(&mut raw, 5, 30, 1),
+        vec![0; BS],
+        "deallocated after the write"
+    );
+    assert_eq!(read(&mut raw, 6, 60, 1), vec![0; BS]);
     h.stop();
 }
 

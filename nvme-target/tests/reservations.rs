@@ -1,18 +1,24 @@
 //! Reservations over the wire: three hosts (different host NQNs and 128-bit host IDs) on
 //! both ports (two controller threads) register, acquire, preempt, release and clear on one
-//! namespace, and each other's reads and writes follow the reservation type's rules.
+//! namespace, and each other's reads and writes follow the reservation type's rules; Preempt
+//! and Abort aborts the preempted host's writes that wait for their data (raw capsules).
 #![allow(clippy::tests_outside_test_module)]
 
 mod common;
 
 use common::rt;
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::raw::{Raw, capsule, join_io_queue_at};
 use common::{Harness, OPEN_NQN, pattern};
-use nvme_spec::command::{Sqe, admin_opcode, feature, io_opcode};
+use nvme_spec::command::{SglDescriptor, Sqe, admin_opcode, feature, io_opcode};
 use nvme_spec::log::lid;
+use nvme_spec::pdu::{CommonHeader, DataHeader, pdu_type};
 use nvme_spec::resv::{EXT_HEADER_LEN, RegisteredCtrlExt, ResvNotificationLog, ResvStatusHeader};
 use nvme_spec::status;
-use nvme_spec::{FromBytes, FromZeros};
+use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 use nvme_target::host::{HostController, HostError, HostOptions, Namespace, Queue};
 
 /// Namespace 2 of the open subsystem (4 KiB blocks, in memory).
@@ -27,23 +33,43 @@ struct Host {
     id: [u8; 16],
 }
 
-/// Host `n` (1, 2, 3...) with its own NQN and host ID, on port `port`.
-async fn host(h: &Harness, n: u8, port: usize) -> Host {
+fn host_options(n: u8) -> HostOptions {
     let mut id = [0x40; 16];
     id[15] = n;
-    let opts = HostOptions {
+    HostOptions {
         hostnqn: format!(
             "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000{n:02x}"
         ),
         hostid: id,
         kato_ms: 60_000,
         ..HostOptions::new(OPEN_NQN)
-    };
+    }
+}
+
+/// Host `n` (1, 2, 3...) with its own NQN and host ID, on port `port`.
+async fn host(h: &Harness, n: u8, port: usize) -> Host {
+    let opts = host_options(n);
+    let id = opts.hostid;
     let mut ctrl = HostController::connect(h.ports[port], opts).await.unwrap();
     ctrl.set_num_queues(1).await.unwrap();
     let q = ctrl.connect_io_queue(1).await.unwrap();
     let ns = ctrl.namespace(NS2).await.unwrap();
     Host { ctrl, q, ns, id }
+}
+
+/// Host `n` on port `port` with two I/O queues: queue 2 through the host library, queue 1
+/// a raw connection.
+async fn host_with_raw(h: &Harness, n: u8, port: usize) -> (Host, Raw) {
+    let opts = host_options(n);
+    let id = opts.hostid;
+    let mut ctrl = HostController::connect(h.ports[port], opts.clone())
+        .await
+        .unwrap();
+    ctrl.set_num_queues(2).await.unwrap();
+    let q = ctrl.connect_io_queue(2).await.unwrap();
+    let ns = ctrl.namespace(NS2).await.unwrap();
+    let raw = join_io_queue_at(h.ports[port], 0, ctrl.cntlid(), &opts.hostnqn);
+    (Host { ctrl, q, ns, id }, raw)
 }
 
 async fn io(host: &mut Host, opcode: u8, cdw10: u32, data: &[u8]) -> u16 {
@@ -374,5 +400,121 @@ fn notification_mask_and_persistence_features() {
             "Reservation Released reaches A"
         );
     });
+    h.stop();
+}
+
+/// A write of `nlb` 4 KiB blocks of namespace 2 whose data follows an R2T.
+fn raw_write(cid: u16, slba: u64, nlb: u32) -> Vec<u8> {
+    let mut sqe = Sqe::new_zeroed();
+    sqe.opcode = io_opcode::WRITE;
+    sqe.cid.set(cid);
+    sqe.nsid.set(NS2);
+    sqe.set_lba_range(slba, nlb);
+    sqe.dptr.kind = SglDescriptor::TRANSPORT_DATA_BLOCK;
+    sqe.dptr.length.set(nlb * 4096);
+    capsule(sqe.as_bytes(), 0)
+}
+
+/// All of a command's data in one H2CData PDU (LAST).
+fn h2c_data(cid: u16, ttag: u16, data: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(data.len()).unwrap();
+    let mut h = DataHeader {
+        ch: CommonHeader::new(pdu_type::H2C_DATA, 4, 24, 24, 24 + len),
+        ..DataHeader::default()
+    };
+    h.cccid.set(cid);
+    h.ttag.set(ttag);
+    h.datal.set(len);
+    let mut pdu = h.as_bytes().to_vec();
+    pdu.extend_from_slice(data);
+    pdu
+}
+
+/// The R2T for command `cid`: its transfer tag.
+fn r2t_for(raw: &mut Raw, cid: u16) -> u16 {
+    let r2t = raw.recv();
+    assert_eq!(r2t[0], pdu_type::R2T);
+    assert_eq!(
+        u16::from_le_bytes([r2t[8], r2t[9]]),
+        cid,
+        "R2T for cid {cid}"
+    );
+    u16::from_le_bytes([r2t[10], r2t[11]])
+}
+
+/// The next PDU, a response: (cid, status field).
+fn response(raw: &mut Raw) -> (u16, u16) {
+    let r = raw.recv();
+    assert_eq!(r[0], pdu_type::CAPSULE_RESP, "a response");
+    (
+        u16::from_le_bytes([r[20], r[21]]),
+        common::raw::status_of(&r),
+    )
+}
+
+/// Waits until port `port` holds `n` commands waiting for their data (the raw queue may be
+/// served by another thread than the one the test talks to next).
+fn until_awaiting(h: &Harness, port: usize, n: i64) {
+    let m = &h.target.metrics().ports[port];
+    let until = Instant::now() + Duration::from_secs(10);
+    while m.awaiting_data.load(Ordering::SeqCst) < n {
+        assert!(Instant::now() < until, "the writes never waited for data");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn preempt_and_abort_aborts_the_preempted_hosts_waiting_writes() {
+    // One R2T slot: B's second write waits for it without an R2T.
+    let h = Harness::start_with(|cfg| cfg.max_r2t_in_flight = 1);
+    let rt = rt();
+    let mut a = rt.block_on(host(&h, 1, 0));
+    // B on the other port (another controller thread).
+    let (mut b, mut raw) = rt.block_on(host_with_raw(&h, 2, 1));
+    rt.block_on(async {
+        assert_eq!(register(&mut a, 0, false, 0, 0, 0xa).await, 0);
+        assert_eq!(register(&mut b, 0, false, 0, 0, 0xb).await, 0);
+        assert_eq!(
+            acquire(&mut b, 0, 1, 0xb, 0).await,
+            0,
+            "B holds Write Exclusive"
+        );
+    });
+    let d = pattern(8 * 4096, 21);
+    // cid 1 has its R2T out, cid 2 waits for the slot.
+    raw.send(&raw_write(1, 0, 8));
+    let ttag = r2t_for(&mut raw, 1);
+    raw.send(&raw_write(2, 8, 8));
+    until_awaiting(&h, 1, 2);
+    // A preempts and aborts B: the write still queued ends at once, without its R2T.
+    assert_eq!(rt.block_on(acquire(&mut a, 2, 1, 0xa, 0xb)), 0);
+    assert_eq!(response(&mut raw), (2, status::ABORTED_PREEMPT_ABORT));
+    // The one whose R2T went out ends when the data it asked for has come, unexecuted.
+    raw.send(&h2c_data(1, ttag, &d));
+    assert_eq!(response(&mut raw), (1, status::ABORTED_PREEMPT_ABORT));
+    rt.block_on(async {
+        let ns = a.ns;
+        let now = a.q.read(&ns, 0, 16 * 4096).await.unwrap();
+        assert!(now[..d.len()] != d[..], "an aborted write was executed");
+        // B is no longer registered: A's Write Exclusive keeps B from writing.
+        assert_eq!(access(&mut b).await, (0, CONFLICT));
+        assert_eq!(register(&mut b, 0, false, 0, 0, 0xb).await, 0);
+    });
+    // A plain Preempt aborts nothing: B's writes wait for their data, then meet the
+    // reservation as it is when they run.
+    raw.send(&raw_write(4, 0, 8));
+    let ttag = r2t_for(&mut raw, 4);
+    raw.send(&raw_write(5, 8, 8));
+    until_awaiting(&h, 1, 2);
+    assert_eq!(rt.block_on(acquire(&mut a, 1, 1, 0xa, 0xb)), 0);
+    raw.send(&h2c_data(4, ttag, &d));
+    // (Had cid 5 been aborted, its response would come first: the queue completes aborts
+    // before it reads more input.)
+    assert_eq!(response(&mut raw), (4, CONFLICT));
+    let ttag = r2t_for(&mut raw, 5);
+    raw.send(&h2c_data(5, ttag, &d));
+    assert_eq!(response(&mut raw), (5, CONFLICT));
+    drop(raw);
+    drop((a, b));
     h.stop();
 }

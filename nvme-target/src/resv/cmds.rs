@@ -6,12 +6,13 @@ use std::sync::Arc;
 use nvme_spec::cmds::IoCmd;
 use nvme_spec::command::{Sqe, io_opcode};
 use nvme_spec::resv::{
-    AcquireData, EXT_HEADER_LEN, RegisterData, RegisteredCtrlExt, ReleaseData, ResvStatusHeader,
+    AcquireAction, AcquireData, EXT_HEADER_LEN, RegisterData, RegisteredCtrlExt, ReleaseData,
+    ResvStatusHeader,
 };
 use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 
 use super::notices::CtrlNotices;
-use super::state::ResvError;
+use super::state::{ResvError, preempted};
 use crate::completion::{Completion, Error};
 use crate::config::TargetConfig;
 use crate::conn::{Conn, Data};
@@ -104,9 +105,22 @@ impl Conn {
             IoCmd::ResvAcquire(a) => AcquireData::read_from_prefix(bytes)
                 .map_err(|_| Error::SglLength)
                 .and_then(|(d, _)| {
-                    Ok(state
+                    let notices = state
                         .resv
-                        .acquire(&hostid, &a, d.crkey.get(), d.prkey.get())?)
+                        .acquire(&hostid, &a, d.crkey.get(), d.prkey.get())?;
+                    if a.action == AcquireAction::PreemptAbort {
+                        // Marked before the Acquire completes: none of them can run after
+                        // it (each completes on its own queue as soon as that wakes).
+                        let hosts = preempted(&notices);
+                        let n = target.notices().preempt_abort(subsys, nsid, &hosts);
+                        tracing::debug!(
+                            nsid,
+                            hosts = hosts.len(),
+                            commands = n,
+                            "preempt and abort"
+                        );
+                    }
+                    Ok(notices)
                 }),
             IoCmd::ResvRelease(rl) => ReleaseData::read_from_prefix(bytes)
                 .map_err(|_| Error::SglLength)

@@ -10,13 +10,16 @@
 //! log page (without RAE) and entries remain.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use nvme_spec::resv::{AEN_TYPE_IO_SPECIFIC, ResvNotificationLog};
 use nvme_spec::{FromZeros, log::lid};
 use tokio::sync::Notify;
 
 use super::state::{HostId, Notice};
+use crate::abort::AbortBox;
+use crate::cell::lock;
+use crate::ctrl::Ctrl;
 
 /// Log entries a controller keeps; older ones are dropped (the count still tells the host
 /// that it missed some).
@@ -138,9 +141,10 @@ impl CtrlNotices {
 }
 
 /// A controller that can receive notices: subsystem index, CNTLID, host identifier.
-type Entry = (usize, u16, HostId, Arc<CtrlNotices>);
+type Entry = (usize, u16, HostId, Weak<Ctrl>);
 
-/// The target's controllers that can receive notices.
+/// The target's controllers that can receive notices (and be told to abort for a Preempt
+/// and Abort).
 #[derive(Debug, Default)]
 pub(crate) struct NoticeBoard {
     ctrls: Mutex<Vec<Entry>>,
@@ -151,9 +155,14 @@ impl NoticeBoard {
         self.ctrls.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a controller (at its admin queue's Connect).
-    pub fn attach(&self, subsys: usize, cntlid: u16, hostid: HostId, n: Arc<CtrlNotices>) {
-        self.lock().push((subsys, cntlid, hostid, n));
+    /// Adds a controller (at its admin queue's Connect, its host identifier set).
+    pub fn attach(&self, ctrl: &Arc<Ctrl>) {
+        self.lock().push((
+            ctrl.subsys,
+            ctrl.cntlid,
+            ctrl.hostid.get(),
+            Arc::downgrade(ctrl),
+        ));
     }
 
     /// Forgets a controller.
@@ -162,31 +171,58 @@ impl NoticeBoard {
             .retain(|(s, c, _, _)| !(*s == subsys && *c == cntlid));
     }
 
+    /// The live controllers of the subsystem, with their hosts (taken out of the lock, so
+    /// what is done with them takes no lock inside this one).
+    fn of_subsystem(&self, subsys: usize) -> Vec<(HostId, Arc<Ctrl>)> {
+        self.lock()
+            .iter()
+            .filter(|(s, _, _, _)| *s == subsys)
+            .filter_map(|(_, _, h, c)| Some((*h, c.upgrade()?)))
+            .collect()
+    }
+
     /// Posts each notice to every controller of its host in the subsystem.
     pub fn post(&self, subsys: usize, nsid: u32, notices: &[Notice]) {
         if notices.is_empty() {
             return;
         }
-        let targets: Vec<(HostId, Arc<CtrlNotices>)> = self
-            .lock()
-            .iter()
-            .filter(|(s, _, _, _)| *s == subsys)
-            .map(|(_, _, h, n)| (*h, Arc::clone(n)))
-            .collect();
+        let targets = self.of_subsystem(subsys);
         for (host, kind) in notices {
-            for (h, n) in &targets {
+            for (h, c) in &targets {
                 if h == host {
-                    n.post(nsid, *kind);
+                    c.notices.post(nsid, *kind);
                 }
             }
         }
+    }
+
+    /// Preempt and Abort: every I/O queue of every controller of the `preempted` hosts in
+    /// the subsystem aborts its commands of namespace `nsid` that wait for data or a buffer
+    /// (see [`crate::abort`]). Commands already at the device complete normally. Returns
+    /// how many commands were asked to abort.
+    pub fn preempt_abort(&self, subsys: usize, nsid: u32, preempted: &[HostId]) -> usize {
+        if preempted.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        for (h, c) in self.of_subsystem(subsys) {
+            if !preempted.contains(&h) {
+                continue;
+            }
+            let queues: Vec<Arc<AbortBox>> =
+                lock(&c.queues).values().filter_map(Weak::upgrade).collect();
+            n += queues.iter().map(|q| q.preempt(nsid)).sum::<usize>();
+        }
+        n
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::completion::Error;
     use nvme_spec::resv::notice;
+    use std::time::Duration;
 
     #[test]
     fn one_event_at_a_time_rearmed_by_reading_the_log() {
@@ -218,22 +254,44 @@ mod tests {
         assert!(n.take_event().is_some());
     }
 
+    fn ctrl(cntlid: u16, subsys: usize, host: u8) -> Arc<Ctrl> {
+        let c = Ctrl::new(cntlid, subsys, String::new(), Duration::ZERO, 2, 0);
+        c.hostid.set([host; 16]);
+        c
+    }
+
     #[test]
     fn the_board_reaches_every_controller_of_a_host() {
         let b = NoticeBoard::default();
-        let (x, y, z) = (
-            Arc::new(CtrlNotices::default()),
-            Arc::new(CtrlNotices::default()),
-            Arc::new(CtrlNotices::default()),
-        );
-        b.attach(0, 1, [1; 16], Arc::clone(&x));
-        b.attach(0, 2, [1; 16], Arc::clone(&y));
-        b.attach(1, 3, [1; 16], Arc::clone(&z));
+        let (x, y, z) = (ctrl(1, 0, 1), ctrl(2, 0, 1), ctrl(3, 1, 1));
+        for c in [&x, &y, &z] {
+            b.attach(c);
+        }
         b.post(0, 1, &[([1; 16], notice::REGISTRATION_PREEMPTED)]);
-        assert!(x.take_event().is_some() && y.take_event().is_some());
-        assert!(z.take_event().is_none());
+        assert!(x.notices.take_event().is_some() && y.notices.take_event().is_some());
+        assert!(z.notices.take_event().is_none());
         b.detach(0, 1);
         b.post(0, 1, &[([1; 16], notice::REGISTRATION_PREEMPTED)]);
-        assert_eq!(x.take(false).0.count.get(), 1);
+        assert_eq!(x.notices.take(false).0.count.get(), 1);
+    }
+
+    #[test]
+    fn preempt_abort_reaches_the_queues_of_the_preempted_hosts_only() {
+        let b = NoticeBoard::default();
+        let (x, other_host, other_subsys) = (ctrl(1, 0, 1), ctrl(2, 0, 2), ctrl(3, 1, 1));
+        let boxes: Vec<Arc<AbortBox>> = (0..3).map(|_| Arc::default()).collect();
+        for (c, q) in [&x, &other_host, &other_subsys].into_iter().zip(&boxes) {
+            b.attach(c);
+            lock(&c.queues).insert(1, Arc::downgrade(q));
+            // One command of namespace 2, one of namespace 1.
+            q.waiting_for_data(7, 2);
+            q.waiting_for_data(8, 1);
+        }
+        assert_eq!(b.preempt_abort(0, 2, &[[1; 16]]), 1);
+        assert_eq!(boxes[0].data_done(7), Some(Error::PreemptAborted));
+        assert_eq!(boxes[0].data_done(8), None, "another namespace");
+        assert_eq!(boxes[1].data_done(7), None, "another host");
+        assert_eq!(boxes[2].data_done(7), None, "another subsystem");
+        assert_eq!(b.preempt_abort(0, 2, &[]), 0);
     }
 }

@@ -64,6 +64,17 @@ pub(crate) struct Report {
 /// A notification to the controllers of one host (Reservation Notification log page type).
 pub(crate) type Notice = (HostId, u8);
 
+/// The hosts whose registrations a Preempt removed: exactly those its notices tell
+/// Registration Preempted (every path of [`Reservations::acquire`] that removes a
+/// registrant tells it so, and nothing else does).
+pub(crate) fn preempted(notices: &[Notice]) -> Vec<HostId> {
+    notices
+        .iter()
+        .filter(|(_, kind)| *kind == notice::REGISTRATION_PREEMPTED)
+        .map(|(h, _)| *h)
+        .collect()
+}
+
 #[derive(Debug, Default)]
 struct State {
     generation: u32,
@@ -220,8 +231,10 @@ impl Reservations {
         Ok(out)
     }
 
-    /// Reservation Acquire. Preempt and Abort preempts like Preempt: Baton's commands are
-    /// not held anywhere they could be aborted from, they complete on their own.
+    /// Reservation Acquire. Preempt and Abort changes the state as Preempt does; the caller
+    /// then aborts the commands of the preempted hosts (those told Registration Preempted,
+    /// see [`preempted`]) that wait for data or a buffer. Commands already at the device
+    /// complete normally.
     pub fn acquire(
         &self,
         h: &HostId,
@@ -549,7 +562,16 @@ mod tests {
             .acquire(&C, &acq(AcquireAction::PreemptAbort, ExclusiveAccess), 3, 2)
             .unwrap();
         assert_eq!(n, vec![(B, notice::REGISTRATION_PREEMPTED)]);
+        assert_eq!(preempted(&n), vec![B]);
         assert_eq!(r.report().held.map(|h| h.holder), Some(C));
+        // A clear tells the others of it, but preempts nobody.
+        r.register(&A, &reg(RegisterAction::Register), 0, 1)
+            .unwrap();
+        let n = r
+            .release(&C, &rel(ReleaseAction::Clear, ExclusiveAccess), 3)
+            .unwrap();
+        assert_eq!(n, vec![(A, notice::RESERVATION_PREEMPTED)]);
+        assert!(preempted(&n).is_empty());
     }
 
     #[test]
