@@ -49,6 +49,8 @@ struct State {
     fatal: bool,
     /// Enables (CC.EN 0 -> 1) still to fail with a fatal status.
     failing_enables: u32,
+    /// Delete I/O SQ commands still to fail.
+    failing_deletes: u32,
     commands: u64,
 }
 
@@ -83,6 +85,7 @@ impl SimNvme {
                 drop_completions: false,
                 fatal: false,
                 failing_enables: 0,
+                failing_deletes: 0,
                 commands: 0,
             })),
         }
@@ -121,6 +124,12 @@ impl SimNvme {
     /// fail: the controller reports a fatal status instead of becoming ready.
     pub fn fail_resets(&self, n: u32) {
         self.lock().failing_enables = n;
+    }
+
+    /// Makes the next `n` Delete I/O Submission Queue commands fail (with an internal
+    /// error status, the queue left in place), as a controller that lost track of a queue.
+    pub fn fail_queue_deletes(&self, n: u32) {
+        self.lock().failing_deletes = n;
     }
 
     /// Holds I/O commands after fetching them: nothing on an I/O queue completes (nor
@@ -310,6 +319,10 @@ impl State {
             admin_opcode::SET_FEATURES if (sqe.cdw10.get() & 0xff) as u8 == feature::NUM_QUEUES => {
                 let n = (sqe.cdw11.get() & 0xffff).min(15);
                 (status::SUCCESS, n | (n << 16))
+            }
+            admin_opcode::DELETE_SQ if self.failing_deletes > 0 => {
+                self.failing_deletes -= 1;
+                (status::INTERNAL_ERROR, 0)
             }
             admin_opcode::DELETE_SQ => {
                 let qid = (sqe.cdw10.get() & 0xffff) as u16;
