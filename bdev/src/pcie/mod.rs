@@ -5,6 +5,12 @@
 //! network work while anything is in flight, and sleeps otherwise. Data moves by DMA
 //! straight into and out of the caller's pooled buffers: the thread's [`BufPool`] slabs are
 //! mapped for the controller when the handle opens.
+//!
+//! Recovery: a queue broken by a timed-out command is deleted and replaced on the same
+//! controller by its handle alone; a controller with a fatal status (or one that cannot
+//! delete or create a queue pair) is reset for every handle on it (see the `path` module's
+//! generations), requests failing at once as "path down" meanwhile, and after
+//! [`MAX_RESET_ATTEMPTS`] failed resets in a row the path stays down.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
