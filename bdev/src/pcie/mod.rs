@@ -315,14 +315,14 @@ async fn poll_loop<D: PciDevice + Send + Sync + 'static>(
             }
             continue;
         }
-        // A broken queue's timed-out commands never complete: with no request left there
-        // is nothing to poll for (its replacement is made in `poll`).
+        // A broken queue is polled until it is replaced (in `poll`), even with nothing on
+        // it: its timed-out commands never complete.
         let busy = {
             let q = i.q.borrow();
-            (!q.is_broken() && q.in_flight() > 0)
+            q.in_flight() > 0
+                || q.is_broken()
                 || !i.issuing.borrow().is_empty()
                 || !i.reqs.borrow().is_empty()
-                || q.is_broken()
         };
         if !busy {
             // Holding the handle's state while asleep is fine: dropping the handle aborts
