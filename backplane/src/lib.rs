@@ -39,6 +39,15 @@ pub trait Device: Send + Sync + std::fmt::Debug {
     fn queue_pairs(&self) -> Option<u64> {
         None
     }
+    /// Controller resets that brought a path of the device back (nvme-pcie), if it has any.
+    fn resets(&self) -> Option<u64> {
+        None
+    }
+    /// Whether a path of the device stays down after failed controller resets (nvme-pcie),
+    /// if it has controllers.
+    fn is_down(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// A device with its counters.

@@ -14,7 +14,8 @@ use ffi::vfio::VfioPci;
 
 use super::Device;
 
-/// A command the device has not completed in this long fails, and its queue is retired.
+/// A command the device has not completed in this long fails, and its queue is retired (a
+/// controller with a fatal status is reset, see [`bdev::pcie`]).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A shared namespace behind several PCIe controllers.
@@ -73,5 +74,13 @@ impl Device for PcieDevice {
 
     fn queue_pairs(&self) -> Option<u64> {
         Some(self.ns.queue_pairs())
+    }
+
+    fn resets(&self) -> Option<u64> {
+        Some(self.ns.resets())
+    }
+
+    fn is_down(&self) -> Option<bool> {
+        Some(self.ns.is_down())
     }
 }

@@ -107,8 +107,9 @@ pub enum IoError {
     /// The device did not complete the command in time.
     #[error("the device did not complete the command within {0:?}")]
     Timeout(std::time::Duration),
-    /// The device path is unusable (fatal controller status, or a queue broken by an
-    /// earlier timeout); nothing more is submitted to it.
+    /// The device path is unusable for now (a fatal controller status, a controller being
+    /// reset, or a queue broken by an earlier timeout) or for good (a controller whose
+    /// resets keep failing); the request was not carried out and may be retried elsewhere.
     #[error("device path unusable: {0}")]
     PathDown(String),
 }

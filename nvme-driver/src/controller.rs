@@ -79,27 +79,12 @@ impl<D: PciDevice> Controller<D> {
                 "controller does not support 4 KiB pages".into(),
             ));
         }
-        let timeout = Duration::from_millis(500 * u64::from(cap.to().max(1)));
-        // Disable, then wait for RDY to clear.
-        let cc = Cc(bar.read32(offset::CC as usize));
-        if cc.en() {
-            bar.write32(offset::CC as usize, cc.0 & !1);
-        }
-        wait(bar, timeout, "CSTS.RDY = 0", |c| !c.rdy())?;
         let depth = ADMIN_DEPTH.min(cap.mqes().saturating_add(1));
         // One allocation (one hugepage) for both admin rings and the scratch pages.
         let (sq_len, cq_len) = ring_lens(depth);
         let mem = dev.alloc_dma(sq_len + cq_len + 2 * PAGE)?;
         let (sq, cq) = (mem.sub(0, sq_len), mem.sub(sq_len, cq_len));
-        sq.zero();
-        cq.zero();
         let admin = QueuePair::new(0, depth, sq, cq, cap.dstrd());
-        let d = u32::from(depth - 1);
-        bar.write32(0x24, d | (d << 16)); // AQA
-        bar.write64(0x28, admin.sq.iova()); // ASQ
-        bar.write64(0x30, admin.cq.iova()); // ACQ
-        bar.write32(offset::CC as usize, Cc::build(true, 0, 0, 0, 6, 4).0);
-        wait(bar, timeout, "CSTS.RDY = 1", Csts::rdy)?;
         let scratch = mem.sub(sq_len + cq_len, 2 * PAGE);
         let mut c = Self {
             dev,
@@ -111,12 +96,60 @@ impl<D: PciDevice> Controller<D> {
             scratch,
             identify: IdentifyController::new_zeroed(),
         };
-        c.identify = c.identify_controller()?;
-        c.mdts = match c.identify.mdts {
+        c.disable()?;
+        c.enable()?;
+        Ok(c)
+    }
+
+    /// How long the controller may take to change CSTS.RDY (CAP.TO, in 500 ms units).
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_millis(500 * u64::from(self.cap.to().max(1)))
+    }
+
+    /// Stops the controller: CC.EN = 0, then CSTS.RDY = 0 within CAP.TO (NVMe 2.0 base
+    /// specification, 3.5.2, a Controller Reset). A controller that does not stop gets a
+    /// function-level reset. Once this returns, the controller fetches no command and moves
+    /// no data: every I/O queue and every command in flight is gone, so the memory of its
+    /// queues and of its commands' buffers may be reused.
+    pub fn disable(&mut self) -> Result<(), DriverError> {
+        let timeout = self.ready_timeout();
+        let bar = self.dev.bar0();
+        let cc = Cc(bar.read32(offset::CC as usize));
+        if cc.en() {
+            bar.write32(offset::CC as usize, cc.0 & !1);
+        }
+        if wait(bar, timeout, "CSTS.RDY = 0", |c| !c.rdy()).is_err() {
+            self.dev.reset()?;
+            wait(self.dev.bar0(), timeout, "CSTS.RDY = 0", |c| !c.rdy())?;
+        }
+        Ok(())
+    }
+
+    /// Brings a disabled controller up on the same admin queue memory (its rings start
+    /// empty), identifies it again, and starts I/O queue IDs over at 1. Other DMA mappings
+    /// (the I/O memory of [`PciDevice::map_slab`]) live in the IOMMU, not in the
+    /// controller, and stay valid.
+    pub fn enable(&mut self) -> Result<(), DriverError> {
+        let (depth, dstrd) = (self.admin.depth, self.cap.dstrd());
+        let (sq, cq) = (self.admin.sq.clone(), self.admin.cq.clone());
+        sq.zero();
+        cq.zero();
+        self.admin = QueuePair::new(0, depth, sq, cq, dstrd);
+        self.next_qid = 1;
+        self.free_qids.clear();
+        let bar = self.dev.bar0();
+        let d = u32::from(depth - 1);
+        bar.write32(0x24, d | (d << 16)); // AQA
+        bar.write64(0x28, self.admin.sq.iova()); // ASQ
+        bar.write64(0x30, self.admin.cq.iova()); // ACQ
+        bar.write32(offset::CC as usize, Cc::build(true, 0, 0, 0, 6, 4).0);
+        wait(bar, self.ready_timeout(), "CSTS.RDY = 1", Csts::rdy)?;
+        self.identify = self.identify_controller()?;
+        self.mdts = match self.identify.mdts {
             0 => 1 << 20,
             m => (PAGE << m).min(2 << 20),
         };
-        Ok(c)
+        Ok(())
     }
 
     /// Identify Controller data read at bring-up.
@@ -277,14 +310,13 @@ impl<D: PciDevice> Controller<D> {
         Ok(())
     }
 
-    /// Recovers from a fatal status (CSTS.CFS) or a hung controller: resets the function and
-    /// brings the controller up again. Existing I/O queue pairs are gone afterwards and must
-    /// be created again.
+    /// Recovers from a fatal status (CSTS.CFS) or a hung controller: a controller reset
+    /// ([`Controller::disable`], then [`Controller::enable`]), as the Linux nvme driver and
+    /// SPDK do. Existing I/O queue pairs are gone afterwards and must be created again
+    /// (their IDs start over); data buffers stay mapped.
     pub fn reset(&mut self) -> Result<(), DriverError> {
-        self.dev.reset()?;
-        let fresh = Self::new(Arc::clone(&self.dev))?;
-        *self = fresh;
-        Ok(())
+        self.disable()?;
+        self.enable()
     }
 
     /// Normal shutdown (CC.SHN = 01b, then wait for CSTS.SHST = complete).

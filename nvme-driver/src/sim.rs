@@ -47,6 +47,10 @@ struct State {
     namespaces: Arc<Mutex<Vec<Vec<u8>>>>,
     drop_completions: bool,
     fatal: bool,
+    /// Enables (CC.EN 0 -> 1) still to fail with a fatal status.
+    failing_enables: u32,
+    /// Delete I/O SQ commands still to fail.
+    failing_deletes: u32,
     commands: u64,
 }
 
@@ -80,6 +84,8 @@ impl SimNvme {
                 )),
                 drop_completions: false,
                 fatal: false,
+                failing_enables: 0,
+                failing_deletes: 0,
                 commands: 0,
             })),
         }
@@ -105,11 +111,25 @@ impl SimNvme {
         self.lock().drop_completions = on;
     }
 
-    /// Puts the controller in the fatal state (CSTS.CFS) until it is reset.
+    /// Puts the controller in the fatal state (CSTS.CFS): it fetches and completes nothing
+    /// more until it is reset (CC.EN cleared, or the function reset), which also drops every
+    /// I/O queue and every held command.
     pub fn fail(&self) {
         let mut s = self.lock();
         s.fatal = true;
         s.csts |= 2;
+    }
+
+    /// Makes the next `n` enables (CC.EN 0 -> 1, the second half of a controller reset)
+    /// fail: the controller reports a fatal status instead of becoming ready.
+    pub fn fail_resets(&self, n: u32) {
+        self.lock().failing_enables = n;
+    }
+
+    /// Makes the next `n` Delete I/O Submission Queue commands fail (with an internal
+    /// error status, the queue left in place), as a controller that lost track of a queue.
+    pub fn fail_queue_deletes(&self, n: u32) {
+        self.lock().failing_deletes = n;
     }
 
     /// Holds I/O commands after fetching them: nothing on an I/O queue completes (nor
@@ -155,6 +175,15 @@ fn lock_media(m: &Mutex<Vec<Vec<u8>>>) -> MutexGuard<'_, Vec<Vec<u8>>> {
 }
 
 impl State {
+    /// A controller reset: queues, held commands and the fatal status are gone.
+    fn disable(&mut self) {
+        self.sqs.clear();
+        self.cqs.clear();
+        self.held.clear();
+        self.fatal = false;
+        self.csts = 0;
+    }
+
     fn find(&self, iova: u64, len: usize) -> Option<(Arc<dyn DmaBacking>, usize)> {
         self.dma.iter().find_map(|(base, b, l)| {
             (iova >= *base && iova + len as u64 <= base + *l as u64)
@@ -290,6 +319,10 @@ impl State {
             admin_opcode::SET_FEATURES if (sqe.cdw10.get() & 0xff) as u8 == feature::NUM_QUEUES => {
                 let n = (sqe.cdw11.get() & 0xffff).min(15);
                 (status::SUCCESS, n | (n << 16))
+            }
+            admin_opcode::DELETE_SQ if self.failing_deletes > 0 => {
+                self.failing_deletes -= 1;
+                (status::INTERNAL_ERROR, 0)
             }
             admin_opcode::DELETE_SQ => {
                 let qid = (sqe.cdw10.get() & 0xffff) as u16;
@@ -474,7 +507,11 @@ impl Mmio for SimNvme {
             0x14 => {
                 let (old, new) = (Cc(s.cc), Cc(value));
                 s.cc = value;
-                if new.en() && !old.en() {
+                if new.en() && !old.en() && s.failing_enables > 0 {
+                    s.failing_enables -= 1;
+                    s.fatal = true;
+                    s.csts = Csts::build(false, true, 0).0;
+                } else if new.en() && !old.en() {
                     let depth = (s.aqa & 0xfff) as u16 + 1;
                     let (asq, acq) = (s.asq, s.acq);
                     s.sqs.insert(
@@ -497,9 +534,7 @@ impl Mmio for SimNvme {
                     );
                     s.csts = Csts::build(true, false, 0).0;
                 } else if !new.en() {
-                    s.sqs.clear();
-                    s.cqs.clear();
-                    s.csts = 0;
+                    s.disable();
                 }
                 if new.shn() != 0 {
                     s.csts = Csts::build(Csts(s.csts).rdy(), false, Csts::SHST_COMPLETE).0;
@@ -544,11 +579,8 @@ impl PciDevice for SimNvme {
 
     fn reset(&self) -> Result<(), ffi::Error> {
         let mut s = self.lock();
-        s.fatal = false;
         s.cc = 0;
-        s.csts = 0;
-        s.sqs.clear();
-        s.cqs.clear();
+        s.disable();
         Ok(())
     }
 }

@@ -156,3 +156,32 @@ fn queues_are_deleted_and_a_fatal_controller_is_reset() {
     q.read(&ns, 0, &mut b).unwrap();
     assert!(b == pattern(512, 5), "data survives the reset");
 }
+
+#[test]
+fn a_reset_that_fails_can_be_tried_again_and_queue_ids_start_over() {
+    let (dev, mut c) = bring_up(5);
+    let ns = c.namespace(1).unwrap();
+    let mut q1 = c.create_io_queue_pair(8).unwrap();
+    let q2 = c.create_io_queue_pair(8).unwrap();
+    assert_eq!((q1.qid(), q2.qid()), (1, 2));
+    q1.write(&ns, 8, &pattern(512, 9)).unwrap();
+    dev.fail();
+    dev.fail_resets(2);
+    for _ in 0..2 {
+        assert!(
+            matches!(c.reset(), Err(DriverError::Fatal)),
+            "the controller is fatal again when enabled"
+        );
+    }
+    assert!(
+        c.create_io_queue_pair(8).is_err(),
+        "a controller that did not come up runs no admin command"
+    );
+    c.reset().unwrap();
+    // The queues of before the reset are gone: their IDs are free again.
+    let mut q = c.create_io_queue_pair(8).unwrap();
+    assert_eq!(q.qid(), 1);
+    let mut b = vec![0u8; 512];
+    q.read(&ns, 8, &mut b).unwrap();
+    assert!(b == pattern(512, 9));
+}

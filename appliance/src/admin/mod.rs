@@ -273,6 +273,27 @@ impl Admin {
                 })
             }),
         )?;
+        f.counter(
+            "device_resets",
+            "Controller resets that brought a path of an nvme-pcie device back after a fatal status.",
+            devs.iter().filter_map(|d| {
+                d.device.resets().map(|n| {
+                    (labels([("device", d.device.name().to_owned())]), n)
+                })
+            }),
+        )?;
+        f.gauge(
+            "device_down",
+            "1 while a path of an nvme-pcie device stays down after failed controller resets.",
+            devs.iter().filter_map(|d| {
+                d.device.is_down().map(|down| {
+                    (
+                        labels([("device", d.device.name().to_owned())]),
+                        i64::from(down),
+                    )
+                })
+            }),
+        )?;
         f.gauge(
             "volume_capacity_bytes",
             "Capacity of a volume.",

@@ -33,7 +33,7 @@ pub enum PcieBenchError {
 /// Runs 4 KiB random reads over the first `span` bytes of `ns` for `each` at every depth in
 /// `depths`, on a runtime of its own (the calling thread's): the same engine a Baton
 /// controller uses. The namespace's queue depth must exceed the largest depth.
-pub fn sweep<D: PciDevice + 'static>(
+pub fn sweep<D: PciDevice + Send + Sync + 'static>(
     ns: &PcieNamespace<D>,
     depths: &[u16],
     each: Duration,

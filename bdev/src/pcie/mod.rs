@@ -5,39 +5,49 @@
 //! network work while anything is in flight, and sleeps otherwise. Data moves by DMA
 //! straight into and out of the caller's pooled buffers: the thread's [`BufPool`] slabs are
 //! mapped for the controller when the handle opens.
+//!
+//! Recovery: a queue broken by a timed-out command is deleted and replaced on the same
+//! controller by its handle alone; a controller with a fatal status (or one that cannot
+//! delete or create a queue pair) is reset for every handle on it (see the `path` module's
+//! generations), requests failing at once as "path down" meanwhile, and after
+//! [`MAX_RESET_ATTEMPTS`] failed resets in a row the path stays down.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ffi::PciDevice;
 use nvme_driver::{Controller, DriverError, IoCommand, IoQueue, NamespaceInfo, SubmitError};
+use tokio::sync::{Notify, watch};
 
 use crate::io::{check, finish};
 use crate::slots::Slots;
 use crate::{BlockIo, BufPool, Geometry, IoBuf, IoError, Op, Request, Sink};
 
+mod path;
+
+pub use path::MAX_RESET_ATTEMPTS;
+use path::{Counters, Path, Step};
+
 /// Blocks one Write Zeroes command covers at most.
 const ZEROES_MAX: u64 = 65536;
 /// Blocks one deallocate range covers at most.
 const DEALLOCATE_MAX: u64 = u32::MAX as u64;
-
-struct Path<D: PciDevice> {
-    dev: Arc<D>,
-    ctrl: Option<Controller<D>>,
-}
+/// How long a handle whose broken queue waits for the path's lock (held by another
+/// thread's reset or queue replacement) before trying again.
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// A shared namespace behind several PCIe controllers (paths).
 pub struct PcieNamespace<D: PciDevice> {
     nsid: u32,
     depth: u16,
     timeout: Duration,
-    paths: Vec<Arc<Mutex<Path<D>>>>,
+    paths: Vec<Arc<Path<D>>>,
     geometry: Geometry,
-    queue_pairs: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl<D: PciDevice> std::fmt::Debug for PcieNamespace<D> {
@@ -48,10 +58,6 @@ impl<D: PciDevice> std::fmt::Debug for PcieNamespace<D> {
             .field("geometry", &self.geometry)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<D: PciDevice> PcieNamespace<D> {
@@ -77,19 +83,18 @@ impl<D: PciDevice> PcieNamespace<D> {
             optimal_boundary: 0,
             volatile_cache: ctrl.identity().vwc & 1 == 1,
         };
-        let mut paths: Vec<Arc<Mutex<Path<D>>>> = devices
+        let mut ctrl = Some(ctrl);
+        let paths: Vec<Arc<Path<D>>> = devices
             .into_iter()
-            .map(|dev| Arc::new(Mutex::new(Path { dev, ctrl: None })))
+            .map(|dev| Arc::new(Path::new(dev, ctrl.take())))
             .collect();
-        lock(&paths[0]).ctrl = Some(ctrl);
-        paths.shrink_to_fit();
         Ok(Self {
             nsid,
             depth,
             timeout,
             paths,
             geometry,
-            queue_pairs: Arc::new(AtomicU64::new(0)),
+            counters: Arc::new(Counters::default()),
         })
     }
 
@@ -103,9 +108,22 @@ impl<D: PciDevice> PcieNamespace<D> {
         self.paths.len()
     }
 
-    /// I/O queue pairs created so far (including the replacements of broken ones).
+    /// I/O queue pairs created so far (including the replacements of broken ones and those
+    /// made again after controller resets).
     pub fn queue_pairs(&self) -> u64 {
-        self.queue_pairs.load(Ordering::Relaxed)
+        self.counters.queue_pairs.load(Ordering::Relaxed)
+    }
+
+    /// Controller resets that brought a path back after a fatal status (or after a queue
+    /// pair that could not be deleted or created).
+    pub fn resets(&self) -> u64 {
+        self.counters.resets.load(Ordering::Relaxed)
+    }
+
+    /// Whether a path stays down: its controller failed [`MAX_RESET_ATTEMPTS`] resets in a
+    /// row, and every request through it fails.
+    pub fn is_down(&self) -> bool {
+        self.paths.iter().any(|p| p.is_down())
     }
 
     /// A handle for the calling thread through controller `path % paths()`, with its own
@@ -113,31 +131,38 @@ impl<D: PciDevice> PcieNamespace<D> {
     /// from `pool` carry data.
     pub fn open(&self, path: usize, pool: &BufPool) -> Result<PcieIo<D>, DriverError>
     where
-        D: 'static,
+        D: Send + Sync + 'static,
     {
         let path = Arc::clone(&self.paths[path % self.paths.len()]);
-        let mut p = lock(&path);
-        if p.ctrl.is_none() {
-            p.ctrl = Some(Controller::new(Arc::clone(&p.dev))?);
+        let mut ctl = path.lock();
+        if ctl.ctrl.is_none() {
+            ctl.ctrl = Some(Controller::new(Arc::clone(&ctl.dev))?);
         }
         let mut map = Vec::new();
         for slab in pool.slabs() {
-            let iova = p.dev.map_slab(&slab)?;
+            let iova = ctl.dev.map_slab(&slab)?;
             map.push((slab.vaddr(), slab.len(), iova));
         }
-        let ctrl = p.ctrl.as_mut().expect("brought up above");
+        let (q, generation) = match path.connect(&mut ctl, self.depth, self.timeout, &self.counters)
+        {
+            Step::Ready(q, generation) => (*q, generation),
+            Step::Wait(after) => {
+                return Err(DriverError::Invalid(format!(
+                    "the controller is being reset: try again in {after:?}"
+                )));
+            }
+            Step::Down => return Err(DriverError::Fatal),
+        };
+        let ctrl = ctl.ctrl.as_mut().expect("connected");
         let ns = ctrl.namespace(self.nsid)?;
-        let q = ctrl.create_io_queue(self.depth, self.timeout)?;
-        drop(p);
-        self.queue_pairs.fetch_add(1, Ordering::Relaxed);
-        let recovery = Recovery {
+        drop(ctl);
+        let link = Link {
             path,
             depth: self.depth,
             timeout: self.timeout,
-            queue_pairs: Arc::clone(&self.queue_pairs),
-            gave_up: std::cell::Cell::new(false),
+            counters: Arc::clone(&self.counters),
         };
-        Ok(PcieIo::new(q, ns, map, self.geometry, recovery))
+        Ok(PcieIo::new(q, generation, ns, map, self.geometry, link))
     }
 }
 
@@ -152,23 +177,23 @@ struct Parent {
     /// Commands in flight.
     out: u32,
     error: Option<IoError>,
-    /// A command timed out: the device may still write the buffer.
+    /// A command timed out or was abandoned: the device may still write the buffer.
     lost: bool,
 }
 
-/// What a handle needs to replace its queue pair once a command on it timed out.
-struct Recovery<D: PciDevice> {
-    path: Arc<Mutex<Path<D>>>,
+/// A handle's way to its path: what it needs to replace its queue pair.
+struct Link<D: PciDevice> {
+    path: Arc<Path<D>>,
     depth: u16,
     timeout: Duration,
-    queue_pairs: Arc<AtomicU64>,
-    /// The last attempt failed (or the controller is fatal): the handle stays down.
-    gave_up: std::cell::Cell<bool>,
+    counters: Arc<Counters>,
 }
 
 struct Inner<D: PciDevice> {
     q: RefCell<IoQueue<D>>,
-    recovery: Recovery<D>,
+    /// The path generation `q` belongs to: once the path's has moved on, `q` is stale.
+    generation: Cell<u64>,
+    link: Link<D>,
     ns: NamespaceInfo,
     /// (slab address, length, device address) of the mapped pool slabs.
     map: Vec<(u64, usize, u64)>,
@@ -176,38 +201,50 @@ struct Inner<D: PciDevice> {
     reqs: RefCell<Slots<Parent>>,
     /// Requests with commands still to issue, oldest first.
     issuing: RefCell<VecDeque<usize>>,
-    /// Buffers the device may still write (their commands timed out): never reused.
-    quarantine: RefCell<Vec<IoBuf>>,
-    wake: tokio::sync::Notify,
+    /// Completions taken from the queue and not yet handed out (kept to reuse its memory).
+    done: RefCell<Vec<(u64, Result<(), DriverError>)>>,
+    /// Buffers the device may still write (their commands timed out or were abandoned),
+    /// with the generation of their queue: never reused until that queue is deleted or the
+    /// controller disabled.
+    quarantine: RefCell<Vec<(u64, IoBuf)>>,
+    /// Stale queue pairs, with their generation: the device may use their rings until it
+    /// is disabled.
+    retired: RefCell<Vec<(u64, IoQueue<D>)>>,
+    wake: Notify,
 }
 
 /// One thread's handle on a [`PcieNamespace`].
-pub struct PcieIo<D: PciDevice + 'static> {
+pub struct PcieIo<D: PciDevice + Send + Sync + 'static> {
     inner: Rc<Inner<D>>,
     poller: tokio::task::JoinHandle<()>,
 }
 
-impl<D: PciDevice + 'static> PcieIo<D> {
+impl<D: PciDevice + Send + Sync + 'static> PcieIo<D> {
     fn new(
         q: IoQueue<D>,
+        generation: u64,
         ns: NamespaceInfo,
         map: Vec<(u64, usize, u64)>,
         geometry: Geometry,
-        recovery: Recovery<D>,
+        link: Link<D>,
     ) -> Self {
         let cap = q.capacity();
+        let changed = link.path.subscribe();
         let inner = Rc::new(Inner {
             q: RefCell::new(q),
-            recovery,
+            generation: Cell::new(generation),
+            link,
             ns,
             map,
             geometry,
             reqs: RefCell::new(Slots::with_capacity(cap)),
             issuing: RefCell::new(VecDeque::with_capacity(cap)),
+            done: RefCell::new(Vec::with_capacity(cap)),
             quarantine: RefCell::new(Vec::new()),
-            wake: tokio::sync::Notify::new(),
+            retired: RefCell::new(Vec::new()),
+            wake: Notify::new(),
         });
-        let poller = tokio::task::spawn_local(poll_loop(Rc::downgrade(&inner)));
+        let poller = tokio::task::spawn_local(poll_loop(Rc::downgrade(&inner), changed));
         Self { inner, poller }
     }
 
@@ -217,35 +254,89 @@ impl<D: PciDevice + 'static> PcieIo<D> {
     }
 }
 
-impl<D: PciDevice + 'static> Drop for PcieIo<D> {
+impl<D: PciDevice + Send + Sync + 'static> Drop for PcieIo<D> {
     fn drop(&mut self) {
         self.poller.abort();
     }
 }
 
+/// Waits for a submission, or for the path's generation to move on.
+async fn idle(wake: &Notify, changed: &mut watch::Receiver<u64>) {
+    tokio::select! {
+        () = wake.notified() => {}
+        r = changed.changed() => {
+            if r.is_err() {
+                // The path is gone (it cannot be while the handle holds it): submissions only.
+                wake.notified().await;
+            }
+        }
+    }
+}
+
 /// Polls the completion queue while commands are in flight, yielding to the thread's other
-/// work between polls; waits for a submission otherwise.
-async fn poll_loop<D: PciDevice>(inner: Weak<Inner<D>>) {
+/// work between polls; waits for a submission otherwise. Once the path's generation has
+/// moved on (its controller needs a reset), fails what the handle has in flight and gets a
+/// queue pair of the new generation, off the reactor, backing off while resets fail.
+async fn poll_loop<D: PciDevice + Send + Sync + 'static>(
+    inner: Weak<Inner<D>>,
+    mut changed: watch::Receiver<u64>,
+) {
     loop {
         let Some(i) = inner.upgrade() else { return };
-        // A broken queue's timed-out commands never complete: with no request left there
-        // is nothing to poll for (its replacement, if any, is made in `poll`).
+        if i.stale() {
+            changed.borrow_and_update();
+            i.fail_all();
+            i.release();
+            let (path, counters) = (Arc::clone(&i.link.path), Arc::clone(&i.link.counters));
+            let (depth, timeout) = (i.link.depth, i.link.timeout);
+            drop(i);
+            let step =
+                tokio::task::spawn_blocking(move || path.reconnect(depth, timeout, &counters))
+                    .await;
+            let Some(i) = inner.upgrade() else { return };
+            match step {
+                Ok(Step::Ready(q, generation)) => i.install(*q, generation),
+                Ok(Step::Wait(after)) => {
+                    drop(i);
+                    tokio::select! {
+                        () = tokio::time::sleep(after) => {}
+                        _ = changed.changed() => {}
+                    }
+                }
+                Ok(Step::Down) => {
+                    i.release();
+                    idle(&i.wake, &mut changed).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "NVMe controller reconnect task failed");
+                    drop(i);
+                    tokio::time::sleep(LOCK_RETRY).await;
+                }
+            }
+            continue;
+        }
+        // A broken queue is polled until it is replaced (in `poll`), even with nothing on
+        // it: its timed-out commands never complete.
         let busy = {
             let q = i.q.borrow();
-            (!q.is_broken() && q.in_flight() > 0)
+            q.in_flight() > 0
+                || q.is_broken()
                 || !i.issuing.borrow().is_empty()
                 || !i.reqs.borrow().is_empty()
-                || (q.is_broken() && !i.recovery.gave_up.get())
         };
         if !busy {
             // Holding the handle's state while asleep is fine: dropping the handle aborts
             // this task.
-            i.wake.notified().await;
+            idle(&i.wake, &mut changed).await;
             continue;
         }
-        i.poll();
+        let retry = i.poll();
         drop(i);
-        tokio::task::yield_now().await;
+        if retry {
+            tokio::time::sleep(LOCK_RETRY).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -346,10 +437,11 @@ impl<D: PciDevice> Inner<D> {
         }
     }
 
-    fn poll(&self) {
-        let mut done = Vec::new();
+    /// Takes the completions; returns whether the broken queue waits for the path's lock.
+    fn poll(&self) -> bool {
+        let mut done = self.done.take();
         self.q.borrow_mut().poll(|tag, r| done.push((tag, r)));
-        for (tag, r) in done {
+        for (tag, r) in done.drain(..) {
             let idx = usize::try_from(tag).unwrap_or(usize::MAX);
             let finished = {
                 let mut reqs = self.reqs.borrow_mut();
@@ -371,45 +463,96 @@ impl<D: PciDevice> Inner<D> {
                 self.finish(idx);
             }
         }
+        *self.done.borrow_mut() = done;
+        if self.q.borrow().is_fatal() {
+            // Every handle on the path fails its requests and reconnects (`poll_loop`).
+            self.link
+                .path
+                .fail(self.generation.get(), "controller fatal status");
+            return false;
+        }
         if self.q.borrow().is_broken() && !self.issuing.borrow().is_empty() {
             self.fail_issuing(&DriverError::QueueBroken(self.q.borrow().qid()));
         }
         if self.q.borrow().is_broken() && self.reqs.borrow().is_empty() {
-            self.recover();
+            return self.recover();
         }
+        self.pump();
+        false
+    }
+
+    /// Whether the path's generation has moved on from this handle's queue pair.
+    fn stale(&self) -> bool {
+        self.link.path.generation() != self.generation.get()
+    }
+
+    /// The queue is stale: every request fails, those with commands on the device keeping
+    /// their buffers from the pool until the controller is disabled.
+    fn fail_all(&self) {
+        self.issuing.borrow_mut().clear();
+        let why = if self.link.path.is_down() {
+            "the controller stays down after failed resets"
+        } else {
+            "the controller is being reset"
+        };
+        let reqs = self.reqs.borrow_mut().drain();
+        for mut p in reqs {
+            p.lost |= p.out > 0;
+            p.error.get_or_insert(IoError::PathDown(why.into()));
+            self.complete(p);
+        }
+    }
+
+    /// Frees the buffers and queues the device can no longer reach: those of generations
+    /// older than the newest the controller was disabled for.
+    fn release(&self) {
+        let quiesced = self.link.path.quiesced();
+        self.quarantine.borrow_mut().retain(|(g, _)| *g >= quiesced);
+        self.retired.borrow_mut().retain(|(g, _)| *g >= quiesced);
+    }
+
+    /// Takes a new queue pair of `generation` (after a reset).
+    fn install(&self, q: IoQueue<D>, generation: u64) {
+        let (old, qid) = (self.q.replace(q), self.q.borrow().qid());
+        let before = self.generation.replace(generation);
+        self.retired.borrow_mut().push((before, old));
+        self.release();
+        tracing::info!(qid, generation, "new I/O queue after a controller reset");
         self.pump();
     }
 
     /// A command timed out and the queue is broken; once nothing is left on it, the queue
     /// pair is deleted (which aborts what the device still holds of it) and a new one is
     /// created on the same controller. The buffers kept from the device are free again
-    /// then. A fatal controller needs a reset instead: the handle stays down.
-    fn recover(&self) {
-        let r = &self.recovery;
-        if r.gave_up.get() {
-            return;
+    /// then. If the controller cannot do either, it needs a reset: the path's generation
+    /// moves on. Returns whether another thread holds the path (try again later).
+    fn recover(&self) -> bool {
+        let r = &self.link;
+        let Some(mut ctl) = r.path.try_lock() else {
+            return true;
+        };
+        if self.stale() {
+            return false;
         }
-        if self.q.borrow().is_fatal() {
-            r.gave_up.set(true);
-            return;
-        }
-        let mut p = lock(&r.path);
-        let Some(ctrl) = p.ctrl.as_mut() else {
-            r.gave_up.set(true);
-            return;
+        let generation = self.generation.get();
+        let Some(ctrl) = ctl.ctrl.as_mut() else {
+            r.path.fail(generation, "no controller");
+            return false;
         };
         let old = self.q.borrow().qid();
         if let Err(e) = ctrl.delete_io_queue(&self.q.borrow()) {
-            r.gave_up.set(true);
-            tracing::error!(qid = old, error = %e, "broken I/O queue could not be deleted: the path stays down");
-            return;
+            tracing::error!(qid = old, error = %e, "broken I/O queue could not be deleted");
+            r.path.fail(generation, "an I/O queue could not be deleted");
+            return false;
         }
+        self.quarantine
+            .borrow_mut()
+            .retain(|(g, _)| *g != generation);
         match ctrl.create_io_queue(r.depth, r.timeout) {
             Ok(q) => {
                 let qid = q.qid();
                 *self.q.borrow_mut() = q;
-                self.quarantine.borrow_mut().clear();
-                r.queue_pairs.fetch_add(1, Ordering::Relaxed);
+                r.counters.queue_pairs.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     old,
                     new = qid,
@@ -417,19 +560,28 @@ impl<D: PciDevice> Inner<D> {
                 );
             }
             Err(e) => {
-                r.gave_up.set(true);
-                tracing::error!(qid = old, error = %e, "no new I/O queue: the path stays down");
+                tracing::error!(qid = old, error = %e, "no new I/O queue");
+                r.path.fail(generation, "no new I/O queue");
             }
         }
+        false
     }
 
     fn finish(&self, idx: usize) {
-        let Some(mut p) = self.reqs.borrow_mut().remove(idx) else {
-            return;
-        };
+        let p = self.reqs.borrow_mut().remove(idx);
+        if let Some(p) = p {
+            self.complete(p);
+        }
+    }
+
+    /// Hands a request's result and buffer back (or keeps the buffer from the pool while
+    /// the device may still write it).
+    fn complete(&self, mut p: Parent) {
         if p.lost {
             if let Some(b) = p.req.buf.take() {
-                self.quarantine.borrow_mut().push(b);
+                self.quarantine
+                    .borrow_mut()
+                    .push((self.generation.get(), b));
             }
         }
         let result = match p.error.take() {
@@ -445,7 +597,7 @@ impl<D: PciDevice> Inner<D> {
     }
 }
 
-impl<D: PciDevice + 'static> BlockIo for PcieIo<D> {
+impl<D: PciDevice + Send + Sync + 'static> BlockIo for PcieIo<D> {
     fn geometry(&self) -> Geometry {
         self.inner.geometry
     }
@@ -465,6 +617,15 @@ impl<D: PciDevice + 'static> BlockIo for PcieIo<D> {
             },
             _ => 0,
         };
+        // One atomic load: a request never waits for a reset.
+        if i.stale() {
+            let e = IoError::PathDown(if i.link.path.is_down() {
+                "the controller stays down after failed resets".into()
+            } else {
+                "the controller is being reset".into()
+            });
+            return finish(req, Err(e), sink);
+        }
         if i.q.borrow().is_broken() {
             let e = IoError::PathDown(format!("queue {} is unusable", i.q.borrow().qid()));
             return finish(req, Err(e), sink);
@@ -489,164 +650,4 @@ impl<D: PciDevice + 'static> BlockIo for PcieIo<D> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{local, read, run, write};
-    use crate::{CompletionQueue, PoolClass};
-    use nvme_driver::sim::SimNvme;
-
-    fn namespace(paths: usize, timeout: Duration) -> (Vec<Arc<SimNvme>>, PcieNamespace<SimNvme>) {
-        let sim = SimNvme::new(1, 16384, 5);
-        // Controllers of one subsystem share its namespaces.
-        let devs: Vec<Arc<SimNvme>> = (0..paths).map(|_| Arc::new(sim.sibling())).collect();
-        let ns = PcieNamespace::new(devs.clone(), 1, 8, timeout).unwrap();
-        (devs, ns)
-    }
-
-    fn pool() -> BufPool {
-        BufPool::new(&[
-            PoolClass {
-                size: 4096,
-                count: 16,
-            },
-            PoolClass {
-                size: 1 << 20,
-                count: 2,
-            },
-        ])
-        .unwrap()
-    }
-
-    #[test]
-    fn requests_are_commands_in_flight_completing_in_any_order() {
-        let (devs, ns) = namespace(1, Duration::from_secs(10));
-        local(async {
-            let pool = pool();
-            let io = ns.open(0, &pool).unwrap();
-            assert_eq!(io.depth(), 7);
-            let cq = Rc::new(CompletionQueue::default());
-            let sink: Rc<dyn Sink> = cq.clone();
-            devs[0].hold_io(true);
-            // Ten requests on a queue of seven: three wait in the engine.
-            for i in 0..10u64 {
-                let mut b = pool.get(4096).unwrap();
-                b.as_mut_slice().fill(u8::try_from(i).unwrap() + 1);
-                io.submit(Request::write(i * 4096, 4096, b, i), &sink);
-            }
-            assert_eq!((io.in_flight(), devs[0].held()), (10, 7));
-            devs[0].release(true);
-            let mut tags = Vec::new();
-            while tags.len() < 7 {
-                let c = cq.next().await;
-                c.result.unwrap();
-                tags.push(c.tag);
-            }
-            assert_eq!(
-                tags,
-                vec![6, 5, 4, 3, 2, 1, 0],
-                "the device's order, not submission's"
-            );
-            let rest: Vec<u64> = [cq.next().await, cq.next().await, cq.next().await]
-                .into_iter()
-                .map(|c| c.tag)
-                .collect();
-            assert_eq!(rest, vec![7, 8, 9]);
-            assert_eq!(devs[0].media(1, 9 * 4096, 2), vec![10, 10]);
-            assert_eq!(
-                read(&io, &pool, 3 * 4096, 4096).await.unwrap(),
-                vec![4u8; 4096]
-            );
-            assert_eq!(pool.free(), 18, "every buffer came back");
-        });
-    }
-
-    #[test]
-    fn large_requests_split_at_mdts_and_data_is_shared_across_paths() {
-        let (_devs, ns) = namespace(2, Duration::from_secs(10));
-        local(async {
-            let (p0, p1) = (pool(), pool());
-            let a = ns.open(0, &p0).unwrap();
-            let b = ns.open(1, &p1).unwrap();
-            assert_eq!(ns.queue_pairs(), 2);
-            // 1 MiB with MDTS 128 KiB: eight commands.
-            let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 249) as u8).collect();
-            write(&a, &p0, 512, &data).await.unwrap();
-            assert_eq!(read(&b, &p1, 512, 1 << 20).await.unwrap(), data);
-            run(&b, Op::WriteZeroes, 512, 4096).await.unwrap();
-            run(&b, Op::Discard, 4608, 4096).await.unwrap();
-            run(&a, Op::Flush, 0, 0).await.unwrap();
-            let back = read(&a, &p0, 512, 8192).await.unwrap();
-            assert!(back.iter().all(|&x| x == 0));
-        });
-    }
-
-    #[test]
-    fn a_timeout_fails_the_request_and_the_queue_is_replaced() {
-        let (devs, ns) = namespace(1, Duration::from_millis(50));
-        local(async {
-            let pool = pool();
-            let io = ns.open(0, &pool).unwrap();
-            write(&io, &pool, 0, &[0x5a; 4096]).await.unwrap();
-            assert_eq!(ns.queue_pairs(), 1);
-            devs[0].hold_io(true);
-            let before = pool.free();
-            assert!(matches!(
-                read(&io, &pool, 0, 4096).await,
-                Err(IoError::Timeout(_))
-            ));
-            // The broken queue pair was deleted, which aborted the command the device still
-            // held (its buffer is free again), and a new one took its place.
-            assert_eq!(ns.queue_pairs(), 2, "a new queue pair");
-            assert_eq!(devs[0].held(), 0, "the held command went with its queue");
-            assert_eq!(pool.free(), before, "the timed-out buffer is free again");
-            devs[0].hold_io(false);
-            assert_eq!(read(&io, &pool, 0, 4096).await.unwrap(), vec![0x5a; 4096]);
-            // A second timeout on the new queue is recovered the same way.
-            devs[0].hold_io(true);
-            assert!(read(&io, &pool, 0, 4096).await.is_err());
-            devs[0].hold_io(false);
-            write(&io, &pool, 4096, &[7; 4096]).await.unwrap();
-            assert_eq!(read(&io, &pool, 4096, 4096).await.unwrap(), vec![7; 4096]);
-            assert_eq!(ns.queue_pairs(), 3);
-        });
-    }
-
-    #[test]
-    fn a_fatal_controller_keeps_the_handle_down() {
-        let (devs, ns) = namespace(1, Duration::from_millis(50));
-        local(async {
-            let pool = pool();
-            let io = ns.open(0, &pool).unwrap();
-            devs[0].hold_io(true);
-            let before = pool.free();
-            let r = read(&io, &pool, 0, 4096);
-            devs[0].fail();
-            assert!(r.await.is_err());
-            assert!(matches!(
-                read(&io, &pool, 0, 4096).await,
-                Err(IoError::PathDown(_))
-            ));
-            assert_eq!(ns.queue_pairs(), 1, "no new queue on a fatal controller");
-            assert_eq!(
-                pool.free(),
-                before - 1,
-                "the device may still write its buffer"
-            );
-            devs[0].release(false);
-        });
-    }
-
-    #[test]
-    fn buffers_of_another_pool_are_refused() {
-        let (_devs, ns) = namespace(1, Duration::from_secs(10));
-        local(async {
-            let (mine, other) = (pool(), pool());
-            let io = ns.open(0, &mine).unwrap();
-            assert!(matches!(
-                read(&io, &other, 0, 4096).await,
-                Err(IoError::Invalid(_))
-            ));
-            assert!(read(&io, &mine, 0, 4096).await.is_ok());
-        });
-    }
-}
+mod tests;
