@@ -13,6 +13,8 @@ pub mod notice {
     pub const NS_ATTR_CHANGED: u8 = 0x00;
     /// Asymmetric Namespace Access Change (ANA log).
     pub const ANA_CHANGE: u8 = 0x03;
+    /// Discovery Log Page Change (discovery log; discovery controllers).
+    pub const DISCOVERY_CHANGE: u8 = 0xf0;
 }
 
 /// Asynchronous Event Configuration feature bits (Base figure 317).
@@ -21,6 +23,8 @@ pub mod config {
     pub const NS_ATTR: u32 = 1 << 8;
     /// Asymmetric Namespace Access Change Notices.
     pub const ANA_CHANGE: u32 = 1 << 11;
+    /// Discovery Log Page Change Notices.
+    pub const DISCOVERY_CHANGE: u32 = 1 << 31;
 }
 
 /// Dword 0 of an Asynchronous Event Request completion: event type, information and the

@@ -321,6 +321,8 @@ pub mod oaes {
     pub const NS_ATTR: u32 = 1 << 8;
     /// Asymmetric Namespace Access Change Notices.
     pub const ANA_CHANGE: u32 = 1 << 11;
+    /// Discovery Log Page Change Notices (discovery controllers).
+    pub const DISCOVERY_CHANGE: u32 = 1 << 31;
 }
 
 /// ANACAP bits of Identify Controller (Base figure 275).

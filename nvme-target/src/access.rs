@@ -6,6 +6,8 @@
 
 use std::sync::Mutex;
 
+use tokio::sync::watch;
+
 /// Most hosts one subsystem's allow-list holds.
 pub const MAX_ALLOWED_HOSTS: usize = 1024;
 
@@ -34,6 +36,8 @@ struct Access {
 pub struct HostAccess {
     nqns: Vec<String>,
     subsystems: Vec<Mutex<Access>>,
+    /// Changes so far: each may change some host's discovery log.
+    changes: watch::Sender<u64>,
 }
 
 fn valid_host(nqn: &str) -> bool {
@@ -54,7 +58,22 @@ impl HostAccess {
                     })
                 })
                 .collect(),
+            changes: watch::channel(0).0,
         }
+    }
+
+    /// Changes made so far.
+    pub(crate) fn changes(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// Watches for changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     fn lock(&self, nqn: &str) -> Result<std::sync::MutexGuard<'_, Access>, AccessError> {
@@ -92,6 +111,8 @@ impl HostAccess {
             return Err(AccessError::Full(nqn.to_owned()));
         }
         a.hosts.push(host.to_owned());
+        drop(a);
+        self.changed();
         tracing::info!(subsystem = nqn, host, "host allowed");
         Ok(true)
     }
@@ -102,7 +123,9 @@ impl HostAccess {
         let before = a.hosts.len();
         a.hosts.retain(|h| h != host);
         let removed = a.hosts.len() != before;
+        drop(a);
         if removed {
+            self.changed();
             tracing::info!(subsystem = nqn, host, "host no longer allowed");
         }
         Ok(removed)
@@ -117,8 +140,13 @@ impl HostAccess {
             return Err(AccessError::Full(nqn.to_owned()));
         }
         let mut a = self.lock(nqn)?;
+        let same = a.allow_any == allow_any && a.hosts == hosts;
         a.allow_any = allow_any;
         a.hosts = hosts.to_vec();
+        drop(a);
+        if !same {
+            self.changed();
+        }
         Ok(())
     }
 

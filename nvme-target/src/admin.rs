@@ -251,6 +251,8 @@ impl Conn {
                 put_ascii(&mut id.mn, "Baton discovery controller");
                 put_str(&mut id.subnqn, nvme_spec::fabrics::DISCOVERY_NQN);
                 id.cntrltype = cntrltype::DISCOVERY;
+                // Hosts that keep the discovery controller hear when their log changes.
+                id.oaes.set(oaes::DISCOVERY_CHANGE);
             }
         }
         id

@@ -1,10 +1,12 @@
 //! Asynchronous event notices of a controller (Base 5.2): what is owed to the host, and the
 //! completion of its held Asynchronous Event Requests.
 //!
-//! Two kinds come from here: ANA Change (a port's ANA state moved) and Namespace Attribute
+//! Three kinds come from here: ANA Change (a port's ANA state moved) and Namespace Attribute
 //! Changed (a namespace was added to or removed from the subsystem; the IDs go to the
 //! controller's Changed Namespace List log, 04h, kept whether or not the host enabled the
-//! notice). A notice is owed when an event the host enabled (Set Features Asynchronous Event
+//! notice) for I/O controllers, and Discovery Log Page Change (the discovery log's
+//! generation counter moved) for discovery controllers that stay connected (persistent
+//! discovery controllers). A notice is owed when an event the host enabled (Set Features Asynchronous Event
 //! Configuration) happens; it completes a held request at once, or the next request the host
 //! sends. Once reported, notices of that kind are masked until the host reads the log page
 //! the notice named without Retain Asynchronous Event (as nvmet does): the log shows the
@@ -45,6 +47,12 @@ struct State {
     ns_owed: bool,
     /// That notice was reported; the host has not read log 04h since.
     ns_masked: bool,
+    /// The discovery log generation this (discovery) controller has accounted for.
+    disc_seen: u64,
+    /// A Discovery Log Page Change notice waits for a request.
+    disc_owed: bool,
+    /// That notice was reported; the host has not read the discovery log since.
+    disc_masked: bool,
 }
 
 /// The Changed Namespace List log of a controller (Base 5.16.1.5).
@@ -59,10 +67,24 @@ pub(crate) enum ChangedList {
 impl Events {
     /// Starts from the port's current ANA change count and the subsystem's namespace change
     /// count: the host reads the state before them when it connects.
-    pub fn start(&self, ana_chgcnt: u64, ns_generation: u64) {
+    pub fn start(&self, ana_chgcnt: u64, ns_generation: u64, genctr: u64) {
         let mut st = lock(&self.0);
         st.ana_seen = ana_chgcnt;
         st.ns_seen = ns_generation;
+        st.disc_seen = genctr;
+    }
+
+    /// Records the discovery log's generation counter; owes a notice if it moved, the host
+    /// enabled the notice and none is reported and unread.
+    fn on_discovery(&self, genctr: u64, aec: u32) {
+        let mut st = lock(&self.0);
+        if genctr <= st.disc_seen {
+            return;
+        }
+        st.disc_seen = genctr;
+        if aec & config::DISCOVERY_CHANGE != 0 && !st.disc_masked {
+            st.disc_owed = true;
+        }
     }
 
     /// Records the port's ANA change count; owes a notice if it moved, the host enabled
@@ -132,6 +154,7 @@ impl Events {
         match log {
             lid::ANA => st.ana_masked = false,
             lid::CHANGED_NS => st.ns_masked = false,
+            lid::DISCOVERY => st.disc_masked = false,
             _ => {}
         }
     }
@@ -151,30 +174,45 @@ impl Events {
                 lid::CHANGED_NS,
             ));
         }
+        if std::mem::take(&mut st.disc_owed) {
+            st.disc_masked = true;
+            return Some(event::result(
+                kind::NOTICE,
+                notice::DISCOVERY_CHANGE,
+                lid::DISCOVERY,
+            ));
+        }
         None
     }
 }
 
-/// What an admin queue watches for events: the ANA states and the namespaces.
+/// What an admin queue watches for events: the ANA states, the namespaces and the hosts'
+/// access (the discovery log).
 #[derive(Debug)]
 pub(crate) struct EventWatch {
     ana: watch::Receiver<u64>,
     namespaces: watch::Receiver<u64>,
+    access: watch::Receiver<u64>,
 }
 
 impl Conn {
-    /// Looks at the shared state that raises events (the port's ANA change count, the
-    /// subsystem's namespace changes) and completes held requests with what is owed. Only
-    /// admin queues of I/O controllers have events.
+    /// Looks at the shared state that raises events (for I/O controllers the port's ANA
+    /// change count and the subsystem's namespace changes, for discovery controllers the
+    /// discovery log's generation) and completes held requests with what is owed. Only
+    /// admin queues have events.
     pub(crate) fn deliver_async_events(&mut self) {
         let Some(ctrl) = self.event_ctrl() else {
             return;
         };
         let target = &self.port.target;
-        let chgcnt = target.ana().port_chgcnt(self.port.index);
-        ctrl.events.on_ana(chgcnt, ctrl.aec.get());
-        ctrl.events
-            .on_namespaces(target.namespaces(), ctrl.subsys, ctrl.aec.get());
+        if ctrl.subsys == target.discovery_index() {
+            ctrl.events.on_discovery(target.genctr(), ctrl.aec.get());
+        } else {
+            let chgcnt = target.ana().port_chgcnt(self.port.index);
+            ctrl.events.on_ana(chgcnt, ctrl.aec.get());
+            ctrl.events
+                .on_namespaces(target.namespaces(), ctrl.subsys, ctrl.aec.get());
+        }
         loop {
             let cid = {
                 let mut aers = lock(&ctrl.aers);
@@ -193,15 +231,16 @@ impl Conn {
     /// The controller whose events this connection delivers: its admin queue's.
     fn event_ctrl(&self) -> Option<std::sync::Arc<Ctrl>> {
         let q = self.q.as_ref()?;
-        let discovery = q.ctrl.subsys == self.port.target.discovery_index();
-        (q.qid == 0 && !discovery).then(|| std::sync::Arc::clone(&q.ctrl))
+        (q.qid == 0).then(|| std::sync::Arc::clone(&q.ctrl))
     }
 
-    /// Watches for events, once this connection is an I/O controller's admin queue.
+    /// Watches for events, once this connection is an admin queue.
     pub(crate) fn event_watch(&self) -> Option<EventWatch> {
+        let target = &self.port.target;
         self.event_ctrl().map(|_| EventWatch {
-            ana: self.port.target.ana().subscribe(),
-            namespaces: self.port.target.namespaces().subscribe(),
+            ana: target.ana().subscribe(),
+            namespaces: target.namespaces().subscribe(),
+            access: target.access().subscribe(),
         })
     }
 }
@@ -215,6 +254,7 @@ pub(crate) async fn changed(rx: &mut Option<EventWatch>) {
     let r = tokio::select! {
         r = w.ana.changed() => r,
         r = w.namespaces.changed() => r,
+        r = w.access.changed() => r,
     };
     if r.is_err() {
         std::future::pending::<()>().await;
@@ -228,7 +268,7 @@ mod tests {
     #[test]
     fn a_notice_is_owed_once_until_the_log_is_read() {
         let e = Events::default();
-        e.start(2, 0);
+        e.start(2, 0, 1);
         e.on_ana(2, config::ANA_CHANGE);
         assert_eq!(e.take(), None);
         e.on_ana(3, config::ANA_CHANGE);
@@ -262,7 +302,7 @@ mod tests {
         t.announce(0, 9);
         let e = Events::default();
         // Changes before the controller existed are not news to it.
-        e.start(0, t.generation(0));
+        e.start(0, t.generation(0), 1);
         t.announce(0, 3);
         t.announce(0, 2);
         t.announce(0, 3);
@@ -294,6 +334,25 @@ mod tests {
         t.announce(0, 1);
         e.on_namespaces(&t, 0, 0);
         assert_eq!(e.take_changed(), ChangedList::Ids(vec![1]));
+    }
+
+    #[test]
+    fn a_discovery_log_change_is_noticed_until_the_log_is_read() {
+        let e = Events::default();
+        e.start(0, 0, 3);
+        e.on_discovery(3, config::DISCOVERY_CHANGE);
+        assert_eq!(e.take(), None);
+        e.on_discovery(4, config::DISCOVERY_CHANGE);
+        assert_eq!(e.take(), Some(0x0070_f002));
+        e.on_discovery(5, config::DISCOVERY_CHANGE);
+        assert_eq!(e.take(), None, "masked until the log is read");
+        e.log_read(lid::DISCOVERY, false);
+        e.on_discovery(6, config::DISCOVERY_CHANGE);
+        assert_eq!(e.take(), Some(0x0070_f002));
+        // Not enabled: nothing owed.
+        let e = Events::default();
+        e.on_discovery(9, config::ANA_CHANGE);
+        assert_eq!(e.take(), None);
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl Conn {
             ctrl.events.start(
                 target.ana().port_chgcnt(self.port.index),
                 target.namespaces().generation(subsys),
+                target.genctr(),
             );
             target.notices().attach(&ctrl);
             lock(&self.port.group.controllers).insert((subsys, cntlid), Arc::downgrade(&ctrl));

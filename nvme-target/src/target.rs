@@ -1,7 +1,7 @@
 //! The target shared by every port: configuration, controller registry and counters.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use std::sync::Arc;
 
@@ -62,7 +62,6 @@ pub struct Target {
     access: crate::access::HostAccess,
     metrics: TargetMetrics,
     registry: Mutex<Registry>,
-    genctr: AtomicU64,
     /// Every subsystem's namespaces, as every thread shares them.
     namespaces: Namespaces,
     /// Controllers that receive reservation notices.
@@ -114,7 +113,6 @@ impl Target {
             access,
             metrics,
             registry: Mutex::new(registry),
-            genctr: AtomicU64::new(1),
             namespaces,
             notices: NoticeBoard::default(),
         }))
@@ -193,9 +191,10 @@ impl Target {
         self.cfg.subsystems.len()
     }
 
-    /// Discovery log generation counter.
+    /// Discovery log generation counter: it moves whenever some host's discovery log may
+    /// have changed (a subsystem's allowed hosts).
     pub(crate) fn genctr(&self) -> u64 {
-        self.genctr.load(Ordering::Relaxed)
+        1 + self.access.changes()
     }
 
     /// Connected controllers per subsystem.
