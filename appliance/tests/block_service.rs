@@ -886,9 +886,8 @@ fn namespaces_change_at_run_time_through_baton_ctl_and_sighup() {
         let metrics =
             off_thread(|| baton::admin::call(b.admin, hyper::Method::GET, "/metrics").unwrap());
         let metrics = String::from_utf8(metrics.to_vec()).unwrap();
-        let line = format!(
-            "baton_namespace_ops_total{{subsystem=\"{NQN}\",nsid=\"4\",op=\"write\"}} 1"
-        );
+        let line =
+            format!("baton_namespace_ops_total{{subsystem=\"{NQN}\",nsid=\"4\",op=\"write\"}} 1");
         assert!(metrics.lines().any(|l| l == line), "{line} missing");
         // Refused with the reason: an exported volume, a taken ID, an unknown volume, no
         // such subsystem.
