@@ -235,13 +235,18 @@ impl BlockService {
         })
     }
 
+    /// The subsystems in force now (with the changes made at run time).
+    pub fn subsystems(&self) -> Vec<crate::config::SubsystemConfig> {
+        self.config_lock().subsystems.clone()
+    }
+
     fn config_lock(&self) -> MutexGuard<'_, Config> {
         // Every change replaces the configuration whole, after it succeeded.
         self.config.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The namespaces of each subsystem now (configuration order), with the changes made at
-    /// run time.
+    /// The subsystems now (configuration order, then those added at run time) with their
+    /// namespaces, with the changes made at run time.
     pub fn namespaces(&self) -> Vec<(String, Vec<crate::config::NamespaceConfig>)> {
         self.config_lock()
             .subsystems
@@ -347,6 +352,95 @@ impl BlockService {
         let _ = self.target.announce_namespace(nqn, nsid);
         info!(subsystem = nqn, nsid, volume = %removed.volume, "namespace removed");
         detached.map(drop)
+    }
+
+    /// Adds subsystem `sub` (with its allowed hosts and namespaces) while hosts are
+    /// connected: checked as the configuration would be, its namespaces opened on every
+    /// controller thread, then published (hosts may connect; discovery controllers that
+    /// asked get a Discovery Log Page Change notice). Blocks until every controller thread
+    /// has it (up to a deadline).
+    pub fn add_subsystem(&self, sub: crate::config::SubsystemConfig) -> Result<(), ChangeError> {
+        let mut config = self.config_lock();
+        let mut next = config.clone();
+        let i = next.subsystems.len();
+        next.subsystems.push(sub.clone());
+        next.validate()
+            .map_err(|(key, reason)| ChangeError::Invalid {
+                key: key.replace(&format!("subsystems[{i}]."), ""),
+                reason,
+            })?;
+        let exported: Exported = sub
+            .namespaces
+            .iter()
+            .filter_map(|n| {
+                let v = self.backplane.volume(&n.volume)?;
+                Some((sub.nqn.clone(), n.nsid, Arc::clone(v)))
+            })
+            .collect();
+        self.target
+            .add_subsystem(&subsystem_config(&sub, &exported))
+            .map_err(|e| ChangeError::Invalid {
+                key: "nqn".into(),
+                reason: e.to_string(),
+            })?;
+        let nqn = sub.nqn.clone();
+        let opened = {
+            let exported = exported.clone();
+            self.on_every_controller(move |local| {
+                for (nqn, nsid, volume) in &exported {
+                    let dev = volume.open_io(local.index, &local.pool)?;
+                    for view in &local.views {
+                        view.attach_namespace(nqn, *nsid, Rc::clone(&dev));
+                    }
+                }
+                Ok(())
+            })
+        };
+        if let Err(e) = opened {
+            // Never published: no host saw it.
+            if let Ok(index) = self.target.remove_subsystem(&nqn) {
+                let _ = self.on_every_controller(move |local| {
+                    Ok(local
+                        .views
+                        .iter()
+                        .flat_map(|v| v.detach_subsystem(index))
+                        .collect::<Vec<_>>())
+                });
+            }
+            return Err(e);
+        }
+        // It was added just above, under the change lock.
+        let _ = self.target.publish_subsystem(&nqn);
+        info!(subsystem = %nqn, namespaces = exported.len(), "subsystem added");
+        *config = next;
+        Ok(())
+    }
+
+    /// Removes subsystem `nqn` while hosts are connected: its controllers are torn down
+    /// (their connections close), new Connects are refused, discovery logs drop it (with a
+    /// notice to discovery controllers that asked), and each controller thread flushes and
+    /// closes its namespaces' devices. Blocks until every controller thread is done (up to a
+    /// deadline).
+    pub fn remove_subsystem(&self, nqn: &str) -> Result<(), ChangeError> {
+        let mut config = self.config_lock();
+        let Some(at) = config.subsystems.iter().position(|s| s.nqn == nqn) else {
+            return Err(ChangeError::NotFound(format!("no subsystem {nqn}")));
+        };
+        let index = self
+            .target
+            .remove_subsystem(nqn)
+            .map_err(|e| ChangeError::NotFound(e.to_string()))?;
+        config.subsystems.remove(at);
+        info!(subsystem = nqn, "subsystem removed");
+        self.on_every_controller(move |local| {
+            let mut devs: Vec<Rc<dyn BlockIo>> = Vec::new();
+            for d in local.views.iter().flat_map(|v| v.detach_subsystem(index)) {
+                if !devs.iter().any(|x| Rc::ptr_eq(x, &d)) {
+                    devs.push(d);
+                }
+            }
+            Ok(devs)
+        })
     }
 
     /// Runs `job` on every controller thread with its part of the service (devices it
@@ -591,25 +685,7 @@ fn target_config(
     let subsystems = config
         .subsystems
         .iter()
-        .map(|s| SubsystemConfig {
-            nqn: s.nqn.clone(),
-            serial: s.serial.clone().unwrap_or_else(|| derived_serial(&s.nqn)),
-            model: s.model.clone(),
-            allow_any_host: s.allow_any_host,
-            allowed_hosts: s.allowed_hosts.clone(),
-            namespaces: exported
-                .iter()
-                .filter(|(nqn, ..)| *nqn == s.nqn)
-                .map(|(nqn, nsid, v)| {
-                    let group = s
-                        .namespaces
-                        .iter()
-                        .find(|n| n.nsid == *nsid)
-                        .map_or(1, |n| n.ana_group);
-                    namespace_config(nqn, *nsid, v, group)
-                })
-                .collect(),
-        })
+        .map(|s| subsystem_config(s, exported))
         .collect();
     let ports = ports
         .iter()
@@ -643,6 +719,29 @@ fn target_config(
         })
         .collect();
     Ok(cfg)
+}
+
+/// The target's view of subsystem `s`, whose namespaces' volumes are in `exported`.
+fn subsystem_config(s: &crate::config::SubsystemConfig, exported: &Exported) -> SubsystemConfig {
+    SubsystemConfig {
+        nqn: s.nqn.clone(),
+        serial: s.serial.clone().unwrap_or_else(|| derived_serial(&s.nqn)),
+        model: s.model.clone(),
+        allow_any_host: s.allow_any_host,
+        allowed_hosts: s.allowed_hosts.clone(),
+        namespaces: exported
+            .iter()
+            .filter(|(nqn, ..)| *nqn == s.nqn)
+            .map(|(nqn, nsid, v)| {
+                let group = s
+                    .namespaces
+                    .iter()
+                    .find(|n| n.nsid == *nsid)
+                    .map_or(1, |n| n.ana_group);
+                namespace_config(nqn, *nsid, v, group)
+            })
+            .collect(),
+    }
 }
 
 fn namespace_config(nqn: &str, nsid: u32, v: &Volume, ana_group: u32) -> NamespaceConfig {

@@ -186,6 +186,36 @@ enum CtlAction {
         #[command(subcommand)]
         action: NamespaceAction,
     },
+    /// Add a subsystem or remove one while the appliance runs (a removed subsystem's
+    /// controllers are torn down; a SIGHUP reload makes the file's subsystems the ones in
+    /// force again).
+    Subsystem {
+        #[command(subcommand)]
+        action: SubsystemAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubsystemAction {
+    /// Create a subsystem without namespaces (add them with `baton ctl namespace add`).
+    Add {
+        /// Subsystem NQN.
+        nqn: String,
+        /// Let any host connect (otherwise add hosts with `baton ctl host add`).
+        #[arg(long)]
+        allow_any_host: bool,
+        /// Serial number (default: derived from the NQN).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Model number.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Remove a subsystem: its hosts are disconnected, its volumes are no longer exported.
+    Remove {
+        /// Subsystem NQN.
+        nqn: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -479,6 +509,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         method,
                         &format!("/api/v1/subsystems/{subsystem}/hosts/{host}"),
                     )?;
+                    print!("{}", String::from_utf8_lossy(&body));
+                }
+                CtlAction::Subsystem { action } => {
+                    let plain = |v: &str| {
+                        !v.is_empty()
+                            && v.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                    };
+                    let (method, path) = match action {
+                        SubsystemAction::Add {
+                            nqn,
+                            allow_any_host,
+                            serial,
+                            model,
+                        } => {
+                            let mut q = format!("allow_any_host={allow_any_host}");
+                            for (k, v) in [("serial", serial), ("model", model)] {
+                                if let Some(v) = v {
+                                    if !plain(&v) {
+                                        anyhow::bail!(
+                                            "--{k}: letters, digits, '.', '_' and '-' only"
+                                        );
+                                    }
+                                    q.push_str(&format!("&{k}={v}"));
+                                }
+                            }
+                            (hyper::Method::POST, format!("/api/v1/subsystems/{nqn}?{q}"))
+                        }
+                        SubsystemAction::Remove { nqn } => {
+                            (hyper::Method::DELETE, format!("/api/v1/subsystems/{nqn}"))
+                        }
+                    };
+                    if path
+                        .trim_start_matches("/api/v1/subsystems/")
+                        .split('?')
+                        .next()
+                        .is_some_and(|n| n.contains('/'))
+                    {
+                        anyhow::bail!("NQNs contain no '/'");
+                    }
+                    let body = call(method, &path)?;
                     print!("{}", String::from_utf8_lossy(&body));
                 }
                 CtlAction::Namespace { action } => {

@@ -1,18 +1,21 @@
 //! Configuration reload (SIGHUP): the file is read and validated again, and what may change
-//! at run time is applied: each subsystem's `allow_any_host` and `allowed_hosts`, its
-//! namespaces (the file's become the ones in force: those added or removed with `baton ctl
-//! namespace` since are undone unless the file has them too; one whose volume or ANA group
-//! changed is removed and added again), and the ANA states of `nvme_tcp.ana` that differ
-//! from the file in force (states set with `baton ctl ana` since are kept unless the file
-//! changes them). Any other difference refuses the whole reload, naming the first key that
-//! differs and its line; nothing changes then.
+//! at run time is applied, the file's becoming what is in force: its subsystems (one in
+//! force but not in the file is removed, one new in the file is added with its hosts and
+//! namespaces), each subsystem's `allow_any_host` and `allowed_hosts`, its namespaces (those
+//! added or removed with `baton ctl` since are undone unless the file has them too; one
+//! whose volume or ANA group changed is removed and added again), and the ANA states of
+//! `nvme_tcp.ana` that differ from the file in force (states set with `baton ctl ana` since
+//! are kept unless the file changes them). Any other difference (a kept subsystem's serial
+//! or model included) refuses the whole reload, naming the first key that differs and its
+//! line; nothing changes then. A change that fails while being applied (a device that does
+//! not open) stops the reload there and says what was applied before it.
 
 use std::path::Path;
 
 use nvme_target::AnaState;
 
-use crate::block::BlockService;
-use crate::config::{Config, ConfigError, NamespaceConfig, line_of};
+use crate::block::{BlockService, ChangeError};
+use crate::config::{Config, ConfigError, NamespaceConfig, SubsystemConfig, line_of};
 
 /// What a reload changed, one line each (empty: the file is the one in force).
 pub type Applied = Vec<String>;
@@ -32,41 +35,60 @@ pub fn reload(
         message: format!("cannot read: {e}"),
     })?;
     let new = Config::parse(&text, &origin)?;
-    if let Some(key) = fixed_difference(running, &new) {
+    let in_force = block.subsystems();
+    if let Some(key) =
+        fixed_difference(running, &new).or_else(|| identity_difference(&in_force, &new))
+    {
         return Err(ConfigError {
             origin,
             line: line_of(&text, &key),
             path: key,
-            message: "cannot change while running (only allowed hosts, namespaces and ANA \
-                      states can); restart to apply"
+            message: "cannot change while running (only subsystems, allowed hosts, namespaces \
+                      and ANA states can); restart to apply"
                 .into(),
         });
     }
     let mut applied = Vec::new();
-    let in_force = block.namespaces();
+    let failed = |key: String, e: &dyn std::fmt::Display, applied: &Applied| ConfigError {
+        origin: origin.clone(),
+        line: line_of(&text, &key),
+        path: key,
+        message: format!(
+            "{e} (applied before this: {})",
+            if applied.is_empty() {
+                "nothing".to_owned()
+            } else {
+                applied.join("; ")
+            }
+        ),
+    };
+    for gone in in_force
+        .iter()
+        .filter(|o| !new.subsystems.iter().any(|s| s.nqn == o.nqn))
+    {
+        block
+            .remove_subsystem(&gone.nqn)
+            .map_err(|e| failed("subsystems".into(), &e, &applied))?;
+        applied.push(format!("{}: subsystem removed", gone.nqn));
+    }
     for (i, s) in new.subsystems.iter().enumerate() {
-        let old = in_force
-            .iter()
-            .find(|(nqn, _)| *nqn == s.nqn)
-            .map_or(&[][..], |(_, list)| list.as_slice());
-        let (gone, added) = namespace_changes(old, &s.namespaces);
-        let failed = |e: crate::block::ChangeError, applied: &Applied| ConfigError {
-            origin: origin.clone(),
-            line: line_of(&text, &format!("subsystems[{i}].namespaces")),
-            path: format!("subsystems[{i}].namespaces"),
-            message: format!(
-                "{e} (applied before this: {})",
-                if applied.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    applied.join("; ")
-                }
-            ),
+        let Some(old) = in_force.iter().find(|o| o.nqn == s.nqn) else {
+            block
+                .add_subsystem(s.clone())
+                .map_err(|e: ChangeError| failed(format!("subsystems[{i}]"), &e, &applied))?;
+            applied.push(format!(
+                "{}: subsystem added with {} namespaces",
+                s.nqn,
+                s.namespaces.len()
+            ));
+            continue;
         };
+        let key = format!("subsystems[{i}].namespaces");
+        let (gone, added) = namespace_changes(&old.namespaces, &s.namespaces);
         for nsid in gone {
             block
                 .remove_namespace(&s.nqn, nsid)
-                .map_err(|e| failed(e, &applied))?;
+                .map_err(|e| failed(key.clone(), &e, &applied))?;
             applied.push(format!("{}: namespace {nsid} removed", s.nqn));
         }
         for ns in added {
@@ -76,21 +98,16 @@ pub fn reload(
             );
             block
                 .add_namespace(&s.nqn, ns.clone())
-                .map_err(|e| failed(e, &applied))?;
+                .map_err(|e| failed(key.clone(), &e, &applied))?;
             applied.push(line);
         }
-    }
-    for (old, s) in running.subsystems.iter().zip(&new.subsystems) {
-        if old.allow_any_host != s.allow_any_host || old.allowed_hosts != s.allowed_hosts {
+        // The lists in force, with the changes made by `baton ctl host` since.
+        let hosts = target.access().get(&s.nqn).ok();
+        if hosts != Some((s.allow_any_host, s.allowed_hosts.clone())) {
             target
                 .access()
                 .replace(&s.nqn, s.allow_any_host, &s.allowed_hosts)
-                .map_err(|e| ConfigError {
-                    origin: origin.clone(),
-                    path: "subsystems".into(),
-                    line: None,
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| failed(format!("subsystems[{i}].allowed_hosts"), &e, &applied))?;
             applied.push(format!(
                 "{}: allow_any_host {}, {} allowed hosts",
                 s.nqn,
@@ -113,19 +130,30 @@ pub fn reload(
 }
 
 /// The first key path whose value differs between `a` and `b`, leaving out what a reload
-/// may change.
+/// may change (the subsystems are compared by [`identity_difference`]).
 fn fixed_difference(a: &Config, b: &Config) -> Option<String> {
     let strip = |c: &Config| {
         let mut c = c.clone();
         c.nvme_tcp.ana.clear();
-        for s in &mut c.subsystems {
-            s.allow_any_host = false;
-            s.allowed_hosts.clear();
-            s.namespaces.clear();
-        }
+        c.subsystems.clear();
         serde_json::to_value(&c).unwrap_or(serde_json::Value::Null)
     };
     first_difference(&strip(a), &strip(b), "")
+}
+
+/// The key of the first subsystem of `new` that is also in force with another serial or
+/// model (what its controllers already reported to hosts).
+fn identity_difference(in_force: &[SubsystemConfig], new: &Config) -> Option<String> {
+    new.subsystems.iter().enumerate().find_map(|(i, s)| {
+        let old = in_force.iter().find(|o| o.nqn == s.nqn)?;
+        if old.serial != s.serial {
+            Some(format!("subsystems[{i}].serial"))
+        } else if old.model != s.model {
+            Some(format!("subsystems[{i}].model"))
+        } else {
+            None
+        }
+    })
 }
 
 fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Option<String> {

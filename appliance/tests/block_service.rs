@@ -953,3 +953,110 @@ fn namespaces_change_at_run_time_through_baton_ctl_and_sighup() {
     });
     b.stop();
 }
+
+#[test]
+fn subsystems_change_at_run_time_through_baton_ctl_and_sighup() {
+    const ADDED: &str = "nqn.2026-11.io.baton:added";
+    let b = Baton::start();
+    let ports = b.ports();
+    let token = b._dir.path().join("admin.token");
+    let token = token.to_str().unwrap().to_owned();
+    let path = b._dir.path().join("baton.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("ctl")
+            .args(args)
+            .args(["--admin", &b.admin.to_string(), "--token-file", &token])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let listed = || {
+        let st = baton::admin::fetch_status(b.admin).unwrap();
+        st.subsystems
+            .iter()
+            .map(|s| s.nqn.clone())
+            .collect::<Vec<_>>()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (ok, out) = off_thread(|| ctl(&["subsystem", "add", ADDED, "--allow-any-host"]));
+        assert!(ok, "{out}");
+        let (ok, out) = off_thread(|| {
+            ctl(&["namespace", "add", "--subsystem", ADDED, "--nsid", "1", "--volume", "spare"])
+        });
+        assert!(ok, "{out}");
+        assert_eq!(off_thread(listed), [NQN, ADDED]);
+        let (mut c, mut q, ns) = well_behaved_host_of(ports[1], ADDED).await;
+        let data = baton_tests::pattern(16 << 10, 9);
+        q.write(&ns, 0, &data).await.unwrap();
+        assert_eq!(q.read(&ns, 0, data.len()).await.unwrap(), data);
+        // The same NQN twice, or an invalid one, is refused.
+        let (ok, out) = off_thread(|| ctl(&["subsystem", "add", ADDED]));
+        assert!(!ok && out.contains("duplicate subsystem"), "{out}");
+        let (ok, out) = off_thread(|| ctl(&["subsystem", "add", "nqn.2014-08.org.nvmexpress.discovery"]));
+        assert!(!ok, "{out}");
+        // Removed: the host's association ends; the spare volume can be exported again.
+        let (ok, out) = off_thread(|| ctl(&["subsystem", "remove", ADDED]));
+        assert!(ok, "{out}");
+        let t = Instant::now();
+        while c.keep_alive().await.is_ok() {
+            assert!(t.elapsed() < Duration::from_secs(10), "association not torn down");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(off_thread(listed), [NQN]);
+        let (ok, out) = off_thread(|| ctl(&["subsystem", "remove", ADDED]));
+        assert!(!ok && out.contains("no subsystem"), "{out}");
+
+        // SIGHUP: a subsystem in the file is added with its namespace, then removed again.
+        let sighup = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(b.pid()).unwrap()),
+                nix::sys::signal::Signal::SIGHUP,
+            )
+            .unwrap();
+        };
+        sighup(format!(
+            "{original}  - nqn: {ADDED}\n    allow_any_host: true\n    namespaces: [{{nsid: 3, volume: spare}}]\n"
+        ));
+        let t = Instant::now();
+        while off_thread(listed).len() != 2 {
+            assert!(t.elapsed() < Duration::from_secs(10), "reload not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut c = HostController::connect(ports[0], HostOptions::new(ADDED)).await.unwrap();
+        assert_eq!(c.active_namespaces().await.unwrap(), [3]);
+        let ns = c.namespace(3).await.unwrap();
+        c.set_num_queues(1).await.unwrap();
+        let mut q = c.connect_io_queue(1).await.unwrap();
+        // The data written through the first subsystem is on the volume.
+        assert_eq!(q.read(&ns, 0, data.len()).await.unwrap(), data);
+        sighup(original.clone());
+        let t = Instant::now();
+        while off_thread(listed).len() != 1 {
+            assert!(t.elapsed() < Duration::from_secs(10), "reload not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    b.stop();
+}
+
+/// A host controller of subsystem `nqn` on `addr` with one I/O queue, and its namespace 1.
+async fn well_behaved_host_of(addr: SocketAddr, nqn: &str) -> (HostController, Queue, Namespace) {
+    let mut c = HostController::connect(addr, HostOptions::new(nqn))
+        .await
+        .unwrap();
+    c.set_num_queues(1).await.unwrap();
+    let q = c.connect_io_queue(1).await.unwrap();
+    let ns = c.namespace(1).await.unwrap();
+    (c, q, ns)
+}

@@ -27,15 +27,15 @@ pub enum AccessError {
 
 #[derive(Debug)]
 struct Access {
+    nqn: String,
     allow_any: bool,
     hosts: Vec<String>,
 }
 
-/// The allowed hosts of every subsystem, in configuration order.
+/// The allowed hosts of every subsystem, by subsystem index (see [`crate::subsystems`]).
 #[derive(Debug)]
 pub struct HostAccess {
-    nqns: Vec<String>,
-    subsystems: Vec<Mutex<Access>>,
+    subsystems: Vec<Mutex<Option<Access>>>,
     /// Changes so far: each may change some host's discovery log.
     changes: watch::Sender<u64>,
 }
@@ -44,20 +44,30 @@ fn valid_host(nqn: &str) -> bool {
     !nqn.is_empty() && nqn.len() <= 223 && !nqn.chars().any(char::is_control)
 }
 
+fn check_hosts(nqn: &str, hosts: &[String]) -> Result<(), AccessError> {
+    if let Some(bad) = hosts.iter().find(|h| !valid_host(h)) {
+        return Err(AccessError::InvalidHost(bad.clone()));
+    }
+    if hosts.len() > MAX_ALLOWED_HOSTS {
+        return Err(AccessError::Full(nqn.to_owned()));
+    }
+    Ok(())
+}
+
 impl HostAccess {
-    /// The access lists of `subsystems` as configured.
+    /// The access lists of `subsystems` as configured, in the first slots.
     pub(crate) fn new(subsystems: &[crate::config::SubsystemConfig]) -> Self {
+        let slots = (0..crate::subsystems::MAX_SUBSYSTEMS)
+            .map(|i| {
+                Mutex::new(subsystems.get(i).map(|s| Access {
+                    nqn: s.nqn.clone(),
+                    allow_any: s.allow_any_host,
+                    hosts: s.allowed_hosts.clone(),
+                }))
+            })
+            .collect();
         Self {
-            nqns: subsystems.iter().map(|s| s.nqn.clone()).collect(),
-            subsystems: subsystems
-                .iter()
-                .map(|s| {
-                    Mutex::new(Access {
-                        allow_any: s.allow_any_host,
-                        hosts: s.allowed_hosts.clone(),
-                    })
-                })
-                .collect(),
+            subsystems: slots,
             changes: watch::channel(0).0,
         }
     }
@@ -76,16 +86,42 @@ impl HostAccess {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    fn lock(&self, nqn: &str) -> Result<std::sync::MutexGuard<'_, Access>, AccessError> {
-        let i = self
-            .nqns
-            .iter()
-            .position(|n| n == nqn)
-            .ok_or_else(|| AccessError::NoSubsystem(nqn.to_owned()))?;
-        // A poisoned list is still consistent: every change is one push, retain or store.
-        Ok(self.subsystems[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    /// Runs `f` on subsystem `nqn`'s settings.
+    fn with<T>(&self, nqn: &str, f: impl FnOnce(&mut Access) -> T) -> Result<T, AccessError> {
+        for m in &self.subsystems {
+            // A poisoned list is still consistent: every change is one push, retain or store.
+            let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(a) = g.as_mut().filter(|a| a.nqn == nqn) {
+                return Ok(f(a));
+            }
+        }
+        Err(AccessError::NoSubsystem(nqn.to_owned()))
+    }
+
+    /// Sets the settings of a new subsystem in slot `index`.
+    pub(crate) fn open(
+        &self,
+        index: usize,
+        s: &crate::config::SubsystemConfig,
+    ) -> Result<(), AccessError> {
+        check_hosts(&s.nqn, &s.allowed_hosts)?;
+        if let Some(m) = self.subsystems.get(index) {
+            *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Access {
+                nqn: s.nqn.clone(),
+                allow_any: s.allow_any_host,
+                hosts: s.allowed_hosts.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets slot `index` (its subsystem is gone): nobody may connect.
+    pub(crate) fn close(&self, index: usize) {
+        if let Some(m) = self.subsystems.get(index) {
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+        }
     }
 
     /// Whether host `hostnqn` may connect to subsystem `subsys` (its index). An empty host
@@ -94,8 +130,10 @@ impl HostAccess {
         let Some(m) = self.subsystems.get(subsys) else {
             return false;
         };
-        let a = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        a.allow_any || (!hostnqn.is_empty() && a.hosts.iter().any(|h| h == hostnqn))
+        let g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.as_ref().is_some_and(|a| {
+            a.allow_any || (!hostnqn.is_empty() && a.hosts.iter().any(|h| h == hostnqn))
+        })
     }
 
     /// Adds `host` to subsystem `nqn`'s allowed hosts; false if it was listed already.
@@ -103,27 +141,30 @@ impl HostAccess {
         if !valid_host(host) {
             return Err(AccessError::InvalidHost(host.to_owned()));
         }
-        let mut a = self.lock(nqn)?;
-        if a.hosts.iter().any(|h| h == host) {
-            return Ok(false);
+        let added = self.with(nqn, |a| {
+            if a.hosts.iter().any(|h| h == host) {
+                return Ok(false);
+            }
+            if a.hosts.len() >= MAX_ALLOWED_HOSTS {
+                return Err(AccessError::Full(nqn.to_owned()));
+            }
+            a.hosts.push(host.to_owned());
+            Ok(true)
+        })??;
+        if added {
+            self.changed();
+            tracing::info!(subsystem = nqn, host, "host allowed");
         }
-        if a.hosts.len() >= MAX_ALLOWED_HOSTS {
-            return Err(AccessError::Full(nqn.to_owned()));
-        }
-        a.hosts.push(host.to_owned());
-        drop(a);
-        self.changed();
-        tracing::info!(subsystem = nqn, host, "host allowed");
-        Ok(true)
+        Ok(added)
     }
 
     /// Removes `host` from subsystem `nqn`'s allowed hosts; false if it was not listed.
     pub fn remove_host(&self, nqn: &str, host: &str) -> Result<bool, AccessError> {
-        let mut a = self.lock(nqn)?;
-        let before = a.hosts.len();
-        a.hosts.retain(|h| h != host);
-        let removed = a.hosts.len() != before;
-        drop(a);
+        let removed = self.with(nqn, |a| {
+            let before = a.hosts.len();
+            a.hosts.retain(|h| h != host);
+            a.hosts.len() != before
+        })?;
         if removed {
             self.changed();
             tracing::info!(subsystem = nqn, host, "host no longer allowed");
@@ -133,17 +174,13 @@ impl HostAccess {
 
     /// Replaces subsystem `nqn`'s access settings (configuration reload).
     pub fn replace(&self, nqn: &str, allow_any: bool, hosts: &[String]) -> Result<(), AccessError> {
-        if let Some(bad) = hosts.iter().find(|h| !valid_host(h)) {
-            return Err(AccessError::InvalidHost(bad.clone()));
-        }
-        if hosts.len() > MAX_ALLOWED_HOSTS {
-            return Err(AccessError::Full(nqn.to_owned()));
-        }
-        let mut a = self.lock(nqn)?;
-        let same = a.allow_any == allow_any && a.hosts == hosts;
-        a.allow_any = allow_any;
-        a.hosts = hosts.to_vec();
-        drop(a);
+        check_hosts(nqn, hosts)?;
+        let same = self.with(nqn, |a| {
+            let same = a.allow_any == allow_any && a.hosts == hosts;
+            a.allow_any = allow_any;
+            a.hosts = hosts.to_vec();
+            same
+        })?;
         if !same {
             self.changed();
         }
@@ -152,8 +189,7 @@ impl HostAccess {
 
     /// Subsystem `nqn`'s settings now: `allow_any_host` and the allowed hosts.
     pub fn get(&self, nqn: &str) -> Result<(bool, Vec<String>), AccessError> {
-        let a = self.lock(nqn)?;
-        Ok((a.allow_any, a.hosts.clone()))
+        self.with(nqn, |a| (a.allow_any, a.hosts.clone()))
     }
 }
 

@@ -200,7 +200,7 @@ impl Conn {
         id.psd[0][0..2].copy_from_slice(&2500u16.to_le_bytes());
         id.wctemp.set(343);
         id.cctemp.set(373);
-        match cfg.subsystems.get(ctrl.subsys) {
+        match target.subsystems().get(ctrl.subsys) {
             Some(s) => {
                 put_ascii(&mut id.sn, &s.serial);
                 put_ascii(&mut id.mn, &s.model);
@@ -416,7 +416,7 @@ impl Conn {
         let target = Arc::clone(&self.port.target);
         let cfg = target.config();
         let mut entries = Vec::new();
-        for (i, s) in cfg.subsystems.iter().enumerate() {
+        for (i, s) in target.subsystems().live() {
             if !target.access().allows(i, &ctrl.hostnqn) {
                 continue;
             }

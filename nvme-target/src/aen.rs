@@ -193,6 +193,7 @@ pub(crate) struct EventWatch {
     ana: watch::Receiver<u64>,
     namespaces: watch::Receiver<u64>,
     access: watch::Receiver<u64>,
+    subsystems: watch::Receiver<u64>,
 }
 
 impl Conn {
@@ -241,6 +242,7 @@ impl Conn {
             ana: target.ana().subscribe(),
             namespaces: target.namespaces().subscribe(),
             access: target.access().subscribe(),
+            subsystems: target.subsystems().subscribe(),
         })
     }
 }
@@ -255,6 +257,7 @@ pub(crate) async fn changed(rx: &mut Option<EventWatch>) {
         r = w.ana.changed() => r,
         r = w.namespaces.changed() => r,
         r = w.access.changed() => r,
+        r = w.subsystems.changed() => r,
     };
     if r.is_err() {
         std::future::pending::<()>().await;

@@ -118,7 +118,7 @@ impl Conn {
         let subsys = if subnqn == DISCOVERY_NQN {
             target.discovery_index()
         } else {
-            match cfg.subsystems.iter().position(|s| s.nqn == subnqn) {
+            match target.subsystems().position(subnqn) {
                 Some(i) if !self.port.discovery_only => i,
                 _ => {
                     warn!(subnqn, hostnqn, "connect to an unknown subsystem");

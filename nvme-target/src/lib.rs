@@ -34,6 +34,7 @@ pub mod namespaces;
 mod port;
 mod r2t;
 mod resv;
+pub mod subsystems;
 mod target;
 
 pub use ana::{AnaEntry, AnaError, AnaSetting, AnaState};
@@ -44,4 +45,5 @@ pub use group::PortGroup;
 pub use metrics::{CommandKind, TargetMetrics};
 pub use namespaces::{NamespaceError, NsState};
 pub use port::{Port, run_discovery};
+pub use subsystems::{MAX_SUBSYSTEMS, SubsystemError};
 pub use target::{ControllerInfo, SubsystemStatus, Target, TargetStatus};

@@ -92,6 +92,8 @@ pub(crate) enum Missed {
 
 #[derive(Debug, Default)]
 struct Table {
+    /// The subsystem in this slot (`None`: a free slot).
+    nqn: Option<String>,
     list: Vec<Arc<NsState>>,
     /// Changes so far.
     generation: u64,
@@ -99,11 +101,10 @@ struct Table {
     changes: VecDeque<(u64, u32)>,
 }
 
-/// The namespaces of every subsystem (configuration order; the discovery subsystem has
-/// none).
+/// The namespaces of every subsystem, by subsystem index (see [`crate::subsystems`]; the
+/// discovery subsystem has none).
 #[derive(Debug)]
 pub(crate) struct Namespaces {
-    nqns: Vec<String>,
     tables: Vec<Mutex<Table>>,
     /// Each table's generation, read without its lock by every admin queue turn.
     generations: Vec<AtomicU64>,
@@ -115,22 +116,24 @@ pub(crate) struct Namespaces {
 impl Namespaces {
     /// The namespaces of `subsystems` as configured; IDs up to `max_nsid` are valid.
     pub fn new(subsystems: &[SubsystemConfig], max_nsid: u32) -> Self {
+        let slots = crate::subsystems::MAX_SUBSYSTEMS;
         Self {
-            nqns: subsystems.iter().map(|s| s.nqn.clone()).collect(),
-            tables: subsystems
-                .iter()
-                .map(|s| {
-                    Mutex::new(Table {
-                        list: s
-                            .namespaces
-                            .iter()
-                            .map(|n| Arc::new(NsState::new(n.clone())))
-                            .collect(),
-                        ..Table::default()
-                    })
+            tables: (0..slots)
+                .map(|i| {
+                    Mutex::new(subsystems.get(i).map_or_else(Table::default, |s| {
+                        Table {
+                            nqn: Some(s.nqn.clone()),
+                            list: s
+                                .namespaces
+                                .iter()
+                                .map(|n| Arc::new(NsState::new(n.clone())))
+                                .collect(),
+                            ..Table::default()
+                        }
+                    }))
                 })
                 .collect(),
-            generations: subsystems.iter().map(|_| AtomicU64::new(0)).collect(),
+            generations: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             changed: watch::channel(0).0,
             max_nsid,
         }
@@ -141,12 +144,33 @@ impl Namespaces {
         self.max_nsid
     }
 
-    /// The index of the subsystem named `nqn`.
+    /// The index of the subsystem named `nqn` (live or being added).
     pub fn subsystem(&self, nqn: &str) -> Result<usize, NamespaceError> {
-        self.nqns
+        self.tables
             .iter()
-            .position(|n| n == nqn)
+            .position(|t| lock(t).nqn.as_deref() == Some(nqn))
             .ok_or_else(|| NamespaceError::UnknownSubsystem(nqn.to_owned()))
+    }
+
+    /// Gives slot `index` to a new subsystem `nqn` with `namespaces`.
+    pub fn open(&self, index: usize, nqn: &str, namespaces: &[NamespaceConfig]) {
+        if let Some(t) = self.tables.get(index) {
+            let mut t = lock(t);
+            t.nqn = Some(nqn.to_owned());
+            t.list = namespaces
+                .iter()
+                .map(|n| Arc::new(NsState::new(n.clone())))
+                .collect();
+        }
+    }
+
+    /// Empties slot `index` (its subsystem is gone).
+    pub fn close(&self, index: usize) {
+        if let Some(t) = self.tables.get(index) {
+            let mut t = lock(t);
+            t.nqn = None;
+            t.list.clear();
+        }
     }
 
     /// The namespaces of subsystem `subsys`, in the order they were added.
@@ -169,7 +193,6 @@ impl Namespaces {
         subsys: usize,
         cfg: NamespaceConfig,
     ) -> Result<Arc<NsState>, NamespaceError> {
-        let nqn = || self.nqns[subsys].clone();
         let t = self
             .tables
             .get(subsys)
@@ -181,14 +204,15 @@ impl Namespaces {
             });
         }
         let mut t = lock(t);
+        let nqn = t.nqn.clone().unwrap_or_default();
         if t.list.iter().any(|n| n.cfg.nsid == cfg.nsid) {
             return Err(NamespaceError::Exists {
-                nqn: nqn(),
+                nqn,
                 nsid: cfg.nsid,
             });
         }
         if t.list.len() >= crate::ana::MAX_NAMESPACES as usize {
-            return Err(NamespaceError::Full(nqn()));
+            return Err(NamespaceError::Full(nqn));
         }
         let ns = Arc::new(NsState::new(cfg));
         t.list.push(Arc::clone(&ns));
@@ -197,11 +221,14 @@ impl Namespaces {
 
     /// Takes namespace `nsid` out of subsystem `subsys`.
     pub fn remove(&self, subsys: usize, nsid: u32) -> Result<Arc<NsState>, NamespaceError> {
+        let Some(t) = self.tables.get(subsys) else {
+            return Err(NamespaceError::UnknownSubsystem(format!("#{subsys}")));
+        };
+        let mut t = lock(t);
         let missing = || NamespaceError::UnknownNamespace {
-            nqn: self.nqns.get(subsys).cloned().unwrap_or_default(),
+            nqn: t.nqn.clone().unwrap_or_default(),
             nsid,
         };
-        let mut t = lock(self.tables.get(subsys).ok_or_else(missing)?);
         let at = t
             .list
             .iter()

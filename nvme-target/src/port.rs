@@ -141,25 +141,21 @@ impl Port {
             .iter()
             .position(|p| p.id == port_id)
             .unwrap_or(target.config().ports.len());
-        let namespaces = target
-            .config()
-            .subsystems
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                target
-                    .namespaces()
-                    .list(i)
-                    .into_iter()
-                    .filter_map(|ns| {
-                        devices
-                            .iter()
-                            .find(|(nqn, nsid, _)| *nqn == s.nqn && *nsid == ns.cfg.nsid)
-                            .map(|(_, _, dev)| PortNamespace::new(&target, ns, Rc::clone(dev)))
-                    })
-                    .collect()
-            })
-            .collect();
+        // Every slot, so subsystems added later have their place.
+        let mut namespaces: NamespaceTable = vec![Vec::new(); crate::subsystems::MAX_SUBSYSTEMS];
+        for (i, s) in target.subsystems().live() {
+            namespaces[i] = target
+                .namespaces()
+                .list(i)
+                .into_iter()
+                .filter_map(|ns| {
+                    devices
+                        .iter()
+                        .find(|(nqn, nsid, _)| *nqn == s.nqn && *nsid == ns.cfg.nsid)
+                        .map(|(_, _, dev)| PortNamespace::new(&target, ns, Rc::clone(dev)))
+                })
+                .collect();
+        }
         Self::build(target, index, port_id, false, group, namespaces, pool)
     }
 
@@ -303,6 +299,20 @@ impl Port {
         let list = table.get_mut(subsys)?;
         let at = list.iter().position(|n| n.cfg.nsid == nsid)?;
         Some(Rc::clone(&list.remove(at).dev))
+    }
+
+    /// Lets go of every namespace of the subsystem at `index` (removed with
+    /// [`Target::remove_subsystem`]); returns this thread's devices for them (flush them,
+    /// then drop them).
+    pub fn detach_subsystem(&self, index: usize) -> Vec<Rc<dyn BlockIo>> {
+        let mut table = self.shared.namespaces.borrow_mut();
+        table
+            .get_mut(index)
+            .map(std::mem::take)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| Rc::clone(&n.dev))
+            .collect()
     }
 
     /// Closes every connection of this port now, on every thread of its group; the listener

@@ -9,6 +9,7 @@ use crate::config::{ConfigError, NamespaceConfig, TargetConfig};
 use crate::metrics::{PortMetrics, SubsystemMetrics, TargetMetrics};
 use crate::namespaces::{NamespaceError, Namespaces, NsState};
 use crate::resv::notices::NoticeBoard;
+use crate::subsystems::{MAX_SUBSYSTEMS, SubsystemError, SubsystemInfo, Subsystems};
 
 /// A connected controller (host association), as the admin status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub struct SubsystemStatus {
 /// Status of the whole target.
 #[derive(Clone, Debug)]
 pub struct TargetStatus {
-    /// Per subsystem, in configuration order.
+    /// Per subsystem (those configured first, then those added, in slot order).
     pub subsystems: Vec<SubsystemStatus>,
     /// Discovery controllers connected now.
     pub discovery_controllers: usize,
@@ -62,6 +63,8 @@ pub struct Target {
     access: crate::access::HostAccess,
     metrics: TargetMetrics,
     registry: Mutex<Registry>,
+    /// The subsystems there are now.
+    subsystems: Subsystems,
     /// Every subsystem's namespaces, as every thread shares them.
     namespaces: Namespaces,
     /// Controllers that receive reservation notices.
@@ -75,6 +78,11 @@ impl Target {
     /// Builds a target from a validated configuration.
     pub fn new(cfg: TargetConfig) -> Result<Arc<Self>, ConfigError> {
         cfg.validate()?;
+        if cfg.subsystems.len() > MAX_SUBSYSTEMS {
+            return Err(ConfigError::Limit(format!(
+                "more than {MAX_SUBSYSTEMS} subsystems"
+            )));
+        }
         let ana = crate::ana::Ana::new(
             &cfg.ports.iter().map(|p| p.id).collect::<Vec<_>>(),
             cfg.subsystems
@@ -87,14 +95,12 @@ impl Target {
             ports: (0..=cfg.ports.len())
                 .map(|_| PortMetrics::default())
                 .collect(),
-            subsystems: cfg
-                .subsystems
-                .iter()
+            subsystems: (0..MAX_SUBSYSTEMS)
                 .map(|_| SubsystemMetrics::default())
                 .collect(),
         };
         let registry = Registry {
-            next_cntlid: vec![1; cfg.subsystems.len() + 1],
+            next_cntlid: vec![1; MAX_SUBSYSTEMS + 1],
             controllers: Vec::new(),
         };
         let access = crate::access::HostAccess::new(&cfg.subsystems);
@@ -107,12 +113,14 @@ impl Target {
             .unwrap_or(0)
             .max(crate::ana::MAX_NAMESPACES);
         let namespaces = Namespaces::new(&cfg.subsystems, max_nsid);
+        let subsystems = Subsystems::new(&cfg.subsystems);
         Ok(Arc::new(Self {
             cfg,
             ana,
             access,
             metrics,
             registry: Mutex::new(registry),
+            subsystems,
             namespaces,
             notices: NoticeBoard::default(),
         }))
@@ -121,6 +129,81 @@ impl Target {
     /// Every subsystem's namespaces.
     pub(crate) fn namespaces(&self) -> &Namespaces {
         &self.namespaces
+    }
+
+    /// The subsystems there are now.
+    pub(crate) fn subsystems(&self) -> &Subsystems {
+        &self.subsystems
+    }
+
+    /// The counters of subsystem `nqn`.
+    pub fn subsystem_metrics(&self, nqn: &str) -> Option<&SubsystemMetrics> {
+        let i = self.subsystems.position(nqn)?;
+        self.metrics.subsystems.get(i)
+    }
+
+    /// Adds subsystem `s` (with its namespaces and allowed hosts) while hosts are
+    /// connected. It is pending (no host can connect to or discover it) until
+    /// [`Target::publish_subsystem`], once every thread's port views have its namespaces'
+    /// devices ([`crate::Port::attach_namespace`]); [`Target::remove_subsystem`] gives it up.
+    pub fn add_subsystem(&self, s: &crate::config::SubsystemConfig) -> Result<(), SubsystemError> {
+        let mut check = TargetConfig::new(vec![s.clone()], Vec::new());
+        check.max_transfer = self.cfg.max_transfer;
+        check
+            .validate()
+            .map_err(|e| SubsystemError::Invalid(e.to_string()))?;
+        if let Some(n) = s.namespaces.iter().find(|n| {
+            n.nsid > self.namespaces.max_nsid() || self.ana.group_index(n.ana_group).is_none()
+        }) {
+            return Err(SubsystemError::Invalid(format!(
+                "namespace {}: nsid past {} or no ANA group {}",
+                n.nsid,
+                self.namespaces.max_nsid(),
+                n.ana_group
+            )));
+        }
+        let index = self.subsystems.reserve(SubsystemInfo::of(s), |i| {
+            self.lock().controllers.iter().any(|(si, _)| *si == i)
+        })?;
+        if let Err(e) = self.access.open(index, s) {
+            self.subsystems.release(index);
+            return Err(SubsystemError::Invalid(e.to_string()));
+        }
+        self.namespaces.open(index, &s.nqn, &s.namespaces);
+        let m = &self.metrics.subsystems[index];
+        m.refused_hosts.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Lets hosts connect to and discover subsystem `nqn`, added with
+    /// [`Target::add_subsystem`]; discovery controllers that asked hear of it.
+    pub fn publish_subsystem(&self, nqn: &str) -> Result<(), SubsystemError> {
+        let i = self
+            .subsystems
+            .find(nqn)
+            .ok_or_else(|| SubsystemError::Unknown(nqn.to_owned()))?;
+        self.subsystems.publish(i);
+        tracing::info!(subsystem = nqn, "subsystem added");
+        Ok(())
+    }
+
+    /// Removes subsystem `nqn`: new Connects to it are refused, its controllers are torn
+    /// down (their connections close; commands at the devices finish), and discovery logs
+    /// drop it. Returns its index, by which each thread's port views let go of its
+    /// namespaces ([`crate::Port::detach_subsystem`]).
+    pub fn remove_subsystem(&self, nqn: &str) -> Result<usize, SubsystemError> {
+        let i = self
+            .subsystems
+            .find(nqn)
+            .ok_or_else(|| SubsystemError::Unknown(nqn.to_owned()))?;
+        self.access.close(i);
+        self.namespaces.close(i);
+        self.subsystems.release(i);
+        for c in self.notices.controllers(i) {
+            c.kill();
+        }
+        tracing::info!(subsystem = nqn, "subsystem removed");
+        Ok(i)
     }
 
     /// The namespaces subsystem `nqn` has now.
@@ -188,23 +271,21 @@ impl Target {
 
     /// Index of the discovery subsystem in per-subsystem tables.
     pub(crate) fn discovery_index(&self) -> usize {
-        self.cfg.subsystems.len()
+        MAX_SUBSYSTEMS
     }
 
     /// Discovery log generation counter: it moves whenever some host's discovery log may
     /// have changed (a subsystem's allowed hosts).
     pub(crate) fn genctr(&self) -> u64 {
-        1 + self.access.changes()
+        1 + self.access.changes() + self.subsystems.changes()
     }
 
     /// Connected controllers per subsystem.
     pub fn status(&self) -> TargetStatus {
+        let live = self.subsystems.live();
         let reg = self.lock();
-        let subsystems = self
-            .cfg
-            .subsystems
-            .iter()
-            .enumerate()
+        let subsystems = live
+            .into_iter()
             .map(|(i, s)| SubsystemStatus {
                 nqn: s.nqn.clone(),
                 namespaces: self.namespaces.list(i).iter().map(|n| n.cfg.nsid).collect(),
@@ -243,12 +324,10 @@ impl Target {
         port_id: u16,
         host_address: Option<std::net::SocketAddr>,
     ) -> Option<u16> {
-        let nqn = self
-            .cfg
-            .subsystems
-            .get(subsys)
-            .map_or(nvme_spec::fabrics::DISCOVERY_NQN, |s| s.nqn.as_str())
-            .to_owned();
+        let nqn = self.subsystems.get(subsys).map_or_else(
+            || nvme_spec::fabrics::DISCOVERY_NQN.to_owned(),
+            |s| s.nqn.clone(),
+        );
         let mut reg = self.lock();
         let Registry {
             next_cntlid,

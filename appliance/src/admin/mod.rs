@@ -10,6 +10,7 @@ mod namespaces;
 mod nvme;
 pub mod status;
 mod stream_metrics;
+mod subsystems;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -340,7 +341,7 @@ impl Collector for Admin {
             }),
         )?;
         self.encode_devices(&mut f)?;
-        nvme::encode(&self.config, &self.block, &mut f)?;
+        nvme::encode(&self.block, &mut f)?;
         ana::encode(&self.block, &mut f)?;
         if let Some(s) = &self.stream {
             stream_metrics::encode(s, &mut f)?;
@@ -563,6 +564,28 @@ impl Router for AdminRouter {
                     namespaces::change(&block, &nqn, nsid, add)
                 })
                 .await;
+                match r {
+                    Ok(Ok(msg)) => http::text(StatusCode::OK, "text/plain", msg),
+                    Ok(Err((true, e))) => http::error(StatusCode::NOT_FOUND, &e),
+                    Ok(Err((false, e))) => http::error(StatusCode::BAD_REQUEST, &e),
+                    Err(_) => http::error(StatusCode::INTERNAL_SERVER_ERROR, "the change failed"),
+                }
+            }
+            (&Method::POST | &Method::DELETE, p) if subsystems::subsystem_path(p).is_some() => {
+                let Some(nqn) = subsystems::subsystem_path(p) else {
+                    return http::error(StatusCode::NOT_FOUND, "no such endpoint");
+                };
+                let add = if *method == Method::POST {
+                    match subsystems::parse_query(nqn, query) {
+                        Ok(s) => Some(s),
+                        Err(e) => return http::error(StatusCode::BAD_REQUEST, &e),
+                    }
+                } else {
+                    None
+                };
+                let (block, nqn) = (Arc::clone(&self.admin.block), nqn.to_owned());
+                let r = tokio::task::spawn_blocking(move || subsystems::change(&block, &nqn, add))
+                    .await;
                 match r {
                     Ok(Ok(msg)) => http::text(StatusCode::OK, "text/plain", msg),
                     Ok(Err((true, e))) => http::error(StatusCode::NOT_FOUND, &e),

@@ -8,7 +8,6 @@ use nvme_target::metrics::{Histogram, LATENCY_BUCKETS, bucket_bound};
 use super::exporter::{Families, HistogramSample, labels};
 use super::status::{ControllerStatus, HostStatus, SubsystemStatus};
 use crate::block::BlockService;
-use crate::config::Config;
 
 fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
@@ -39,16 +38,16 @@ pub(super) fn controllers(block: &BlockService) -> Vec<ControllerStatus> {
 pub(super) fn subsystems(block: &BlockService) -> Vec<SubsystemStatus> {
     let st = block.target().status();
     let ports = block.ports();
-    block
-        .namespaces()
+    let volumes = block.namespaces();
+    st.subsystems
         .into_iter()
-        .zip(st.subsystems)
-        .map(|((_, namespaces), s)| SubsystemStatus {
-            nqn: s.nqn,
-            namespaces: namespaces
+        .map(|s| SubsystemStatus {
+            namespaces: volumes
                 .iter()
-                .map(|n| (n.nsid, n.volume.clone()))
-                .collect(),
+                .find(|(nqn, _)| *nqn == s.nqn)
+                .map(|(_, list)| list.iter().map(|n| (n.nsid, n.volume.clone())).collect())
+                .unwrap_or_default(),
+            nqn: s.nqn,
             hosts: s
                 .controllers
                 .into_iter()
@@ -84,11 +83,7 @@ fn histogram(h: &Histogram) -> HistogramSample {
 }
 
 /// Every block-service metric family.
-pub(super) fn encode(
-    config: &Config,
-    block: &BlockService,
-    f: &mut Families<'_>,
-) -> Result<(), std::fmt::Error> {
+pub(super) fn encode(block: &BlockService, f: &mut Families<'_>) -> Result<(), std::fmt::Error> {
     let target = block.target();
     let m = target.metrics();
     let n = block.ports().len();
@@ -202,61 +197,46 @@ pub(super) fn encode(
             })
         }),
     )?;
-    let subs = || config.subsystems.iter().zip(&m.subsystems);
+    // The subsystems there are now (added and removed at run time too).
+    let status = target.status();
+    let nqns: Vec<String> = status.subsystems.iter().map(|s| s.nqn.clone()).collect();
+    let subs = || {
+        nqns.iter()
+            .filter_map(|nqn| Some((nqn, target.subsystem_metrics(nqn)?)))
+    };
     f.gauge(
         "subsystem_connected_hosts",
         "Host controllers connected to a subsystem.",
-        subs().map(|(s, sm)| {
-            (
-                labels([("subsystem", s.nqn.clone())]),
-                gauge(&sm.controllers),
-            )
-        }),
+        subs().map(|(nqn, sm)| (labels([("subsystem", nqn.clone())]), gauge(&sm.controllers))),
     )?;
     // Host paths: host controllers of a subsystem, by the Baton controller (port) they
     // connected through.
-    let status = target.status();
     f.gauge(
         "subsystem_host_paths",
         "Host controllers (paths) connected to a subsystem through a Baton controller.",
-        config
-            .subsystems
-            .iter()
-            .zip(&status.subsystems)
-            .flat_map(|(s, st)| {
-                (0..n).map(move |i| {
-                    let paths = st
-                        .controllers
-                        .iter()
-                        .filter(|c| usize::from(c.port_id.saturating_sub(1)) == i)
-                        .count();
-                    (
-                        labels([("subsystem", s.nqn.clone()), ("controller", i.to_string())]),
-                        i64::try_from(paths).unwrap_or(i64::MAX),
-                    )
-                })
-            }),
+        status.subsystems.iter().flat_map(|st| {
+            (0..n).map(move |i| {
+                let paths = st
+                    .controllers
+                    .iter()
+                    .filter(|c| usize::from(c.port_id.saturating_sub(1)) == i)
+                    .count();
+                (
+                    labels([("subsystem", st.nqn.clone()), ("controller", i.to_string())]),
+                    i64::try_from(paths).unwrap_or(i64::MAX),
+                )
+            })
+        }),
     )?;
     f.counter(
         "subsystem_refused_hosts",
         "Connects refused because the host is not allowed.",
-        subs().map(|(s, sm)| {
-            (
-                labels([("subsystem", s.nqn.clone())]),
-                get(&sm.refused_hosts),
-            )
-        }),
+        subs().map(|(nqn, sm)| (labels([("subsystem", nqn.clone())]), get(&sm.refused_hosts))),
     )?;
     // The namespaces there are now (added and removed at run time too).
-    let live: Vec<(String, Vec<std::sync::Arc<nvme_target::NsState>>)> = config
-        .subsystems
+    let live: Vec<(String, Vec<std::sync::Arc<nvme_target::NsState>>)> = nqns
         .iter()
-        .map(|s| {
-            (
-                s.nqn.clone(),
-                target.namespaces_of(&s.nqn).unwrap_or_default(),
-            )
-        })
+        .map(|nqn| (nqn.clone(), target.namespaces_of(nqn).unwrap_or_default()))
         .collect();
     let namespaces = || {
         live.iter().flat_map(|(nqn, list)| {

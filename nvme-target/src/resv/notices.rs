@@ -165,6 +165,15 @@ impl NoticeBoard {
         ));
     }
 
+    /// The live controllers of subsystem `subsys`.
+    pub fn controllers(&self, subsys: usize) -> Vec<Arc<Ctrl>> {
+        self.lock()
+            .iter()
+            .filter(|(s, ..)| *s == subsys)
+            .filter_map(|(.., c)| c.upgrade())
+            .collect()
+    }
+
     /// Forgets a controller.
     pub fn detach(&self, subsys: usize, cntlid: u16) {
         self.lock()

@@ -1,9 +1,10 @@
 # Run-time changes with the real host: a subsystem's allowed hosts changed with
 # `baton ctl host add|remove` (a removed host keeps its live association, new connects are
 # refused); a namespace added and removed with `baton ctl namespace` while the host is
-# connected appears and disappears on it without a reconnect; and SIGHUP: a reload that
-# changes the allowed hosts, the namespaces and an ANA state applies, one that changes a
-# volume is refused with the key and line logged, and Baton keeps serving.
+# connected appears and disappears on it without a reconnect; a subsystem added with `baton
+# ctl subsystem` is discovered and served, and removed loses its paths; and SIGHUP: a reload
+# that changes the allowed hosts, the namespaces and an ANA state applies, one that changes
+# a volume is refused with the key and line logged, and Baton keeps serving.
 . /lab/lib.sh
 HOST=$(cat /etc/nvme/hostnqn)
 CFG=/tmp/runtime.yaml
@@ -78,6 +79,22 @@ check host-drops-ns2 wait_for 20 no_ns 2
 check status-drops-ns2 sh -c "! baton status --admin 127.0.0.1:9440 | grep -q '2:spare'"
 check ns1-after-remove fio_verify runtime-ns1 "$dev" 64k
 check still-two-paths paths_are 2
+
+# A subsystem added while running: discovered, connected, served; removed: the host loses
+# its paths and the other subsystem carries on.
+NQN2=nqn.2026-11.io.baton:lab2
+check subsys-add baton ctl subsystem add $NQN2 --allow-any-host $CTL
+check subsys-ns-add baton ctl namespace add --subsystem $NQN2 --nsid 1 --volume spare $CTL
+check discovery-lists-lab2 sh -c "nvme discover -t tcp -a 127.0.0.1 -s 8009 | grep -q $NQN2"
+check lab2-connects nvme connect -t tcp -a 127.0.0.1 -s 4421 -n $NQN2
+check lab2-path wait_for 15 paths_are 1 $NQN2
+dev3=$(ns_dev $NQN2)
+check fio-on-lab2 fio_verify runtime-lab2 "$dev3" 4k
+check subsys-remove baton ctl subsystem remove $NQN2 $CTL
+check lab2-path-lost wait_for 15 paths_are 0 $NQN2
+check lab2-not-discovered sh -c "! nvme discover -t tcp -a 127.0.0.1 -s 8009 | grep -q $NQN2"
+check lab2-disconnect nvme disconnect -n $NQN2
+check lab-after-subsys-remove fio_verify runtime-after-lab2 "$dev" 64k
 
 # SIGHUP with namespace 2 in the file adds it; without it again, removes it.
 write_config "    allowed_hosts: [\"$HOST\"]" "" "" "      - {nsid: 2, volume: spare}"
