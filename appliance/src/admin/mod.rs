@@ -557,19 +557,8 @@ impl Router for AdminRouter {
                 } else {
                     None
                 };
-                // The controller threads take the change in turn: wait off the admin
-                // runtime.
                 let (block, nqn) = (Arc::clone(&self.admin.block), nqn.to_owned());
-                let r = tokio::task::spawn_blocking(move || {
-                    namespaces::change(&block, &nqn, nsid, add)
-                })
-                .await;
-                match r {
-                    Ok(Ok(msg)) => http::text(StatusCode::OK, "text/plain", msg),
-                    Ok(Err((true, e))) => http::error(StatusCode::NOT_FOUND, &e),
-                    Ok(Err((false, e))) => http::error(StatusCode::BAD_REQUEST, &e),
-                    Err(_) => http::error(StatusCode::INTERNAL_SERVER_ERROR, "the change failed"),
-                }
+                change_response(move || namespaces::change(&block, &nqn, nsid, add)).await
             }
             (&Method::POST | &Method::DELETE, p) if subsystems::subsystem_path(p).is_some() => {
                 let Some(nqn) = subsystems::subsystem_path(p) else {
@@ -584,20 +573,29 @@ impl Router for AdminRouter {
                     None
                 };
                 let (block, nqn) = (Arc::clone(&self.admin.block), nqn.to_owned());
-                let r = tokio::task::spawn_blocking(move || subsystems::change(&block, &nqn, add))
-                    .await;
-                match r {
-                    Ok(Ok(msg)) => http::text(StatusCode::OK, "text/plain", msg),
-                    Ok(Err((true, e))) => http::error(StatusCode::NOT_FOUND, &e),
-                    Ok(Err((false, e))) => http::error(StatusCode::BAD_REQUEST, &e),
-                    Err(_) => http::error(StatusCode::INTERNAL_SERVER_ERROR, "the change failed"),
-                }
+                change_response(move || subsystems::change(&block, &nqn, add)).await
             }
             (_, "/metrics" | "/api/v1/status" | "/api/v1/ana" | "/healthz") => {
                 http::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => http::error(StatusCode::NOT_FOUND, "no such endpoint"),
         }
+    }
+}
+
+/// Runs a run-time change of the block service off the admin runtime (it waits for every
+/// controller thread to take it) and answers with what happened: 404 for a subsystem or
+/// namespace that does not exist, 400 for a refusal.
+async fn change_response(
+    change: impl FnOnce() -> Result<String, crate::block::ChangeError> + Send + 'static,
+) -> Response<Body> {
+    match tokio::task::spawn_blocking(change).await {
+        Ok(Ok(msg)) => http::text(StatusCode::OK, "text/plain", msg),
+        Ok(Err(e @ crate::block::ChangeError::NotFound(_))) => {
+            http::error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Ok(Err(e)) => http::error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(_) => http::error(StatusCode::INTERNAL_SERVER_ERROR, "the change failed"),
     }
 }
 

@@ -54,14 +54,14 @@ pub(super) fn parse_query(nsid: u32, query: Option<&str>) -> Result<NamespaceCon
 }
 
 /// Adds (`ns` given) or removes namespace `nsid`; says what happened, or why not (with
-/// whether the subsystem or namespace was not found).
+/// whether the subsystem or namespace was not found: [`ChangeError::NotFound`]).
 pub(super) fn change(
     block: &BlockService,
     nqn: &str,
     nsid: u32,
     add: Option<NamespaceConfig>,
-) -> Result<String, (bool, String)> {
-    let r = match add {
+) -> Result<String, ChangeError> {
+    match add {
         Some(ns) => {
             let volume = ns.volume.clone();
             block
@@ -71,8 +71,7 @@ pub(super) fn change(
         None => block
             .remove_namespace(nqn, nsid)
             .map(|()| format!("{nqn}: namespace {nsid} removed\n")),
-    };
-    r.map_err(|e| (matches!(e, ChangeError::NotFound(_)), e.to_string()))
+    }
 }
 
 #[cfg(test)]

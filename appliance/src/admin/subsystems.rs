@@ -47,21 +47,20 @@ pub(super) fn parse_query(nqn: &str, query: Option<&str>) -> Result<SubsystemCon
 }
 
 /// Adds (`add` given) or removes subsystem `nqn`; says what happened, or why not (with
-/// whether it was not found).
+/// whether it was not found: [`ChangeError::NotFound`]).
 pub(super) fn change(
     block: &BlockService,
     nqn: &str,
     add: Option<SubsystemConfig>,
-) -> Result<String, (bool, String)> {
-    let r = match add {
+) -> Result<String, ChangeError> {
+    match add {
         Some(s) => block
             .add_subsystem(s)
             .map(|()| format!("{nqn}: subsystem added (add namespaces and hosts next)\n")),
         None => block
             .remove_subsystem(nqn)
             .map(|()| format!("{nqn}: subsystem removed (its controllers were torn down)\n")),
-    };
-    r.map_err(|e| (matches!(e, ChangeError::NotFound(_)), e.to_string()))
+    }
 }
 
 #[cfg(test)]
