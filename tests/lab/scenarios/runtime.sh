@@ -32,6 +32,8 @@ ns_dev_nsid() {
   return 1
 }
 no_ns() { ! ns_dev_nsid "$1"; }
+# The host kept its controllers: the one on port 4421 is still $c1, both paths live.
+same_paths() { [ "$(ctrl_on_port 4421)" = "$c1" ] && [ "$(live_paths)" = 2 ]; }
 connect() { nvme connect -t tcp -a 127.0.0.1 -s "$1" -n $NQN; }
 # refused PORT: the connect fails, and the host logs that it is not allowed.
 refused() {
@@ -69,7 +71,7 @@ check ns-add baton ctl namespace add --subsystem $NQN --nsid 2 --volume spare $C
 check host-sees-ns2 wait_for 20 ns_dev_nsid 2
 dev2=$(ns_dev_nsid 2)
 check fio-on-added-ns fio_verify runtime-ns2 "$dev2" 4k
-check no-reconnect sh -c "[ \"\$(ctrl_on_port 4421)\" = $c1 ] && [ \$(live_paths) = 2 ]"
+check no-reconnect same_paths
 check status-lists-ns2 sh -c "baton status --admin 127.0.0.1:9440 | grep -q '2:spare'"
 check exported-volume-refused sh -c "! baton ctl namespace add --subsystem $NQN --nsid 3 --volume vol0 $CTL"
 check unknown-volume-refused sh -c "! baton ctl namespace add --subsystem $NQN --nsid 3 --volume nope $CTL"
