@@ -249,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn only_hosts_and_ana_may_differ() {
+    fn only_subsystems_hosts_namespaces_and_ana_may_differ() {
         let a = parse(BASE);
         let hosts = parse(&BASE.replace("[nqn.host:1]", "[nqn.host:1, nqn.host:2]"));
         assert_eq!(fixed_difference(&a, &hosts), None);
@@ -264,9 +264,16 @@ mod tests {
             "namespaces change at run time"
         );
         let model = parse(&BASE.replace("allowed_hosts:", "model: other\n    allowed_hosts:"));
+        assert_eq!(fixed_difference(&a, &model), None);
         assert_eq!(
-            fixed_difference(&a, &model).as_deref(),
+            identity_difference(&a.subsystems, &model).as_deref(),
             Some("subsystems[0].model")
+        );
+        let other = parse(&BASE.replace("baton:t", "baton:u"));
+        assert_eq!(
+            identity_difference(&a.subsystems, &other),
+            None,
+            "a new subsystem"
         );
         let count = parse(&BASE.replace("count: 2", "count: 3"));
         assert_eq!(
