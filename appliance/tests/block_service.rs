@@ -95,6 +95,31 @@ impl Baton {
         self.child.id()
     }
 
+    /// The admin token file's path, for `baton ctl --token-file`.
+    fn token_file(&self) -> String {
+        self._dir
+            .path()
+            .join("admin.token")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The configuration file `baton serve` was started with.
+    fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("baton.yaml")
+    }
+
+    /// Writes `text` as the configuration and sends SIGHUP.
+    fn reload(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    }
+
     /// Resident memory of the process in KiB.
     fn rss_kib(&self) -> u64 {
         let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -843,10 +868,8 @@ fn sighup_reloads_allowed_hosts_and_refuses_other_changes() {
 fn namespaces_change_at_run_time_through_baton_ctl_and_sighup() {
     let b = Baton::start();
     let ports = b.ports();
-    let token = b._dir.path().join("admin.token");
-    let token = token.to_str().unwrap().to_owned();
-    let path = b._dir.path().join("baton.yaml");
-    let original = std::fs::read_to_string(&path).unwrap();
+    let token = b.token_file();
+    let original = std::fs::read_to_string(b.config_path()).unwrap();
     let ctl = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["ctl", "namespace"])
@@ -921,15 +944,7 @@ fn namespaces_change_at_run_time_through_baton_ctl_and_sighup() {
         assert_eq!(a.active_namespaces().await.unwrap(), [1]);
 
         // SIGHUP makes the file's namespaces the ones in force: 4 added, then removed.
-        let sighup = |text: String| {
-            std::fs::write(&path, text).unwrap();
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(b.pid()).unwrap()),
-                nix::sys::signal::Signal::SIGHUP,
-            )
-            .unwrap();
-        };
-        sighup(original.replace(
+        b.reload(&original.replace(
             "namespaces: [{nsid: 1, volume: v0}]",
             "namespaces: [{nsid: 1, volume: v0}, {nsid: 4, volume: spare}]",
         ));
@@ -940,7 +955,7 @@ fn namespaces_change_at_run_time_through_baton_ctl_and_sighup() {
         }
         // The data written before is still on the volume.
         assert_eq!(qc.read(&ns4, 0, data.len()).await.unwrap(), data);
-        sighup(original.clone());
+        b.reload(&original);
         let t = Instant::now();
         while a.active_namespaces().await.unwrap() != [1] {
             assert!(t.elapsed() < Duration::from_secs(10), "reload not applied");
@@ -959,10 +974,8 @@ fn subsystems_change_at_run_time_through_baton_ctl_and_sighup() {
     const ADDED: &str = "nqn.2026-11.io.baton:added";
     let b = Baton::start();
     let ports = b.ports();
-    let token = b._dir.path().join("admin.token");
-    let token = token.to_str().unwrap().to_owned();
-    let path = b._dir.path().join("baton.yaml");
-    let original = std::fs::read_to_string(&path).unwrap();
+    let token = b.token_file();
+    let original = std::fs::read_to_string(b.config_path()).unwrap();
     let ctl = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_baton"))
             .arg("ctl")
@@ -1017,15 +1030,7 @@ fn subsystems_change_at_run_time_through_baton_ctl_and_sighup() {
         assert!(!ok && out.contains("no subsystem"), "{out}");
 
         // SIGHUP: a subsystem in the file is added with its namespace, then removed again.
-        let sighup = |text: String| {
-            std::fs::write(&path, text).unwrap();
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(b.pid()).unwrap()),
-                nix::sys::signal::Signal::SIGHUP,
-            )
-            .unwrap();
-        };
-        sighup(format!(
+        b.reload(&format!(
             "{original}  - nqn: {ADDED}\n    allow_any_host: true\n    namespaces: [{{nsid: 3, volume: spare}}]\n"
         ));
         let t = Instant::now();
@@ -1040,7 +1045,7 @@ fn subsystems_change_at_run_time_through_baton_ctl_and_sighup() {
         let mut q = c.connect_io_queue(1).await.unwrap();
         // The data written through the first subsystem is on the volume.
         assert_eq!(q.read(&ns, 0, data.len()).await.unwrap(), data);
-        sighup(original.clone());
+        b.reload(&original);
         let t = Instant::now();
         while off_thread(listed).len() != 1 {
             assert!(t.elapsed() < Duration::from_secs(10), "reload not applied");

@@ -32,6 +32,17 @@ pub trait Router: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
+/// The `key=value` pairs of a query string, in order; a pair without `=` has an empty value.
+/// Nothing is percent-decoded: the admin API's values are names, numbers and booleans, and
+/// a value with a `%` simply names nothing that exists.
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
 /// A response with a status and a text body.
 pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));

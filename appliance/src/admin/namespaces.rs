@@ -25,12 +25,7 @@ pub(super) fn namespace_path(path: &str) -> Option<(&str, Result<u32, String>)> 
 pub(super) fn parse_query(nsid: u32, query: Option<&str>) -> Result<NamespaceConfig, String> {
     let mut volume = None;
     let mut ana_group = 1;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in super::http::query_pairs(query) {
         match k {
             "volume" if !v.is_empty() => volume = Some(v.to_owned()),
             "ana_group" => {

@@ -22,12 +22,7 @@ pub(super) fn parse_query(nqn: &str, query: Option<&str>) -> Result<SubsystemCon
         allowed_hosts: Vec::new(),
         namespaces: Vec::new(),
     };
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in super::http::query_pairs(query) {
         match k {
             "allow_any_host" => {
                 s.allow_any_host = v

@@ -12,7 +12,9 @@ use tracing::info;
 
 use crate::config::Config;
 
-use super::{BlockService, Exported, LOCAL, Local, namespace_config, subsystem_config};
+use super::{
+    BlockService, ControllerFailed, Exported, LOCAL, Local, namespace_config, subsystem_config,
+};
 
 /// How long a run-time change waits for every controller thread to take it.
 const CHANGE_DEADLINE: Duration = Duration::from_secs(10);
@@ -32,13 +34,8 @@ pub enum ChangeError {
         reason: String,
     },
     /// A controller thread could not carry it out.
-    #[error("controller {index}: {reason}")]
-    Controller {
-        /// The controller.
-        index: usize,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Controller(#[from] ControllerFailed),
 }
 
 impl BlockService {
@@ -280,10 +277,7 @@ impl BlockService {
                 }
             });
             if let Err(e) = sent {
-                return Err(ChangeError::Controller {
-                    index: e.0,
-                    reason: "its thread has stopped".into(),
-                });
+                return Err(ControllerFailed::from(e).into());
             }
         }
         drop(tx);
@@ -292,12 +286,13 @@ impl BlockService {
             let left = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((_, Ok(()))) => {}
-                Ok((index, Err(reason))) => return Err(ChangeError::Controller { index, reason }),
+                Ok((index, Err(reason))) => return Err(ControllerFailed { index, reason }.into()),
                 Err(_) => {
-                    return Err(ChangeError::Controller {
+                    return Err(ControllerFailed {
                         index: 0,
                         reason: format!("a controller did not answer within {CHANGE_DEADLINE:?}"),
-                    });
+                    }
+                    .into());
                 }
             }
         }

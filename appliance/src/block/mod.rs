@@ -48,13 +48,27 @@ pub enum BlockError {
         reason: String,
     },
     /// A controller thread could not start its port.
-    #[error("controller {index}: {reason}")]
-    Controller {
-        /// The controller.
-        index: usize,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Controller(#[from] ControllerFailed),
+}
+
+/// A controller thread could not do its part (start its port, take a run-time change).
+#[derive(Debug, thiserror::Error)]
+#[error("controller {index}: {reason}")]
+pub struct ControllerFailed {
+    /// The controller.
+    pub index: usize,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<controller::ControllerGone> for ControllerFailed {
+    fn from(e: controller::ControllerGone) -> Self {
+        Self {
+            index: e.0,
+            reason: "its thread has stopped".into(),
+        }
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BlockError {
@@ -163,15 +177,14 @@ impl BlockService {
                     target, index, views, &exported, &classes, listener, budget, shutdown,
                 );
                 // start() waits for every answer; it is gone only if it already failed.
-                let _ = ready.send(result.map_err(|e| BlockError::Controller {
-                    index,
-                    reason: e.to_string(),
+                let _ = ready.send(result.map_err(|e| {
+                    BlockError::from(ControllerFailed {
+                        index,
+                        reason: e.to_string(),
+                    })
                 }));
             })
-            .map_err(|e| BlockError::Controller {
-                index: e.0,
-                reason: "its thread has stopped".into(),
-            })?;
+            .map_err(ControllerFailed::from)?;
         }
         drop(ready_tx);
         for result in ready_rx {
@@ -194,10 +207,7 @@ impl BlockService {
                         }
                     });
                 })
-                .map_err(|e| BlockError::Controller {
-                    index: e.0,
-                    reason: "its thread has stopped".into(),
-                })?;
+                .map_err(ControllerFailed::from)?;
         }
         info!(ports = ?ports, discovery = ?discovery, "NVMe/TCP block service");
         Ok(Self {
