@@ -502,9 +502,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             (hyper::Method::DELETE, subsystem, host)
                         }
                     };
-                    if subsystem.contains('/') || host.contains('/') {
-                        anyhow::bail!("NQNs contain no '/'");
-                    }
+                    path_segments(&[&subsystem, &host])?;
                     let body = call(
                         method,
                         &format!("/api/v1/subsystems/{subsystem}/hosts/{host}"),
@@ -535,20 +533,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                                     q.push_str(&format!("&{k}={v}"));
                                 }
                             }
+                            path_segments(&[&nqn])?;
                             (hyper::Method::POST, format!("/api/v1/subsystems/{nqn}?{q}"))
                         }
                         SubsystemAction::Remove { nqn } => {
+                            path_segments(&[&nqn])?;
                             (hyper::Method::DELETE, format!("/api/v1/subsystems/{nqn}"))
                         }
                     };
-                    if path
-                        .trim_start_matches("/api/v1/subsystems/")
-                        .split('?')
-                        .next()
-                        .is_some_and(|n| n.contains('/'))
-                    {
-                        anyhow::bail!("NQNs contain no '/'");
-                    }
                     let body = call(method, &path)?;
                     print!("{}", String::from_utf8_lossy(&body));
                 }
@@ -560,6 +552,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             volume,
                             ana_group,
                         } => {
+                            path_segments(&[&subsystem])?;
                             if volume.contains(['&', '=', '/', '?', '%', '#']) {
                                 anyhow::bail!("volume names contain none of & = / ? % #");
                             }
@@ -571,10 +564,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                                 ),
                             )
                         }
-                        NamespaceAction::Remove { subsystem, nsid } => (
-                            hyper::Method::DELETE,
-                            format!("/api/v1/subsystems/{subsystem}/namespaces/{nsid}"),
-                        ),
+                        NamespaceAction::Remove { subsystem, nsid } => {
+                            path_segments(&[&subsystem])?;
+                            (
+                                hyper::Method::DELETE,
+                                format!("/api/v1/subsystems/{subsystem}/namespaces/{nsid}"),
+                            )
+                        }
                     };
                     let body = call(method, &path)?;
                     print!("{}", String::from_utf8_lossy(&body));
@@ -587,6 +583,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Checks that NQNs can stand in an admin API path as they are (the API reads them without
+/// percent-decoding).
+fn path_segments(nqns: &[&str]) -> anyhow::Result<()> {
+    if nqns.iter().any(|n| n.contains(['/', '?', '#', '%'])) {
+        anyhow::bail!("NQNs contain none of / ? # %");
+    }
+    Ok(())
 }
 
 /// The admin token for `baton ctl`: `BATON_ADMIN_TOKEN`, `--token-file`, the token of
