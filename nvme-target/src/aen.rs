@@ -29,30 +29,52 @@ use crate::namespaces::{CHANGED_LIST_LEN, Missed, Namespaces};
 #[derive(Debug, Default)]
 pub struct Events(Mutex<State>);
 
+/// One kind of notice: the change count accounted for, whether a notice is owed, and whether
+/// one was reported and its log not read since.
+#[derive(Debug, Default)]
+struct Notice {
+    seen: u64,
+    owed: bool,
+    masked: bool,
+}
+
+impl Notice {
+    /// Records change count `count`; true if it moved.
+    fn moved(&mut self, count: u64) -> bool {
+        if count <= self.seen {
+            return false;
+        }
+        self.seen = count;
+        true
+    }
+
+    /// A change happened: owed if the host enabled the notice and none is reported unread.
+    fn changed(&mut self, enabled: bool) {
+        if enabled && !self.masked {
+            self.owed = true;
+        }
+    }
+
+    /// Takes the owed notice; it stays masked until the log is read.
+    fn take(&mut self) -> bool {
+        let owed = std::mem::take(&mut self.owed);
+        self.masked |= owed;
+        owed
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// The port's ANA change count this controller has accounted for.
-    ana_seen: u64,
-    /// An ANA change notice waits for a request.
-    ana_owed: bool,
-    /// An ANA change notice was reported; the host has not read the ANA log since.
-    ana_masked: bool,
-    /// The subsystem's namespace change count this controller has accounted for.
-    ns_seen: u64,
+    /// ANA change, against the port's ANA change count.
+    ana: Notice,
+    /// Namespace Attribute Changed, against the subsystem's namespace change count.
+    ns: Notice,
     /// Namespaces changed since the host last read log 04h, ascending.
     ns_changed: Vec<u32>,
     /// More namespaces changed than the log holds.
     ns_overflow: bool,
-    /// A Namespace Attribute Changed notice waits for a request.
-    ns_owed: bool,
-    /// That notice was reported; the host has not read log 04h since.
-    ns_masked: bool,
-    /// The discovery log generation this (discovery) controller has accounted for.
-    disc_seen: u64,
-    /// A Discovery Log Page Change notice waits for a request.
-    disc_owed: bool,
-    /// That notice was reported; the host has not read the discovery log since.
-    disc_masked: bool,
+    /// Discovery Log Page Change (discovery controllers), against the log's generation.
+    disc: Notice,
 }
 
 /// The Changed Namespace List log of a controller (Base 5.16.1.5).
@@ -69,21 +91,17 @@ impl Events {
     /// count: the host reads the state before them when it connects.
     pub fn start(&self, ana_chgcnt: u64, ns_generation: u64, genctr: u64) {
         let mut st = lock(&self.0);
-        st.ana_seen = ana_chgcnt;
-        st.ns_seen = ns_generation;
-        st.disc_seen = genctr;
+        st.ana.seen = ana_chgcnt;
+        st.ns.seen = ns_generation;
+        st.disc.seen = genctr;
     }
 
     /// Records the discovery log's generation counter; owes a notice if it moved, the host
     /// enabled the notice and none is reported and unread.
     fn on_discovery(&self, genctr: u64, aec: u32) {
         let mut st = lock(&self.0);
-        if genctr <= st.disc_seen {
-            return;
-        }
-        st.disc_seen = genctr;
-        if aec & config::DISCOVERY_CHANGE != 0 && !st.disc_masked {
-            st.disc_owed = true;
+        if st.disc.moved(genctr) {
+            st.disc.changed(aec & config::DISCOVERY_CHANGE != 0);
         }
     }
 
@@ -91,12 +109,8 @@ impl Events {
     /// ANA change notices and none is already reported and unread.
     fn on_ana(&self, chgcnt: u64, aec: u32) {
         let mut st = lock(&self.0);
-        if chgcnt <= st.ana_seen {
-            return;
-        }
-        st.ana_seen = chgcnt;
-        if aec & config::ANA_CHANGE != 0 && !st.ana_masked {
-            st.ana_owed = true;
+        if st.ana.moved(chgcnt) {
+            st.ana.changed(aec & config::ANA_CHANGE != 0);
         }
     }
 
@@ -107,11 +121,11 @@ impl Events {
         // One atomic load on every admin queue turn; the record's lock only on a change.
         let now = namespaces.generation(subsys);
         let mut st = lock(&self.0);
-        if now <= st.ns_seen {
+        if now <= st.ns.seen {
             return;
         }
-        let (generation, missed) = namespaces.changes_since(subsys, st.ns_seen);
-        st.ns_seen = generation;
+        let (generation, missed) = namespaces.changes_since(subsys, st.ns.seen);
+        st.ns.seen = generation;
         match missed {
             Missed::Ids(ids) => {
                 for id in ids {
@@ -128,9 +142,7 @@ impl Events {
         if st.ns_overflow {
             st.ns_changed = Vec::new();
         }
-        if aec & config::NS_ATTR != 0 && !st.ns_masked {
-            st.ns_owed = true;
-        }
+        st.ns.changed(aec & config::NS_ATTR != 0);
     }
 
     /// Takes the Changed Namespace List (reading log 04h clears it, as nvmet does; RAE
@@ -152,9 +164,9 @@ impl Events {
         }
         let mut st = lock(&self.0);
         match log {
-            lid::ANA => st.ana_masked = false,
-            lid::CHANGED_NS => st.ns_masked = false,
-            lid::DISCOVERY => st.disc_masked = false,
+            lid::ANA => st.ana.masked = false,
+            lid::CHANGED_NS => st.ns.masked = false,
+            lid::DISCOVERY => st.disc.masked = false,
             _ => {}
         }
     }
@@ -162,27 +174,16 @@ impl Events {
     /// Takes the next owed notice: the completion dword 0 of an event request.
     fn take(&self) -> Option<u32> {
         let mut st = lock(&self.0);
-        if std::mem::take(&mut st.ana_owed) {
-            st.ana_masked = true;
-            return Some(event::result(kind::NOTICE, notice::ANA_CHANGE, lid::ANA));
-        }
-        if std::mem::take(&mut st.ns_owed) {
-            st.ns_masked = true;
-            return Some(event::result(
-                kind::NOTICE,
-                notice::NS_ATTR_CHANGED,
-                lid::CHANGED_NS,
-            ));
-        }
-        if std::mem::take(&mut st.disc_owed) {
-            st.disc_masked = true;
-            return Some(event::result(
-                kind::NOTICE,
-                notice::DISCOVERY_CHANGE,
-                lid::DISCOVERY,
-            ));
-        }
-        None
+        let (info, log) = if st.ana.take() {
+            (notice::ANA_CHANGE, lid::ANA)
+        } else if st.ns.take() {
+            (notice::NS_ATTR_CHANGED, lid::CHANGED_NS)
+        } else if st.disc.take() {
+            (notice::DISCOVERY_CHANGE, lid::DISCOVERY)
+        } else {
+            return None;
+        };
+        Some(event::result(kind::NOTICE, info, log))
     }
 }
 
