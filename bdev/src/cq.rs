@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
-use crate::{Completion, Sink};
+use std::rc::Rc;
+
+use crate::{BlockIo, Completion, IoError, Op, Request, Sink};
 
 /// Completions in the order the engines delivered them, and the task waiting for them.
 #[derive(Default)]
@@ -76,5 +78,65 @@ impl Sink for CompletionQueue {
         if let Some(w) = self.waiter.take() {
             w.wake();
         }
+    }
+}
+
+/// Flushes every device of `devices` at once and waits for all of them (each engine has its
+/// own command deadlines, so this ends); returns the position and error of each that failed.
+pub async fn flush_all(devices: &[Rc<dyn BlockIo>]) -> Vec<(usize, IoError)> {
+    let cq = Rc::new(CompletionQueue::with_capacity(devices.len()));
+    let sink: Rc<dyn Sink> = cq.clone();
+    for (i, d) in devices.iter().enumerate() {
+        d.submit(Request::bare(Op::Flush, 0, 0, i as u64), &sink);
+    }
+    let mut failed = Vec::new();
+    for _ in devices {
+        let c = cq.next().await;
+        if let Err(e) = c.result {
+            failed.push((usize::try_from(c.tag).unwrap_or(usize::MAX), e));
+        }
+    }
+    failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ram::RamDevice;
+    use crate::testing::{Order, Scripted, local};
+
+    #[test]
+    fn flush_all_waits_for_late_completions_and_names_the_failures() {
+        local(async {
+            let ok: Rc<dyn BlockIo> = Rc::new(RamDevice::new("a", 1 << 20, 512).unwrap().open());
+            let late = Rc::new(Scripted::new(
+                RamDevice::new("b", 1 << 20, 512).unwrap().open(),
+            ));
+            let failing = Rc::new(Scripted::new(
+                RamDevice::new("c", 1 << 20, 512).unwrap().open(),
+            ));
+            failing.fail_next(1);
+            late.hold();
+            let devices: Vec<Rc<dyn BlockIo>> = vec![ok, late.clone(), failing];
+            let flush = flush_all(&devices);
+            tokio::pin!(flush);
+            // The held flush keeps it waiting.
+            assert!(poll_once(flush.as_mut()).await.is_none());
+            late.release(Order::Fifo);
+            let failed = flush.await;
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].0, 2);
+        });
+    }
+
+    /// Polls `f` once: `Some` if it finished.
+    async fn poll_once<F: Future + Unpin>(mut f: F) -> Option<F::Output> {
+        poll_fn(|cx| {
+            Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+                Poll::Ready(v) => Some(v),
+                Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

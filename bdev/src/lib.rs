@@ -34,5 +34,5 @@ pub mod throttle;
 pub mod testing;
 
 pub use buf::{BufPool, IoBuf, PoolClass};
-pub use cq::CompletionQueue;
+pub use cq::{CompletionQueue, flush_all};
 pub use io::{BlockIo, Completion, FileExtent, Geometry, IoError, Op, Request, Sink};

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use bdev::{BlockIo, BufPool, CompletionQueue, Op, Request, Sink};
+use bdev::{BlockIo, BufPool};
 
 use crate::config::NamespaceConfig;
 use crate::conn::Conn;
@@ -245,28 +245,16 @@ impl Port {
         drop(inbox);
         // Each connection's drain has a deadline (the send timeout), so this ends.
         while conns.join_next().await.is_some() {}
-        let cq = Rc::new(CompletionQueue::default());
-        let sink: Rc<dyn Sink> = cq.clone();
-        let mut out = 0;
-        let namespaces: Vec<Rc<PortNamespace>> = self
+        let devices: Vec<Rc<dyn BlockIo>> = self
             .shared
             .namespaces
             .borrow()
             .iter()
             .flatten()
-            .cloned()
+            .map(|ns| Rc::clone(&ns.dev))
             .collect();
-        for (i, ns) in namespaces.iter().enumerate() {
-            ns.dev
-                .submit(Request::bare(Op::Flush, 0, 0, i as u64), &sink);
-            out += 1;
-        }
-        // Each device has its own command deadlines, so this ends too.
-        for _ in 0..out {
-            let c = cq.next().await;
-            if let Err(e) = c.result {
-                warn!(namespace = c.tag, error = %e, "flush at shutdown failed");
-            }
+        for (i, e) in bdev::flush_all(&devices).await {
+            warn!(namespace = i, error = %e, "flush at shutdown failed");
         }
     }
 

@@ -313,15 +313,8 @@ impl FlushAfter for () {
 /// Devices a thread stopped using: flushed (each has its own command deadlines).
 impl FlushAfter for Vec<Rc<dyn BlockIo>> {
     async fn flush_after(self) {
-        let cq = Rc::new(bdev::CompletionQueue::default());
-        let sink: Rc<dyn bdev::Sink> = cq.clone();
-        for (i, d) in self.iter().enumerate() {
-            d.submit(bdev::Request::bare(bdev::Op::Flush, 0, 0, i as u64), &sink);
-        }
-        for _ in 0..self.len() {
-            if let Err(e) = cq.next().await.result {
-                tracing::warn!(error = %e, "flush of a removed namespace failed");
-            }
+        for (_, e) in bdev::flush_all(&self).await {
+            tracing::warn!(error = %e, "flush of a removed namespace failed");
         }
     }
 }
