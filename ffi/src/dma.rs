@@ -60,6 +60,12 @@ impl DmaRegion {
         self.len == 0
     }
 
+    /// Keeps the memory behind the region (its whole backing) allocated and mapped for
+    /// good: for memory the device may still write after its owner is gone.
+    pub fn leak(&self) {
+        std::mem::forget(Arc::clone(&self.backing));
+    }
+
     fn at(&self, offset: usize, n: usize) -> usize {
         assert!(
             offset.checked_add(n).is_some_and(|e| e <= self.len),

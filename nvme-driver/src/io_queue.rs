@@ -116,6 +116,12 @@ impl<D: PciDevice> IoQueue<D> {
         }
     }
 
+    /// Keeps the queue's rings and PRP lists allocated for good: for a queue the device
+    /// may still use (it could not be deleted) whose owner is gone.
+    pub fn leak(&self) {
+        self.lists.leak();
+    }
+
     /// Queue ID.
     pub fn qid(&self) -> u16 {
         self.qp.qid

@@ -16,6 +16,10 @@ use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 
 use crate::PAGE;
 
+/// I/O queue pairs the simulated controller has: creating a queue of a higher ID fails
+/// with Invalid Queue Identifier, as on a real controller, so queue IDs leak visibly.
+pub const MAX_IO_QUEUES: u16 = 15;
+
 #[derive(Debug, Default)]
 struct SimQueue {
     base: u64,
@@ -317,7 +321,7 @@ impl State {
                 (self.to_host(sqe, &page), 0)
             }
             admin_opcode::SET_FEATURES if (sqe.cdw10.get() & 0xff) as u8 == feature::NUM_QUEUES => {
-                let n = (sqe.cdw11.get() & 0xffff).min(15);
+                let n = (sqe.cdw11.get() & 0xffff).min(u32::from(MAX_IO_QUEUES) - 1);
                 (status::SUCCESS, n | (n << 16))
             }
             admin_opcode::DELETE_SQ if self.failing_deletes > 0 => {
@@ -346,7 +350,7 @@ impl State {
             admin_opcode::CREATE_CQ | admin_opcode::CREATE_SQ => {
                 let qid = (sqe.cdw10.get() & 0xffff) as u16;
                 let depth = (sqe.cdw10.get() >> 16) as u16 + 1;
-                if qid == 0 || depth < 2 || depth > self.cap.mqes() + 1 {
+                if qid == 0 || qid > MAX_IO_QUEUES || depth < 2 || depth > self.cap.mqes() + 1 {
                     return (status::INVALID_QID | status::DNR, 0);
                 }
                 let q = SimQueue {

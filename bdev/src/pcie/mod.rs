@@ -340,6 +340,65 @@ async fn poll_loop<D: PciDevice + Send + Sync + 'static>(
     }
 }
 
+/// Closing a handle deletes its queue pair, so its ID is free for the next handle (a
+/// namespace removed and added again many times never runs out of queues) and the device
+/// holds none of its commands; requests still on it fail. A control-plane step (namespace
+/// removal, shutdown): it waits for the path's lock, held at most for one reset's
+/// admin-command timeouts. Whatever the device may still write (the queue could not be
+/// deleted, or belongs to a generation not yet quiesced) is leaked, never reused.
+impl<D: PciDevice> Drop for Inner<D> {
+    fn drop(&mut self) {
+        let generation = self.generation.get();
+        let deleted = !self.stale()
+            && {
+                let mut ctl = self.link.path.lock();
+                match ctl.ctrl.as_mut() {
+                    Some(ctrl) if !self.stale() => match ctrl.delete_io_queue(&self.q.borrow()) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!(error = %e, "closed handle's I/O queue could not be deleted");
+                            self.link
+                                .path
+                                .fail(generation, "an I/O queue could not be deleted");
+                            false
+                        }
+                    },
+                    _ => false,
+                }
+            };
+        self.issuing.borrow_mut().clear();
+        let reqs = self.reqs.borrow_mut().drain();
+        for mut p in reqs {
+            p.lost |= p.out > 0 && !deleted;
+            p.error
+                .get_or_insert(IoError::PathDown("the device handle was closed".into()));
+            self.complete(p);
+        }
+        if deleted {
+            self.quarantine
+                .borrow_mut()
+                .retain(|(g, _)| *g != generation);
+        }
+        self.release();
+        let bufs = std::mem::take(self.quarantine.get_mut());
+        let mut queues = std::mem::take(self.retired.get_mut());
+        if !deleted || !bufs.is_empty() || !queues.is_empty() {
+            tracing::warn!(
+                buffers = bufs.len(),
+                queues = queues.len() + usize::from(!deleted),
+                "a closed NVMe handle leaves memory the device may still write: leaked"
+            );
+            std::mem::forget(bufs);
+            for (_, q) in queues.drain(..) {
+                q.leak();
+            }
+            if !deleted {
+                self.q.get_mut().leak();
+            }
+        }
+    }
+}
+
 impl<D: PciDevice> Inner<D> {
     fn iova_of(&self, buf: &IoBuf) -> Option<u64> {
         let (slab, offset) = buf.placement();

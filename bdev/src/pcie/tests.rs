@@ -325,3 +325,79 @@ fn buffers_of_another_pool_are_refused() {
         assert!(read(&io, &mine, 0, 4096).await.is_ok());
     });
 }
+
+#[test]
+fn a_closed_handle_deletes_its_queue_so_opens_never_run_out_of_queue_ids() {
+    let (devs, ns) = namespace(1, Duration::from_secs(10));
+    local(async {
+        let pool = pool();
+        let keep = ns.open(0, &pool).unwrap();
+        let rounds = 3 * usize::from(nvme_driver::sim::MAX_IO_QUEUES);
+        for round in 0..rounds {
+            let io = ns
+                .open(0, &pool)
+                .unwrap_or_else(|e| panic!("open {round}: {e}"));
+            write(&io, &pool, 4096, &data(7)).await.unwrap();
+            drop(io);
+        }
+        assert_eq!(ns.queue_pairs(), 1 + rounds as u64);
+        assert_eq!(ns.resets(), 0);
+        assert_eq!(read(&keep, &pool, 4096, 4096).await.unwrap(), data(7));
+        assert_eq!(devs[0].held(), 0);
+        assert_eq!(pool.free(), 18);
+    });
+}
+
+#[test]
+fn closing_a_handle_with_commands_at_the_device_aborts_and_fails_them() {
+    let (devs, ns) = namespace(1, Duration::from_secs(10));
+    local(async {
+        let pool = pool();
+        let io = ns.open(0, &pool).unwrap();
+        let cq = Rc::new(CompletionQueue::default());
+        let sink: Rc<dyn Sink> = cq.clone();
+        devs[0].hold_io(true);
+        for i in 0..3u64 {
+            let b = pool.get(4096).unwrap();
+            io.submit(Request::read(i * 4096, 4096, b, i), &sink);
+        }
+        assert_eq!(devs[0].held(), 3);
+        drop(io);
+        // The poller owned the handle's state too: let it go.
+        tokio::task::yield_now().await;
+        for _ in 0..3 {
+            assert!(matches!(cq.next().await.result, Err(IoError::PathDown(_))));
+        }
+        assert_eq!(devs[0].held(), 0, "the queue's deletion aborted them");
+        assert_eq!(pool.free(), 18, "buffers the device cannot write come back");
+        assert_eq!(ns.resets(), 0);
+        devs[0].hold_io(false);
+        let again = ns.open(0, &pool).unwrap();
+        write(&again, &pool, 0, &data(8)).await.unwrap();
+    });
+}
+
+#[test]
+fn a_closed_handle_whose_queue_cannot_be_deleted_keeps_its_buffers_from_reuse() {
+    let (devs, ns) = namespace(1, Duration::from_secs(10));
+    local(async {
+        let pool = pool();
+        let io = ns.open(0, &pool).unwrap();
+        let cq = Rc::new(CompletionQueue::default());
+        let sink: Rc<dyn Sink> = cq.clone();
+        devs[0].hold_io(true);
+        let b = pool.get(4096).unwrap();
+        io.submit(Request::read(0, 4096, b, 1), &sink);
+        devs[0].fail_queue_deletes(1);
+        drop(io);
+        tokio::task::yield_now().await;
+        assert!(matches!(cq.next().await.result, Err(IoError::PathDown(_))));
+        assert_eq!(pool.free(), 17, "the device may still write that buffer");
+        devs[0].hold_io(false);
+        // The next open resets the controller first.
+        let again = ns.open(0, &pool).unwrap();
+        assert_eq!(ns.resets(), 1);
+        write(&again, &pool, 0, &data(9)).await.unwrap();
+        assert_eq!(read(&again, &pool, 0, 4096).await.unwrap(), data(9));
+    });
+}
