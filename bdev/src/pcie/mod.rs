@@ -348,37 +348,15 @@ async fn poll_loop<D: PciDevice + Send + Sync + 'static>(
 /// deleted, or belongs to a generation not yet quiesced) is leaked, never reused.
 impl<D: PciDevice> Drop for Inner<D> {
     fn drop(&mut self) {
-        let generation = self.generation.get();
-        let deleted = !self.stale()
-            && {
-                let mut ctl = self.link.path.lock();
-                match ctl.ctrl.as_mut() {
-                    Some(ctrl) if !self.stale() => match ctrl.delete_io_queue(&self.q.borrow()) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::error!(error = %e, "closed handle's I/O queue could not be deleted");
-                            self.link
-                                .path
-                                .fail(generation, "an I/O queue could not be deleted");
-                            false
-                        }
-                    },
-                    _ => false,
-                }
-            };
-        self.issuing.borrow_mut().clear();
-        let reqs = self.reqs.borrow_mut().drain();
-        for mut p in reqs {
-            p.lost |= p.out > 0 && !deleted;
-            p.error
-                .get_or_insert(IoError::PathDown("the device handle was closed".into()));
-            self.complete(p);
-        }
-        if deleted {
-            self.quarantine
-                .borrow_mut()
-                .retain(|(g, _)| *g != generation);
-        }
+        let deleted = !self.stale() && {
+            let mut ctl = self.link.path.lock();
+            match ctl.ctrl.as_mut() {
+                Some(ctrl) if !self.stale() => self.delete_queue(ctrl),
+                _ => false,
+            }
+        };
+        // Deleted, the queue holds nothing the device could still write.
+        self.fail_requests("the device handle was closed", !deleted);
         self.release();
         let bufs = std::mem::take(self.quarantine.get_mut());
         let mut queues = std::mem::take(self.retired.get_mut());
@@ -548,18 +526,43 @@ impl<D: PciDevice> Inner<D> {
     /// The queue is stale: every request fails, those with commands on the device keeping
     /// their buffers from the pool until the controller is disabled.
     fn fail_all(&self) {
-        self.issuing.borrow_mut().clear();
         let why = if self.link.path.is_down() {
             "the controller stays down after failed resets"
         } else {
             "the controller is being reset"
         };
+        self.fail_requests(why, true);
+    }
+
+    /// Every request fails as "path down" (`why`); with `device_may_write`, those with
+    /// commands on the device keep their buffers from the pool.
+    fn fail_requests(&self, why: &str, device_may_write: bool) {
+        self.issuing.borrow_mut().clear();
         let reqs = self.reqs.borrow_mut().drain();
         for mut p in reqs {
-            p.lost |= p.out > 0;
+            p.lost |= p.out > 0 && device_may_write;
             p.error.get_or_insert(IoError::PathDown(why.into()));
             self.complete(p);
         }
+    }
+
+    /// Deletes the handle's queue pair (which aborts what the device still holds of it),
+    /// freeing the buffers kept from the device for this generation; if the controller
+    /// cannot, it needs a reset: the path's generation moves on.
+    fn delete_queue(&self, ctrl: &mut Controller<D>) -> bool {
+        let generation = self.generation.get();
+        let qid = self.q.borrow().qid();
+        if let Err(e) = ctrl.delete_io_queue(&self.q.borrow()) {
+            tracing::error!(qid, error = %e, "I/O queue could not be deleted");
+            self.link
+                .path
+                .fail(generation, "an I/O queue could not be deleted");
+            return false;
+        }
+        self.quarantine
+            .borrow_mut()
+            .retain(|(g, _)| *g != generation);
+        true
     }
 
     /// Frees the buffers and queues the device can no longer reach: those of generations
@@ -599,14 +602,9 @@ impl<D: PciDevice> Inner<D> {
             return false;
         };
         let old = self.q.borrow().qid();
-        if let Err(e) = ctrl.delete_io_queue(&self.q.borrow()) {
-            tracing::error!(qid = old, error = %e, "broken I/O queue could not be deleted");
-            r.path.fail(generation, "an I/O queue could not be deleted");
+        if !self.delete_queue(ctrl) {
             return false;
         }
-        self.quarantine
-            .borrow_mut()
-            .retain(|(g, _)| *g != generation);
         match ctrl.create_io_queue(r.depth, r.timeout) {
             Ok(q) => {
                 let qid = q.qid();

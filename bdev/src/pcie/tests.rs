@@ -348,19 +348,27 @@ fn a_closed_handle_deletes_its_queue_so_opens_never_run_out_of_queue_ids() {
     });
 }
 
+/// `n` 4 KiB reads submitted on `io` while `dev` holds its I/O commands.
+fn held_reads(dev: &SimNvme, io: &PcieIo<SimNvme>, pool: &BufPool, n: u64) -> Rc<CompletionQueue> {
+    let cq = Rc::new(CompletionQueue::default());
+    let sink: Rc<dyn Sink> = cq.clone();
+    dev.hold_io(true);
+    for i in 0..n {
+        io.submit(
+            Request::read(i * 4096, 4096, pool.get(4096).unwrap(), i),
+            &sink,
+        );
+    }
+    cq
+}
+
 #[test]
 fn closing_a_handle_with_commands_at_the_device_aborts_and_fails_them() {
     let (devs, ns) = namespace(1, Duration::from_secs(10));
     local(async {
         let pool = pool();
         let io = ns.open(0, &pool).unwrap();
-        let cq = Rc::new(CompletionQueue::default());
-        let sink: Rc<dyn Sink> = cq.clone();
-        devs[0].hold_io(true);
-        for i in 0..3u64 {
-            let b = pool.get(4096).unwrap();
-            io.submit(Request::read(i * 4096, 4096, b, i), &sink);
-        }
+        let cq = held_reads(&devs[0], &io, &pool, 3);
         assert_eq!(devs[0].held(), 3);
         drop(io);
         // The poller owned the handle's state too: let it go.
@@ -383,11 +391,7 @@ fn a_closed_handle_whose_queue_cannot_be_deleted_keeps_its_buffers_from_reuse() 
     local(async {
         let pool = pool();
         let io = ns.open(0, &pool).unwrap();
-        let cq = Rc::new(CompletionQueue::default());
-        let sink: Rc<dyn Sink> = cq.clone();
-        devs[0].hold_io(true);
-        let b = pool.get(4096).unwrap();
-        io.submit(Request::read(0, 4096, b, 1), &sink);
+        let cq = held_reads(&devs[0], &io, &pool, 1);
         devs[0].fail_queue_deletes(1);
         drop(io);
         tokio::task::yield_now().await;
