@@ -153,6 +153,11 @@ const MAX_QUEUED_PIECES: usize = 1024;
 /// connections' data leaves).
 const BUFFER_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// Input taken per read once the queue is connected: a queue depth of small writes with
+/// their in-capsule data, so a busy queue parses many PDUs per system call (one PDU per
+/// read costs a loop turn and a system call per command).
+const READ_BATCH: usize = 64 * 1024;
+
 /// Output and scratch memory a quiet connection keeps: enough for a queue depth of small
 /// commands without allocating, little enough for thousands of connections. (The input
 /// buffer never passes the negotiated PDU limit, about MAXH2CDATA.)
@@ -529,14 +534,16 @@ impl Conn {
         }
     }
 
-    /// Bytes needed for the PDU at the front of the input (at least a common header).
+    /// Room the next read needs: the PDU at the front of the input (at least a common
+    /// header), and once the queue is connected at least [`READ_BATCH`].
     fn next_len(&self) -> usize {
         let d = self.inb.data();
-        match CommonHeader::read_from_prefix(d) {
+        let pdu = match CommonHeader::read_from_prefix(d) {
             Ok((ch, _)) => (ch.plen.get() as usize).clamp(8, self.max_plen),
             Err(_) => 8,
-        }
-        .max(4096)
+        };
+        let batch = if self.q.is_some() { READ_BATCH } else { 4096 };
+        pdu.max(batch)
     }
 
     /// Handles every complete PDU in the input buffer.
