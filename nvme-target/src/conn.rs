@@ -58,7 +58,7 @@ use crate::group::{Carried, Moving};
 use crate::io::IoReq;
 use crate::metrics::CommandKind;
 use crate::port::PortShared;
-use crate::r2t::Slot;
+use crate::r2t::{DIRECT_MIN, Direct, Slot};
 
 /// Stop reading new PDUs while this much output is waiting for the socket.
 const OUT_HIGH_WATER: usize = 4 << 20;
@@ -96,7 +96,11 @@ pub(crate) struct Conn {
     ic_done: bool,
     pub q: Option<Queue>,
     pub out: OutBuf,
-    inb: InBuf,
+    pub(crate) inb: InBuf,
+    /// A large H2CData payload being read straight into its command's buffer.
+    pub(crate) direct: Option<Direct>,
+    /// A payload read directly whose data digest is still to come.
+    pub(crate) pending_digest: Option<Direct>,
     /// R2T slots (see [`crate::r2t`]).
     pub(crate) slots: Vec<Slot>,
     /// Commands with host data waiting for a slot or R2T budget.
@@ -157,6 +161,8 @@ const BUFFER_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 /// their in-capsule data, so a busy queue parses many PDUs per system call (one PDU per
 /// read costs a loop turn and a system call per command).
 const READ_BATCH: usize = 64 * 1024;
+/// Input taken per read while large H2CData payloads are owed (see [`DIRECT_MIN`]).
+const SMALL_READ: usize = 8 * 1024;
 
 /// Output and scratch memory a quiet connection keeps: enough for a queue depth of small
 /// commands without allocating, little enough for thousands of connections. (The input
@@ -191,6 +197,8 @@ impl Conn {
             // Empty until used: an idle or refused connection costs no buffer memory.
             out: OutBuf::with_capacity(0),
             inb: InBuf::with_capacity(0),
+            direct: None,
+            pending_digest: None,
             slots,
             waiting: VecDeque::new(),
             aborts: Arc::new(AbortBox::default()),
@@ -415,6 +423,13 @@ impl Conn {
                 || !self.waiting.is_empty()
                 || self.fused.has_waiters();
             let need = self.next_len();
+            // While large payloads are owed, read little into the input buffer so that
+            // they mostly go straight to their buffers.
+            let in_limit = if self.r2t_reserved >= DIRECT_MIN {
+                SMALL_READ
+            } else {
+                usize::MAX
+            };
             tokio::select! {
                 biased;
                 r = shutdown.changed(), if !draining => {
@@ -445,10 +460,20 @@ impl Conn {
                     }
                     Err(_) => break None,
                 },
-                r = rd.read(self.inb.spare(need)), if can_read => match r {
+                r = rd.read(if self.direct.is_some() {
+                    Self::direct_target(&self.direct, &mut self.slots)
+                } else {
+                    limit(self.inb.spare(need), in_limit)
+                }), if can_read => match r {
                     Ok(0) | Err(_) => break None,
                     Ok(n) => {
-                        self.inb.filled(n);
+                        if self.direct.is_some() {
+                            if let Err(f) = self.direct_filled(n) {
+                                self.fatal(f);
+                            }
+                        } else {
+                            self.inb.filled(n);
+                        }
                         last_input = Instant::now();
                     }
                 },
@@ -564,9 +589,18 @@ impl Conn {
                     t == pdu_type::IC_REQ
                 }
             };
+            if !self.take_pending_digest()? {
+                return Ok(());
+            }
             let frame = match codec::next_frame(self.inb.data(), self.dg, self.max_plen, allowed) {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    // A large H2CData payload still to come is read into its buffer.
+                    match codec::parse_header(self.inb.data(), self.dg, self.max_plen, allowed)? {
+                        Some(h) if self.ic_done && self.try_direct(&h)? => continue,
+                        _ => return Ok(()),
+                    }
+                }
                 Err(f) => return Err(f),
             };
             let inb = std::mem::replace(&mut self.inb, InBuf::with_capacity(0));
@@ -1039,6 +1073,12 @@ async fn send(
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         r => r,
     }
+}
+
+/// The first `max` bytes of `buf` at most.
+fn limit(buf: &mut [u8], max: usize) -> &mut [u8] {
+    let n = buf.len().min(max);
+    &mut buf[..n]
 }
 
 async fn killed(rx: &mut Option<watch::Receiver<bool>>) {

@@ -12,12 +12,31 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use nvme_spec::command::Sqe;
-use nvme_spec::pdu::{self, CommonHeader, DataHeader, R2t, flags, pdu_type};
-use nvme_spec::{FromZeros, IntoBytes};
+use nvme_spec::pdu::{self, CommonHeader, DIGEST_LEN, DataHeader, R2t, flags, pdu_type};
+use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 
-use crate::codec::{self, Fatal};
+use crate::codec::{self, Fatal, Header};
 use crate::completion::{Command, Error};
 use crate::conn::{Conn, Data};
+
+/// H2CData payloads at least this large are read from the socket straight into their
+/// command's buffer, not through the input buffer.
+pub(crate) const DIRECT_MIN: usize = 16 * 1024;
+
+/// A large H2CData payload being read straight into its slot's buffer.
+#[derive(Debug)]
+pub(crate) struct Direct {
+    slot: usize,
+    /// Where the payload starts in the buffer.
+    start: usize,
+    /// Bytes up to here have arrived.
+    pos: usize,
+    end: usize,
+    /// A data digest follows the payload.
+    digest: bool,
+    /// The PDU is the command's last.
+    last: bool,
+}
 
 /// A command whose data the host sends after an R2T.
 pub(crate) struct Slot {
@@ -148,23 +167,18 @@ impl Conn {
         }
     }
 
-    pub(crate) fn on_h2c_data(
-        &mut self,
-        h: &DataHeader,
-        data: &[u8],
-        digest_error: bool,
-    ) -> Result<(), Fatal> {
+    /// Checks an H2CData header against the slot it names and returns the slot.
+    fn check_h2c(&self, h: &DataHeader, datal: usize) -> Result<usize, Fatal> {
         let max_h2c = self.port.target.config().max_h2c_data as usize;
         let i = usize::from(h.ttag.get());
-        let Some(slot) = self.slots.get_mut(i).filter(|s| s.active) else {
+        let Some(slot) = self.slots.get(i).filter(|s| s.active) else {
             return Err(Fatal::field(10));
         };
         if slot.sqe.cid != h.cccid {
             return Err(Fatal::field(8));
         }
         let datao = h.datao.get() as usize;
-        let datal = h.datal.get() as usize;
-        if datal != data.len() {
+        if h.datal.get() as usize != datal {
             return Err(Fatal::field(16));
         }
         if datal > max_h2c {
@@ -179,10 +193,35 @@ impl Conn {
                 fei: 12,
             });
         }
+        Ok(i)
+    }
+
+    pub(crate) fn on_h2c_data(
+        &mut self,
+        h: &DataHeader,
+        data: &[u8],
+        digest_error: bool,
+    ) -> Result<(), Fatal> {
+        let i = self.check_h2c(h, data.len())?;
+        let slot = &mut self.slots[i];
         if let Some(b) = slot.buf.as_mut() {
-            b.as_mut_slice()[datao..datao + datal].copy_from_slice(data);
+            b.as_mut_slice()[slot.got..slot.got + data.len()].copy_from_slice(data);
         }
-        slot.got += datal;
+        let last = h.ch.flags & flags::LAST_PDU != 0;
+        self.h2c_landed(i, data.len(), digest_error, last)
+    }
+
+    /// Counts `n` bytes of H2CData that reached slot `i`'s buffer, and runs the command
+    /// once all its data is there.
+    fn h2c_landed(
+        &mut self,
+        i: usize,
+        n: usize,
+        digest_error: bool,
+        last: bool,
+    ) -> Result<(), Fatal> {
+        let slot = &mut self.slots[i];
+        slot.got += n;
         if digest_error {
             self.port
                 .metrics()
@@ -190,7 +229,6 @@ impl Conn {
                 .fetch_add(1, Ordering::Relaxed);
             slot.failed = Some(Error::DataDigest);
         }
-        let last = h.ch.flags & flags::LAST_PDU != 0;
         if slot.got == slot.len || last {
             if slot.got != slot.len {
                 return Err(Fatal {
@@ -201,6 +239,101 @@ impl Conn {
             self.finish_slot(i);
         }
         Ok(())
+    }
+
+    /// Starts reading the payload of the H2CData PDU at the front of the input straight into
+    /// its slot's buffer, when it is large and its header is in. Returns whether it did.
+    pub(crate) fn try_direct(&mut self, h: &Header) -> Result<bool, Fatal> {
+        let avail = self.inb.data().len();
+        if h.ch.pdu_type != pdu_type::H2C_DATA || h.data.len() < DIRECT_MIN || avail < h.data.start
+        {
+            return Ok(false);
+        }
+        let (dh, _) = DataHeader::read_from_prefix(self.inb.data()).map_err(|_| Fatal::field(4))?;
+        let len = h.data.len();
+        let i = self.check_h2c(&dh, len)?;
+        let have = (avail - h.data.start).min(len);
+        let start = self.slots[i].got;
+        self.port.metrics().pdus_rx.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = self.slots[i].buf.as_mut() {
+            b.as_mut_slice()[start..start + have]
+                .copy_from_slice(&self.inb.data()[h.data.start..h.data.start + have]);
+        }
+        self.inb.consume(h.data.start + have);
+        self.direct = Some(Direct {
+            slot: i,
+            start,
+            pos: start + have,
+            end: start + len,
+            digest: h.dd != 0,
+            last: dh.ch.flags & flags::LAST_PDU != 0,
+        });
+        if have == len {
+            self.direct_done()?;
+        }
+        Ok(true)
+    }
+
+    /// Where the next read of the socket goes while a payload is read directly (empty,
+    /// which reads as the end of the stream, if its buffer were gone).
+    pub(crate) fn direct_target<'a>(
+        direct: &Option<Direct>,
+        slots: &'a mut [Slot],
+    ) -> &'a mut [u8] {
+        let buf = direct.as_ref().and_then(|d| {
+            let b = slots.get_mut(d.slot)?.buf.as_mut()?;
+            b.as_mut_slice().get_mut(d.pos..d.end)
+        });
+        buf.unwrap_or_default()
+    }
+
+    /// `n` bytes were read straight into the payload's buffer.
+    pub(crate) fn direct_filled(&mut self, n: usize) -> Result<(), Fatal> {
+        let Some(d) = self.direct.as_mut() else {
+            return Ok(());
+        };
+        d.pos += n;
+        if d.pos == d.end {
+            self.direct_done()?;
+        }
+        Ok(())
+    }
+
+    /// The payload read directly is complete: it lands now, or after its data digest.
+    fn direct_done(&mut self) -> Result<(), Fatal> {
+        let Some(d) = self.direct.take() else {
+            return Ok(());
+        };
+        if d.digest {
+            self.pending_digest = Some(d);
+            return Ok(());
+        }
+        self.h2c_landed(d.slot, d.end - d.start, false, d.last)
+    }
+
+    /// Checks the data digest that follows a payload read directly, once it is in the
+    /// input. Returns whether the input may be parsed on.
+    pub(crate) fn take_pending_digest(&mut self) -> Result<bool, Fatal> {
+        if self.direct.is_some() {
+            return Ok(false);
+        }
+        let Some(d) = self.pending_digest.as_ref() else {
+            return Ok(true);
+        };
+        let inb = self.inb.data();
+        if inb.len() < DIGEST_LEN {
+            return Ok(false);
+        }
+        let want = u32::from_le_bytes([inb[0], inb[1], inb[2], inb[3]]);
+        let got = self.slots[d.slot]
+            .buf
+            .as_ref()
+            .map_or(0, |b| codec::digest(&b.as_slice()[d.start..d.end]));
+        let (slot, n, last) = (d.slot, d.end - d.start, d.last);
+        self.pending_digest = None;
+        self.inb.consume(DIGEST_LEN);
+        self.h2c_landed(slot, n, got != want, last)?;
+        Ok(true)
     }
 
     /// Runs a command whose data all arrived, then starts the next waiting ones.
@@ -235,6 +368,8 @@ impl Conn {
     /// Fails commands still waiting for data (shutdown) and frees their buffers.
     pub(crate) fn abort_pending(&mut self) {
         self.aborts.clear();
+        self.direct = None;
+        self.pending_digest = None;
         for i in 0..self.slots.len() {
             if self.slots[i].active {
                 self.slots[i].active = false;

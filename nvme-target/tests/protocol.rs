@@ -327,3 +327,144 @@ fn hostile_lengths_get_nvme_errors() {
     others_unaffected(&h);
     h.stop();
 }
+
+/// A PDU with digests as `dgst` (bit 0 header, bit 1 data) negotiated: `hdr` (its common
+/// header's digest flags, PDO and PLEN are set here), then `data`, whose digest is spoiled
+/// if `spoil`.
+fn pdu_with(dgst: u8, mut hdr: Vec<u8>, data: &[u8], spoil: bool) -> Vec<u8> {
+    let hd = if dgst & 1 != 0 { 4 } else { 0 };
+    let dd = if dgst & 2 != 0 && !data.is_empty() {
+        4
+    } else {
+        0
+    };
+    let pdo = if data.is_empty() { 0 } else { hdr.len() + hd };
+    let plen = hdr.len() + hd + data.len() + dd;
+    hdr[1] = (hdr[1] & !3) | (dgst & 1) | if dd != 0 { 2 } else { 0 };
+    hdr[3] = pdo as u8;
+    hdr[4..8].copy_from_slice(&(plen as u32).to_le_bytes());
+    let mut v = hdr.clone();
+    if hd != 0 {
+        v.extend_from_slice(&digest(&hdr).to_le_bytes());
+    }
+    v.extend_from_slice(data);
+    if dd != 0 {
+        let d = digest(data) ^ if spoil { 0xff } else { 0 };
+        v.extend_from_slice(&d.to_le_bytes());
+    }
+    v
+}
+
+/// Sends `bytes` in pieces with pauses, so the target sees them in separate reads.
+fn dribble(raw: &mut Raw, bytes: &[u8], cuts: &[usize]) {
+    let mut at = 0;
+    for &c in cuts.iter().chain(std::iter::once(&bytes.len())) {
+        let c = c.min(bytes.len());
+        if c > at {
+            raw.send(&bytes[at..c]);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            at = c;
+        }
+    }
+}
+
+/// Large H2CData payloads go from the socket straight into the command's buffer: sent in
+/// odd pieces (a header alone, a payload cut anywhere, a data digest cut in two) they land
+/// whole, with and without digests; a spoiled data digest fails that command only, and the
+/// queue goes on.
+#[test]
+fn large_h2c_payloads_arriving_in_pieces_land_whole() {
+    let h = Harness::start();
+    for dgst in [0u8, 3] {
+        let mut raw = raw_io_queue(&h, dgst);
+        for (cid, spoil) in [(1u16, false), (2, dgst & 2 != 0), (3, false)] {
+            let slba = 1000 * u64::from(cid) + u64::from(dgst);
+            let mut sqe = Sqe::new_zeroed();
+            sqe.opcode = io_opcode::WRITE;
+            sqe.cid.set(cid);
+            sqe.nsid.set(1);
+            sqe.set_lba_range(slba, 128);
+            sqe.dptr.kind = SglDescriptor::TRANSPORT_DATA_BLOCK;
+            sqe.dptr.length.set(65536);
+            let mut cap = CommonHeader::new(pdu_type::CAPSULE_CMD, 0, 72, 0, 0)
+                .as_bytes()
+                .to_vec();
+            cap.extend_from_slice(sqe.as_bytes());
+            raw.send(&pdu_with(dgst, cap, &[], false));
+            let r2t = raw.recv();
+            assert_eq!(r2t[0], pdu_type::R2T);
+            let ttag = u16::from_le_bytes([r2t[10], r2t[11]]);
+            let data = pattern(65536, slba);
+            // Two PDUs of 32 KiB; the second one's digest is the spoiled one.
+            for (i, half) in data.chunks(32768).enumerate() {
+                let mut h2c = DataHeader {
+                    ch: CommonHeader::new(pdu_type::H2C_DATA, 0, 24, 0, 0),
+                    ..DataHeader::default()
+                };
+                if i == 1 {
+                    h2c.ch.flags |= 4;
+                }
+                h2c.cccid.set(cid);
+                h2c.ttag.set(ttag);
+                h2c.datao.set(32768 * i as u32);
+                h2c.datal.set(32768);
+                let pdu = pdu_with(dgst, h2c.as_bytes().to_vec(), half, spoil && i == 1);
+                let n = pdu.len();
+                dribble(&mut raw, &pdu, &[20, 30, 5000, n - 2]);
+            }
+            let r = raw.recv();
+            assert_eq!(r[0], pdu_type::CAPSULE_RESP, "digests {dgst}, cid {cid}");
+            let want = if spoil {
+                status::TRANSIENT_TRANSPORT_ERROR
+            } else {
+                status::SUCCESS
+            };
+            assert_eq!(status_of(&r) & 0x7ff, want, "digests {dgst}, cid {cid}");
+        }
+        // What landed reads back through another connection.
+        let rt = common::rt();
+        rt.block_on(async {
+            let (_c, mut q, ns) = common::connect(
+                h.ports[1],
+                nvme_target::host::HostOptions::new(common::OPEN_NQN),
+            )
+            .await;
+            for cid in [1u64, 2, 3].into_iter().filter(|&c| c != 2 || dgst == 0) {
+                let slba = 1000 * cid + u64::from(dgst);
+                let back = q.read(&ns, slba, 65536).await.unwrap();
+                assert!(back == pattern(65536, slba), "digests {dgst}, LBA {slba}");
+            }
+        });
+    }
+    others_unaffected(&h);
+    h.stop();
+}
+
+/// A large H2CData PDU whose header names the wrong tag is fatal before its payload is read.
+#[test]
+fn large_h2c_data_for_an_unknown_tag_is_fatal() {
+    let h = Harness::start();
+    let mut raw = raw_io_queue(&h, 0);
+    let mut sqe = Sqe::new_zeroed();
+    sqe.opcode = io_opcode::WRITE;
+    sqe.cid.set(4);
+    sqe.nsid.set(1);
+    sqe.set_lba_range(0, 128);
+    sqe.dptr.kind = SglDescriptor::TRANSPORT_DATA_BLOCK;
+    sqe.dptr.length.set(65536);
+    raw.send(&capsule(sqe.as_bytes(), 0));
+    assert_eq!(raw.recv()[0], pdu_type::R2T);
+    let mut h2c = DataHeader {
+        ch: CommonHeader::new(pdu_type::H2C_DATA, 4, 24, 24, 24 + 65536),
+        ..DataHeader::default()
+    };
+    h2c.cccid.set(4);
+    h2c.ttag.set(9);
+    h2c.datal.set(65536);
+    let mut pdu = h2c.as_bytes().to_vec();
+    pdu.extend_from_slice(&[0; 4096]);
+    raw.send(&pdu);
+    assert_term_req(&raw.recv(), 1, 10);
+    others_unaffected(&h);
+    h.stop();
+}
