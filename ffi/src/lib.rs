@@ -1,4 +1,5 @@
-//! Kernel device interfaces: VFIO, PCI BAR mapping and DMA-able memory.
+//! Kernel device interfaces: VFIO, PCI BAR mapping, DMA-able memory and the RAM device's
+//! shared mapping.
 //!
 //! This is the only crate of the workspace that contains device-touching `unsafe` code. It
 //! exports safe handles: [`Mmio`] for registers and doorbells (volatile accesses, bounds
@@ -12,12 +13,14 @@ pub mod generated;
 pub mod iomem;
 pub mod mmio;
 pub mod setup;
+pub mod shm;
 pub mod uring;
 pub mod vfio;
 
 pub use dma::{DmaBacking, DmaRegion, VecBacking};
 pub use iomem::{IoChunk, IoSlab};
 pub use mmio::Mmio;
+pub use shm::SharedMap;
 
 /// Why a device could not be opened or used.
 #[derive(Debug, thiserror::Error)]
