@@ -59,6 +59,7 @@ use crate::io::IoReq;
 use crate::metrics::CommandKind;
 use crate::port::PortShared;
 use crate::r2t::{DIRECT_MIN, Direct, Slot};
+use crate::signals::{self, Signals};
 
 /// Stop reading new PDUs while this much output is waiting for the socket.
 const OUT_HIGH_WATER: usize = 4 << 20;
@@ -141,6 +142,10 @@ pub(crate) struct Conn {
     pub(crate) place: Option<usize>,
     /// The admin queue's keep-alive timer is still to be started.
     pub(crate) keep_alive_pending: bool,
+    /// When the loop's current turn began (the arrival time of the commands it parses).
+    now: Instant,
+    /// A command arrived this turn (the controller's `last_seen` is due).
+    heard: bool,
 }
 
 /// Read data waiting in the output stream.
@@ -220,6 +225,8 @@ impl Conn {
             accepted: Instant::now(),
             place: None,
             keep_alive_pending: false,
+            now: Instant::now(),
+            heard: false,
         }
     }
 
@@ -319,8 +326,8 @@ impl Conn {
         mut self,
         stream: TcpStream,
         slot: listener::Slot,
-        mut drop_rx: watch::Receiver<u64>,
-        mut shutdown: watch::Receiver<bool>,
+        drop_rx: watch::Receiver<u64>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let mut slot = Some(slot);
         if self.peer.is_none() {
@@ -330,8 +337,9 @@ impl Conn {
         // Small responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        let mut kill_rx: Option<watch::Receiver<bool>> = None;
-        let mut events_rx: Option<crate::aen::EventWatch> = None;
+        let mut signals = self.watch_signals(drop_rx, shutdown);
+        // The queue's own sources (its controller, its events) are watched once it has one.
+        let mut queue_watched = false;
         let accepted = self.accepted;
         let mut last_input = Instant::now();
         // Last time output made progress, or the output queue was empty.
@@ -341,10 +349,33 @@ impl Conn {
         let timer = tokio::time::sleep_until(accepted.into());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
-        let aborts = Arc::clone(&self.aborts);
-        let mut notices = None;
+        // Input or output moved in the last wait: their clocks restart at the next turn.
+        let (mut input_moved, mut output_moved) = (false, false);
+        let mut abort_due = false;
         let cq = Rc::clone(&self.cq);
         let reason = loop {
+            // One clock read per turn: commands parsed in a turn arrived together.
+            let now = Instant::now();
+            self.now = now;
+            if std::mem::take(&mut input_moved) {
+                last_input = now;
+            }
+            if std::mem::take(&mut output_moved) {
+                last_output = now;
+            }
+            let raised = signals.take();
+            abort_due |= raised & signals::ABORT != 0;
+            if raised & signals::SHUTDOWN != 0 && drain_until.is_none() {
+                // A host that stops reading cannot hold the shutdown up.
+                drain_until = Some(now + limits.send_timeout);
+                self.abort_pending();
+            }
+            if raised & signals::CLOSE != 0 {
+                break None;
+            }
+            if raised & signals::NOTICE != 0 {
+                self.deliver_events();
+            }
             let draining = drain_until.is_some();
             self.on_completions();
             if !self.buffer_wait.is_empty() {
@@ -357,9 +388,17 @@ impl Conn {
                 self.retry_lock_waits();
             }
             if !draining && !self.closing {
-                self.take_aborts();
+                if std::mem::take(&mut abort_due) {
+                    self.take_aborts();
+                }
                 if let Err(f) = self.process() {
                     self.fatal(f);
+                }
+                // Every command counts as the controller's keep-alive: once per turn.
+                if std::mem::take(&mut self.heard) {
+                    if let Some(q) = &self.q {
+                        q.ctrl.last_seen.set(now);
+                    }
                 }
             }
             // Placed on another thread by its Connect: go there before answering.
@@ -370,16 +409,11 @@ impl Conn {
             if self.keep_alive_pending {
                 self.start_keep_alive();
             }
-            if kill_rx.is_none() {
-                kill_rx = self.q.as_ref().map(|q| q.ctrl.subscribe());
-            }
-            if events_rx.is_none() {
-                events_rx = self.event_watch();
+            if !queue_watched && self.q.is_some() {
+                self.watch_queue(&mut signals);
+                queue_watched = true;
             }
             self.deliver_async_events();
-            if notices.is_none() {
-                notices = self.admin_notices();
-            }
             let idle = self.out.is_empty() && self.pieces.is_empty();
             // A drain waits for the commands at the devices (they have deadlines of their
             // own) and for the writes waiting for a range lock that those commands hold; a
@@ -390,7 +424,7 @@ impl Conn {
             }
             // The send clock runs from when output became pending, or last moved.
             if idle || was_idle {
-                last_output = Instant::now();
+                last_output = now;
             }
             was_idle = idle;
             if idle {
@@ -407,10 +441,13 @@ impl Conn {
                 idle,
             );
             if let Some((at, why)) = deadline {
-                if Instant::now() >= at {
+                if now >= at {
                     break Some(why);
                 }
-                if armed != Some(at) {
+                // Deadlines mostly move later (input and output make progress): the timer
+                // stays set for the earlier one, and the turn it wakes looks again. It is
+                // reset only for an earlier deadline.
+                if armed.is_none_or(|a| at < a) {
                     timer.as_mut().reset(at.into());
                     armed = Some(at);
                 }
@@ -432,30 +469,17 @@ impl Conn {
             };
             tokio::select! {
                 biased;
-                r = shutdown.changed(), if !draining => {
-                    if r.is_err() || *shutdown.borrow() {
-                        // A host that stops reading cannot hold the shutdown up.
-                        drain_until = Some(Instant::now() + limits.send_timeout);
-                        self.abort_pending();
-                    }
-                }
-                _ = drop_rx.changed() => break None,
-                // An Abort on the admin queue named a command of this queue.
-                () = aborts.wake.notified() => {}
-                _ = killed(&mut kill_rx) => break None,
-                // Events are delivered at the top of the loop.
-                () = crate::aen::changed(&mut events_rx) => {}
-                // A reservation notice for this controller (its admin queue).
-                () = crate::resv::notified(notices.as_ref()) => self.deliver_events(),
+                // Shutdown, teardown, aborts, events and notices: taken at the top.
+                () = signals.raised() => {}
                 // Wakes the loop, which checks the deadline afresh.
-                () = &mut timer, if deadline.is_some() => {}
+                () = &mut timer, if armed.is_some() => armed = None,
                 // Completions are taken at the top of the loop.
                 () = cq.ready() => {}
                 () = tokio::time::sleep(BUFFER_RETRY), if buffer_wait => {}
                 r = send(wr.as_ref(), &mut self.out, &mut self.pieces), if !idle => match r {
                     Ok(0) => {}
                     Ok(_) => {
-                        last_output = Instant::now();
+                        output_moved = true;
                         self.reads_sent();
                     }
                     Err(_) => break None,
@@ -474,7 +498,7 @@ impl Conn {
                         } else {
                             self.inb.filled(n);
                         }
-                        last_input = Instant::now();
+                        input_moved = true;
                     }
                 },
             }
@@ -504,6 +528,63 @@ impl Conn {
         let _ = wr.shutdown().await;
         self.teardown();
         drop(slot);
+    }
+
+    /// Starts watching what every connection watches: the target's shutdown, the port
+    /// dropping its connections, and Aborts naming its commands.
+    fn watch_signals(
+        &self,
+        mut drop_rx: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Signals {
+        let mut s = Signals::default();
+        s.watch(signals::SHUTDOWN, |r| async move {
+            // A shutdown signal that is gone is a shutdown too.
+            let _ = shutdown.wait_for(|&down| down).await;
+            r.raise();
+        });
+        s.watch(signals::CLOSE, |r| async move {
+            let _ = drop_rx.changed().await;
+            r.raise();
+        });
+        let aborts = Arc::clone(&self.aborts);
+        s.watch(signals::ABORT, |r| async move {
+            loop {
+                aborts.wake.notified().await;
+                r.raise();
+            }
+        });
+        s
+    }
+
+    /// Starts watching what the connected queue adds: its controller's teardown, and for
+    /// an admin queue its events and reservation notices.
+    fn watch_queue(&self, s: &mut Signals) {
+        let Some(q) = &self.q else { return };
+        let mut kill = q.ctrl.subscribe();
+        s.watch(signals::CLOSE, |r| async move {
+            // A controller that is gone without a teardown closes nothing.
+            if kill.wait_for(|&k| k).await.is_ok() {
+                r.raise();
+            }
+        });
+        if let Some(w) = self.event_watch() {
+            s.watch(signals::EVENTS, |r| async move {
+                let mut w = Some(w);
+                loop {
+                    crate::aen::changed(&mut w).await;
+                    r.raise();
+                }
+            });
+        }
+        if let Some(n) = self.admin_notices() {
+            s.watch(signals::NOTICE, |r| async move {
+                loop {
+                    n.wake.notified().await;
+                    r.raise();
+                }
+            });
+        }
     }
 
     /// The earliest deadline that applies to the connection now, and what it is for.
@@ -702,11 +783,9 @@ impl Conn {
 
     /// Parses a command for its queue, checks where its data is, and routes it.
     fn on_command(&mut self, sqe: &Sqe, incap: &[u8]) {
-        let started = Instant::now();
+        let started = self.now;
         let cid = sqe.cid.get();
-        if let Some(q) = &self.q {
-            q.ctrl.last_seen.set(started);
-        }
+        self.heard = true;
         let cmd = match self.parse(sqe) {
             Ok(c) => c,
             Err(e) => return self.complete(cid, e),
@@ -1079,15 +1158,4 @@ async fn send(
 fn limit(buf: &mut [u8], max: usize) -> &mut [u8] {
     let n = buf.len().min(max);
     &mut buf[..n]
-}
-
-async fn killed(rx: &mut Option<watch::Receiver<bool>>) {
-    match rx {
-        Some(rx) => {
-            if rx.wait_for(|k| *k).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
 }

@@ -34,6 +34,7 @@ pub mod namespaces;
 mod port;
 mod r2t;
 mod resv;
+mod signals;
 pub mod subsystems;
 mod target;
 

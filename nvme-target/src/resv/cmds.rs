@@ -46,14 +46,6 @@ pub(crate) fn check_length(sqe: &Sqe, cfg: &TargetConfig) -> Result<(), Error> {
     if ok { Ok(()) } else { Err(Error::SglLength) }
 }
 
-/// Waits for a notice to the controller whose notices these are (forever without one).
-pub(crate) async fn notified(n: Option<&Arc<CtrlNotices>>) {
-    match n {
-        Some(n) => n.wake.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Conn {
     /// The notices of this connection's controller, if it is its admin queue.
     pub(crate) fn admin_notices(&self) -> Option<Arc<CtrlNotices>> {

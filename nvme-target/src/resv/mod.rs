@@ -9,4 +9,4 @@ mod cmds;
 pub(crate) mod notices;
 pub(crate) mod state;
 
-pub(crate) use cmds::{check_length, notified};
+pub(crate) use cmds::check_length;
