@@ -420,8 +420,8 @@ fn raw_io_queue(addr: SocketAddr, c: &HostController, qid: u16) -> raw::Raw {
     raw_io_queue_with(addr, c, qid, false)
 }
 
-/// A raw I/O queue, with data digests if `data_digest` (reads are then copied into the
-/// connection's output buffer instead of going out with `sendfile`).
+/// A raw I/O queue, with data digests if `data_digest` (reads of file extents are then
+/// copied into the connection's output buffer instead of going out with `sendfile`).
 fn raw_io_queue_with(
     addr: SocketAddr,
     c: &HostController,
@@ -610,9 +610,9 @@ fn shutdown_finishes_while_a_host_stops_reading() {
         .unwrap();
     let (c, _q, _ns) = rt.block_on(well_behaved_host(ports[0]));
     let base = b.rss_kib();
-    // 2 x 64 MiB of reads asked for and none of it read: one queue served by `sendfile`,
-    // one (data digests) through the output buffer, which stops taking commands at its
-    // high-water mark.
+    // 2 x 64 MiB of reads asked for and none of it read, on one queue without and one with
+    // data digests: the reads wait in pool buffers and the output buffer, which stops taking
+    // commands at its high-water mark.
     let mut stalled = Vec::new();
     for (qid, digest) in [(2, false), (3, true)] {
         let mut r = raw_io_queue_with(ports[0], &c, qid, digest);

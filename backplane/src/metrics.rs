@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bdev::slots::Slots;
-use bdev::{BlockIo, Completion, FileExtent, Geometry, Op, Request, Sink};
+use bdev::{BlockIo, Completion, Extent, Geometry, Op, Request, Sink};
 
 /// Counters of one backplane device, summed over every controller's handle.
 #[derive(Debug, Default)]
@@ -119,8 +119,8 @@ impl BlockIo for Counted {
         self.inner.in_flight()
     }
 
-    fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
-        let ok = self.inner.file_extents(offset, len, out);
+    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
+        let ok = self.inner.extents(offset, len, out);
         if ok {
             // Sent by the kernel straight from the file: counted as a read now.
             self.relay.metrics.count(Op::Read, len, true);

@@ -144,18 +144,60 @@ pub struct Geometry {
     pub volatile_cache: bool,
 }
 
-/// A piece of a read the kernel can send straight from a file (`sendfile`).
+/// A piece of a read the kernel can send without the engine copying it first.
 #[derive(Clone, Debug)]
-pub struct FileExtent {
-    /// The file (kept open while the piece waits to be sent).
-    pub file: Arc<std::fs::File>,
-    /// Offset in the file.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: usize,
+pub enum Extent {
+    /// Bytes of a file, sent with `sendfile` (the file is kept open while the piece waits).
+    File {
+        /// The file.
+        file: Arc<std::fs::File>,
+        /// Offset in the file.
+        offset: u64,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// Bytes of a device's shared mapping (a RAM device), gathered into the socket write
+    /// (the mapping is kept while the piece waits).
+    Mapped {
+        /// The mapping.
+        map: Arc<ffi::SharedMap>,
+        /// Offset in the mapping.
+        offset: u64,
+        /// Length in bytes.
+        len: usize,
+    },
 }
 
-impl FileExtent {
+impl Extent {
+    /// Bytes left to send.
+    pub fn len(&self) -> usize {
+        match self {
+            Extent::File { len, .. } | Extent::Mapped { len, .. } => *len,
+        }
+    }
+
+    /// Whether nothing is left to send.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the first `n` bytes (they were sent).
+    pub fn advance(&mut self, n: usize) {
+        match self {
+            Extent::File { offset, len, .. } | Extent::Mapped { offset, len, .. } => {
+                let n = n.min(*len);
+                *offset += n as u64;
+                *len -= n;
+            }
+        }
+    }
+
+    /// The `len` bytes at `offset` of a device of `size` bytes, if they are inside it.
+    fn inside(size: u64, offset: u64, len: u64) -> Option<usize> {
+        let n = usize::try_from(len).ok()?;
+        offset.checked_add(len).filter(|&e| e <= size).map(|_| n)
+    }
+
     /// The `len` bytes at `offset` of a device that is `file` itself (`size` bytes of it),
     /// appended to `out`; false (nothing appended) if the range is outside the device.
     pub(crate) fn whole_file(
@@ -163,18 +205,34 @@ impl FileExtent {
         size: u64,
         offset: u64,
         len: u64,
-        out: &mut Vec<FileExtent>,
+        out: &mut Vec<Extent>,
     ) -> bool {
-        let Ok(n) = usize::try_from(len) else {
+        let Some(len) = Self::inside(size, offset, len) else {
             return false;
         };
-        if offset.checked_add(len).is_none_or(|e| e > size) {
-            return false;
-        }
-        out.push(FileExtent {
+        out.push(Extent::File {
             file: Arc::clone(file),
             offset,
-            len: n,
+            len,
+        });
+        true
+    }
+
+    /// The `len` bytes at `offset` of a device that is all of `map`, appended to `out`;
+    /// false (nothing appended) if the range is outside it.
+    pub(crate) fn whole_map(
+        map: &Arc<ffi::SharedMap>,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent>,
+    ) -> bool {
+        let Some(len) = Self::inside(map.len() as u64, offset, len) else {
+            return false;
+        };
+        out.push(Extent::Mapped {
+            map: Arc::clone(map),
+            offset,
+            len,
         });
         true
     }
@@ -194,10 +252,10 @@ pub trait BlockIo {
     /// Requests submitted and not yet completed.
     fn in_flight(&self) -> usize;
 
-    /// Where the `len` bytes at `offset` live in files, if reads may bypass the handle
-    /// (zero-copy sends): appends the pieces in order and returns true, or returns false
-    /// (the default) and appends nothing.
-    fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
+    /// Where the `len` bytes at `offset` live in files or mapped memory, if reads may
+    /// bypass the handle (zero-copy sends): appends the pieces in order and returns true, or
+    /// returns false (the default) and appends nothing.
+    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
         let _ = (offset, len, out);
         false
     }

@@ -35,4 +35,4 @@ pub mod testing;
 
 pub use buf::{BufPool, IoBuf, PoolClass};
 pub use cq::{CompletionQueue, flush_all};
-pub use io::{BlockIo, Completion, FileExtent, Geometry, IoError, Op, Request, Sink};
+pub use io::{BlockIo, Completion, Extent, Geometry, IoError, Op, Request, Sink};

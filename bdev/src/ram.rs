@@ -1,8 +1,13 @@
 //! The RAM engine: a memfd every controller thread maps and copies to and from directly
 //! (as SPDK's malloc bdev copies), with no system call and no page-cache lookup per
-//! request. Requests complete inside [`BlockIo::submit`]; reads may also go to the socket
-//! straight from the memfd (`sendfile`). Write Zeroes and Deallocate punch holes in the
-//! memfd, which the mapping sees.
+//! request. Requests complete inside [`BlockIo::submit`]. Write Zeroes and Deallocate punch
+//! holes in the memfd, which the mapping sees.
+//!
+//! Large reads may skip the copy: [`BlockIo::extents`] hands out ranges of the mapping that
+//! the NVMe/TCP target gathers straight into its socket writes. They never go out with
+//! `sendfile` from the memfd: copying out of the mapping and sending the buffer beat that
+//! (128 KiB reads 1.26x, 16 KiB reads 2.2x through SPDK's initiator), as `sendfile` takes
+//! and drops a reference on every page it sends.
 
 use std::fs::File;
 use std::io;
@@ -14,7 +19,7 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use ffi::SharedMap;
 
 use crate::io::{check, finish};
-use crate::{BlockIo, FileExtent, Geometry, IoError, Op, Request, Sink};
+use crate::{BlockIo, Extent, Geometry, IoError, Op, Request, Sink};
 
 /// A copy the mapping refused (the range was checked before: a bug, not the host's).
 fn ram_error(e: ffi::Error) -> IoError {
@@ -102,8 +107,8 @@ impl BlockIo for RamIo {
         0
     }
 
-    fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
-        FileExtent::whole_file(&self.dev.file, self.dev.geometry.size, offset, len, out)
+    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
+        Extent::whole_map(&self.dev.map, offset, len, out)
     }
 }
 
@@ -133,6 +138,36 @@ mod tests {
         io.submit(Request::bare(Op::Flush, 0, 0, 9), &sink);
         assert_eq!(cq.pop().map(|c| c.tag), Some(9));
         assert_eq!(io.in_flight(), 0);
+    }
+
+    #[test]
+    fn extents_are_ranges_of_the_mapping() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let dev = RamDevice::new("t", 1 << 20, 512).unwrap();
+        let io = dev.open();
+        let pool = BufPool::small(4).unwrap();
+        local(async {
+            write(&io, &pool, 4096, &[7u8; 4096]).await.unwrap();
+        });
+        let mut out = Vec::new();
+        assert!(io.extents(2048, 4096, &mut out));
+        let [Extent::Mapped { map, offset, len }] = &out[..] else {
+            panic!("one mapped extent: {out:?}");
+        };
+        assert_eq!((*offset, *len), (2048, 4096));
+        // What the kernel would send from it: the device's bytes.
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let iov = [map.iovec(*offset, *len).unwrap()];
+        assert_eq!(ffi::writev(a.as_fd(), &iov).unwrap(), 4096);
+        let mut got = vec![0u8; 4096];
+        b.read_exact(&mut got).unwrap();
+        assert!(got[..2048].iter().all(|&x| x == 0));
+        assert!(got[2048..].iter().all(|&x| x == 7));
+        // Past the end: nothing appended.
+        assert!(!io.extents((1 << 20) - 512, 1024, &mut out));
+        assert!(!io.extents(u64::MAX, 512, &mut out));
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::{BlockIo, FileExtent, Geometry, Op, Request, Sink};
+use crate::{BlockIo, Extent, Geometry, Op, Request, Sink};
 
 struct Bucket {
     /// Bytes per second.
@@ -119,7 +119,7 @@ impl<T: BlockIo + 'static> BlockIo for Throttled<T> {
     }
 
     /// A capped device is never read behind the bucket's back.
-    fn file_extents(&self, _offset: u64, _len: u64, _out: &mut Vec<FileExtent>) -> bool {
+    fn extents(&self, _offset: u64, _len: u64, _out: &mut Vec<Extent>) -> bool {
         false
     }
 }

@@ -1,11 +1,14 @@
 //! Shared memory that many threads read and write by copying: the RAM device's storage.
 //!
 //! A [`SharedMap`] maps a whole file (a memfd) shared, so every controller thread copies to
-//! and from the same pages the kernel's `sendfile` reads (pages fault in on first touch). Like a device's
-//! memory, other threads may write any range at any time: it is only ever copied in and out
-//! through raw pointers, bounds checked; no Rust reference ever points into it.
+//! and from the same pages (they fault in on first touch). Like a device's memory, other
+//! threads may write any range at any time: it is only ever copied in and out through raw
+//! pointers, bounds checked, or handed to the kernel as an [`IoVec`] of a socket write
+//! ([`writev`]); no Rust reference ever points into it.
 
 use std::fs::File;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
@@ -74,6 +77,18 @@ impl SharedMap {
         Ok(unsafe { self.base.as_ptr().add(at) })
     }
 
+    /// The `len` bytes at `offset`, for the kernel to read in a [`writev`].
+    pub fn iovec(&self, offset: u64, len: usize) -> Result<IoVec<'_>, Error> {
+        let at = self.at(offset, len)?;
+        Ok(IoVec {
+            iov: nix::libc::iovec {
+                iov_base: at.cast(),
+                iov_len: len,
+            },
+            _mem: PhantomData,
+        })
+    }
+
     /// Copies `buf.len()` bytes at `offset` into `buf`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         let src = self.at(offset, buf.len())?;
@@ -101,6 +116,72 @@ impl Drop for SharedMap {
     }
 }
 
+/// One buffer of a vectored socket write: memory of the caller's or a range of a
+/// [`SharedMap`], alive for `'a`. The kernel reads it; Rust code never does.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct IoVec<'a> {
+    iov: nix::libc::iovec,
+    _mem: PhantomData<&'a [u8]>,
+}
+
+impl<'a> IoVec<'a> {
+    /// An empty buffer.
+    pub const EMPTY: IoVec<'static> = IoVec {
+        iov: nix::libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        },
+        _mem: PhantomData,
+    };
+
+    /// The bytes of `b`.
+    pub fn new(b: &'a [u8]) -> Self {
+        Self {
+            iov: nix::libc::iovec {
+                iov_base: b.as_ptr().cast_mut().cast(),
+                iov_len: b.len(),
+            },
+            _mem: PhantomData,
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.iov.iov_len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.iov.iov_len == 0
+    }
+}
+
+impl std::fmt::Debug for IoVec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoVec").field("len", &self.len()).finish()
+    }
+}
+
+/// Writes the buffers of `iov` in order to `fd` with one `writev`; returns the bytes taken
+/// (a non-blocking socket that takes nothing gives `WouldBlock`).
+pub fn writev(fd: BorrowedFd<'_>, iov: &[IoVec<'_>]) -> std::io::Result<usize> {
+    // At most IOV_MAX entries go in one call.
+    let n = i32::try_from(iov.len().min(1024)).unwrap_or(1024);
+    // SAFETY: `IoVec` is a transparent `iovec` whose memory lives for its lifetime, which
+    // outlasts this call; the kernel only reads the first `n` entries and the bytes they
+    // point to. Other threads writing a shared mapping's bytes meanwhile only change which
+    // bytes are sent.
+    let r = unsafe { nix::libc::writev(fd.as_raw_fd(), iov.as_ptr().cast(), n) };
+    usize::try_from(r).map_err(|_| std::io::Error::last_os_error())
+}
+
+// SAFETY: an `IoVec` is a pointer and length for the kernel to read, bound by its lifetime
+// to memory that may be read from any thread (the caller's slice or a `SharedMap`).
+unsafe impl Send for IoVec<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for IoVec<'_> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +203,28 @@ mod tests {
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, 4100).unwrap();
         assert_eq!(b[0], 7);
+    }
+
+    #[test]
+    fn writev_sends_slices_and_mapped_ranges_in_order() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let f = tempfile_like(8192);
+        let m = SharedMap::new(&f, 8192).unwrap();
+        m.write(100, b"mapped").unwrap();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let iov = [
+            IoVec::new(b"head "),
+            m.iovec(100, 6).unwrap(),
+            IoVec::EMPTY,
+            IoVec::new(b" tail"),
+        ];
+        assert_eq!(iov[1].len(), 6);
+        assert_eq!(writev(a.as_fd(), &iov).unwrap(), 16);
+        let mut got = [0u8; 16];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"head mapped tail");
+        assert!(m.iovec(8190, 3).is_err());
     }
 
     fn tempfile_like(len: u64) -> File {

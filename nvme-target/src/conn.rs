@@ -27,6 +27,7 @@
 //! shutdown.
 
 use std::collections::VecDeque;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -45,7 +46,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use bdev::slots::Slots;
-use bdev::{CompletionQueue, FileExtent, IoBuf, Sink};
+use bdev::{CompletionQueue, Extent, IoBuf, Sink};
+use ffi::IoVec;
 
 use crate::abort::AbortBox;
 use crate::auth::QueueAuth;
@@ -119,8 +121,8 @@ pub(crate) struct Conn {
     /// Read data to send at its stream position: device buffers, or file pieces for
     /// `sendfile` (zero-copy reads).
     pub pieces: VecDeque<(u64, Piece)>,
-    /// Scratch for [`bdev::BlockIo::file_extents`].
-    pub extents: Vec<FileExtent>,
+    /// Scratch for [`bdev::BlockIo::extents`].
+    pub extents: Vec<Extent>,
     /// I/O commands with data at hand, at the device (see [`crate::io`]).
     pub reqs: Slots<IoReq>,
     /// Reads waiting for a device buffer.
@@ -152,8 +154,8 @@ pub(crate) struct Conn {
 pub(crate) enum Piece {
     /// A device buffer, and how much of it went out.
     Buf { buf: IoBuf, sent: usize },
-    /// A piece of a file for `sendfile`.
-    File(FileExtent),
+    /// A piece of a file (for `sendfile`) or of a device's mapped memory.
+    Extent(Extent),
 }
 
 /// Most data pieces queued before the connection stops reading new commands.
@@ -1053,10 +1055,10 @@ impl Conn {
 /// Most slices one vectored write gathers (output between pieces, and device buffers).
 const GATHER: usize = 64;
 
-/// Sends what is queued, once the socket takes more: the output bytes and the device
-/// buffers at their places, gathered into one vectored write up to the next file piece, or
-/// that file piece with `sendfile` when it is next. Returns how many bytes went out (0 if the
-/// socket was not ready after all).
+/// Sends what is queued, once the socket takes more: the output bytes, the device buffers
+/// and mapped extents at their places, gathered into one vectored write up to the next file
+/// piece, or that file piece with `sendfile` when it is next. Returns how many bytes went
+/// out (0 if the socket was not ready after all).
 async fn send(
     stream: &TcpStream,
     out: &mut OutBuf,
@@ -1066,25 +1068,25 @@ async fn send(
     let r = stream.try_io(Interest::WRITABLE, || {
         let consumed = out.consumed();
         let rel = |at: u64| usize::try_from(at - consumed).unwrap_or(usize::MAX);
-        if let Some((at, Piece::File(e))) = pieces.front_mut() {
+        if let Some((at, Piece::Extent(Extent::File { file, offset, len }))) = pieces.front_mut() {
             if *at == consumed {
                 let mut off =
-                    i64::try_from(e.offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-                let n = nix::sys::sendfile::sendfile64(stream, &*e.file, Some(&mut off), e.len)?;
+                    i64::try_from(*offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+                let n = nix::sys::sendfile::sendfile64(stream, &**file, Some(&mut off), *len)?;
                 if n == 0 {
                     // The file ended before the piece did: nothing sensible can follow.
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
-                e.offset += n as u64;
-                e.len -= n;
-                if e.len == 0 {
+                *offset += n as u64;
+                *len -= n;
+                if *len == 0 {
                     pieces.pop_front();
                 }
                 return Ok(n);
             }
         }
         let pending = out.pending();
-        let mut iov = [std::io::IoSlice::new(&[]); GATHER];
+        let mut iov = [IoVec::EMPTY; GATHER];
         let mut n = 0;
         let mut cursor = 0;
         let mut to_end = true;
@@ -1095,26 +1097,27 @@ async fn send(
             }
             let at = rel(*at).min(pending.len());
             if at > cursor {
-                iov[n] = std::io::IoSlice::new(&pending[cursor..at]);
+                iov[n] = IoVec::new(&pending[cursor..at]);
                 n += 1;
                 cursor = at;
             }
-            match piece {
-                Piece::Buf { buf, sent } => {
-                    iov[n] = std::io::IoSlice::new(&buf.as_slice()[*sent..]);
-                    n += 1;
-                }
-                Piece::File(_) => {
+            iov[n] = match piece {
+                Piece::Buf { buf, sent } => IoVec::new(&buf.as_slice()[*sent..]),
+                Piece::Extent(Extent::Mapped { map, offset, len }) => map
+                    .iovec(*offset, *len)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+                Piece::Extent(Extent::File { .. }) => {
                     to_end = false;
                     break;
                 }
-            }
-        }
-        if to_end && cursor < pending.len() && n < GATHER {
-            iov[n] = std::io::IoSlice::new(&pending[cursor..]);
+            };
             n += 1;
         }
-        let written = stream.try_write_vectored(&iov[..n])?;
+        if to_end && cursor < pending.len() && n < GATHER {
+            iov[n] = IoVec::new(&pending[cursor..]);
+            n += 1;
+        }
+        let written = ffi::writev(stream.as_fd(), &iov[..n])?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -1133,17 +1136,24 @@ async fn send(
                 left -= k;
                 continue;
             }
-            match pieces.front_mut() {
+            let done = match pieces.front_mut() {
                 Some((_, Piece::Buf { buf, sent })) => {
                     let k = left.min(buf.len() - *sent);
                     *sent += k;
                     left -= k;
-                    if *sent == buf.len() {
-                        // The buffer goes back to the pool.
-                        pieces.pop_front();
-                    }
+                    *sent == buf.len()
+                }
+                Some((_, Piece::Extent(e @ Extent::Mapped { .. }))) => {
+                    let k = left.min(e.len());
+                    e.advance(k);
+                    left -= k;
+                    e.is_empty()
                 }
                 _ => break,
+            };
+            if done {
+                // A buffer goes back to the pool, an extent drops its mapping.
+                pieces.pop_front();
             }
         }
         Ok(written)

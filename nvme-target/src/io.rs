@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bdev::{BlockIo, Completion, FileExtent, IoBuf, IoError, Op, Request};
+use bdev::{BlockIo, Completion, IoBuf, IoError, Op, Request};
 use nvme_spec::cmds::{IoCmd, ParseError};
 use nvme_spec::command::{DSM_ATTR_DEALLOCATE, DsmRange, Sqe, io_opcode};
 use nvme_spec::{FromBytes, IntoBytes};
@@ -27,8 +27,9 @@ use crate::locks::RangeGuard;
 use crate::metrics::CommandKind;
 use crate::port::PortNamespace;
 
-/// Reads at least this large go out with `sendfile` when the device allows it (and data
-/// digests are off: the digest needs the bytes in user space).
+/// Reads at least this large go out without a copy into a device buffer when the device
+/// allows it (`sendfile` from a file, or its mapped memory gathered into the socket write)
+/// and data digests are off (the digest needs the bytes in a buffer of ours).
 const ZERO_COPY_MIN: usize = 16 * 1024;
 /// Dataset Management data: 256 ranges of 16 bytes at most.
 const DSM_MAX_LEN: usize = 256 * 16;
@@ -208,7 +209,7 @@ impl Conn {
                 };
                 if !self.dg.data && n >= ZERO_COPY_MIN {
                     self.extents.clear();
-                    if dev.file_extents(offset, len, &mut self.extents) {
+                    if dev.extents(offset, len, &mut self.extents) {
                         self.count_read(Some(&ns), len);
                         // Its latency is observed when its last byte is handed to the socket.
                         self.send_extents(sqe.cid.get(), n, started);
@@ -604,10 +605,8 @@ impl Conn {
         let h = self.c2h_header(cid, n);
         codec::put_header(&mut self.out, h.as_bytes(), self.dg);
         let at = self.out.position();
-        let extents: Vec<FileExtent> = self.extents.drain(..).collect();
-        for e in extents {
-            self.pieces.push_back((at, Piece::File(e)));
-        }
+        self.pieces
+            .extend(self.extents.drain(..).map(|e| (at, Piece::Extent(e))));
         self.read_queued(at, started);
         self.port.metrics().pdus_tx.fetch_add(1, Ordering::Relaxed);
         self.complete(cid, Done::success());

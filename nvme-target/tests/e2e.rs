@@ -121,6 +121,66 @@ fn writes_through_one_controller_read_back_through_another() {
     h.stop();
 }
 
+/// Reads of a RAM namespace that offers its mapping: without data digests the large ones
+/// go out straight from the mapping (never submitted to the device), gathered with small
+/// reads' buffers and the responses, at queue depth; with data digests every read goes
+/// through a buffer. Each read returns its own bytes either way.
+async fn mapped_reads(h: &Harness, digests: Digests) -> usize {
+    let mut opts = HostOptions::new(LOCKED_NQN);
+    opts.hostnqn = ALLOWED_HOST.into();
+    opts.digests = digests;
+    let (_c, mut q, ns) = connect(h.ports[0], opts).await;
+    let span = 4u64 << 20;
+    let image = pattern(span as usize, 11);
+    for (i, chunk) in image.chunks(1 << 20).enumerate() {
+        q.write(&ns, (i as u64) << 11, chunk).await.unwrap();
+    }
+    let before = h.locked.reads();
+    // Sizes around the zero-copy threshold, from 4 KiB to 1 MiB, at odd block offsets.
+    let sizes = [4096, 16_384, 512, 131_072, 16_896, 1 << 20, 8192, 65_536];
+    let mut want = std::collections::HashMap::new();
+    for round in 0..4u64 {
+        for (i, &len) in sizes.iter().enumerate() {
+            let slba = (round * 977 + i as u64 * 1531) % ((span - len as u64) / 512);
+            let cid = q.submit_read(&ns, slba, len).unwrap();
+            want.insert(cid, (slba, len));
+        }
+        for _ in 0..sizes.len() {
+            let done = q.next().await.unwrap();
+            assert_eq!(done.status(), 0);
+            let (slba, len) = want.remove(&done.cid).unwrap();
+            let at = (slba * 512) as usize;
+            assert!(
+                q.data(done.cid) == &image[at..at + len],
+                "{len} bytes at LBA {slba} ({digests:?}) differ"
+            );
+            q.release(done.cid);
+        }
+    }
+    h.locked.reads() - before
+}
+
+#[test]
+fn large_reads_of_mapped_memory_go_out_without_a_device_read() {
+    let h = Harness::start();
+    let submitted = rt().block_on(timeout(mapped_reads(&h, Digests::default())));
+    // 4 rounds of 3 reads below 16 KiB went to the device; the 5 larger ones did not.
+    assert_eq!(submitted, 4 * 3);
+    let submitted = rt().block_on(timeout(mapped_reads(
+        &h,
+        Digests {
+            header: true,
+            data: true,
+        },
+    )));
+    assert_eq!(
+        submitted,
+        4 * 8,
+        "with data digests every read is submitted"
+    );
+    h.stop();
+}
+
 #[test]
 fn round_trip_with_header_and_data_digests() {
     let h = Harness::start();

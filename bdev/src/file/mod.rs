@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use threads::ThreadIo;
 pub use uring::UringIo;
 
-use crate::{BlockIo, FileExtent, Geometry, Request, Sink};
+use crate::{BlockIo, Extent, Geometry, Request, Sink};
 
 /// How a thread's handle does its I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,10 +137,10 @@ impl BlockIo for FileIo {
         }
     }
 
-    fn file_extents(&self, offset: u64, len: u64, out: &mut Vec<FileExtent>) -> bool {
+    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
         // O_DIRECT files must not be read through the page cache behind their back.
         !self.dev.direct
-            && FileExtent::whole_file(&self.dev.file, self.dev.geometry.size, offset, len, out)
+            && Extent::whole_file(&self.dev.file, self.dev.geometry.size, offset, len, out)
     }
 }
 

@@ -33,7 +33,11 @@ pub const ALLOWED_HOST: &str =
 #[derive(Clone)]
 pub struct MemDevice {
     ram: RamDevice,
+    /// Reads may go out straight from the RAM device's mapping (its extents are offered).
+    mapped: bool,
     flushes: Arc<AtomicUsize>,
+    /// Reads submitted to the device (not those sent from its mapping).
+    reads: Arc<AtomicUsize>,
     gate: Arc<Gate>,
     /// The threads that submitted reads.
     readers: Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
@@ -51,10 +55,25 @@ impl MemDevice {
     pub fn new(size: usize, block_size: u32) -> Self {
         Self {
             ram: RamDevice::new("test", size as u64, block_size).unwrap(),
+            mapped: false,
             flushes: Arc::new(AtomicUsize::new(0)),
+            reads: Arc::default(),
             gate: Arc::default(),
             readers: Arc::default(),
         }
+    }
+
+    /// A device whose large reads may go out straight from its mapping.
+    pub fn mapped(size: usize, block_size: u32) -> Self {
+        Self {
+            mapped: true,
+            ..Self::new(size, block_size)
+        }
+    }
+
+    /// Reads submitted to the device so far (all clones and threads together).
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
     }
 
     /// How many threads have submitted reads so far.
@@ -106,6 +125,7 @@ impl BlockIo for MemIo {
             self.dev.flushes.fetch_add(1, Ordering::SeqCst);
         }
         if req.op == Op::Read {
+            self.dev.reads.fetch_add(1, Ordering::SeqCst);
             self.dev
                 .readers
                 .lock()
@@ -134,6 +154,10 @@ impl BlockIo for MemIo {
     }
     fn in_flight(&self) -> usize {
         self.dev.held()
+    }
+    fn extents(&self, offset: u64, len: u64, out: &mut Vec<bdev::Extent>) -> bool {
+        let gated = self.dev.gate.offset.lock().unwrap().is_some();
+        self.dev.mapped && !gated && self.inner.extents(offset, len, out)
     }
 }
 
@@ -173,6 +197,8 @@ pub struct Harness {
     pub discovery: SocketAddr,
     /// Namespace 2 of the open subsystem (in memory, counts flushes).
     pub ns2: MemDevice,
+    /// Namespace 1 of the locked subsystem (in memory, large reads sent from its mapping).
+    pub locked: MemDevice,
     /// A device no namespace uses at start, for namespaces added at run time.
     pub spare: MemDevice,
     shutdown: watch::Sender<bool>,
@@ -205,7 +231,7 @@ impl Harness {
         // Namespace 1 is file-backed (zero-copy reads), namespace 2 in memory (copied reads).
         let ns1 = FileDevice::new(64 << 20);
         let ns2 = MemDevice::new(16 << 20, 4096);
-        let locked = MemDevice::new(4 << 20, 512);
+        let locked = MemDevice::mapped(4 << 20, 512);
         let spare = MemDevice::new(8 << 20, 4096);
         let listeners: Vec<_> = (0..3)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -354,6 +380,7 @@ impl Harness {
             ports: addrs[..2].to_vec(),
             discovery: addrs[2],
             ns2,
+            locked,
             spare,
             shutdown,
             threads,
