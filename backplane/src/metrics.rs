@@ -119,8 +119,8 @@ impl BlockIo for Counted {
         self.inner.in_flight()
     }
 
-    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
-        let ok = self.inner.extents(offset, len, out);
+    fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<Extent>) -> bool {
+        let ok = self.inner.extents(offset, len, files, out);
         if ok {
             // Sent by the kernel straight from the file: counted as a read now.
             self.relay.metrics.count(Op::Read, len, true);

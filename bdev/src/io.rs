@@ -252,11 +252,11 @@ pub trait BlockIo {
     /// Requests submitted and not yet completed.
     fn in_flight(&self) -> usize;
 
-    /// Where the `len` bytes at `offset` live in files or mapped memory, if reads may
-    /// bypass the handle (zero-copy sends): appends the pieces in order and returns true, or
-    /// returns false (the default) and appends nothing.
-    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
-        let _ = (offset, len, out);
+    /// Where the `len` bytes at `offset` live in mapped memory, or also in files if `files`,
+    /// if reads may bypass the handle (zero-copy sends): appends the pieces in order and
+    /// returns true, or returns false (the default) and appends nothing.
+    fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<Extent>) -> bool {
+        let _ = (offset, len, files, out);
         false
     }
 }

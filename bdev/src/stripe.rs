@@ -234,7 +234,7 @@ impl BlockIo for Stripe {
         self.inner.parents.borrow().len()
     }
 
-    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
+    fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<Extent>) -> bool {
         if offset
             .checked_add(len)
             .is_none_or(|e| e > self.inner.geometry.size)
@@ -243,7 +243,7 @@ impl BlockIo for Stripe {
         }
         let start = out.len();
         for (m, at, _, piece) in pieces(self.n(), self.inner.unit, offset, len) {
-            if !self.inner.members[m].extents(at, piece, out) {
+            if !self.inner.members[m].extents(at, piece, files, out) {
                 out.truncate(start);
                 return false;
             }

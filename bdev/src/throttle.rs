@@ -119,7 +119,7 @@ impl<T: BlockIo + 'static> BlockIo for Throttled<T> {
     }
 
     /// A capped device is never read behind the bucket's back.
-    fn extents(&self, _offset: u64, _len: u64, _out: &mut Vec<Extent>) -> bool {
+    fn extents(&self, _offset: u64, _len: u64, _files: bool, _out: &mut Vec<Extent>) -> bool {
         false
     }
 }

@@ -27,10 +27,11 @@ use crate::locks::RangeGuard;
 use crate::metrics::CommandKind;
 use crate::port::PortNamespace;
 
-/// Reads at least this large go out without a copy into a device buffer when the device
-/// allows it (`sendfile` from a file, or its mapped memory gathered into the socket write)
-/// and data digests are off (the digest needs the bytes in a buffer of ours).
-const ZERO_COPY_MIN: usize = 16 * 1024;
+/// Reads go out without a copy into a device buffer when the device allows it and data
+/// digests are off (the digest needs the bytes in a buffer of ours): pieces of its mapped
+/// memory at any size (gathered into the socket write like a buffer), pieces of files
+/// (`sendfile`, a system call each) only for reads at least this large.
+const SENDFILE_MIN: usize = 16 * 1024;
 /// Dataset Management data: 256 ranges of 16 bytes at most.
 const DSM_MAX_LEN: usize = 256 * 16;
 
@@ -207,9 +208,9 @@ impl Conn {
                 let Data::ToHost(n) = data else {
                     return self.fail(sqe, Error::SglType);
                 };
-                if !self.dg.data && n >= ZERO_COPY_MIN {
+                if !self.dg.data {
                     self.extents.clear();
-                    if dev.extents(offset, len, &mut self.extents) {
+                    if dev.extents(offset, len, n >= SENDFILE_MIN, &mut self.extents) {
                         self.count_read(Some(&ns), len);
                         // Its latency is observed when its last byte is handed to the socket.
                         self.send_extents(sqe.cid.get(), n, started);

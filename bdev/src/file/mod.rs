@@ -137,9 +137,10 @@ impl BlockIo for FileIo {
         }
     }
 
-    fn extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
+    fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<Extent>) -> bool {
         // O_DIRECT files must not be read through the page cache behind their back.
-        !self.dev.direct
+        files
+            && !self.dev.direct
             && Extent::whole_file(&self.dev.file, self.dev.geometry.size, offset, len, out)
     }
 }

@@ -216,3 +216,33 @@ fn write_zeroes_where_the_file_system_refuses_zero_range() {
         assert!(back.iter().all(|&b| b == 0), "deallocated reads as zeroes");
     });
 }
+
+#[test]
+fn extents_are_offered_only_when_file_pieces_are_wanted_and_never_for_o_direct() {
+    local(async {
+        let dir = tempfile::tempdir().unwrap();
+        let f = temp_file(&dir, false, 1 << 20).unwrap();
+        let io = FileDevice::new(f, 1 << 20, 512, false)
+            .open(Engine::Auto, 4)
+            .unwrap();
+        let mut out = Vec::new();
+        assert!(
+            !io.extents(0, 4096, false, &mut out),
+            "file pieces not wanted"
+        );
+        assert!(io.extents(4096, 8192, true, &mut out));
+        let [Extent::File { offset, len, .. }] = &out[..] else {
+            panic!("one file extent: {out:?}");
+        };
+        assert_eq!((*offset, *len), (4096, 8192));
+        assert!(!io.extents(1 << 20, 512, true, &mut out), "past the end");
+        let Some(f) = temp_file(&dir, true, 1 << 20) else {
+            return;
+        };
+        let direct = FileDevice::new(f, 1 << 20, 512, true)
+            .open(Engine::Auto, 4)
+            .unwrap();
+        assert!(!direct.extents(0, 4096, true, &mut out), "O_DIRECT");
+        assert_eq!(out.len(), 1);
+    });
+}

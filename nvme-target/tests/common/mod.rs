@@ -155,9 +155,9 @@ impl BlockIo for MemIo {
     fn in_flight(&self) -> usize {
         self.dev.held()
     }
-    fn extents(&self, offset: u64, len: u64, out: &mut Vec<bdev::Extent>) -> bool {
+    fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<bdev::Extent>) -> bool {
         let gated = self.dev.gate.offset.lock().unwrap().is_some();
-        self.dev.mapped && !gated && self.inner.extents(offset, len, out)
+        self.dev.mapped && !gated && self.inner.extents(offset, len, files, out)
     }
 }
 
