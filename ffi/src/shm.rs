@@ -176,12 +176,6 @@ pub fn writev(fd: BorrowedFd<'_>, iov: &[IoVec<'_>]) -> std::io::Result<usize> {
     usize::try_from(r).map_err(|_| std::io::Error::last_os_error())
 }
 
-// SAFETY: an `IoVec` is a pointer and length for the kernel to read, bound by its lifetime
-// to memory that may be read from any thread (the caller's slice or a `SharedMap`).
-unsafe impl Send for IoVec<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for IoVec<'_> {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
