@@ -122,7 +122,7 @@ impl BlockIo for Counted {
     fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<Extent>) -> bool {
         let ok = self.inner.extents(offset, len, files, out);
         if ok {
-            // Sent by the kernel straight from the file: counted as a read now.
+            // Sent straight from the file or the mapping, never submitted: counted as a read now.
             self.relay.metrics.count(Op::Read, len, true);
         }
         ok

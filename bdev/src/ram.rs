@@ -5,7 +5,7 @@
 //!
 //! Reads may skip the copy: [`BlockIo::extents`] hands out ranges of the mapping that the
 //! NVMe/TCP target gathers straight into its socket writes (4 KiB random reads 1.09-1.14x,
-//! 128 KiB sequential reads 1.06-1.12x in `baton bench`). They never go out with
+//! 128 KiB sequential reads 1.15-1.26x in `baton bench`). They never go out with
 //! `sendfile` from the memfd: copying out of the mapping and sending the buffer beat that
 //! (128 KiB reads 1.26x, 16 KiB reads 2.2x through SPDK's initiator), as `sendfile` takes
 //! and drops a reference on every page it sends.

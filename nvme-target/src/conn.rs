@@ -118,8 +118,8 @@ pub(crate) struct Conn {
     sqhd: u16,
     pub closing: bool,
     max_plen: usize,
-    /// Read data to send at its stream position: device buffers, or file pieces for
-    /// `sendfile` (zero-copy reads).
+    /// Read data to send at its stream position: device buffers, or extents (file pieces for
+    /// `sendfile`, ranges of a RAM device's mapping) for zero-copy reads.
     pub pieces: VecDeque<(u64, Piece)>,
     /// Scratch for [`bdev::BlockIo::extents`].
     pub extents: Vec<Extent>,
@@ -1068,8 +1068,8 @@ async fn send(
     let r = stream.try_io(Interest::WRITABLE, || {
         let consumed = out.consumed();
         let rel = |at: u64| usize::try_from(at - consumed).unwrap_or(usize::MAX);
-        if let Some((at, Piece::Extent(Extent::File { file, offset, len }))) = pieces.front_mut() {
-            if *at == consumed {
+        if let Some((at, Piece::Extent(e))) = pieces.front_mut() {
+            if let (true, Extent::File { file, offset, len }) = (*at == consumed, &*e) {
                 let mut off =
                     i64::try_from(*offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
                 let n = nix::sys::sendfile::sendfile64(stream, &**file, Some(&mut off), *len)?;
@@ -1077,9 +1077,8 @@ async fn send(
                     // The file ended before the piece did: nothing sensible can follow.
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
-                *offset += n as u64;
-                *len -= n;
-                if *len == 0 {
+                e.advance(n);
+                if e.is_empty() {
                     pieces.pop_front();
                 }
                 return Ok(n);

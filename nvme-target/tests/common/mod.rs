@@ -63,7 +63,7 @@ impl MemDevice {
         }
     }
 
-    /// A device whose large reads may go out straight from its mapping.
+    /// A device whose reads may go out straight from its mapping.
     pub fn mapped(size: usize, block_size: u32) -> Self {
         Self {
             mapped: true,
