@@ -77,6 +77,8 @@ pub(crate) struct Queue {
     pub ctrl: Arc<Ctrl>,
     pub qid: u16,
     pub sqsize: u16,
+    /// An I/O queue's count on the thread that serves it ([`crate::group::QueueLoad`]).
+    pub load: Option<crate::group::LoadShare>,
 }
 
 /// Where a command's data is.
@@ -1033,7 +1035,9 @@ impl Conn {
             .fetch_sub(i64::from(self.io_in_flight), Ordering::Relaxed);
         self.io_in_flight = 0;
         self.piece_reads.clear();
-        let Some(q) = self.q.take() else { return };
+        let Some(mut q) = self.q.take() else { return };
+        // Gone from its thread's count before anything else says so.
+        drop(q.load.take());
         let target = &self.port.target;
         self.port
             .metrics()

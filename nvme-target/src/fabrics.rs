@@ -188,6 +188,7 @@ impl Conn {
                 ctrl,
                 qid: 0,
                 sqsize,
+                load: None,
             });
             self.port
                 .metrics()
@@ -213,13 +214,21 @@ impl Conn {
         if !ctrl.claim_io_queue(qid) {
             return Err(invalid(false, CMD_QID));
         }
-        let to = self.port.group.place_io(ctrl.home, qid);
+        let (to, load) = self
+            .port
+            .group
+            .place_io(target.queue_load(), ctrl.home, qid);
         if to != self.port.member {
             self.place = Some(to);
         }
         self.publish_aborts(&ctrl, qid);
         target.set_io_queues(subsys, cntlid, ctrl.io_queue_count());
-        self.q = Some(Queue { ctrl, qid, sqsize });
+        self.q = Some(Queue {
+            ctrl,
+            qid,
+            sqsize,
+            load: Some(load),
+        });
         self.port
             .metrics()
             .queue_pairs

@@ -69,6 +69,8 @@ pub struct Target {
     namespaces: Namespaces,
     /// Controllers that receive reservation notices.
     notices: NoticeBoard,
+    /// Live I/O queues per controller thread, over every port: where new ones go.
+    queue_load: Arc<crate::group::QueueLoad>,
 }
 
 /// Largest dynamic controller ID (FFF0h and up are reserved).
@@ -123,6 +125,7 @@ impl Target {
             subsystems,
             namespaces,
             notices: NoticeBoard::default(),
+            queue_load: Arc::default(),
         }))
     }
 
@@ -247,6 +250,11 @@ impl Target {
     /// The controllers reservation notices go to.
     pub(crate) fn notices(&self) -> &NoticeBoard {
         &self.notices
+    }
+
+    /// Live I/O queues per controller thread, over every port.
+    pub(crate) fn queue_load(&self) -> &Arc<crate::group::QueueLoad> {
+        &self.queue_load
     }
 
     /// The configuration.

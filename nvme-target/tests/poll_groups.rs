@@ -108,3 +108,52 @@ fn one_queue_controllers_alternate_between_the_threads() {
     }));
     h.stop();
 }
+
+#[test]
+fn one_queue_controllers_on_two_ports_share_the_threads_out() {
+    let h = Harness::start();
+    rt().block_on(timeout(async {
+        // A benchmark's shape: one short association first (its prefill), then one job per
+        // port, each one controller with one I/O queue. The gone queue no longer counts,
+        // and the two jobs' queues go to different threads whatever their ports' turns say.
+        {
+            let mut c = HostController::connect(h.ports[0], HostOptions::new(OPEN_NQN))
+                .await
+                .unwrap();
+            c.set_num_queues(1).await.unwrap();
+            let ns = c.namespace(1).await.unwrap();
+            let mut q = c.connect_io_queue(1).await.unwrap();
+            q.write(&ns, 0, &pattern(4096, 1)).await.unwrap();
+            c.shutdown().await.unwrap();
+        }
+        let pairs = |i: usize| {
+            h.target.metrics().ports[i]
+                .queue_pairs
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        for _ in 0..500 {
+            if pairs(0) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(pairs(0), 0, "the first association's queues are gone");
+        let mut held = Vec::new();
+        for port in [h.ports[0], h.ports[1]] {
+            let mut c = HostController::connect(port, HostOptions::new(OPEN_NQN))
+                .await
+                .unwrap();
+            c.set_num_queues(1).await.unwrap();
+            let ns = c.namespace(2).await.unwrap();
+            let mut q = c.connect_io_queue(1).await.unwrap();
+            q.read(&ns, 0, 4096).await.unwrap();
+            held.push((c, q));
+        }
+        assert_eq!(
+            h.ns2.reader_threads(),
+            2,
+            "the two jobs' I/O queues are served by two threads"
+        );
+    }));
+    h.stop();
+}

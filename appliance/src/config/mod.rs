@@ -212,8 +212,9 @@ pub struct NvmeTcpConfig {
     /// ANA group states at start that are not optimized, per controller.
     #[serde(default)]
     pub ana: Vec<AnaConfig>,
-    /// Deal every port's connections (its hosts' queues) round-robin over all controller
-    /// threads, like SPDK's poll groups, so one host association uses every core; false
+    /// Deal every port's connections (its hosts' queues) over all controller threads, like
+    /// SPDK's poll groups (new I/O queues to the least loaded), so one host association
+    /// uses every core; false
     /// keeps a port's connections on its own controller thread.
     #[serde(default = "default_true")]
     pub spread_queues: bool,
