@@ -9,9 +9,9 @@
 //! after its controller's home first on a tie. So the queues of one host association run on
 //! every core even when the host sends all its I/O down one path, one-queue associations on
 //! different ports share the threads out too, and queues that have gone no longer count. A
-//! connection placed on
-//! another thread moves there right after its Connect, before its response is sent: the
-//! socket and what the connection has set up ([`Moving`]) go through that member's inbox.
+//! connection placed on another thread moves there right after its Connect, before its
+//! response is sent: the socket and what the connection has set up ([`Moving`]) go through
+//! that member's inbox.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
