@@ -6,11 +6,12 @@ mod common;
 
 use common::{rt, timeout};
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Harness, OPEN_NQN, pattern};
 use nvme_spec::status;
-use nvme_target::host::{HostController, HostError, HostOptions};
+use nvme_target::host::{HostController, HostError, HostOptions, Namespace, Queue};
 
 #[test]
 fn one_controllers_io_queues_run_on_both_threads() {
@@ -91,12 +92,7 @@ fn one_queue_controllers_alternate_between_the_threads() {
         // their homes alternate, so their I/O queues do too.
         let mut held = Vec::new();
         for _ in 0..2 {
-            let mut c = HostController::connect(h.ports[0], HostOptions::new(OPEN_NQN))
-                .await
-                .unwrap();
-            c.set_num_queues(1).await.unwrap();
-            let ns = c.namespace(2).await.unwrap();
-            let mut q = c.connect_io_queue(1).await.unwrap();
+            let (c, mut q, ns) = one_queue_controller(h.ports[0], 2).await;
             q.read(&ns, 0, 4096).await.unwrap();
             held.push((c, q));
         }
@@ -117,12 +113,7 @@ fn one_queue_controllers_on_two_ports_share_the_threads_out() {
         // port, each one controller with one I/O queue. The gone queue no longer counts,
         // and the two jobs' queues go to different threads whatever their ports' turns say.
         {
-            let mut c = HostController::connect(h.ports[0], HostOptions::new(OPEN_NQN))
-                .await
-                .unwrap();
-            c.set_num_queues(1).await.unwrap();
-            let ns = c.namespace(1).await.unwrap();
-            let mut q = c.connect_io_queue(1).await.unwrap();
+            let (mut c, mut q, ns) = one_queue_controller(h.ports[0], 1).await;
             q.write(&ns, 0, &pattern(4096, 1)).await.unwrap();
             c.shutdown().await.unwrap();
         }
@@ -140,12 +131,7 @@ fn one_queue_controllers_on_two_ports_share_the_threads_out() {
         assert_eq!(pairs(0), 0, "the first association's queues are gone");
         let mut held = Vec::new();
         for port in [h.ports[0], h.ports[1]] {
-            let mut c = HostController::connect(port, HostOptions::new(OPEN_NQN))
-                .await
-                .unwrap();
-            c.set_num_queues(1).await.unwrap();
-            let ns = c.namespace(2).await.unwrap();
-            let mut q = c.connect_io_queue(1).await.unwrap();
+            let (c, mut q, ns) = one_queue_controller(port, 2).await;
             q.read(&ns, 0, 4096).await.unwrap();
             held.push((c, q));
         }
@@ -156,4 +142,16 @@ fn one_queue_controllers_on_two_ports_share_the_threads_out() {
         );
     }));
     h.stop();
+}
+
+/// A host controller of the open subsystem with one I/O queue (a benchmark job's shape), and
+/// its namespace `nsid`.
+async fn one_queue_controller(port: SocketAddr, nsid: u32) -> (HostController, Queue, Namespace) {
+    let mut c = HostController::connect(port, HostOptions::new(OPEN_NQN))
+        .await
+        .unwrap();
+    c.set_num_queues(1).await.unwrap();
+    let ns = c.namespace(nsid).await.unwrap();
+    let q = c.connect_io_queue(1).await.unwrap();
+    (c, q, ns)
 }
