@@ -192,6 +192,69 @@ impl Extent {
         }
     }
 
+    /// Copies `data` into the pieces of `extents` (mapped ranges, in order), starting `at`
+    /// bytes into them. Fails, having copied a prefix, if they are shorter or one is a file.
+    pub fn copy_in(extents: &[Extent], at: usize, data: &[u8]) -> Result<(), IoError> {
+        let mut skip = at;
+        let mut data = data;
+        for e in extents {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let Extent::Mapped { map, offset, len } = e else {
+                return Err(IoError::Invalid("a write into a file piece".into()));
+            };
+            if skip >= *len {
+                skip -= len;
+                continue;
+            }
+            let n = (len - skip).min(data.len());
+            map.write(offset + skip as u64, &data[..n])
+                .map_err(|e| IoError::Invalid(e.to_string()))?;
+            data = &data[n..];
+            skip = 0;
+        }
+        if data.is_empty() {
+            Ok(())
+        } else {
+            Err(IoError::Invalid(format!(
+                "{} bytes past the end of the pieces",
+                data.len()
+            )))
+        }
+    }
+
+    /// The mapped bytes `[from, to)` of `extents` (counted across the pieces, in order) as
+    /// buffers for the kernel to fill, in `iov`; returns how many entries it used (fewer
+    /// bytes than asked when `iov` is full, none past the pieces' end or at a file piece).
+    pub fn iovecs_mut<'a>(
+        extents: &'a [Extent],
+        from: usize,
+        to: usize,
+        iov: &mut [ffi::IoVecMut<'a>],
+    ) -> usize {
+        let mut n = 0;
+        let mut base = 0;
+        for e in extents {
+            if n == iov.len() || base >= to {
+                break;
+            }
+            let Extent::Mapped { map, offset, len } = e else {
+                break;
+            };
+            let (s, t) = (from.max(base), to.min(base + len));
+            if s < t {
+                match map.iovec_mut(offset + (s - base) as u64, t - s) {
+                    Ok(v) => iov[n] = v,
+                    Err(_) => break,
+                }
+                n += 1;
+            }
+            base += len;
+        }
+        n
+    }
+
     /// The `len` bytes at `offset` of a device of `size` bytes, if they are inside it.
     fn inside(size: u64, offset: u64, len: u64) -> Option<usize> {
         let n = usize::try_from(len).ok()?;
@@ -257,6 +320,16 @@ pub trait BlockIo {
     /// returns true, or returns false (the default) and appends nothing.
     fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<Extent>) -> bool {
         let _ = (offset, len, files, out);
+        false
+    }
+
+    /// Where a write of the `len` bytes at `offset` may put its data itself, without a
+    /// request (SPDK's zero-copy bdev I/O): ranges of mapped memory, in order, appended to
+    /// `out`, returning true; or false (the default) and nothing appended. Bytes copied into
+    /// them are the device's at once, with no completion; a flush still goes through
+    /// [`BlockIo::submit`]. Devices that count their I/O count the write here.
+    fn write_extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
+        let _ = (offset, len, out);
         false
     }
 }

@@ -111,6 +111,11 @@ impl BlockIo for RamIo {
     fn extents(&self, offset: u64, len: u64, _files: bool, out: &mut Vec<Extent>) -> bool {
         Extent::whole_map(&self.dev.map, offset, len, out)
     }
+
+    fn write_extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
+        let bs = u64::from(self.dev.geometry.block_size.max(1));
+        offset % bs == 0 && len % bs == 0 && Extent::whole_map(&self.dev.map, offset, len, out)
+    }
 }
 
 #[cfg(test)]

@@ -250,6 +250,23 @@ impl BlockIo for Stripe {
         }
         true
     }
+
+    fn write_extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > self.inner.geometry.size)
+        {
+            return false;
+        }
+        let start = out.len();
+        for (m, at, _, piece) in pieces(self.n(), self.inner.unit, offset, len) {
+            if !self.inner.members[m].write_extents(at, piece, out) {
+                out.truncate(start);
+                return false;
+            }
+        }
+        true
+    }
 }
 
 impl Stripe {
@@ -372,5 +389,52 @@ mod tests {
         let s = Stripe::new(vec![a, b], 64 << 10).unwrap();
         assert_eq!(s.geometry().size, 2 << 20);
         assert_eq!(s.geometry().optimal_boundary, 64 << 10);
+    }
+
+    #[test]
+    fn writes_land_in_the_members_mappings_across_units() {
+        let ram = |n| Rc::new(RamDevice::new(n, 1 << 20, 512).unwrap().open()) as Rc<dyn BlockIo>;
+        let s = Stripe::new(vec![ram("a"), ram("b")], 4096).unwrap();
+        // 12 KiB from 2 KiB into the first unit: four pieces over the two members.
+        let mut out = Vec::new();
+        assert!(s.write_extents(2048, 12_288, &mut out));
+        assert_eq!(
+            out.iter().map(Extent::len).collect::<Vec<_>>(),
+            [2048, 4096, 4096, 2048]
+        );
+        let data: Vec<u8> = (0..12_288u32).map(|i| (i % 251) as u8).collect();
+        // Copied in two parts, the second starting inside the second piece.
+        Extent::copy_in(&out, 0, &data[..3000]).unwrap();
+        Extent::copy_in(&out, 3000, &data[3000..]).unwrap();
+        let pool = BufPool::small(4).unwrap();
+        local(async {
+            assert_eq!(read(&s, &pool, 2048, 12_288).await.unwrap(), data);
+        });
+        // What the kernel would fill: bytes [1000, 11000) of the pieces, as four buffers.
+        let mut iov = [const { ffi::IoVecMut::EMPTY }; 4];
+        assert_eq!(Extent::iovecs_mut(&out, 1000, 11_000, &mut iov), 4);
+        let lens: Vec<_> = iov.iter().map(ffi::IoVecMut::len).collect();
+        assert_eq!(lens, [1048, 4096, 4096, 760]);
+        // Only as many as fit; none past the end.
+        assert_eq!(Extent::iovecs_mut(&out, 0, 12_288, &mut iov[..2]), 2);
+        assert_eq!(Extent::iovecs_mut(&out, 12_288, 20_000, &mut iov), 0);
+        // More data than the pieces hold, and pieces that are not the device's memory.
+        assert!(Extent::copy_in(&out, 12_000, &[0u8; 512]).is_err());
+        assert!(
+            !s.write_extents((1 << 21) - 512, 1024, &mut out),
+            "past the end"
+        );
+        let file = Extent::File {
+            file: std::sync::Arc::new(tempfile::tempfile().unwrap()),
+            offset: 0,
+            len: 512,
+        };
+        assert!(Extent::copy_in(&[file], 0, &[0u8; 16]).is_err());
+        // A capped member is never written behind its bucket's back.
+        let capped = crate::throttle::Throttled::new(
+            RamDevice::new("c", 1 << 20, 512).unwrap().open(),
+            1 << 20,
+        );
+        assert!(!capped.write_extents(0, 4096, &mut Vec::new()));
     }
 }

@@ -20,7 +20,7 @@ pub mod vfio;
 pub use dma::{DmaBacking, DmaRegion, VecBacking};
 pub use iomem::{IoChunk, IoSlab};
 pub use mmio::Mmio;
-pub use shm::{IoVec, SharedMap, writev};
+pub use shm::{IoVec, IoVecMut, SharedMap, readv, writev};
 
 /// Why a device could not be opened or used.
 #[derive(Debug, thiserror::Error)]

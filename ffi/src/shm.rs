@@ -4,7 +4,8 @@
 //! and from the same pages (they fault in on first touch). Like a device's memory, other
 //! threads may write any range at any time: it is only ever copied in and out through raw
 //! pointers, bounds checked, or handed to the kernel as an [`IoVec`] of a socket write
-//! ([`writev`]); no Rust reference ever points into it.
+//! ([`writev`]) or an [`IoVecMut`] of a socket read ([`readv`]); no Rust reference ever
+//! points into it.
 
 use std::fs::File;
 use std::marker::PhantomData;
@@ -89,6 +90,18 @@ impl SharedMap {
         })
     }
 
+    /// The `len` bytes at `offset`, for the kernel to fill in a [`readv`].
+    pub fn iovec_mut(&self, offset: u64, len: usize) -> Result<IoVecMut<'_>, Error> {
+        let at = self.at(offset, len)?;
+        Ok(IoVecMut {
+            iov: nix::libc::iovec {
+                iov_base: at.cast(),
+                iov_len: len,
+            },
+            _mem: PhantomData,
+        })
+    }
+
     /// Copies `buf.len()` bytes at `offset` into `buf`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         let src = self.at(offset, buf.len())?;
@@ -163,6 +176,69 @@ impl std::fmt::Debug for IoVec<'_> {
     }
 }
 
+/// One buffer of a vectored socket read: a range of a [`SharedMap`] or memory the caller
+/// holds exclusively, alive for `'a`. The kernel writes it.
+#[repr(transparent)]
+pub struct IoVecMut<'a> {
+    iov: nix::libc::iovec,
+    _mem: PhantomData<&'a [u8]>,
+}
+
+impl<'a> IoVecMut<'a> {
+    /// An empty buffer.
+    pub const EMPTY: IoVecMut<'static> = IoVecMut {
+        iov: nix::libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        },
+        _mem: PhantomData,
+    };
+
+    /// The bytes of `b`.
+    pub fn new(b: &'a mut [u8]) -> Self {
+        Self {
+            iov: nix::libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            },
+            _mem: PhantomData,
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.iov.iov_len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.iov.iov_len == 0
+    }
+}
+
+impl std::fmt::Debug for IoVecMut<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoVecMut")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Reads from `fd` into the buffers of `iov` in order with one `readv`; returns the bytes
+/// read (0 at the end of the stream; a non-blocking socket with nothing to read gives
+/// `WouldBlock`).
+pub fn readv(fd: BorrowedFd<'_>, iov: &mut [IoVecMut<'_>]) -> std::io::Result<usize> {
+    // At most IOV_MAX entries go in one call.
+    let n = i32::try_from(iov.len().min(1024)).unwrap_or(1024);
+    // SAFETY: `IoVecMut` is a transparent `iovec` whose memory lives for its lifetime, which
+    // outlasts this call, and is either the caller's exclusively (`IoVecMut::new` took a
+    // `&mut`) or a shared mapping that no Rust reference points into; the kernel writes at
+    // most the first `n` entries' bytes. Other threads copying a shared mapping's bytes
+    // meanwhile see some interleaving of old and new bytes, as with concurrent DMA.
+    let r = unsafe { nix::libc::readv(fd.as_raw_fd(), iov.as_ptr().cast(), n) };
+    usize::try_from(r).map_err(|_| std::io::Error::last_os_error())
+}
+
 /// Writes the buffers of `iov` in order to `fd` with one `writev`; returns the bytes taken
 /// (a non-blocking socket that takes nothing gives `WouldBlock`).
 pub fn writev(fd: BorrowedFd<'_>, iov: &[IoVec<'_>]) -> std::io::Result<usize> {
@@ -219,6 +295,40 @@ mod tests {
         b.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"head mapped tail");
         assert!(m.iovec(8190, 3).is_err());
+    }
+
+    #[test]
+    fn readv_fills_mapped_ranges_and_slices_in_order() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let f = tempfile_like(8192);
+        let m = SharedMap::new(&f, 8192).unwrap();
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(b"head mapped tail").unwrap();
+        let mut head = [0u8; 5];
+        let mut iov = [
+            IoVecMut::new(&mut head),
+            IoVecMut::EMPTY,
+            m.iovec_mut(4094, 6).unwrap(),
+        ];
+        assert_eq!(iov[2].len(), 6);
+        assert_eq!(readv(b.as_fd(), &mut iov).unwrap(), 11);
+        assert_eq!(&head, b"head ");
+        let mut back = [0u8; 8];
+        m.read(4093, &mut back).unwrap();
+        assert_eq!(&back, b"\0mapped\0");
+        assert!(m.iovec_mut(8190, 3).is_err());
+        // The peer gone: the end of the stream.
+        drop(a);
+        assert_eq!(
+            readv(b.as_fd(), &mut [IoVecMut::new(&mut head)]).unwrap(),
+            5
+        );
+        assert_eq!(&head, b" tail");
+        assert_eq!(
+            readv(b.as_fd(), &mut [IoVecMut::new(&mut head)]).unwrap(),
+            0
+        );
     }
 
     fn tempfile_like(len: u64) -> File {

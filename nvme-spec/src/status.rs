@@ -53,6 +53,8 @@ pub const SGL_TYPE_INVALID: u16 = status(0, 0x11);
 pub const SGL_OFFSET_INVALID: u16 = status(0, 0x16);
 /// Command Aborted due to Preempt and Abort (Base 8.19): a command of a preempted host.
 pub const ABORTED_PREEMPT_ABORT: u16 = status(0, 0x1b);
+/// Command Interrupted: the command could not complete this time; the host retries it.
+pub const COMMAND_INTERRUPTED: u16 = status(0, 0x21);
 /// Command Aborted due to host path error... (transient transport error).
 pub const TRANSIENT_TRANSPORT_ERROR: u16 = status(0, 0x22);
 /// LBA Out of Range.

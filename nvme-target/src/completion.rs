@@ -86,6 +86,10 @@ pub(crate) enum Error {
     /// No device buffer for in-capsule data (the pool is exhausted for now).
     #[error("no device buffer free")]
     NoBuffer,
+    /// A write landing in the device stopped when the namespace's reservations became
+    /// active (the host retries it, and the retry meets the reservation).
+    #[error("interrupted by a reservation change")]
+    Interrupted,
     /// The device failed a read (with its own NVMe status, if it gave one).
     #[error("read failed at the device")]
     ReadFailed(Option<u16>),
@@ -211,6 +215,7 @@ impl From<Error> for Completion {
             Error::LbaOutOfRange => (dnr(status::LBA_OUT_OF_RANGE), 0),
             // Retryable: buffers come back as other commands finish.
             Error::NoBuffer => (status::NS_NOT_READY, 0),
+            Error::Interrupted => (status::COMMAND_INTERRUPTED, 0),
             Error::ReadFailed(st) => (st.unwrap_or(status::UNRECOVERED_READ_ERROR), 0),
             Error::WriteFailed(st) => (st.unwrap_or(status::WRITE_FAULT), 0),
             Error::InvalidLogPage => (dnr(status::INVALID_LOG_PAGE), 0),

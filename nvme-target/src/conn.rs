@@ -42,12 +42,13 @@ use nvme_spec::status;
 use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use bdev::slots::Slots;
 use bdev::{CompletionQueue, Extent, IoBuf, Sink};
-use ffi::IoVec;
+use ffi::{IoVec, IoVecMut};
 
 use crate::abort::AbortBox;
 use crate::auth::QueueAuth;
@@ -60,7 +61,7 @@ use crate::group::{Carried, Moving};
 use crate::io::IoReq;
 use crate::metrics::CommandKind;
 use crate::port::PortShared;
-use crate::r2t::{DIRECT_MIN, Direct, Slot};
+use crate::r2t::{DIRECT_MIN, Direct, ReadInto, Slot};
 use crate::signals::{self, Signals};
 
 /// Stop reading new PDUs while this much output is waiting for the socket.
@@ -89,6 +90,8 @@ pub(crate) enum Data<'a> {
     Host(&'a [u8]),
     /// Host data gathered from H2CData PDUs into a device buffer.
     Buf(IoBuf),
+    /// Host data that landed in the device's memory ([`crate::land`]).
+    Landed(crate::land::Landing),
     /// The controller sends this many bytes (C2HData).
     ToHost(usize),
 }
@@ -488,10 +491,10 @@ impl Conn {
                     }
                     Err(_) => break None,
                 },
-                r = rd.read(if self.direct.is_some() {
-                    Self::direct_target(&self.direct, &mut self.slots)
+                r = read_into(&mut rd, if self.direct.is_some() {
+                    Self::direct_target(&self.direct, &mut self.slots, self.inb.spare(SMALL_READ))
                 } else {
-                    limit(self.inb.spare(need), in_limit)
+                    ReadInto::Buf(limit(self.inb.spare(need), in_limit))
                 }), if can_read => match r {
                     Ok(0) | Err(_) => break None,
                     Ok(n) => {
@@ -1164,6 +1167,44 @@ async fn send(
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         r => r,
+    }
+}
+
+/// Most device pieces one socket read fills.
+const SCATTER: usize = 64;
+
+/// Reads what the socket has into `into`: our memory, or a device's mapped pieces with one
+/// `readv`. Returns 0 at the end of the stream, or when there is nowhere to read to.
+async fn read_into(rd: &mut OwnedReadHalf, into: ReadInto<'_>) -> std::io::Result<usize> {
+    let (extents, from, to, landing, discard) = match into {
+        ReadInto::Buf(b) => return rd.read(b).await,
+        ReadInto::Device {
+            extents,
+            from,
+            to,
+            landing,
+            discard,
+        } => (extents, from, to, landing, discard),
+    };
+    let mut iov = [const { IoVecMut::EMPTY }; SCATTER];
+    let n = Extent::iovecs_mut(extents, from, to, &mut iov);
+    if n == 0 || discard.is_empty() {
+        return Ok(0);
+    }
+    let mut discard = [IoVecMut::new(discard)];
+    let stream: &TcpStream = rd.as_ref();
+    loop {
+        stream.readable().await?;
+        // Checked once the bytes are there, right before they would land.
+        let into = if landing.fenced() {
+            &mut discard[..]
+        } else {
+            &mut iov[..n]
+        };
+        match stream.try_io(Interest::READABLE, || ffi::readv(stream.as_fd(), into)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
     }
 }
 

@@ -230,7 +230,11 @@ impl Conn {
             io_opcode::WRITE => {
                 let buf = match data {
                     Data::Buf(b) => b,
+                    Data::Landed(l) => return self.write_landed(req, l),
                     Data::Host(d) => {
+                        if let Some(l) = self.land_in_capsule(&req, d) {
+                            return self.write_landed(req, l);
+                        }
                         // In-capsule data: into a device buffer once.
                         let Some(mut b) = self.port.pool.get(d.len()) else {
                             return self.fail(sqe, Error::NoBuffer);
@@ -477,7 +481,7 @@ impl Conn {
 
     /// A write-like command is done at the device: answer, or flush first when the cache
     /// is off.
-    fn after_write(&mut self, idx: usize) {
+    pub(crate) fn after_write(&mut self, idx: usize) {
         let Some(req) = self.reqs.get_mut(idx) else {
             return;
         };

@@ -28,6 +28,7 @@ mod fabrics;
 mod group;
 pub mod host;
 mod io;
+mod land;
 mod locks;
 pub mod metrics;
 pub mod namespaces;

@@ -2,7 +2,8 @@
 //! per-connection R2T memory budget, and H2CData reassembly.
 //!
 //! The data lands in a device buffer from the controller thread's pool, taken when the R2T
-//! goes out, so the write reaches the device from where the host's bytes were put. The bytes
+//! goes out, so the write reaches the device from where the host's bytes were put; or, for
+//! a device with mapped memory, in the device itself ([`crate::land`]). The bytes
 //! of every R2T sent and not yet answered count against
 //! [`crate::TargetConfig::r2t_buffer_limit`], and a command waits (without an R2T) while the
 //! budget or the pool is exhausted. So a host that asks for many large writes and never sends
@@ -15,9 +16,12 @@ use nvme_spec::command::Sqe;
 use nvme_spec::pdu::{self, CommonHeader, DIGEST_LEN, DataHeader, R2t, flags, pdu_type};
 use nvme_spec::{FromBytes, FromZeros, IntoBytes};
 
+use bdev::Extent;
+
 use crate::codec::{self, Fatal, Header};
 use crate::completion::{Command, Error};
 use crate::conn::{Conn, Data};
+use crate::land::Landing;
 
 /// H2CData payloads at least this large are read from the socket straight into their
 /// command's buffer, not through the input buffer.
@@ -38,6 +42,29 @@ pub(crate) struct Direct {
     last: bool,
 }
 
+/// Where an R2T's data goes.
+pub(crate) enum Dest {
+    /// A device buffer from the pool; the command runs once the data is in.
+    Buf(bdev::IoBuf),
+    /// The device's memory ([`Slot::extents`]); the write is done once the data is in.
+    Device(Landing),
+}
+
+/// Where the next read of the socket goes.
+pub(crate) enum ReadInto<'a> {
+    /// Memory of ours (the input buffer, a device buffer).
+    Buf(&'a mut [u8]),
+    /// Bytes `[from, to)` of a device's mapped pieces, unless the write is fenced off by
+    /// the time the bytes are there: then they go to `discard`.
+    Device {
+        extents: &'a [Extent],
+        from: usize,
+        to: usize,
+        landing: &'a Landing,
+        discard: &'a mut [u8],
+    },
+}
+
 /// A command whose data the host sends after an R2T.
 pub(crate) struct Slot {
     active: bool,
@@ -48,7 +75,9 @@ pub(crate) struct Slot {
     /// Bytes received so far.
     got: usize,
     /// Where they go.
-    buf: Option<bdev::IoBuf>,
+    dest: Option<Dest>,
+    /// The device's memory for [`Dest::Device`] (kept, empty, between commands).
+    extents: Vec<Extent>,
     failed: Option<Error>,
     started: Instant,
 }
@@ -62,7 +91,8 @@ impl Slot {
             cmd: None,
             len: 0,
             got: 0,
-            buf: None,
+            dest: None,
+            extents: Vec::new(),
             failed: None,
             started: Instant::now(),
         }
@@ -71,6 +101,24 @@ impl Slot {
     /// Whether the slot's command is waiting for data.
     pub fn is_active(&self) -> bool {
         self.active
+    }
+
+    /// Puts the next `data.len()` bytes of the command's data where they go (the caller
+    /// checked them against the R2T). A copy into the device that fails fails the command.
+    fn put(&mut self, data: &[u8]) {
+        let at = self.got;
+        match self.dest.as_mut() {
+            Some(Dest::Buf(b)) => b.as_mut_slice()[at..at + data.len()].copy_from_slice(data),
+            // Once failed, the rest of the data goes nowhere.
+            Some(Dest::Device(l)) if self.failed.is_none() => {
+                if l.fenced() {
+                    self.failed = Some(Error::Interrupted);
+                } else if Extent::copy_in(&self.extents, at, data).is_err() {
+                    self.failed = Some(Error::Internal("write data outside its device memory"));
+                }
+            }
+            Some(Dest::Device(_)) | None => {}
+        }
     }
 }
 
@@ -132,8 +180,17 @@ impl Conn {
         let Some(i) = self.slots.iter().position(|s| !s.active) else {
             return false;
         };
-        let Some(buf) = self.port.pool.get(len) else {
-            return false;
+        let mut extents = std::mem::take(&mut self.slots[i].extents);
+        extents.clear();
+        let dest = match self.r2t_landing(sqe, &cmd, &mut extents) {
+            Some(l) => Dest::Device(l),
+            None => match self.port.pool.get(len) {
+                Some(buf) => Dest::Buf(buf),
+                None => {
+                    self.slots[i].extents = extents;
+                    return false;
+                }
+            },
         };
         self.r2t_reserved += len;
         let slot = &mut self.slots[i];
@@ -142,7 +199,8 @@ impl Conn {
         slot.cmd = Some(cmd);
         slot.len = len;
         slot.got = 0;
-        slot.buf = Some(buf);
+        slot.dest = Some(dest);
+        slot.extents = extents;
         slot.failed = None;
         slot.started = started;
         let mut r = R2t::default();
@@ -203,10 +261,7 @@ impl Conn {
         digest_error: bool,
     ) -> Result<(), Fatal> {
         let i = self.check_h2c(h, data.len())?;
-        let slot = &mut self.slots[i];
-        if let Some(b) = slot.buf.as_mut() {
-            b.as_mut_slice()[slot.got..slot.got + data.len()].copy_from_slice(data);
-        }
+        self.slots[i].put(data);
         let last = h.ch.flags & flags::LAST_PDU != 0;
         self.h2c_landed(i, data.len(), digest_error, last)
     }
@@ -255,10 +310,7 @@ impl Conn {
         let have = (avail - h.data.start).min(len);
         let start = self.slots[i].got;
         self.port.metrics().pdus_rx.fetch_add(1, Ordering::Relaxed);
-        if let Some(b) = self.slots[i].buf.as_mut() {
-            b.as_mut_slice()[start..start + have]
-                .copy_from_slice(&self.inb.data()[h.data.start..h.data.start + have]);
-        }
+        self.slots[i].put(&self.inb.data()[h.data.start..h.data.start + have]);
         self.inb.consume(h.data.start + have);
         self.direct = Some(Direct {
             slot: i,
@@ -275,16 +327,41 @@ impl Conn {
     }
 
     /// Where the next read of the socket goes while a payload is read directly (empty,
-    /// which reads as the end of the stream, if its buffer were gone).
+    /// which reads as the end of the stream, if its buffer were gone). Data that must not
+    /// land any more is read into `discard` and dropped.
     pub(crate) fn direct_target<'a>(
         direct: &Option<Direct>,
         slots: &'a mut [Slot],
-    ) -> &'a mut [u8] {
-        let buf = direct.as_ref().and_then(|d| {
-            let b = slots.get_mut(d.slot)?.buf.as_mut()?;
-            b.as_mut_slice().get_mut(d.pos..d.end)
-        });
-        buf.unwrap_or_default()
+        discard: &'a mut [u8],
+    ) -> ReadInto<'a> {
+        let Some((d, slot)) = direct
+            .as_ref()
+            .and_then(|d| Some((d, slots.get_mut(d.slot)?)))
+        else {
+            return ReadInto::Buf(&mut []);
+        };
+        match slot.dest.as_mut() {
+            Some(Dest::Buf(b)) => {
+                ReadInto::Buf(b.as_mut_slice().get_mut(d.pos..d.end).unwrap_or_default())
+            }
+            Some(Dest::Device(l)) => {
+                if slot.failed.is_none() && l.fenced() {
+                    slot.failed = Some(Error::Interrupted);
+                }
+                let n = discard.len().min(d.end - d.pos);
+                if slot.failed.is_some() {
+                    return ReadInto::Buf(&mut discard[..n]);
+                }
+                ReadInto::Device {
+                    extents: &slot.extents,
+                    from: d.pos,
+                    to: d.end,
+                    landing: l,
+                    discard: &mut discard[..n],
+                }
+            }
+            None => ReadInto::Buf(&mut []),
+        }
     }
 
     /// `n` bytes were read straight into the payload's buffer.
@@ -293,6 +370,14 @@ impl Conn {
             return Ok(());
         };
         d.pos += n;
+        // Fenced off while the bytes came: they went to the discard buffer.
+        if let Some(slot) = self.slots.get_mut(d.slot) {
+            if let (None, Some(Dest::Device(l))) = (&slot.failed, &slot.dest) {
+                if l.fenced() {
+                    slot.failed = Some(Error::Interrupted);
+                }
+            }
+        }
         if d.pos == d.end {
             self.direct_done()?;
         }
@@ -325,10 +410,12 @@ impl Conn {
             return Ok(false);
         }
         let want = u32::from_le_bytes([inb[0], inb[1], inb[2], inb[3]]);
-        let got = self.slots[d.slot]
-            .buf
-            .as_ref()
-            .map_or(0, |b| codec::digest(&b.as_slice()[d.start..d.end]));
+        // Digests are checked only on device buffers: data that may land in the device
+        // goes to a buffer while data digests are on.
+        let got = match &self.slots[d.slot].dest {
+            Some(Dest::Buf(b)) => codec::digest(&b.as_slice()[d.start..d.end]),
+            _ => !want,
+        };
         let (slot, n, last) = (d.slot, d.end - d.start, d.last);
         self.pending_digest = None;
         self.inb.consume(DIGEST_LEN);
@@ -345,7 +432,8 @@ impl Conn {
         let failed = slot.failed.take();
         let started = slot.started;
         let len = slot.len;
-        let buf = slot.buf.take();
+        let dest = slot.dest.take();
+        slot.extents.clear();
         self.r2t_reserved -= len;
         self.port
             .metrics()
@@ -353,9 +441,14 @@ impl Conn {
             .fetch_sub(1, Ordering::Relaxed);
         // An abort that came while the data did wins: the command does not run.
         let failed = self.aborts.data_done(sqe.cid.get()).or(failed);
-        match (failed, cmd, buf) {
+        match (failed, cmd, dest) {
             (Some(e), _, _) => self.complete(sqe.cid.get(), e),
-            (None, Some(cmd), Some(buf)) => self.execute(&sqe, cmd, Data::Buf(buf), started),
+            (None, Some(cmd), Some(Dest::Buf(buf))) => {
+                self.execute(&sqe, cmd, Data::Buf(buf), started);
+            }
+            (None, Some(cmd), Some(Dest::Device(l))) => {
+                self.execute(&sqe, cmd, Data::Landed(l), started);
+            }
             // An active slot always holds its command and buffer.
             _ => self.complete(
                 sqe.cid.get(),
@@ -373,7 +466,8 @@ impl Conn {
         for i in 0..self.slots.len() {
             if self.slots[i].active {
                 self.slots[i].active = false;
-                self.slots[i].buf = None;
+                self.slots[i].dest = None;
+                self.slots[i].extents.clear();
                 let cid = self.slots[i].sqe.cid.get();
                 self.port
                     .metrics()

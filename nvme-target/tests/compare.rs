@@ -284,6 +284,11 @@ fn a_write_from_another_thread_waits_for_the_fused_operation() {
     let b = pattern(BS, 9);
     let c = pattern(BS, 10);
     write(&mut raw, 1, 20, &a);
+    let (landed, submitted) = (h.ns2.landed(), h.ns2.writes());
+    assert!(
+        landed > 0,
+        "a write without a fused operation lands in the mapping"
+    );
     // The fused operation's read is held at the device: it holds its range meanwhile.
     h.ns2.hold_reads_at(20 * BS as u64);
     raw.send(&with_data(sqe(io_opcode::COMPARE, 2, 20, 1), FIRST, &a));
@@ -306,8 +311,12 @@ fn a_write_from_another_thread_waits_for_the_fused_operation() {
     assert_eq!(responses(&mut raw, 2), vec![(2, 0), (3, 0)]);
     assert_eq!(response(&mut other), (1, 0));
     assert_eq!(read(&mut raw, 4, 20, 1), c);
+    // The fused write and the write that waited for its range went to the device through
+    // buffers: a write never lands inside a range a fused operation holds.
+    assert_eq!((h.ns2.landed(), h.ns2.writes()), (landed, submitted + 2));
     // With no fused operation active, writes take no lock and run at once.
     write(&mut other, 3, 20, &a);
+    assert_eq!(h.ns2.landed(), landed + 1);
     h.stop();
 }
 

@@ -518,3 +518,81 @@ fn preempt_and_abort_aborts_the_preempted_hosts_waiting_writes() {
     drop((a, b));
     h.stop();
 }
+
+#[test]
+fn a_write_landing_in_memory_stops_when_a_host_registers() {
+    let h = Harness::start();
+    let rt = rt();
+    let mut a = rt.block_on(host(&h, 1, 0));
+    let (_b, mut raw) = rt.block_on(host_with_raw(&h, 2, 1));
+    let ns = a.ns;
+    let old = pattern(16 * 4096, 40);
+    rt.block_on(async { a.q.write(&ns, 0, &old).await.unwrap() });
+    // Nobody is registered: both R2Ts' data would land straight in the device's memory
+    // (8 KiB through the input buffer, 32 KiB mostly read from the socket into it).
+    let landed = h.ns2.landed();
+    raw.send(&raw_write(1, 0, 2));
+    let small = r2t_for(&mut raw, 1);
+    raw.send(&raw_write(2, 4, 8));
+    let large = r2t_for(&mut raw, 2);
+    assert_eq!(h.ns2.landed(), landed + 2);
+    // A registers before the data comes: A could be about to fence B off, so none of it
+    // lands, and the writes fail with a status the host retries.
+    assert_eq!(rt.block_on(register(&mut a, 0, false, 0, 0, 0xa)), 0);
+    raw.send(&h2c_data(1, small, &pattern(2 * 4096, 41)));
+    assert_eq!(response(&mut raw), (1, status::COMMAND_INTERRUPTED));
+    let new = pattern(8 * 4096, 42);
+    raw.send(&h2c_data(2, large, &new));
+    assert_eq!(response(&mut raw), (2, status::COMMAND_INTERRUPTED));
+    let now = rt.block_on(async { a.q.read(&ns, 0, 16 * 4096).await.unwrap() });
+    assert!(now == old, "nothing landed");
+    // The retry goes through a buffer and meets the reservation as it is (registered, none
+    // held: B may write).
+    raw.send(&raw_write(3, 4, 8));
+    let ttag = r2t_for(&mut raw, 3);
+    raw.send(&h2c_data(3, ttag, &new));
+    assert_eq!(response(&mut raw), (3, 0));
+    assert_eq!(h.ns2.landed(), landed + 2, "the retry did not land");
+    let now = rt.block_on(async { a.q.read(&ns, 4, 8 * 4096).await.unwrap() });
+    assert!(now == new, "the retry was written");
+    h.stop();
+}
+
+#[test]
+fn a_registration_in_the_middle_of_landing_data_stops_the_rest() {
+    let h = Harness::start();
+    let rt = rt();
+    let mut a = rt.block_on(host(&h, 1, 0));
+    let (_b, mut raw) = rt.block_on(host_with_raw(&h, 2, 1));
+    let ns = a.ns;
+    let old = pattern(16 * 4096, 50);
+    rt.block_on(async { a.q.write(&ns, 0, &old).await.unwrap() });
+    raw.send(&raw_write(1, 0, 16));
+    let ttag = r2t_for(&mut raw, 1);
+    // The first 24 KiB of the payload, then a pause (it has most likely landed by the time
+    // A registers; the checks below hold either way).
+    let pdu = h2c_data(1, ttag, &pattern(16 * 4096, 51));
+    let cut = 24 + 24 * 1024;
+    raw.send(&pdu[..cut]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rt.block_on(register(&mut a, 0, false, 0, 0, 0xa)), 0);
+    raw.send(&pdu[cut..]);
+    assert_eq!(response(&mut raw), (1, status::COMMAND_INTERRUPTED));
+    // What came after the registration did not land (what came before may have: a failed
+    // write leaves its blocks indeterminate).
+    let now = rt.block_on(async { a.q.read(&ns, 0, 16 * 4096).await.unwrap() });
+    assert!(
+        now[32 * 1024..] == old[32 * 1024..],
+        "the rest did not land"
+    );
+    // The connection goes on.
+    assert_eq!(
+        rt.block_on(async { a.q.read(&ns, 0, 4096).await.unwrap().len() }),
+        4096
+    );
+    raw.send(&raw_write(2, 0, 1));
+    let ttag = r2t_for(&mut raw, 2);
+    raw.send(&h2c_data(2, ttag, &old[..4096]));
+    assert_eq!(response(&mut raw), (2, 0));
+    h.stop();
+}

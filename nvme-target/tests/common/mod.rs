@@ -29,7 +29,8 @@ pub const ALLOWED_HOST: &str =
 /// An in-memory device shared by every port thread. It counts flushes, and reads of one
 /// chosen offset can be held at the "device" until the test opens the gate (so a test can
 /// see the target answer other commands while one is still at the device, and complete
-/// out of order).
+/// out of order). Writes may land straight in its mapping; it counts those and the writes
+/// submitted to it.
 #[derive(Clone)]
 pub struct MemDevice {
     ram: RamDevice,
@@ -38,6 +39,10 @@ pub struct MemDevice {
     flushes: Arc<AtomicUsize>,
     /// Reads submitted to the device (not those sent from its mapping).
     reads: Arc<AtomicUsize>,
+    /// Writes submitted to the device.
+    writes: Arc<AtomicUsize>,
+    /// Writes whose data landed in its mapping.
+    landed: Arc<AtomicUsize>,
     gate: Arc<Gate>,
     /// The threads that submitted reads.
     readers: Arc<Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
@@ -58,6 +63,8 @@ impl MemDevice {
             mapped: false,
             flushes: Arc::new(AtomicUsize::new(0)),
             reads: Arc::default(),
+            writes: Arc::default(),
+            landed: Arc::default(),
             gate: Arc::default(),
             readers: Arc::default(),
         }
@@ -74,6 +81,16 @@ impl MemDevice {
     /// Reads submitted to the device so far (all clones and threads together).
     pub fn reads(&self) -> usize {
         self.reads.load(Ordering::SeqCst)
+    }
+
+    /// Writes submitted to the device so far.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Writes whose data landed in the mapping so far.
+    pub fn landed(&self) -> usize {
+        self.landed.load(Ordering::SeqCst)
     }
 
     /// How many threads have submitted reads so far.
@@ -124,6 +141,9 @@ impl BlockIo for MemIo {
         if req.op == Op::Flush {
             self.dev.flushes.fetch_add(1, Ordering::SeqCst);
         }
+        if req.op == Op::Write {
+            self.dev.writes.fetch_add(1, Ordering::SeqCst);
+        }
         if req.op == Op::Read {
             self.dev.reads.fetch_add(1, Ordering::SeqCst);
             self.dev
@@ -158,6 +178,13 @@ impl BlockIo for MemIo {
     fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<bdev::Extent>) -> bool {
         let gated = self.dev.gate.offset.lock().unwrap().is_some();
         self.dev.mapped && !gated && self.inner.extents(offset, len, files, out)
+    }
+    fn write_extents(&self, offset: u64, len: u64, out: &mut Vec<bdev::Extent>) -> bool {
+        let ok = self.inner.write_extents(offset, len, out);
+        if ok {
+            self.dev.landed.fetch_add(1, Ordering::SeqCst);
+        }
+        ok
     }
 }
 
