@@ -1174,7 +1174,9 @@ async fn send(
 const SCATTER: usize = 64;
 
 /// Reads what the socket has into `into`: our memory, or a device's mapped pieces with one
-/// `readv`. Returns 0 at the end of the stream, or when there is nowhere to read to.
+/// `readv` (into the discard buffer instead when the write has been fenced off by the time
+/// the bytes are there). Returns 0 at the end of the stream, or when there is nowhere to
+/// read to.
 async fn read_into(rd: &mut OwnedReadHalf, into: ReadInto<'_>) -> std::io::Result<usize> {
     let (extents, from, to, landing, discard) = match into {
         ReadInto::Buf(b) => return rd.read(b).await,
