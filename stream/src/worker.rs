@@ -22,7 +22,8 @@ use tracing::{debug, warn};
 
 use super::proto::{ATTACH_LEN, Attach, FrameHeader};
 use super::{
-    DataRequest, Delivery, Event, Failure, NONE, Phase, Shared, StreamMsg, Sync, write_within,
+    DataRequest, Delivery, Event, Failure, NONE, Phase, Shared, StreamMsg, Sync,
+    write_frame_within, write_within,
 };
 use bdev::slots::Slots;
 use bdev::span::Span;
@@ -521,10 +522,8 @@ async fn on_sync(state: State, mut sync: Sync) {
                     let mut wr = ch.wr.lock().await;
                     if live(&state, &s, &plan) {
                         s.sending.store(true, Ordering::Release);
-                        let r = match write_within(&mut *wr, &h.encode(), send_timeout).await {
-                            Ok(()) => write_within(&mut *wr, payload, send_timeout).await,
-                            Err(f) => Err(f),
-                        };
+                        let r =
+                            write_frame_within(&mut *wr, &h.encode(), payload, send_timeout).await;
                         s.sending.store(false, Ordering::Release);
                         r
                     } else {
