@@ -81,9 +81,12 @@ fn floods_on_every_listener_leave_good_clients_working_and_memory_bounded() {
         .unwrap();
     rt.block_on(async {
         // Good clients, established before the flood.
-        let mut host = HostController::connect(ports[0], HostOptions::new(NQN))
-            .await
-            .unwrap();
+        // The flood's connects retry (a second each) once the listeners' backlogs are full,
+        // so the flood can last longer than the default keep-alive timeout, and this host
+        // sends nothing meanwhile: its timeout outlasts the flood.
+        let mut opts = HostOptions::new(NQN);
+        opts.kato_ms = 60_000;
+        let mut host = HostController::connect(ports[0], opts).await.unwrap();
         host.set_num_queues(1).await.unwrap();
         let mut q = host.connect_io_queue(1).await.unwrap();
         let ns = host.namespace(1).await.unwrap();
