@@ -7,8 +7,11 @@
 //! went to the device: its range lock (taken when the R2T goes out, so a fused Compare and
 //! Write never sees its range change under it), its reservation and the namespace. A write
 //! whose lock is taken by a fused operation, or whose device has no mapping, or which has
-//! data digests to check, takes the pool-buffer path instead. A write that fails after its
-//! data started to land (an abort, a connection that closes) leaves those blocks
+//! data digests to check, takes the pool-buffer path instead; so does an R2T write to a
+//! namespace with reservations in use, which meets the reservation once its data is in (a
+//! preempted host's data never lands after the preemption). A host registering while a
+//! write's data lands fences that write off ([`Landing::fenced`]). A write that fails after
+//! its data started to land (fenced, aborted, its connection closed) leaves those blocks
 //! indeterminate, as the NVMe specification allows for a failed write.
 
 use std::rc::Rc;
