@@ -61,11 +61,14 @@ check io-moves-to-optimized grew "$w1" "$(written 1)"
 check no-io-through-non-optimized same "$w0" "$(written 0)"
 
 # 3. Under load: both optimized, then controller 1 turns inaccessible and back while fio runs.
+# fio runs for 20 s whatever the write speed (a fixed size ended within 3 s once writes got
+# faster), verifying each block soon after writing it.
 check both-optimized-again set_ana 0 optimized
 check host-sees-both-optimized wait_for 15 both_are optimized optimized
 fio --eta=never --name=ana-load --filename="/dev/$dev" --ioengine=libaio --direct=1 --rw=randwrite \
   --bs=64k --size=48M --numjobs=2 --offset_increment=48M --iodepth=16 --verify=crc32c \
-  --do_verify=1 --verify_fatal=1 --group_reporting --output=/tmp/fio-ana-load.txt &
+  --time_based --runtime=20 --verify_backlog=64 --do_verify=1 --verify_fatal=1 \
+  --group_reporting --output=/tmp/fio-ana-load.txt &
 fio_pid=$!
 sleep 3
 check fio-running-at-change kill -0 $fio_pid

@@ -9,8 +9,10 @@ c1=$(ctrl_on_port 4421)
 check controller-1-path sh -c "[ -n '$c1' ]"
 # Spread I/O over both paths so the dropped one has commands in flight.
 check round-robin-iopolicy sh -c ". /lab/lib.sh; echo round-robin > \$(subsys_dir)/iopolicy"
+# fio runs for 12 s whatever the write speed, verifying each block soon after writing it.
 fio --eta=never --name=failover --filename="/dev/$dev" --ioengine=libaio --direct=1 --rw=randwrite --bs=64k \
   --size=48M --numjobs=2 --offset_increment=48M --iodepth=16 --verify=crc32c --do_verify=1 \
+  --time_based --runtime=12 --verify_backlog=64 \
   --verify_fatal=1 --group_reporting --output=/tmp/fio-failover.txt &
 fio_pid=$!
 sleep 3
