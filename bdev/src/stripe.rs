@@ -235,41 +235,45 @@ impl BlockIo for Stripe {
     }
 
     fn extents(&self, offset: u64, len: u64, files: bool, out: &mut Vec<Extent>) -> bool {
-        if offset
-            .checked_add(len)
-            .is_none_or(|e| e > self.inner.geometry.size)
-        {
-            return false;
-        }
-        let start = out.len();
-        for (m, at, _, piece) in pieces(self.n(), self.inner.unit, offset, len) {
-            if !self.inner.members[m].extents(at, piece, files, out) {
-                out.truncate(start);
-                return false;
-            }
-        }
-        true
+        self.gather(offset, len, out, |m, at, n, out| {
+            m.extents(at, n, files, out)
+        })
     }
 
     fn write_extents(&self, offset: u64, len: u64, out: &mut Vec<Extent>) -> bool {
-        if offset
-            .checked_add(len)
-            .is_none_or(|e| e > self.inner.geometry.size)
-        {
-            return false;
-        }
-        let start = out.len();
-        for (m, at, _, piece) in pieces(self.n(), self.inner.unit, offset, len) {
-            if !self.inner.members[m].write_extents(at, piece, out) {
-                out.truncate(start);
-                return false;
-            }
-        }
-        true
+        self.gather(offset, len, out, |m, at, n, out| {
+            m.write_extents(at, n, out)
+        })
     }
 }
 
 impl Stripe {
+    /// The pieces of `len` bytes at `offset`, as `each` finds them on the members, appended
+    /// to `out` in order; false (nothing appended) if the range is outside the stripe or any
+    /// member has none.
+    fn gather(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent>,
+        each: impl Fn(&dyn BlockIo, u64, u64, &mut Vec<Extent>) -> bool,
+    ) -> bool {
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > self.inner.geometry.size)
+        {
+            return false;
+        }
+        let start = out.len();
+        for (m, at, _, piece) in pieces(self.n(), self.inner.unit, offset, len) {
+            if !each(&*self.inner.members[m], at, piece, out) {
+                out.truncate(start);
+                return false;
+            }
+        }
+        true
+    }
+
     /// A flush goes to every member.
     fn flush(&self, req: Request, sink: &Rc<dyn Sink>) {
         let n = self.inner.members.len();

@@ -139,15 +139,6 @@ pub struct IoVec<'a> {
 }
 
 impl<'a> IoVec<'a> {
-    /// An empty buffer.
-    pub const EMPTY: IoVec<'static> = IoVec {
-        iov: nix::libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        },
-        _mem: PhantomData,
-    };
-
     /// The bytes of `b`.
     pub fn new(b: &'a [u8]) -> Self {
         Self {
@@ -157,22 +148,6 @@ impl<'a> IoVec<'a> {
             },
             _mem: PhantomData,
         }
-    }
-
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.iov.iov_len
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.iov.iov_len == 0
-    }
-}
-
-impl std::fmt::Debug for IoVec<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoVec").field("len", &self.len()).finish()
     }
 }
 
@@ -185,15 +160,6 @@ pub struct IoVecMut<'a> {
 }
 
 impl<'a> IoVecMut<'a> {
-    /// An empty buffer.
-    pub const EMPTY: IoVecMut<'static> = IoVecMut {
-        iov: nix::libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        },
-        _mem: PhantomData,
-    };
-
     /// The bytes of `b`.
     pub fn new(b: &'a mut [u8]) -> Self {
         Self {
@@ -204,25 +170,44 @@ impl<'a> IoVecMut<'a> {
             _mem: PhantomData,
         }
     }
-
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.iov.iov_len
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.iov.iov_len == 0
-    }
 }
 
-impl std::fmt::Debug for IoVecMut<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoVecMut")
-            .field("len", &self.len())
-            .finish()
-    }
+/// What both kinds of socket buffer offer: the empty one, the length, `Debug`.
+macro_rules! iovec_common {
+    ($t:ident) => {
+        impl $t<'_> {
+            /// An empty buffer.
+            pub const EMPTY: $t<'static> = $t {
+                iov: nix::libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                _mem: PhantomData,
+            };
+
+            /// Its length in bytes.
+            pub fn len(&self) -> usize {
+                self.iov.iov_len
+            }
+
+            /// Whether it is empty.
+            pub fn is_empty(&self) -> bool {
+                self.iov.iov_len == 0
+            }
+        }
+
+        impl std::fmt::Debug for $t<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("len", &self.len())
+                    .finish()
+            }
+        }
+    };
 }
+
+iovec_common!(IoVec);
+iovec_common!(IoVecMut);
 
 /// Reads from `fd` into the buffers of `iov` in order with one `readv`; returns the bytes
 /// read (0 at the end of the stream; a non-blocking socket with nothing to read gives
