@@ -366,7 +366,9 @@ impl Conn {
         };
         let (dev, state) = (Rc::clone(&ns.dev), &ns.state);
         let (s, e) = blocks(&req.sqe);
-        match state.locks.write_begin(s, e) {
+        // A write that tried to land in the device may hold its lock already.
+        let guard = req.guard.take().or_else(|| state.locks.write_begin(s, e));
+        match guard {
             Some(g) => {
                 req.guard = Some(g);
                 request.tag = self.reqs.insert(req) as u64;

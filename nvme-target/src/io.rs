@@ -181,7 +181,7 @@ impl Conn {
         if state.resv.active() && state.resv.check(&q.ctrl.hostid.get(), &cmd).is_err() {
             return self.fail(sqe, Error::ResvConflict);
         }
-        let req = IoReq {
+        let mut req = IoReq {
             sqe: *sqe,
             started,
             step: Step::Device,
@@ -232,7 +232,7 @@ impl Conn {
                     Data::Buf(b) => b,
                     Data::Landed(l) => return self.write_landed(req, l),
                     Data::Host(d) => {
-                        if let Some(l) = self.land_in_capsule(&req, d) {
+                        if let Some(l) = self.land_in_capsule(&mut req, d) {
                             return self.write_landed(req, l);
                         }
                         // In-capsule data: into a device buffer once.

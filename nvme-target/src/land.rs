@@ -63,17 +63,29 @@ impl Conn {
         if ns.state.resv.active() {
             return None;
         }
-        landing(sqe, &ns, out)
+        // A lock taken for a device that has no mapping is dropped: the write takes it
+        // again once its data is in.
+        landing(sqe, &ns, out).ok()
     }
 
     /// Copies in-capsule write data straight into the device when it may land there.
-    /// Returns the landed write's lock, or `None` (nothing copied) for the pool path.
-    pub(crate) fn land_in_capsule(&mut self, req: &IoReq, data: &[u8]) -> Option<Landing> {
-        let ns = req.ns.as_ref()?;
+    /// Returns the landed write's lock, or `None` for the pool path; a range lock taken on
+    /// the way stays in `req` for that path, so a write takes it once either way.
+    pub(crate) fn land_in_capsule(&mut self, req: &mut IoReq, data: &[u8]) -> Option<Landing> {
+        let ns = Rc::clone(req.ns.as_ref()?);
         let mut ext = std::mem::take(&mut self.extents);
         ext.clear();
-        let landed =
-            landing(&req.sqe, ns, &mut ext).filter(|_| Extent::copy_in(&ext, 0, data).is_ok());
+        let landed = match landing(&req.sqe, &ns, &mut ext) {
+            Ok(l) if Extent::copy_in(&ext, 0, data).is_ok() => Some(l),
+            Ok(l) => {
+                req.guard = Some(l.guard);
+                None
+            }
+            Err(guard) => {
+                req.guard = guard;
+                None
+            }
+        };
         ext.clear();
         self.extents = ext;
         landed
@@ -91,19 +103,29 @@ impl Conn {
     }
 }
 
-/// The range lock and the device memory of a write's blocks, if both are to be had.
-fn landing(sqe: &Sqe, ns: &Rc<PortNamespace>, out: &mut Vec<Extent>) -> Option<Landing> {
+/// The range lock and the device memory of a write's blocks, if both are to be had;
+/// otherwise the lock alone when the device has no mapping for them, or nothing when the
+/// range is taken (or the command is no plain write).
+fn landing(
+    sqe: &Sqe,
+    ns: &Rc<PortNamespace>,
+    out: &mut Vec<Extent>,
+) -> Result<Landing, Option<RangeGuard>> {
     if sqe.opcode != io_opcode::WRITE {
-        return None;
+        return Err(None);
     }
     let start = sqe.slba();
     let guard = ns
         .state
         .locks
-        .write_begin(start, start.saturating_add(u64::from(sqe.nlb())))?;
+        .write_begin(start, start.saturating_add(u64::from(sqe.nlb())))
+        .ok_or(None)?;
     let bs = u64::from(ns.cfg.block_size);
     let (offset, len) = (start * bs, u64::from(sqe.nlb()) * bs);
-    ns.dev.write_extents(offset, len, out).then(|| Landing {
+    if !ns.dev.write_extents(offset, len, out) {
+        return Err(Some(guard));
+    }
+    Ok(Landing {
         guard,
         ns: Rc::clone(ns),
     })
