@@ -519,15 +519,27 @@ fn preempt_and_abort_aborts_the_preempted_hosts_waiting_writes() {
     h.stop();
 }
 
+/// Host A on port 0, host B with a raw queue on port 1, nobody registered, and the first
+/// 64 KiB of namespace 2 written by A with a pattern of `seed` (returned).
+fn landing_hosts(
+    h: &Harness,
+    rt: &tokio::runtime::Runtime,
+    seed: u8,
+) -> (Host, Host, Raw, Vec<u8>) {
+    let mut a = rt.block_on(host(h, 1, 0));
+    let (b, raw) = rt.block_on(host_with_raw(h, 2, 1));
+    let old = pattern(16 * 4096, seed.into());
+    let ns = a.ns;
+    rt.block_on(async { a.q.write(&ns, 0, &old).await.unwrap() });
+    (a, b, raw, old)
+}
+
 #[test]
 fn a_write_landing_in_memory_stops_when_a_host_registers() {
     let h = Harness::start();
     let rt = rt();
-    let mut a = rt.block_on(host(&h, 1, 0));
-    let (_b, mut raw) = rt.block_on(host_with_raw(&h, 2, 1));
+    let (mut a, _b, mut raw, old) = landing_hosts(&h, &rt, 40);
     let ns = a.ns;
-    let old = pattern(16 * 4096, 40);
-    rt.block_on(async { a.q.write(&ns, 0, &old).await.unwrap() });
     // Nobody is registered: both R2Ts' data would land straight in the device's memory
     // (8 KiB through the input buffer, 32 KiB mostly read from the socket into it).
     let landed = h.ns2.landed();
@@ -562,11 +574,8 @@ fn a_write_landing_in_memory_stops_when_a_host_registers() {
 fn a_registration_in_the_middle_of_landing_data_stops_the_rest() {
     let h = Harness::start();
     let rt = rt();
-    let mut a = rt.block_on(host(&h, 1, 0));
-    let (_b, mut raw) = rt.block_on(host_with_raw(&h, 2, 1));
+    let (mut a, _b, mut raw, old) = landing_hosts(&h, &rt, 50);
     let ns = a.ns;
-    let old = pattern(16 * 4096, 50);
-    rt.block_on(async { a.q.write(&ns, 0, &old).await.unwrap() });
     raw.send(&raw_write(1, 0, 16));
     let ttag = r2t_for(&mut raw, 1);
     // The first 24 KiB of the payload, then a pause (it has most likely landed by the time
